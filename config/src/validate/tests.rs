@@ -1,0 +1,155 @@
+use std::path::Path;
+
+use super::*;
+
+const GOOD: &str = r#"
+[listen]
+http = "127.0.0.1:8080"
+
+[admin]
+listen = "127.0.0.1:9901"
+
+[backends.old]
+addrs = ["127.0.0.1:9001"]
+
+[backends.new]
+addrs = ["127.0.0.1:9002", "lb.new.internal:80"]
+
+[[routes]]
+hosts = ["Shop.Example.com", "*.shop.example.com"]
+weights = { old = 90, new = 10 }
+writes = "old"
+sticky = { cookie = "cutover" }
+
+[[routes]]
+hosts = ["*"]
+weights = { old = 12.5, new = 87.5 }
+sticky = { header = "Authorization" }
+"#;
+
+fn parse_str(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("cutover.toml"))
+}
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    match parse_str(text) {
+        Err(ConfigError::Invalid(d)) => d,
+        other => panic!("expected errors, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let c = parse_str(GOOD).unwrap();
+    assert_eq!(c.backend_names().collect::<Vec<_>>(), ["old", "new"]);
+    assert_eq!(
+        c.routes[0].hosts,
+        ["shop.example.com", "*.shop.example.com"]
+    );
+    assert_eq!(c.routes[0].name, "shop.example.com");
+    assert_eq!(c.routes[0].weights.as_slice(), [9000, 1000]);
+    assert_eq!(c.routes[0].writes, WriteSide::Backend(0));
+    assert_eq!(c.routes[1].weights.as_slice(), [1250, 8750]);
+    assert_eq!(c.routes[1].writes, WriteSide::Split);
+    assert_eq!(c.routes[1].sticky, Sticky::Header("authorization".into()));
+    assert!(matches!(c.routes[0].sticky, Sticky::Cookie { ref name, .. } if name == "cutover"));
+}
+
+#[test]
+fn every_semantic_error_is_reported_with_position_and_path() {
+    let text = r#"
+[backends.old]
+addrs = ["127.0.0.1:9001"]
+
+[backends.new]
+addrs = ["nope"]
+
+[[routes]]
+hosts = ["a.example.com"]
+weights = { old = 90, blue = 10 }
+writes = "green"
+
+[[routes]]
+hosts = ["a.example.com", "b.example.com:80"]
+weights = { old = -5, new = 100 }
+
+[[routes]]
+hosts = ["c.example.com"]
+weights = { old = 60, new = 30 }
+"#;
+    let d = errors(text);
+    let rendered: Vec<String> = d.iter().map(ToString::to_string).collect();
+    let all = rendered.join("\n");
+    let expect = [
+        "cutover.toml:6:10: backends.new.addrs[0]: \"nope\" has no port",
+        "cutover.toml:10:30: routes[0].weights.blue: unknown backend \"blue\"",
+        "cutover.toml:11:10: routes[0].writes: unknown backend \"green\"",
+        "cutover.toml:14:10: routes[1].hosts[0]: \"a.example.com\" is already routed by routes[0]",
+        "cutover.toml:14:27: routes[1].hosts[1]: hosts are matched without the port",
+        "cutover.toml:15:19: routes[1].weights.old: weight -5 is negative",
+        "cutover.toml:19:11: routes[2].weights: weights sum to 90, not 100",
+    ];
+    for e in expect {
+        assert!(all.contains(e), "missing {e:?} in:\n{all}");
+    }
+    assert_eq!(d.len(), expect.len(), "{all}");
+}
+
+#[test]
+fn type_errors_name_the_field_and_position() {
+    let d = errors("[[routes]]\nhosts = [\"a\"]\nweights = { old = \"ninety\" }\n");
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].path, "routes[0].weights.old");
+    assert_eq!((d[0].line, d[0].col), (3, 19));
+}
+
+#[test]
+fn unknown_fields_are_rejected() {
+    let d = errors("[listen]\nhttps = \"x\"\n");
+    assert!(d[0].message.contains("unknown field"), "{}", d[0]);
+    assert_eq!(d[0].line, 2);
+}
+
+#[test]
+fn syntax_errors_point_at_the_line() {
+    let d = errors("[listen\nhttp = 1\n");
+    assert_eq!(d[0].line, 1);
+}
+
+#[test]
+fn weights_allow_two_decimals_only() {
+    let text = "[backends.a]\naddrs=[\"127.0.0.1:1\"]\n[backends.b]\naddrs=[\"127.0.0.1:2\"]\n\
+                [[routes]]\nhosts=[\"x\"]\nweights={a=33.333, b=66.667}\n";
+    let d = errors(text);
+    assert!(
+        d.iter().all(|e| e.message.contains("two decimals")),
+        "{d:?}"
+    );
+    assert_eq!(d.len(), 2);
+}
+
+#[test]
+fn sticky_needs_exactly_one_key_source() {
+    let text = "[backends.a]\naddrs=[\"127.0.0.1:1\"]\n\
+                [[routes]]\nhosts=[\"x\"]\nweights={a=100}\nsticky={cookie=\"c\", client_ip=true}\n";
+    let d = errors(text);
+    assert!(d[0].message.contains("exactly one"), "{d:?}");
+    assert_eq!(d[0].path, "routes[0].sticky");
+}
+
+#[test]
+fn wildcards_and_defaults_are_validated() {
+    for bad in ["*example.com", "a.*.com", "*.", "exa mple.com"] {
+        let text = format!(
+            "[backends.a]\naddrs=[\"127.0.0.1:1\"]\n[[routes]]\nhosts=[{bad:?}]\nweights={{a=100}}\n"
+        );
+        assert_eq!(errors(&text).len(), 1, "{bad} should be rejected");
+    }
+}
+
+#[test]
+fn bad_process_settings_are_reported() {
+    let d = errors("[proxy]\nthreads = 0\ngrace = \"soon\"\n[admin]\nlisten = \"localhost\"\n");
+    let paths: Vec<&str> = d.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["proxy.threads", "proxy.grace", "admin.listen"]);
+}

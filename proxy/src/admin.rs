@@ -1,0 +1,318 @@
+//! The admin API, on its own listener: health, status, weights and metrics.
+//!
+//! When a token is configured every call but `/healthz` needs
+//! `Authorization: Bearer <token>`; startup refuses a non-loopback admin listener
+//! without one (see [`crate::run`]).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cutover_config::{Snapshot, WeightsError, format_percent};
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Map, Value, json};
+
+use crate::body::ProxyBody;
+use crate::state::{Live, Shared, UpdateError};
+
+/// Bodies larger than this are refused; weights fit in a few dozen bytes.
+const MAX_BODY: usize = 64 * 1024;
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(route(&shared, req).await)
+}
+
+async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok\n");
+    }
+    if let Some(token) = &shared.admin_token {
+        if !authorized(req.headers().get(AUTHORIZATION), token) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            r.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    let method = req.method().clone();
+    match (method, path.as_str()) {
+        (Method::GET, "/status") => json_response(StatusCode::OK, &status(shared)),
+        (Method::GET, "/metrics") => {
+            let mut r = Response::new(ProxyBody::text(shared.metrics.render()));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (m, p) if route_target(p, "/weights").is_some() => {
+            if m != Method::PUT {
+                return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "use PUT with a JSON body such as {\"old\":50,\"new\":50}",
+                );
+            }
+            let host = route_target(p, "/weights")
+                .map(percent_decode)
+                .unwrap_or_default();
+            put_weights(shared, &host, req).await
+        }
+        (_, "/status" | "/metrics" | "/healthz") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint; see GET /healthz, GET /status, GET /metrics, PUT /routes/{host}/weights",
+        ),
+    }
+}
+
+async fn put_weights(shared: &Shared, host: &str, req: Request<Incoming>) -> Response<ProxyBody> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large or unreadable",
+            );
+        }
+    };
+    let requested = match parse_weights(&body) {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+    };
+    match shared.update(|snap| snap.with_weights(host, &requested)) {
+        Ok(live) => {
+            let ri = live.snap.route_by_host(host).unwrap_or(0);
+            tracing::info!(
+                route = %live.snap.routes()[ri].name,
+                generation = live.snap.generation,
+                weights = %weights_json(&live.snap, ri),
+                "weights set over the admin API"
+            );
+            json_response(StatusCode::OK, &route_json(&live, ri))
+        }
+        Err(UpdateError::Rejected(WeightsError::NoSuchRoute(h))) => {
+            error(StatusCode::NOT_FOUND, &format!("no route lists host {h:?}"))
+        }
+        Err(UpdateError::Rejected(e @ WeightsError::Invalid(_))) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())
+        }
+        Err(UpdateError::State(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// `{"old":50,"new":50}` → pairs; numbers only.
+fn parse_weights(body: &Bytes) -> Result<Vec<(String, f64)>, String> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("body is not JSON ({e}); send e.g. {{\"old\":50,\"new\":50}}"))?;
+    let Value::Object(map) = v else {
+        return Err(
+            "body must be a JSON object of backend → percent, e.g. {\"old\":50,\"new\":50}".into(),
+        );
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        let n = v
+            .as_f64()
+            .ok_or_else(|| format!("{k}: weight must be a number, got {v}"))?;
+        out.push((k, n));
+    }
+    Ok(out)
+}
+
+fn authorized(header: Option<&HeaderValue>, token: &str) -> bool {
+    let Some(given) = header.and_then(|h| h.as_bytes().strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    constant_time_eq(given, token.as_bytes())
+}
+
+/// Compares without an early exit, so response time does not reveal a prefix match.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn status(shared: &Shared) -> Value {
+    let live = shared.live();
+    let snap = &live.snap;
+    let reload = shared.reload_status();
+    let routes: Vec<Value> = (0..snap.routes().len())
+        .map(|i| route_json(&live, i))
+        .collect();
+    let backends: Vec<Value> = snap
+        .config
+        .backends
+        .iter()
+        .map(|b| json!({ "name": b.name, "addrs": b.addrs }))
+        .collect();
+    json!({
+        "generation": snap.generation,
+        "config_file": shared.config_path.display().to_string(),
+        "last_reload_error": reload.last_error.as_ref().map(|e| json!({
+            "at": unix(e.at),
+            "errors": e.errors,
+        })),
+        "last_reload": reload.last_success.map(unix),
+        "reload_errors_total": shared.metrics.config_reload_errors.get(),
+        "routes": routes,
+        "backends": backends,
+    })
+}
+
+fn route_json(live: &Live, i: usize) -> Value {
+    let snap = &live.snap;
+    let r = &snap.routes()[i];
+    let mut inflight = Map::new();
+    if let Some(rt) = live.routes.get(i) {
+        for (b, pair) in snap.config.backends.iter().zip(&rt.pairs) {
+            inflight.insert(b.name.clone(), json!(pair.inflight.get()));
+        }
+    }
+    json!({
+        "name": r.name,
+        "hosts": r.hosts,
+        "weights": weights_json(snap, i),
+        "weights_source": snap.weights_source(i).as_str(),
+        "writes": r.writes.describe(&snap.config),
+        "sticky": match &r.sticky {
+            cutover_config::Sticky::Cookie { name, .. } => json!({ "cookie": name }),
+            cutover_config::Sticky::Header(h) => json!({ "header": h }),
+            cutover_config::Sticky::ClientIp => json!({ "client_ip": true }),
+        },
+        "inflight": inflight,
+    })
+}
+
+fn weights_json(snap: &Snapshot, i: usize) -> Value {
+    let w = snap.weights(i);
+    let mut m = Map::new();
+    for (id, b) in snap.config.backends.iter().enumerate() {
+        m.insert(b.name.clone(), json!(format_percent(w.basis_points(id))));
+    }
+    Value::Object(m)
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `{host}` of `/routes/{host}{suffix}`.
+fn route_target<'a>(path: &'a str, suffix: &str) -> Option<&'a str> {
+    path.strip_prefix("/routes/")?
+        .strip_suffix(suffix)
+        .filter(|h| !h.is_empty())
+}
+
+/// Decodes `%XX` escapes so `*.shop.example.com` may be sent as `%2A.shop…`.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<ProxyBody> {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(ProxyBody::text(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    json_response(status, &json!({ "error": message }))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::text(body));
+    *r.status_mut() = status;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_handles_wildcards_and_junk() {
+        assert_eq!(percent_decode("%2A.shop.example.com"), "*.shop.example.com");
+        assert_eq!(percent_decode("*"), "*");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("a%zz"), "a%zz");
+    }
+
+    #[test]
+    fn token_comparison() {
+        let ok = HeaderValue::from_static("Bearer s3cret");
+        assert!(authorized(Some(&ok), "s3cret"));
+        assert!(!authorized(
+            Some(&HeaderValue::from_static("Bearer s3cre")),
+            "s3cret"
+        ));
+        assert!(!authorized(
+            Some(&HeaderValue::from_static("s3cret")),
+            "s3cret"
+        ));
+        assert!(!authorized(None, "s3cret"));
+    }
+
+    #[test]
+    fn weights_body_must_be_an_object_of_numbers() {
+        let mut parsed = parse_weights(&Bytes::from_static(b"{\"old\":50,\"new\":50.5}")).unwrap();
+        parsed.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            parsed,
+            vec![("new".to_string(), 50.5), ("old".to_string(), 50.0)]
+        );
+        assert!(
+            parse_weights(&Bytes::from_static(b"[1]"))
+                .unwrap_err()
+                .contains("object")
+        );
+        assert!(
+            parse_weights(&Bytes::from_static(b"{\"old\":\"x\"}"))
+                .unwrap_err()
+                .contains("number")
+        );
+        assert!(
+            parse_weights(&Bytes::from_static(b"nope"))
+                .unwrap_err()
+                .contains("not JSON")
+        );
+    }
+}

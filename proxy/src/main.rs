@@ -1,0 +1,104 @@
+//! `cutover-proxy`: parse flags, load the config, start the runtime, hand over.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use cutover_config::Config;
+
+/// The cutover edge proxy: splits each Host's traffic between the old and the new
+/// cluster by weight, keeps every user on one side, and applies weight changes from
+/// its config file (hot-reloaded) or its admin API within a second.
+///
+/// Reloads: the config file's directory is watched (editor saves and Kubernetes
+/// ConfigMap symlink swaps both count), and SIGHUP forces a reload. An invalid file
+/// never replaces a valid one. SIGTERM stops accepting and lets in-flight requests
+/// finish within [proxy] grace.
+#[derive(Parser, Debug)]
+#[command(name = "cutover-proxy", version, about, long_about)]
+struct Cli {
+    /// The TOML config file (see the README's config reference).
+    #[arg(
+        short,
+        long,
+        env = "CUTOVER_CONFIG",
+        default_value = "/etc/cutover/cutover.toml"
+    )]
+    config: PathBuf,
+
+    /// Validate the config file, print every error with file:line:col and field, and
+    /// exit: 0 when valid, 1 otherwise.
+    #[arg(long)]
+    check: bool,
+
+    /// Log filter, e.g. `info`, `debug`, `cutover_proxy=debug`.
+    #[arg(long, env = "CUTOVER_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let text = match std::fs::read_to_string(&cli.config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "cutover-proxy: cannot read config file {}: {e}",
+                cli.config.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match Config::parse(&text, &cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check {
+        println!(
+            "{}: ok ({} backends, {} routes)",
+            cli.config.display(),
+            config.backends.len(),
+            config.routes.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let threads = config.proxy.threads;
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("cutover-proxy")
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cutover-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cutover_proxy::run(cli.config, config, text)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("cutover-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

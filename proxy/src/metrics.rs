@@ -1,0 +1,180 @@
+//! Prometheus metrics. Families are registered once per process; the per-request
+//! handles (one route × backend pair) are resolved once per snapshot, so the request
+//! path touches atomics, not the families' label maps.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    inflight: IntGaugeVec,
+    upstream_errors: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub config_reload_errors: IntCounter,
+}
+
+/// Why a metric family could not be registered: only a programming error (a
+/// duplicate name) can cause it.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics registry: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl Metrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "cutover_requests_total",
+                "Requests answered, by route, backend and status code.",
+            ),
+            &["route", "backend", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "cutover_request_duration_seconds",
+                "Time from a request's arrival until its response body ended.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["route", "backend"],
+        )?;
+        let inflight = IntGaugeVec::new(
+            Opts::new(
+                "cutover_inflight",
+                "Requests in flight, by route and backend.",
+            ),
+            &["route", "backend"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "cutover_upstream_errors_total",
+                "Failures talking to a backend, by kind (connect, timeout, reset, protocol).",
+            ),
+            &["route", "backend", "kind"],
+        )?;
+        let config_generation = IntGauge::new(
+            "cutover_config_generation",
+            "Generation of the routing snapshot in force; rises with every reload or weight change.",
+        )?;
+        let config_reload_errors = IntCounter::new(
+            "cutover_config_reload_errors_total",
+            "Reloads refused because the file was unreadable or invalid.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(config_generation.clone()))?;
+        registry.register(Box::new(config_reload_errors.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            inflight,
+            upstream_errors,
+            config_generation,
+            config_reload_errors,
+        })
+    }
+
+    /// The handles for one route × backend pair.
+    pub fn pair(&self, route: &str, backend: &str) -> PairMetrics {
+        PairMetrics {
+            route: route.to_string(),
+            backend: backend.to_string(),
+            requests: self.requests.clone(),
+            codes: (0..CODES).map(|_| OnceLock::new()).collect(),
+            duration: self.duration.with_label_values(&[route, backend]),
+            inflight: self.inflight.with_label_values(&[route, backend]),
+            upstream_errors: self.upstream_errors.clone(),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for I/O reasons; a family with a broken
+        // label set would have failed at registration.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// Status codes 100..=599 get a cached counter each.
+const CODES: usize = 500;
+
+/// Metric handles for one route × backend pair.
+pub struct PairMetrics {
+    route: String,
+    backend: String,
+    requests: IntCounterVec,
+    codes: Box<[OnceLock<IntCounter>]>,
+    pub duration: Histogram,
+    pub inflight: IntGauge,
+    upstream_errors: IntCounterVec,
+}
+
+impl PairMetrics {
+    /// Counts one answered request.
+    #[inline]
+    pub fn count(&self, code: u16) {
+        let slot = usize::from(code)
+            .checked_sub(100)
+            .and_then(|i| self.codes.get(i));
+        match slot {
+            Some(cell) => cell
+                .get_or_init(|| {
+                    self.requests.with_label_values(&[
+                        &self.route,
+                        &self.backend,
+                        &code.to_string(),
+                    ])
+                })
+                .inc(),
+            None => self
+                .requests
+                .with_label_values(&[&self.route, &self.backend, &code.to_string()])
+                .inc(),
+        }
+    }
+
+    /// Counts one failure talking to the backend.
+    pub fn upstream_error(&self, kind: &str) {
+        self.upstream_errors
+            .with_label_values(&[&self.route, &self.backend, kind])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_handles_share_series_across_snapshots() {
+        let m = Metrics::new().unwrap();
+        let a = m.pair("shop", "old");
+        let b = m.pair("shop", "old");
+        a.count(200);
+        b.count(200);
+        b.count(502);
+        a.inflight.inc();
+        assert_eq!(b.inflight.get(), 1);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(r#"cutover_requests_total{backend="old",code="200",route="shop"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"cutover_requests_total{backend="old",code="502",route="shop"} 1"#)
+        );
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building and testing cutover needs on a bare Debian machine.
+# Idempotent: when everything is present it only checks, in well under a second.
+set -euo pipefail
+
+missing=()
+need() { # need COMMAND DEBIAN-PACKAGE
+  command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+}
+
+need cc gcc
+need make make
+need pkg-config pkg-config
+need curl curl
+need kill procps
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing packages: ${missing[*]} (run as root, or install them)" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found; install a Rust toolchain (1.85 or newer)" >&2
+  exit 1
+fi

@@ -1,0 +1,164 @@
+//! A real HTTP backend that answers with its name. It runs on its own thread and
+//! runtime, so killing it closes every socket it holds, as a dying process would.
+//!
+//! Paths it understands: `/slow/{ms}` answers after that many milliseconds; any
+//! other path answers at once. Every answer carries `x-backend: {name}` and echoes
+//! what the proxy forwarded (`x-seen-host`, `x-seen-xff`, `x-seen-method`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::sync::oneshot;
+
+/// Counters of what a backend received.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    pub requests: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+/// A running backend; stops (closing all its connections) on drop or [`Backend::kill`].
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub stats: Arc<BackendStats>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts a backend called `name` on `127.0.0.1:0`.
+    pub fn start(name: &str) -> Backend {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let addr = listener.local_addr().expect("local addr");
+        let stats = Arc::new(BackendStats::default());
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread_name = name.to_string();
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("backend-{name}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("backend runtime");
+                rt.block_on(serve(listener, thread_name, thread_stats, stop_rx));
+                // Dropping the runtime aborts every connection task: sockets close.
+                rt.shutdown_background();
+            })
+            .expect("spawn backend thread");
+        Backend {
+            name: name.to_string(),
+            addr,
+            stats,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops accepting and closes every open connection, mid-request or not.
+    pub fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn writes(&self) -> u64 {
+        self.stats.writes.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    name: String,
+    stats: Arc<BackendStats>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    let name: Arc<str> = name.into();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut stop => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let name = name.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| answer(req, name.clone(), stats.clone()));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    name: Arc<str>,
+    stats: Arc<BackendStats>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    if !matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) {
+        stats.writes.fetch_add(1, Ordering::SeqCst);
+    }
+    let path = req.uri().path().to_string();
+    let echo = |h: &str| {
+        req.headers()
+            .get(h)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(""))
+    };
+    let host = echo("host");
+    let xff = echo("x-forwarded-for");
+    let method =
+        HeaderValue::from_str(req.method().as_str()).unwrap_or(HeaderValue::from_static("?"));
+    // Read the whole request body before answering, as an application would.
+    let _ = req.into_body().collect().await?;
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
+    let h = resp.headers_mut();
+    h.insert(
+        "x-backend",
+        HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("?")),
+    );
+    h.insert("x-seen-host", host);
+    h.insert("x-seen-xff", xff);
+    h.insert("x-seen-method", method);
+    Ok(resp)
+}

@@ -1,0 +1,16 @@
+//! The end-to-end harness: real HTTP backends, real `cutover-proxy` processes, and a
+//! small client, each bound to `127.0.0.1:0` and stopped on drop. Test modules live in
+//! `tests/e2e/`; this crate is the toolbox they share.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod backend;
+mod binaries;
+mod client;
+mod eventually;
+mod proxy;
+
+pub use backend::{Backend, BackendStats};
+pub use binaries::binary;
+pub use client::{Client, Reply};
+pub use eventually::eventually;
+pub use proxy::{Proxy, ProxyBuilder, two_backend_config};

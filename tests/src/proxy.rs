@@ -1,0 +1,247 @@
+//! A real `cutover-proxy` process with its config in a temp dir. The proxy binds
+//! `127.0.0.1:0` for both listeners; the harness learns the ports from its log.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde_json::Value;
+
+use crate::binaries::binary;
+use crate::client::{Client, Reply};
+
+/// A config for two backends `old` and `new` and one route for `hosts`, with extra
+/// route lines (e.g. `writes = "old"`) appended.
+pub fn two_backend_config(
+    old: SocketAddr,
+    new: SocketAddr,
+    hosts: &[&str],
+    weights: (f64, f64),
+    extra: &str,
+) -> String {
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+    format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [proxy]\nthreads = 2\ngrace = \"10s\"\n\n\
+         [backends.old]\naddrs = [\"{old}\"]\n\n[backends.new]\naddrs = [\"{new}\"]\n\n\
+         [[routes]]\nhosts = [{}]\nweights = {{ old = {}, new = {} }}\n{extra}\n",
+        hosts.join(", "),
+        weights.0,
+        weights.1
+    )
+}
+
+/// Builds and starts a proxy process.
+pub struct ProxyBuilder {
+    config: String,
+    env: Vec<(String, String)>,
+}
+
+/// A running proxy; killed on drop.
+pub struct Proxy {
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    client: Client,
+    token: Option<String>,
+}
+
+impl ProxyBuilder {
+    pub fn new(config: impl Into<String>) -> Self {
+        ProxyBuilder {
+            config: config.into(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Starts the proxy and waits until both listeners are up. On failure returns
+    /// the exit status and everything the process logged.
+    pub fn start(self) -> Result<Proxy, (Option<ExitStatus>, String)> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("cutover.toml");
+        std::fs::write(&path, &self.config).expect("write config");
+        self.start_in(dir, &path)
+    }
+
+    /// Like [`ProxyBuilder::start`] with the config at `path` inside `dir` (which
+    /// the caller has prepared, e.g. as a symlink farm).
+    pub fn start_in(
+        self,
+        dir: tempfile::TempDir,
+        path: &Path,
+    ) -> Result<Proxy, (Option<ExitStatus>, String)> {
+        let mut cmd = Command::new(binary("cutover-proxy"));
+        cmd.arg("--config").arg(path).arg("--log").arg("info");
+        cmd.env_remove("CUTOVER_ADMIN_TOKEN");
+        let mut token = None;
+        for (k, v) in &self.env {
+            if k == "CUTOVER_ADMIN_TOKEN" {
+                token = Some(v.clone());
+            }
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cutover-proxy");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (http, admin) = {
+                let l = logs.lock().unwrap();
+                (
+                    find_addr(&l, "listening for traffic"),
+                    find_addr(&l, "admin API listening"),
+                )
+            };
+            if let (Some(http), Some(admin)) = (http, admin) {
+                return Ok(Proxy {
+                    http,
+                    admin,
+                    dir,
+                    child,
+                    logs,
+                    client: Client::new(),
+                    token,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                // Let the reader thread drain what is left.
+                std::thread::sleep(Duration::from_millis(100));
+                return Err((Some(status), logs.lock().unwrap().join("\n")));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err((None, logs.lock().unwrap().join("\n")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn find_addr(lines: &[String], marker: &str) -> Option<SocketAddr> {
+    lines
+        .iter()
+        .find(|l| l.contains(marker))
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map(|mut a| {
+            // A wildcard listener is reached over loopback.
+            if a.ip().is_unspecified() {
+                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            a
+        })
+}
+
+impl Proxy {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("cutover.toml")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the proxy has logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, …).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {sig} failed");
+    }
+
+    /// Waits for the process to exit, up to `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn auth(&self) -> Vec<(&str, String)> {
+        self.token
+            .iter()
+            .map(|t| ("authorization", format!("Bearer {t}")))
+            .collect()
+    }
+
+    /// A call to the admin API with the configured token, if any.
+    pub async fn admin_call(&self, method: Method, path: &str, body: &str) -> Reply {
+        let auth = self.auth();
+        let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.client
+            .send(self.admin, method, "admin", path, &headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("admin {path}: {e}"))
+    }
+
+    pub async fn status(&self) -> Value {
+        let r = self.admin_call(Method::GET, "/status", "").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str(&r.body).expect("status is JSON")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.admin_call(Method::GET, "/metrics", "").await.body
+    }
+
+    pub async fn put_weights(&self, host: &str, body: &str) -> Reply {
+        self.admin_call(Method::PUT, &format!("/routes/{host}/weights"), body)
+            .await
+    }
+
+    /// A GET through the proxy for `host`.
+    pub async fn get(&self, host: &str, path: &str) -> Reply {
+        self.client
+            .get(self.http, host, path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {host}{path}: {e}"))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,15 @@
+//! End-to-end tests: real backends and real `cutover-proxy` processes on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "e2e/admin.rs"]
+mod admin;
+#[path = "e2e/check.rs"]
+mod check;
+#[path = "e2e/reload.rs"]
+mod reload;
+#[path = "e2e/robustness.rs"]
+mod robustness;
+#[path = "e2e/routing.rs"]
+mod routing;
+#[path = "e2e/split.rs"]
+mod split;

@@ -1,0 +1,168 @@
+//! Bad input, dead backends and a graceful stop.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use cutover_tests::{Backend, ProxyBuilder, eventually, two_backend_config};
+
+const HOST: &str = "shop.test";
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_the_proxy_keeps_serving() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let proxy = ProxyBuilder::new(two_backend_config(
+        old.addr,
+        new.addr,
+        &[HOST],
+        (50.0, 50.0),
+        "",
+    ))
+    .start()
+    .unwrap();
+    let garbage: [&[u8]; 6] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: shop.test\r\nBad Header Line\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: shop.test\r\n\r\n",
+        b"GET /\x01\x02 HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: abc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    ];
+    let addr = proxy.http;
+    let statuses = tokio::task::spawn_blocking(move || {
+        let mut statuses = Vec::new();
+        for i in 0..300 {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(garbage[i % garbage.len()]).unwrap();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            let head = String::from_utf8_lossy(&buf);
+            statuses.push(head.lines().next().unwrap_or("").to_string());
+        }
+        statuses
+    })
+    .await
+    .unwrap();
+    for (i, s) in statuses.iter().enumerate() {
+        let ok = s.starts_with("HTTP/1.1 400")
+            || (i % garbage.len() == 2 && s.starts_with("HTTP/1.1 505"));
+        assert!(
+            ok,
+            "request {i} ({:?}) got {s:?}",
+            String::from_utf8_lossy(garbage[i % garbage.len()])
+        );
+    }
+    assert_eq!(
+        old.requests() + new.requests(),
+        0,
+        "nothing malformed reached a backend"
+    );
+    let r = proxy.get(HOST, "/").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_request_without_host_gets_400() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let proxy = ProxyBuilder::new(two_backend_config(
+        old.addr,
+        new.addr,
+        &["*"],
+        (50.0, 50.0),
+        "",
+    ))
+    .start()
+    .unwrap();
+    let addr = proxy.http;
+    let head = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).to_string()
+    })
+    .await
+    .unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 400") || head.starts_with("HTTP/1.1 400"),
+        "{head}"
+    );
+    assert!(head.contains("missing Host"), "{head}");
+}
+
+#[tokio::test]
+async fn a_refusing_backend_gives_a_prompt_502_naming_it() {
+    let old = Backend::start("old");
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = ProxyBuilder::new(two_backend_config(
+        old.addr,
+        refused,
+        &[HOST],
+        (0.0, 100.0),
+        "",
+    ))
+    .start()
+    .unwrap();
+    let started = Instant::now();
+    let r = proxy.get(HOST, "/").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.backend(), "new");
+    assert!(r.body.contains("new"), "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(proxy.logs().contains("upstream request failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let mut proxy = ProxyBuilder::new(two_backend_config(
+        old.addr,
+        new.addr,
+        &[HOST],
+        (100.0, 0.0),
+        "",
+    ))
+    .start()
+    .unwrap();
+    let (c, addr) = (proxy.client().clone(), proxy.http);
+    let slow = tokio::spawn(async move { c.get(addr, HOST, "/slow/2000").await });
+    eventually(
+        Duration::from_secs(5),
+        "the slow request in flight",
+        || async { (proxy.status().await["routes"][0]["inflight"]["old"] == 1).then_some(()) },
+    )
+    .await;
+    proxy.signal("TERM");
+    // New connections are refused once the listener is closed.
+    eventually(Duration::from_secs(5), "the listener to close", || async {
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let r = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.trim(), "old");
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the proxy exits");
+    assert_eq!(status.code(), Some(0), "{}", proxy.logs());
+    assert!(
+        proxy.logs().contains("all connections finished"),
+        "{}",
+        proxy.logs()
+    );
+}

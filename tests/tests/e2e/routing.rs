@@ -1,0 +1,63 @@
+//! Route by Host: exact, then wildcard, then the default route; 404 otherwise.
+
+use cutover_tests::{Backend, ProxyBuilder};
+
+fn three_routes(a: &Backend, b: &Backend, c: &Backend, with_default: bool) -> String {
+    let default = if with_default {
+        "[[routes]]\nhosts = [\"*\"]\nweights = { c = 100 }\n"
+    } else {
+        ""
+    };
+    format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [backends.a]\naddrs = [\"{}\"]\n[backends.b]\naddrs = [\"{}\"]\n[backends.c]\naddrs = [\"{}\"]\n\
+         [[routes]]\nhosts = [\"shop.test\", \"*.shop.test\"]\nweights = {{ a = 100 }}\n\
+         [[routes]]\nhosts = [\"api.shop.test\"]\nweights = {{ b = 100 }}\n{default}",
+        a.addr, b.addr, c.addr
+    )
+}
+
+#[tokio::test]
+async fn exact_then_wildcard_then_default() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let proxy = ProxyBuilder::new(three_routes(&a, &b, &c, true))
+        .start()
+        .unwrap();
+    for (host, want) in [
+        ("shop.test", "a"),
+        ("SHOP.test:8080", "a"),
+        ("www.shop.test", "a"),
+        ("deep.www.shop.test", "a"),
+        ("api.shop.test", "b"),
+        ("other.example", "c"),
+        ("shop.test.example", "c"),
+    ] {
+        let r = proxy.get(host, "/").await;
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+        assert_eq!(r.backend(), want, "{host}");
+        // The backend really answered, and saw the client's Host.
+        assert_eq!(r.body.trim(), want);
+        assert_eq!(r.header("x-seen-host"), host);
+        assert_eq!(r.header("x-seen-xff"), "127.0.0.1");
+    }
+}
+
+#[tokio::test]
+async fn an_unrouted_host_gets_404_naming_it() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let proxy = ProxyBuilder::new(three_routes(&a, &b, &c, false))
+        .start()
+        .unwrap();
+    let r = proxy.get("nowhere.example", "/").await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("nowhere.example"), "{}", r.body);
+    assert_eq!(a.requests() + b.requests() + c.requests(), 0);
+}
