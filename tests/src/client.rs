@@ -105,3 +105,30 @@ impl Client {
         self.send(addr, Method::GET, host, path, &[], "").await
     }
 }
+
+/// Sends one GET over HTTP/2 with prior knowledge (h2c) to `addr`, with `host` in the
+/// `:authority` pseudo-header, as a gRPC or modern client would.
+pub async fn h2_get(addr: SocketAddr, host: &str, path: &str) -> Result<Reply, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(format!("http://{host}{path}"))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}

@@ -11,6 +11,6 @@ mod proxy;
 
 pub use backend::{Backend, BackendStats};
 pub use binaries::binary;
-pub use client::{Client, Reply};
+pub use client::{Client, Reply, h2_get};
 pub use eventually::eventually;
 pub use proxy::{Proxy, ProxyBuilder, two_backend_config};

@@ -61,3 +61,27 @@ async fn an_unrouted_host_gets_404_naming_it() {
     assert!(r.body.contains("nowhere.example"), "{}", r.body);
     assert_eq!(a.requests() + b.requests() + c.requests(), 0);
 }
+
+#[tokio::test]
+async fn http2_clients_are_routed_by_authority_on_a_single_thread() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let cfg = three_routes(&a, &b, &c, true)
+        .replace("[backends.a]", "[proxy]\nthreads = 1\n[backends.a]");
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    assert!(proxy.logs().contains("threads=1"), "{}", proxy.logs());
+    for (host, want) in [
+        ("api.shop.test", "b"),
+        ("www.shop.test", "a"),
+        ("else.example", "c"),
+    ] {
+        let r = cutover_tests::h2_get(proxy.http, host, "/").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.backend(), want, "{host}");
+        // The HTTP/1.1 backend got a Host header made from :authority.
+        assert_eq!(r.header("x-seen-host"), host);
+    }
+}
