@@ -20,7 +20,8 @@ pub use diag::{ConfigError, Diagnostic};
 pub use duration::{format_duration, parse_duration};
 pub use hash::{BUCKETS, bucket_of, stable_hash};
 pub use model::{
-    AdminSettings, Backend, BackendId, Config, Listen, ProxySettings, Route, Sticky, WriteSide,
+    AdminSettings, Backend, BackendId, Config, Eject, HealthCheck, HoldSettings, Listen,
+    ProxySettings, ResolverSettings, Route, Sticky, Timeouts, WriteSide,
 };
 pub use snapshot::{Snapshot, WeightsError, WeightsSource};
 pub use table::RouteTable;

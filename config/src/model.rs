@@ -18,6 +18,8 @@ pub struct Config {
     pub listen: Listen,
     pub admin: AdminSettings,
     pub proxy: ProxySettings,
+    pub hold: HoldSettings,
+    pub resolver: ResolverSettings,
     /// In declaration order.
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
@@ -48,12 +50,65 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
 }
 
+/// `[hold]`: limits on requests held during a switchover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldSettings {
+    /// Held requests beyond this many get 503 at once.
+    pub max_queued: usize,
+    /// The hold's deadline when the hold call names none.
+    pub max: Duration,
+}
+
+/// `[resolver]`: how backend host names are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverSettings {
+    /// Empty: the system's resolver configuration.
+    pub nameservers: Vec<SocketAddr>,
+    /// Bounds on how long an answer is used before it is resolved again.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
 /// A named group of upstream addresses, such as one cluster's load balancer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     pub name: String,
     /// `ip:port` or `hostname:port`.
     pub addrs: Vec<String>,
+    /// Active health checks; none when not configured.
+    pub health: Option<HealthCheck>,
+    /// Passive ejection after consecutive connect failures.
+    pub eject: Eject,
+}
+
+/// An active HTTP check against every address of a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that make a down address healthy again.
+    pub healthy: u32,
+    /// Consecutive failures that take an address out.
+    pub unhealthy: u32,
+}
+
+/// Passive ejection: `failures` consecutive connect failures take an address out for
+/// `cooldown`. `failures = 0` turns it off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eject {
+    pub failures: u32,
+    pub cooldown: Duration,
+}
+
+/// Per-route limits on one upstream attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// From the request sent until the response head arrives.
+    pub response_header: Duration,
+    /// The whole exchange including the response body; none when unset.
+    pub total: Option<Duration>,
 }
 
 /// Traffic for a set of hosts, split between backends.
@@ -65,8 +120,18 @@ pub struct Route {
     pub hosts: Vec<String>,
     /// The weights the file asks for.
     pub weights: Weights,
+    /// The backends this route may use: those named in its weights (even at 0) and
+    /// its write side, in declaration order. Retries and failover stay among them.
+    pub members: Vec<BackendId>,
     pub writes: WriteSide,
     pub sticky: Sticky,
+    /// Upstream attempts per request, the first included.
+    pub attempts: u32,
+    /// Request bodies up to this size are kept so they can be replayed on a retry.
+    pub retry_buffer: usize,
+    pub timeouts: Timeouts,
+    /// Whether a backend with every address down hands its share to the others.
+    pub failover: bool,
 }
 
 /// Where unsafe methods (POST, PUT, PATCH, DELETE) go.

@@ -15,6 +15,10 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub proxy: RawProxy,
     #[serde(default)]
+    pub hold: RawHold,
+    #[serde(default)]
+    pub resolver: RawResolver,
+    #[serde(default)]
     pub backends: IndexMap<String, RawBackend>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
@@ -41,10 +45,52 @@ pub(crate) struct RawProxy {
     pub connect_timeout: Option<Spanned<String>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHold {
+    pub max_queued: Option<Spanned<i64>>,
+    pub max: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResolver {
+    pub nameservers: Option<Vec<Spanned<String>>>,
+    pub min_ttl: Option<Spanned<String>>,
+    pub max_ttl: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBackend {
     pub addrs: Spanned<Vec<Spanned<String>>>,
+    pub health: Option<Spanned<RawHealth>>,
+    pub eject: Option<Spanned<RawEject>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub healthy: Option<Spanned<i64>>,
+    pub unhealthy: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEject {
+    pub failures: Option<Spanned<i64>>,
+    pub cooldown: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeouts {
+    pub connect: Option<Spanned<String>>,
+    pub response_header: Option<Spanned<String>>,
+    pub total: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +101,10 @@ pub(crate) struct RawRoute {
     pub weights: Spanned<IndexMap<String, Spanned<f64>>>,
     pub writes: Option<Spanned<String>>,
     pub sticky: Option<Spanned<RawSticky>>,
+    pub attempts: Option<Spanned<i64>>,
+    pub retry_buffer: Option<Spanned<i64>>,
+    pub timeouts: Option<Spanned<RawTimeouts>>,
+    pub failover: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

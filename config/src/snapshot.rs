@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::hash::BUCKETS;
-use crate::model::{Config, Route};
+use crate::model::{Config, Route, WriteSide};
 use crate::table::RouteTable;
 use crate::weights::{Weights, parse_percent};
 
@@ -38,6 +38,9 @@ pub struct Snapshot {
     pub table: Arc<RouteTable>,
     weights: Vec<Weights>,
     sources: Vec<WeightsSource>,
+    /// The write side in force per route; the admin API sets it at a switchover.
+    writes: Vec<WriteSide>,
+    writes_sources: Vec<WeightsSource>,
 }
 
 /// Why an admin weight change was refused.
@@ -54,12 +57,16 @@ impl Snapshot {
     pub fn new(config: Config) -> Self {
         let weights = config.routes.iter().map(|r| r.weights.clone()).collect();
         let sources = vec![WeightsSource::File; config.routes.len()];
+        let writes = config.routes.iter().map(|r| r.writes).collect();
+        let writes_sources = vec![WeightsSource::File; config.routes.len()];
         Snapshot {
             table: Arc::new(RouteTable::new(&config.routes)),
             config: Arc::new(config),
             generation: 1,
             weights,
             sources,
+            writes,
+            writes_sources,
         }
     }
 
@@ -67,15 +74,27 @@ impl Snapshot {
     /// routes whose admin-set weights were kept.
     pub fn reload(&self, config: Config) -> (Snapshot, Vec<String>) {
         let mut kept = Vec::new();
-        let same_backends = self.config.backends == config.backends;
+        let names = |c: &Config| {
+            c.backends
+                .iter()
+                .map(|b| b.name.clone())
+                .collect::<Vec<_>>()
+        };
+        let same_backends = names(&self.config) == names(&config);
         let mut weights = Vec::with_capacity(config.routes.len());
         let mut sources = Vec::with_capacity(config.routes.len());
+        let mut writes = Vec::with_capacity(config.routes.len());
+        let mut writes_sources = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let previous = self.config.routes.iter().position(|r| r.name == route.name);
+            let previous = self
+                .config
+                .routes
+                .iter()
+                .position(|r| r.name == route.name)
+                .filter(|_| same_backends);
             match previous {
                 Some(p)
-                    if same_backends
-                        && self.sources[p] == WeightsSource::Admin
+                    if self.sources[p] == WeightsSource::Admin
                         && self.config.routes[p].weights == route.weights =>
                 {
                     weights.push(self.weights[p].clone());
@@ -87,6 +106,19 @@ impl Snapshot {
                     sources.push(WeightsSource::File);
                 }
             }
+            match previous {
+                Some(p)
+                    if self.writes_sources[p] == WeightsSource::Admin
+                        && self.config.routes[p].writes == route.writes =>
+                {
+                    writes.push(self.writes[p]);
+                    writes_sources.push(WeightsSource::Admin);
+                }
+                _ => {
+                    writes.push(route.writes);
+                    writes_sources.push(WeightsSource::File);
+                }
+            }
         }
         let next = Snapshot {
             table: Arc::new(RouteTable::new(&config.routes)),
@@ -94,6 +126,8 @@ impl Snapshot {
             generation: self.generation + 1,
             weights,
             sources,
+            writes,
+            writes_sources,
         };
         (next, kept)
     }
@@ -139,6 +173,41 @@ impl Snapshot {
         Ok(next)
     }
 
+    /// The snapshot after a switchover sets the write side of the routes `host`
+    /// names (`*` = every route) to `backend`.
+    pub fn with_writes(&self, host: &str, backend: &str) -> Result<Snapshot, WeightsError> {
+        let routes = self.routes_for(host)?;
+        let side = if backend == "split" {
+            WriteSide::Split
+        } else {
+            WriteSide::Backend(self.config.backend_id(backend).ok_or_else(|| {
+                WeightsError::Invalid(vec![format!(
+                    "unknown backend {backend:?}; use \"split\" or one of: {}",
+                    self.config.backend_names().collect::<Vec<_>>().join(", ")
+                )])
+            })?)
+        };
+        let mut next = self.clone();
+        next.generation += 1;
+        for r in routes {
+            next.writes[r] = side;
+            next.writes_sources[r] = WeightsSource::Admin;
+        }
+        Ok(next)
+    }
+
+    /// The routes `host` names: one route by a listed host or name, or every route
+    /// for `*` when no route lists `*` itself.
+    pub fn routes_for(&self, host: &str) -> Result<Vec<usize>, WeightsError> {
+        if let Some(i) = self.route_by_host(host) {
+            return Ok(vec![i]);
+        }
+        if host == "*" {
+            return Ok((0..self.config.routes.len()).collect());
+        }
+        Err(WeightsError::NoSuchRoute(host.to_string()))
+    }
+
     /// The route listing `host` exactly (not by wildcard match), or named `host`.
     pub fn route_by_host(&self, host: &str) -> Option<usize> {
         let host = host.to_ascii_lowercase();
@@ -160,6 +229,16 @@ impl Snapshot {
 
     pub fn weights_source(&self, i: usize) -> WeightsSource {
         self.sources[i]
+    }
+
+    /// The write side in force for route `i`.
+    #[inline]
+    pub fn writes(&self, i: usize) -> WriteSide {
+        self.writes[i]
+    }
+
+    pub fn writes_source(&self, i: usize) -> WeightsSource {
+        self.writes_sources[i]
     }
 }
 
@@ -225,5 +304,48 @@ mod tests {
         assert!(kept.is_empty());
         assert_eq!(s.weights(0).as_slice(), [7000, 3000]);
         assert_eq!(s.weights_source(0), WeightsSource::File);
+    }
+}
+
+#[cfg(test)]
+mod writes_tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(writes: &str) -> Config {
+        let text = format!(
+            "[backends.old]\naddrs=[\"127.0.0.1:1\"]\n[backends.new]\naddrs=[\"127.0.0.1:2\"]\n\
+             [[routes]]\nhosts=[\"a.test\"]\nweights={{old=100}}\nwrites=\"{writes}\"\n\
+             [[routes]]\nhosts=[\"b.test\"]\nweights={{old=100}}\nwrites=\"old\"\n"
+        );
+        Config::parse(&text, Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_switchover_moves_the_write_side_and_a_reload_keeps_it() {
+        let s = Snapshot::new(config("old"));
+        assert_eq!(s.writes(0), WriteSide::Backend(0));
+        let s = s.with_writes("*", "new").unwrap();
+        assert_eq!(
+            (s.writes(0), s.writes(1)),
+            (WriteSide::Backend(1), WriteSide::Backend(1))
+        );
+        let s = s.with_writes("a.test", "split").unwrap();
+        assert_eq!(
+            (s.writes(0), s.writes(1)),
+            (WriteSide::Split, WriteSide::Backend(1))
+        );
+        assert!(s.with_writes("a.test", "blue").is_err());
+        assert!(matches!(
+            s.with_writes("c.test", "new"),
+            Err(WeightsError::NoSuchRoute(_))
+        ));
+        // The file did not change route b's writes: the switchover's side stays.
+        let (s, _) = s.reload(config("new"));
+        assert_eq!(s.writes(1), WriteSide::Backend(1));
+        assert_eq!(s.writes_source(1), WeightsSource::Admin);
+        // It did change route a's: the file wins there.
+        assert_eq!(s.writes(0), WriteSide::Backend(1));
+        assert_eq!(s.writes_source(0), WeightsSource::File);
     }
 }

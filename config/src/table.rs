@@ -87,11 +87,20 @@ mod tests {
             name: hosts[0].into(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             weights: Weights::from_basis_points(vec![10_000]),
+            members: vec![0],
             writes: WriteSide::Split,
             sticky: Sticky::Cookie {
                 name: "c".into(),
                 max_age: Duration::from_secs(1),
             },
+            attempts: 2,
+            retry_buffer: 0,
+            timeouts: crate::model::Timeouts {
+                connect: Duration::from_secs(1),
+                response_header: Duration::from_secs(1),
+                total: None,
+            },
+            failover: true,
         }
     }
 

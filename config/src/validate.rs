@@ -10,18 +10,19 @@ use toml::Spanned;
 
 use crate::diag::{ConfigError, Diagnostic, Locator};
 use crate::duration::parse_duration;
-use crate::hash::BUCKETS;
 use crate::model::{
-    AdminSettings, Backend, Config, Listen, ProxySettings, Route, Sticky, WriteSide,
+    AdminSettings, Backend, Config, Eject, HealthCheck, HoldSettings, Listen, ProxySettings,
+    ResolverSettings,
 };
-use crate::raw::{RawConfig, RawRoute, RawSticky};
-use crate::weights::{Weights, parse_percent};
+use crate::raw::{RawBackend, RawConfig, RawResolver};
 
 const DEFAULT_HTTP: &str = "0.0.0.0:8080";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 const DEFAULT_GRACE: Duration = Duration::from_secs(25);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const DEFAULT_COOKIE_MAX_AGE: Duration = Duration::from_secs(30 * 86400);
+const DEFAULT_MAX_QUEUED: i64 = 10_000;
+const DEFAULT_HOLD_MAX: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_COOKIE_MAX_AGE: Duration = Duration::from_secs(30 * 86400);
 
 pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let file_name = file.display().to_string();
@@ -40,6 +41,7 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let mut v = Validator {
         loc,
         errors: Vec::new(),
+        connect_default: DEFAULT_CONNECT_TIMEOUT,
     };
     let config = v.config(raw, file);
     if v.errors.is_empty() {
@@ -69,6 +71,8 @@ fn deserialize(text: &str) -> Result<RawConfig, (String, toml::de::Error)> {
 struct Validator<'a> {
     loc: Locator<'a>,
     errors: Vec<Diagnostic>,
+    /// `proxy.connect_timeout`, the default for every route's connect timeout.
+    connect_default: Duration,
 }
 
 impl Validator<'_> {
@@ -110,6 +114,30 @@ impl Validator<'_> {
         }
     }
 
+    /// An integer field within `range`, or `default` when absent.
+    fn count(
+        &mut self,
+        value: Option<Spanned<i64>>,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+        path: &str,
+    ) -> i64 {
+        match value {
+            None => default,
+            Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                let msg = format!(
+                    "{} is out of range; use {} to {}",
+                    v.get_ref(),
+                    range.start(),
+                    range.end()
+                );
+                self.err(&v, path, msg);
+                default
+            }
+        }
+    }
+
     fn config(&mut self, raw: RawConfig, file: &Path) -> Config {
         let listen = Listen {
             http: self.addr(raw.listen.http, DEFAULT_HTTP, "listen.http"),
@@ -118,26 +146,9 @@ impl Validator<'_> {
             listen: self.addr(raw.admin.listen, DEFAULT_ADMIN, "admin.listen"),
             token_file: raw.admin.token_file.map(|s| s.into_inner().into()),
         };
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let threads = match raw.proxy.threads {
-            None => cores,
-            Some(t) if (1..=1024).contains(t.get_ref()) => {
-                usize::try_from(*t.get_ref()).unwrap_or(cores)
-            }
-            Some(t) => {
-                self.err(
-                    &t,
-                    "proxy.threads",
-                    format!(
-                        "{} is out of range; use 1 to 1024 (default: the number of cores)",
-                        t.get_ref()
-                    ),
-                );
-                cores
-            }
-        };
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as i64;
         let proxy = ProxySettings {
-            threads,
+            threads: self.count(raw.proxy.threads, 1..=1024, cores, "proxy.threads") as usize,
             grace: self.duration(raw.proxy.grace, DEFAULT_GRACE, "proxy.grace"),
             connect_timeout: self.duration(
                 raw.proxy.connect_timeout,
@@ -145,40 +156,21 @@ impl Validator<'_> {
                 "proxy.connect_timeout",
             ),
         };
+        self.connect_default = proxy.connect_timeout;
+        let hold = HoldSettings {
+            max_queued: self.count(
+                raw.hold.max_queued,
+                0..=10_000_000,
+                DEFAULT_MAX_QUEUED,
+                "hold.max_queued",
+            ) as usize,
+            max: self.duration(raw.hold.max, DEFAULT_HOLD_MAX, "hold.max"),
+        };
+        let resolver = self.resolver(raw.resolver);
 
         let mut backends = Vec::with_capacity(raw.backends.len());
         for (name, b) in raw.backends {
-            // Keys carry no span of their own; point at the backend's addresses.
-            let path = format!("backends.{name}");
-            if !is_backend_name(&name) {
-                self.err(
-                    &b.addrs,
-                    &path,
-                    "a backend name uses letters, digits, '-' and '_' only",
-                );
-            }
-            if name == "split" {
-                self.err(
-                    &b.addrs,
-                    &path,
-                    "\"split\" is reserved for `writes = \"split\"`; pick another name",
-                );
-            }
-            if b.addrs.get_ref().is_empty() {
-                self.err(
-                    &b.addrs,
-                    format!("{path}.addrs"),
-                    "needs at least one address",
-                );
-            }
-            let mut addrs = Vec::new();
-            for (i, a) in b.addrs.into_inner().into_iter().enumerate() {
-                if let Err(e) = check_upstream_addr(a.get_ref()) {
-                    self.err(&a, format!("{path}.addrs[{i}]"), e);
-                }
-                addrs.push(a.into_inner());
-            }
-            backends.push(Backend { name, addrs });
+            backends.push(self.backend(name, b));
         }
 
         let mut routes = Vec::with_capacity(raw.routes.len());
@@ -194,259 +186,117 @@ impl Validator<'_> {
             listen,
             admin,
             proxy,
+            hold,
+            resolver,
             backends,
             routes,
         }
     }
 
-    fn route(
-        &mut self,
-        i: usize,
-        raw: Spanned<RawRoute>,
-        backends: &[Backend],
-        seen_hosts: &mut HashMap<String, usize>,
-        seen_names: &mut HashMap<String, usize>,
-    ) -> Route {
-        let at = format!("routes[{i}]");
-        let route_span = raw.span();
-        let r = raw.into_inner();
-        if r.hosts.get_ref().is_empty() {
-            self.err(
-                &r.hosts,
-                format!("{at}.hosts"),
-                "needs at least one host (\"*\" for a default route)",
-            );
-        }
-        let mut hosts = Vec::new();
-        let mut host_errors = false;
-        for (j, h) in r.hosts.get_ref().iter().enumerate() {
-            let path = format!("{at}.hosts[{j}]");
-            let host = h.get_ref().trim().to_ascii_lowercase();
-            if let Err(e) = check_route_host(&host) {
-                self.err(h, &path, e);
-                host_errors = true;
-                continue;
-            }
-            if let Some(prev) = seen_hosts.insert(host.clone(), i) {
-                let msg = if prev == i {
-                    format!("{host:?} is listed twice")
-                } else {
-                    format!("{host:?} is already routed by routes[{prev}]")
-                };
-                self.err(h, &path, msg);
-                host_errors = true;
-            }
-            hosts.push(host);
-        }
-        let name = match &r.name {
-            Some(n) => n.get_ref().clone(),
-            None => hosts
-                .first()
-                .cloned()
-                .unwrap_or_else(|| format!("route{i}")),
-        };
-        // A derived name repeats only when a host does, which is already reported.
-        let derived_clash_reported = r.name.is_none() && host_errors;
-        if let Some(prev) = seen_names
-            .insert(name.clone(), i)
-            .filter(|_| !derived_clash_reported)
-        {
-            let msg = format!(
-                "route name {name:?} is already used by routes[{prev}]; set a distinct `name`"
-            );
-            match &r.name {
-                Some(n) => self.err(n, format!("{at}.name"), msg),
-                None => self.errors.push(self.loc.at(
-                    Some(route_span.clone()),
-                    format!("{at}.name"),
-                    msg,
-                )),
-            }
-        }
-
-        let weights = self.weights(&at, &r.weights, backends);
-        let writes = match &r.writes {
-            None => WriteSide::Split,
-            Some(w) if w.get_ref() == "split" => WriteSide::Split,
-            Some(w) => match backends.iter().position(|b| &b.name == w.get_ref()) {
-                Some(id) => WriteSide::Backend(id),
-                None => {
-                    let msg = format!(
-                        "unknown backend {:?}; use \"split\" or one of: {}",
-                        w.get_ref(),
-                        names(backends)
-                    );
-                    self.err(w, format!("{at}.writes"), msg);
-                    WriteSide::Split
+    fn resolver(&mut self, raw: RawResolver) -> ResolverSettings {
+        let mut nameservers = Vec::new();
+        for (i, ns) in raw.nameservers.unwrap_or_default().into_iter().enumerate() {
+            let text = ns.get_ref();
+            // A bare IP means port 53.
+            let parsed = text.parse::<SocketAddr>().or_else(|_| {
+                text.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Ok(a) => nameservers.push(a),
+                Err(_) => {
+                    let msg = format!("{text:?} is not an address; use ip or ip:port");
+                    self.err(&ns, format!("resolver.nameservers[{i}]"), msg);
                 }
+            }
+        }
+        let min_ttl = self.duration(raw.min_ttl, Duration::from_secs(1), "resolver.min_ttl");
+        let max_ttl = self.duration(raw.max_ttl, Duration::from_secs(300), "resolver.max_ttl");
+        ResolverSettings {
+            nameservers,
+            min_ttl,
+            max_ttl,
+        }
+    }
+
+    fn backend(&mut self, name: String, b: RawBackend) -> Backend {
+        // Keys carry no span of their own; point at the backend's addresses.
+        let path = format!("backends.{name}");
+        if !route::is_backend_name(&name) {
+            self.err(
+                &b.addrs,
+                &path,
+                "a backend name uses letters, digits, '-' and '_' only",
+            );
+        }
+        if name == "split" {
+            self.err(
+                &b.addrs,
+                &path,
+                "\"split\" is reserved for `writes = \"split\"`; pick another name",
+            );
+        }
+        if b.addrs.get_ref().is_empty() {
+            self.err(
+                &b.addrs,
+                format!("{path}.addrs"),
+                "needs at least one address",
+            );
+        }
+        let mut addrs = Vec::new();
+        for (i, a) in b.addrs.into_inner().into_iter().enumerate() {
+            if let Err(e) = check_upstream_addr(a.get_ref()) {
+                self.err(&a, format!("{path}.addrs[{i}]"), e);
+            }
+            addrs.push(a.into_inner());
+        }
+        let health = b.health.map(|h| {
+            let at = format!("{path}.health");
+            let h = h.into_inner();
+            let check_path = match h.path {
+                None => "/healthz".to_string(),
+                Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
+                Some(p) => {
+                    self.err(&p, format!("{at}.path"), "a path starts with '/'");
+                    p.into_inner()
+                }
+            };
+            HealthCheck {
+                path: check_path,
+                interval: self.duration(
+                    h.interval,
+                    Duration::from_secs(2),
+                    &format!("{at}.interval"),
+                ),
+                timeout: self.duration(h.timeout, Duration::from_secs(1), &format!("{at}.timeout")),
+                healthy: self.count(h.healthy, 1..=100, 2, &format!("{at}.healthy")) as u32,
+                unhealthy: self.count(h.unhealthy, 1..=100, 3, &format!("{at}.unhealthy")) as u32,
+            }
+        });
+        let eject = match b.eject {
+            None => Eject {
+                failures: 3,
+                cooldown: Duration::from_secs(10),
             },
+            Some(e) => {
+                let e = e.into_inner();
+                Eject {
+                    failures: self.count(e.failures, 0..=1000, 3, &format!("{path}.eject.failures"))
+                        as u32,
+                    cooldown: self.duration(
+                        e.cooldown,
+                        Duration::from_secs(10),
+                        &format!("{path}.eject.cooldown"),
+                    ),
+                }
+            }
         };
-        let sticky = match r.sticky {
-            None => Sticky::Cookie {
-                name: "cutover".into(),
-                max_age: DEFAULT_COOKIE_MAX_AGE,
-            },
-            Some(s) => self.sticky(&at, s),
-        };
-        Route {
+        Backend {
             name,
-            hosts,
-            weights,
-            writes,
-            sticky,
+            addrs,
+            health,
+            eject,
         }
-    }
-
-    fn weights(
-        &mut self,
-        at: &str,
-        raw: &Spanned<indexmap::IndexMap<String, Spanned<f64>>>,
-        backends: &[Backend],
-    ) -> Weights {
-        let mut bp = vec![0u16; backends.len()];
-        let mut ok = true;
-        for (name, value) in raw.get_ref() {
-            let path = format!("{at}.weights.{name}");
-            let Some(id) = backends.iter().position(|b| &b.name == name) else {
-                let msg = format!(
-                    "unknown backend {name:?}; declared backends: {}",
-                    names(backends)
-                );
-                self.err(value, path, msg);
-                ok = false;
-                continue;
-            };
-            match parse_percent(*value.get_ref()) {
-                Ok(w) => bp[id] = w,
-                Err(e) => {
-                    self.err(value, path, e);
-                    ok = false;
-                }
-            }
-        }
-        let sum: u32 = bp.iter().map(|&w| u32::from(w)).sum();
-        if ok && sum != u32::from(BUCKETS) {
-            let total = f64::from(sum) / 100.0;
-            self.err(
-                raw,
-                format!("{at}.weights"),
-                format!("weights sum to {total}, not 100"),
-            );
-        }
-        Weights::from_basis_points(bp)
-    }
-
-    fn sticky(&mut self, at: &str, raw: Spanned<RawSticky>) -> Sticky {
-        let path = format!("{at}.sticky");
-        let s = raw.get_ref();
-        let set = [
-            s.cookie.is_some(),
-            s.header.is_some(),
-            s.client_ip.as_ref().is_some_and(|c| *c.get_ref()),
-        ]
-        .iter()
-        .filter(|&&b| b)
-        .count();
-        if set != 1 {
-            self.err(&raw, &path, "set exactly one of { cookie = \"name\" }, { header = \"name\" } or { client_ip = true }");
-        }
-        let max_age = self.duration(
-            s.max_age.clone(),
-            DEFAULT_COOKIE_MAX_AGE,
-            &format!("{path}.max_age"),
-        );
-        if let Some(c) = &s.cookie {
-            if !is_token(c.get_ref()) {
-                self.err(
-                    c,
-                    format!("{path}.cookie"),
-                    "a cookie name uses letters, digits and !#$%&'*+-.^_`|~ only",
-                );
-            }
-            return Sticky::Cookie {
-                name: c.get_ref().clone(),
-                max_age,
-            };
-        }
-        if let Some(h) = &s.header {
-            if !is_token(h.get_ref()) {
-                self.err(h, format!("{path}.header"), "not a valid header name");
-            }
-            return Sticky::Header(h.get_ref().to_ascii_lowercase());
-        }
-        Sticky::ClientIp
-    }
-}
-
-fn names(backends: &[Backend]) -> String {
-    if backends.is_empty() {
-        return "(none; declare [backends.NAME] first)".into();
-    }
-    backends
-        .iter()
-        .map(|b| format!("{:?}", b.name))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn is_backend_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// RFC 9110 token characters: valid for both cookie and header names.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-fn is_hostname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
-fn check_route_host(host: &str) -> Result<(), String> {
-    if host == "*" {
-        return Ok(());
-    }
-    if let Some(suffix) = host.strip_prefix("*.") {
-        return if is_hostname(suffix) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{host:?}: a wildcard is \"*.\" followed by a host name"
-            ))
-        };
-    }
-    if host.starts_with('[') && host.ends_with(']') {
-        return host[1..host.len() - 1]
-            .parse::<std::net::Ipv6Addr>()
-            .map(|_| ())
-            .map_err(|_| format!("{host:?} is not an IPv6 literal"));
-    }
-    if host.contains('*') {
-        return Err(format!(
-            "{host:?}: '*' is allowed only as \"*\" or a leading \"*.\""
-        ));
-    }
-    if let Some((h, port)) = host.rsplit_once(':') {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("hosts are matched without the port; write {h:?}"));
-        }
-    }
-    if is_hostname(host) {
-        Ok(())
-    } else {
-        Err(format!("{host:?} is not a host name"))
     }
 }
 
@@ -461,11 +311,12 @@ fn check_upstream_addr(addr: &str) -> Result<(), String> {
     if port.parse::<u16>().is_err() || port == "0" {
         return Err(format!("{addr:?}: {port:?} is not a port; {hint}"));
     }
-    if !is_hostname(host) {
+    if !route::is_hostname(host) {
         return Err(format!("{addr:?}: {host:?} is not a host name; {hint}"));
     }
     Ok(())
 }
 
+mod route;
 #[cfg(test)]
 mod tests;

@@ -6,18 +6,20 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cutover_config::{Snapshot, WeightsError, format_percent};
+use cutover_config::WeightsError;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::body::ProxyBody;
-use crate::state::{Live, Shared, UpdateError};
+
+mod status;
+mod switchover;
+use crate::state::{Shared, UpdateError};
 
 /// Bodies larger than this are refused; weights fit in a few dozen bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -44,7 +46,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     }
     let method = req.method().clone();
     match (method, path.as_str()) {
-        (Method::GET, "/status") => json_response(StatusCode::OK, &status(shared)),
+        (Method::GET, "/status") => json_response(StatusCode::OK, &status::status(shared)),
         (Method::GET, "/metrics") => {
             let mut r = Response::new(ProxyBody::text(shared.metrics.render()));
             r.headers_mut().insert(
@@ -65,12 +67,35 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
                 .unwrap_or_default();
             put_weights(shared, &host, req).await
         }
+        (m, p) if route_target(p, "/hold").is_some() || route_target(p, "/release").is_some() => {
+            if m != Method::POST {
+                return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+            }
+            let (host, hold) = match route_target(p, "/hold") {
+                Some(h) => (percent_decode(h), true),
+                None => (
+                    route_target(p, "/release")
+                        .map(percent_decode)
+                        .unwrap_or_default(),
+                    false,
+                ),
+            };
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            if hold {
+                switchover::hold(shared, &host, &body)
+            } else {
+                switchover::release(shared, &host, &body)
+            }
+        }
         (_, "/status" | "/metrics" | "/healthz") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "no such endpoint; see GET /healthz, GET /status, GET /metrics, PUT /routes/{host}/weights",
+            "no such endpoint; see GET /healthz, GET /status, GET /metrics, PUT /routes/{host}/weights, POST /routes/{host}/hold, POST /routes/{host}/release",
         ),
     }
 }
@@ -95,10 +120,10 @@ async fn put_weights(shared: &Shared, host: &str, req: Request<Incoming>) -> Res
             tracing::info!(
                 route = %live.snap.routes()[ri].name,
                 generation = live.snap.generation,
-                weights = %weights_json(&live.snap, ri),
+                weights = %status::weights_json(&live.snap, ri),
                 "weights set over the admin API"
             );
-            json_response(StatusCode::OK, &route_json(&live, ri))
+            json_response(StatusCode::OK, &status::route_json(&live, ri))
         }
         Err(UpdateError::Rejected(WeightsError::NoSuchRoute(h))) => {
             error(StatusCode::NOT_FOUND, &format!("no route lists host {h:?}"))
@@ -107,6 +132,16 @@ async fn put_weights(shared: &Shared, host: &str, req: Request<Incoming>) -> Res
             error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())
         }
         Err(UpdateError::State(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<ProxyBody>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body too large or unreadable",
+        )),
     }
 }
 
@@ -144,71 +179,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn status(shared: &Shared) -> Value {
-    let live = shared.live();
-    let snap = &live.snap;
-    let reload = shared.reload_status();
-    let routes: Vec<Value> = (0..snap.routes().len())
-        .map(|i| route_json(&live, i))
-        .collect();
-    let backends: Vec<Value> = snap
-        .config
-        .backends
-        .iter()
-        .map(|b| json!({ "name": b.name, "addrs": b.addrs }))
-        .collect();
-    json!({
-        "generation": snap.generation,
-        "config_file": shared.config_path.display().to_string(),
-        "last_reload_error": reload.last_error.as_ref().map(|e| json!({
-            "at": unix(e.at),
-            "errors": e.errors,
-        })),
-        "last_reload": reload.last_success.map(unix),
-        "reload_errors_total": shared.metrics.config_reload_errors.get(),
-        "routes": routes,
-        "backends": backends,
-    })
-}
-
-fn route_json(live: &Live, i: usize) -> Value {
-    let snap = &live.snap;
-    let r = &snap.routes()[i];
-    let mut inflight = Map::new();
-    if let Some(rt) = live.routes.get(i) {
-        for (b, pair) in snap.config.backends.iter().zip(&rt.pairs) {
-            inflight.insert(b.name.clone(), json!(pair.inflight.get()));
-        }
-    }
-    json!({
-        "name": r.name,
-        "hosts": r.hosts,
-        "weights": weights_json(snap, i),
-        "weights_source": snap.weights_source(i).as_str(),
-        "writes": r.writes.describe(&snap.config),
-        "sticky": match &r.sticky {
-            cutover_config::Sticky::Cookie { name, .. } => json!({ "cookie": name }),
-            cutover_config::Sticky::Header(h) => json!({ "header": h }),
-            cutover_config::Sticky::ClientIp => json!({ "client_ip": true }),
-        },
-        "inflight": inflight,
-    })
-}
-
-fn weights_json(snap: &Snapshot, i: usize) -> Value {
-    let w = snap.weights(i);
-    let mut m = Map::new();
-    for (id, b) in snap.config.backends.iter().enumerate() {
-        m.insert(b.name.clone(), json!(format_percent(w.basis_points(id))));
-    }
-    Value::Object(m)
-}
-
-fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// `{host}` of `/routes/{host}{suffix}`.
 fn route_target<'a>(path: &'a str, suffix: &str) -> Option<&'a str> {
     path.strip_prefix("/routes/")?
@@ -244,7 +214,7 @@ fn hex(c: u8) -> Option<u8> {
     }
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<ProxyBody> {
+pub(super) fn json_response(status: StatusCode, v: &Value) -> Response<ProxyBody> {
     let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
     body.push(b'\n');
     let mut r = Response::new(ProxyBody::text(body));
@@ -254,7 +224,7 @@ fn json_response(status: StatusCode, v: &Value) -> Response<ProxyBody> {
     r
 }
 
-fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+pub(super) fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     json_response(status, &json!({ "error": message }))
 }
 

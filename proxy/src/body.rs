@@ -1,8 +1,11 @@
 //! The response body the proxy returns: either a short local answer or the
-//! backend's streamed body, which carries the request's accounting guard so that a
-//! request stays "in flight" until its last byte has been handed to the client.
+//! backend's streamed body. The streamed body carries the request's in-flight guard,
+//! so a request stays "in flight" (and its backend undrained) until its last byte has
+//! been handed to the client, and it enforces the route's total timeout.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -12,7 +15,8 @@ use hyper::body::Incoming;
 
 use crate::metrics::PairMetrics;
 use crate::state::Live;
-use std::sync::Arc;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body without per-request boxing.
 pub enum ProxyBody {
@@ -20,6 +24,8 @@ pub enum ProxyBody {
     Upstream {
         body: Incoming,
         guard: InflightGuard,
+        /// The route's total timeout, when set.
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     },
 }
 
@@ -27,28 +33,40 @@ impl ProxyBody {
     pub fn text(s: impl Into<Bytes>) -> Self {
         ProxyBody::Local(Some(s.into()))
     }
-
-    pub fn empty() -> Self {
-        ProxyBody::Local(None)
-    }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("the route's total timeout expired while the response body was streaming")]
+struct TotalTimeout;
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream { body, guard } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(Some(Err(_))) = &polled {
-                    guard.pair().upstream_error("reset");
+            ProxyBody::Upstream {
+                body,
+                guard,
+                deadline,
+            } => {
+                if let Some(d) = deadline {
+                    if d.as_mut().poll(cx).is_ready() {
+                        guard.pair().upstream_error("timeout");
+                        return Poll::Ready(Some(Err(Box::new(TotalTimeout))));
+                    }
                 }
-                polled
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Err(e))) => {
+                        guard.pair().upstream_error("reset");
+                        Poll::Ready(Some(Err(Box::new(e))))
+                    }
+                    other => other.map_err(|e| Box::new(e) as BoxError),
+                }
             }
         }
     }
@@ -69,24 +87,41 @@ impl Body for ProxyBody {
     }
 }
 
-/// Counts a request in flight on its route × backend until dropped, then records its
-/// duration. Holds the request's snapshot so the handles stay valid.
+/// Counts a request in flight on a route × backend until dropped. Once the request
+/// is forwarded ([`InflightGuard::forwarded`]), the drop also records its duration.
+/// Holds the request's snapshot so the handles stay valid.
 pub struct InflightGuard {
     live: Arc<Live>,
     route: usize,
     backend: usize,
-    start: Instant,
+    write: bool,
+    started: Option<Instant>,
 }
 
 impl InflightGuard {
-    pub fn new(live: Arc<Live>, route: usize, backend: usize, start: Instant) -> Self {
-        live.routes[route].pairs[backend].inflight.inc();
+    /// Registers the request. SeqCst: see [`crate::hold`].
+    pub fn new(live: Arc<Live>, route: usize, backend: usize, write: bool) -> Self {
+        let rt = &live.routes[route];
+        rt.counters[backend]
+            .get(write)
+            .fetch_add(1, Ordering::SeqCst);
+        rt.pairs[backend].inflight.inc();
         InflightGuard {
             live,
             route,
             backend,
-            start,
+            write,
+            started: None,
         }
+    }
+
+    /// From now on the drop records the request's duration since `start`.
+    pub fn forwarded(&mut self, start: Instant) {
+        self.started = Some(start);
+    }
+
+    pub fn backend(&self) -> usize {
+        self.backend
     }
 
     #[inline]
@@ -97,8 +132,14 @@ impl InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        let pair = self.pair();
+        let rt = &self.live.routes[self.route];
+        rt.counters[self.backend]
+            .get(self.write)
+            .fetch_sub(1, Ordering::SeqCst);
+        let pair = &rt.pairs[self.backend];
         pair.inflight.dec();
-        pair.duration.observe(self.start.elapsed().as_secs_f64());
+        if let Some(start) = self.started {
+            pair.duration.observe(start.elapsed().as_secs_f64());
+        }
     }
 }

@@ -1,39 +1,27 @@
-//! The request path, in order: route by Host → pick the side (sticky bucket, or the
-//! write side for unsafe methods) → forward to one of that backend's addresses →
-//! answer with `x-cutover-backend`, the minted cookie, and metrics.
+//! The request path, in order: route by Host → hold? → pick the side (sticky bucket,
+//! or the write side for unsafe methods) → forward with retries across the boundary
+//! (`forward.rs`) → answer with `x-cutover-backend`, the minted cookie, and metrics.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cutover_config::{RouteTable, WriteSide};
-use http::header::{CONTENT_TYPE, HOST, SET_COOKIE};
-use http::uri::{Authority, Scheme};
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-};
+use cutover_config::{RouteTable, Sticky, WriteSide};
+use http::header::{CONTENT_TYPE, HOST, RETRY_AFTER, SET_COOKIE};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{InflightGuard, ProxyBody};
+use crate::forward;
+use crate::hold::Waited;
 use crate::state::{Live, Shared};
 use crate::sticky;
 
 /// The response header naming the backend that answered.
 pub static X_CUTOVER_BACKEND: HeaderName = HeaderName::from_static("x-cutover-backend");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that must not be forwarded.
-static HOP_BY_HOP: [HeaderName; 7] = [
-    HeaderName::from_static("connection"),
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("te"),
-    HeaderName::from_static("trailer"),
-    HeaderName::from_static("transfer-encoding"),
-    HeaderName::from_static("upgrade"),
-];
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Serves one request from a data-plane connection.
 pub async fn handle(
@@ -42,91 +30,125 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
-    let live = shared.live();
-    Ok(proxy(&shared, live, peer, req, start).await)
+    Ok(proxy(&shared, peer, req, start).await)
+}
+
+/// What the request path decided before forwarding.
+pub struct Decision {
+    pub live: Arc<Live>,
+    pub route: usize,
+    /// Registered in flight on the first backend to try.
+    pub guard: InflightGuard,
+    pub minted: Option<String>,
+    pub is_write: bool,
+    pub idempotent: bool,
 }
 
 async fn proxy(
     shared: &Shared,
-    live: Arc<Live>,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     start: Instant,
 ) -> Response<ProxyBody> {
-    // 1. Route.
-    let ri = {
-        let Some(raw) = request_host(&req) else {
-            return local(StatusCode::BAD_REQUEST, "missing Host header\n".to_string());
-        };
-        let host = RouteTable::normalize(raw);
-        match live.snap.table.lookup(&host) {
-            Some(ri) => ri,
-            None => {
-                return local(
-                    StatusCode::NOT_FOUND,
-                    format!("host {host:?} is not routed by this proxy\n"),
-                );
-            }
-        }
+    let (parts, body) = req.into_parts();
+    let decision = match decide(shared, &parts, peer).await {
+        Ok(d) => d,
+        Err(resp) => return resp,
     };
-    let route = &live.snap.routes()[ri];
+    let Decision {
+        live,
+        route,
+        minted,
+        ..
+    } = &decision;
+    let (live, ri, minted) = (live.clone(), *route, minted.clone());
+    let (mut resp, backend) = forward::forward(shared, decision, parts, body, peer, start).await;
 
-    // 3. Pick the side. (Step 2, the write hold, arrives with the resilience work.)
-    let key = sticky::key(&route.sticky, req.headers(), peer.ip());
-    let bi = match route.writes {
-        WriteSide::Backend(b) if is_write(req.method()) => b,
-        _ => live.snap.weights(ri).pick(key.bucket),
-    };
-    let backend = &live.backends[bi];
-
-    // 4. Forward.
-    let mut resp = match prepare(&mut req, backend.next_authority(), peer) {
-        Err(status) => local(status, "request target cannot be forwarded\n".to_string()),
-        Ok(()) => {
-            let guard = InflightGuard::new(live.clone(), ri, bi, start);
-            match shared.upstream.send(req).await {
-                Ok(resp) => {
-                    let (mut parts, body) = resp.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    Response::from_parts(parts, ProxyBody::Upstream { body, guard })
-                }
-                Err((kind, detail)) => {
-                    guard.pair().upstream_error(kind.as_str());
-                    tracing::warn!(
-                        route = %route.name,
-                        backend = %backend.name,
-                        kind = kind.as_str(),
-                        error = %detail,
-                        "upstream request failed"
-                    );
-                    local(
-                        StatusCode::BAD_GATEWAY,
-                        format!(
-                            "backend {} is unavailable ({})\n",
-                            backend.name,
-                            kind.as_str()
-                        ),
-                    )
-                }
-            }
-        }
-    };
-
-    // 6. Answer.
+    // Answer.
     let headers = resp.headers_mut();
-    headers.insert(X_CUTOVER_BACKEND.clone(), backend.header.clone());
-    if let (Some(value), cutover_config::Sticky::Cookie { name, .. }) = (&key.minted, &route.sticky)
-    {
+    headers.insert(
+        X_CUTOVER_BACKEND.clone(),
+        live.backends[backend].header.clone(),
+    );
+    if let (Some(value), Sticky::Cookie { name, .. }) = (&minted, &live.snap.routes()[ri].sticky) {
         let cookie = format!("{name}={value}{}", live.routes[ri].cookie_attrs);
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             headers.append(SET_COOKIE, v);
         }
     }
-    live.routes[ri].pairs[bi].count(resp.status().as_u16());
+    live.routes[ri].pairs[backend].count(resp.status().as_u16());
     resp
 }
 
-/// POST, PUT, PATCH and DELETE go to the route's write side.
+/// Routes the request, waits out a hold that covers it, and picks the first backend.
+async fn decide(
+    shared: &Shared,
+    parts: &Parts,
+    peer: SocketAddr,
+) -> Result<Decision, Response<ProxyBody>> {
+    let Some(raw_host) = request_host(parts) else {
+        return Err(local(
+            StatusCode::BAD_REQUEST,
+            "missing Host header\n".to_string(),
+        ));
+    };
+    let host = RouteTable::normalize(raw_host);
+    let is_write = is_write(&parts.method);
+    let idempotent = is_idempotent(&parts.method, &parts.headers);
+    let mut live = shared.live();
+    loop {
+        let Some(ri) = live.snap.table.lookup(&host) else {
+            return Err(local(
+                StatusCode::NOT_FOUND,
+                format!("host {host:?} is not routed by this proxy\n"),
+            ));
+        };
+        let route = &live.snap.routes()[ri];
+        let key = sticky::key(&route.sticky, &parts.headers, peer.ip());
+        let first = match live.snap.writes(ri) {
+            WriteSide::Backend(b) if is_write => b,
+            _ => live.snap.weights(ri).pick(key.bucket),
+        };
+        // Count the request in flight *before* looking at the hold: a controller
+        // that got the hold acknowledged and then reads zero writes in flight knows
+        // that no write can still be on its way to the old side.
+        let guard = InflightGuard::new(live.clone(), ri, first, is_write);
+        let hold = live.routes[ri].hold.clone();
+        if !hold.applies(is_write) {
+            return Ok(Decision {
+                live,
+                route: ri,
+                guard,
+                minted: key.minted,
+                is_write,
+                idempotent,
+            });
+        }
+        drop(guard);
+        let outcome = if hold.expired() {
+            Waited::Expired
+        } else {
+            hold.wait(live.snap.config.hold.max_queued).await
+        };
+        match outcome {
+            // Route again on the state the release published (the new write side).
+            Waited::Released => live = shared.live(),
+            Waited::Expired | Waited::Full => {
+                let mut r = local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database behind this route is being switched over; retry shortly\n"
+                        .to_string(),
+                );
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("2"));
+                return Err(r);
+            }
+        }
+    }
+}
+
+/// POST, PUT, PATCH and DELETE go to the route's write side, and a writes hold
+/// covers them.
 #[inline]
 fn is_write(m: &Method) -> bool {
     matches!(
@@ -135,82 +157,24 @@ fn is_write(m: &Method) -> bool {
     )
 }
 
+/// Safe to send twice: GET, HEAD, OPTIONS, or anything with an `Idempotency-Key`.
+#[inline]
+fn is_idempotent(m: &Method, headers: &HeaderMap) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+        || headers.contains_key(&IDEMPOTENCY_KEY)
+}
+
 /// The host a request is for: the absolute URI's authority (HTTP/2, absolute-form),
 /// else the Host header.
-fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    if let Some(a) = req.uri().authority() {
+fn request_host(parts: &Parts) -> Option<&str> {
+    if let Some(a) = parts.uri.authority() {
         return Some(a.as_str());
     }
-    req.headers()
+    parts
+        .headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty())
-}
-
-/// Rewrites a downstream request into an upstream one for `authority`.
-fn prepare(
-    req: &mut Request<Incoming>,
-    authority: &Authority,
-    peer: SocketAddr,
-) -> Result<(), StatusCode> {
-    // HTTP/2 carries the host in :authority; HTTP/1.1 backends need a Host header.
-    if !req.headers().contains_key(HOST) {
-        let host = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .ok_or(StatusCode::BAD_REQUEST)?;
-        req.headers_mut().insert(HOST, host);
-    }
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    let client = peer.ip().to_string();
-    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => {
-            let joined = format!("{prior}, {client}");
-            if let Ok(v) = HeaderValue::from_str(&joined) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
-            }
-        }
-        None => {
-            if let Ok(v) = HeaderValue::from_str(&client) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
-            }
-        }
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
-
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| StatusCode::BAD_REQUEST)?;
-    *req.version_mut() = Version::HTTP_11;
-    Ok(())
-}
-
-/// Removes hop-by-hop headers, including those the Connection header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(http::header::CONNECTION) {
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-    }
-    for h in &HOP_BY_HOP {
-        if headers.contains_key(h) {
-            headers.remove(h);
-        }
-    }
 }
 
 /// A short plain-text answer from the proxy itself.

@@ -7,8 +7,13 @@
 
 mod admin;
 mod body;
+mod forward;
 mod handle;
+mod headers;
+mod health;
+mod hold;
 mod metrics;
+mod replay;
 mod run;
 mod server;
 mod state;

@@ -16,6 +16,9 @@ pub struct Metrics {
     duration: HistogramVec,
     inflight: IntGaugeVec,
     upstream_errors: IntCounterVec,
+    retries: IntCounterVec,
+    held: IntGaugeVec,
+    upstream_healthy: IntGaugeVec,
     pub config_generation: IntGauge,
     pub config_reload_errors: IntCounter,
 }
@@ -60,6 +63,27 @@ impl Metrics {
             ),
             &["route", "backend", "kind"],
         )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "cutover_retries_total",
+                "Requests sent again, by route, the backend that failed, the backend tried next, and why.",
+            ),
+            &["route", "from", "to", "reason"],
+        )?;
+        let held = IntGaugeVec::new(
+            Opts::new(
+                "cutover_held_requests",
+                "Requests waiting on a write hold, by route.",
+            ),
+            &["route"],
+        )?;
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "cutover_upstream_healthy",
+                "1 while an upstream address may get requests (health checks passing, not ejected).",
+            ),
+            &["backend", "addr"],
+        )?;
         let config_generation = IntGauge::new(
             "cutover_config_generation",
             "Generation of the routing snapshot in force; rises with every reload or weight change.",
@@ -72,6 +96,9 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(held.clone()))?;
+        registry.register(Box::new(upstream_healthy.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(config_reload_errors.clone()))?;
         Ok(Metrics {
@@ -80,6 +107,9 @@ impl Metrics {
             duration,
             inflight,
             upstream_errors,
+            retries,
+            held,
+            upstream_healthy,
             config_generation,
             config_reload_errors,
         })
@@ -96,6 +126,21 @@ impl Metrics {
             inflight: self.inflight.with_label_values(&[route, backend]),
             upstream_errors: self.upstream_errors.clone(),
         }
+    }
+
+    /// Counts one retry.
+    pub fn retry(&self, route: &str, from: &str, to: &str, reason: &str) {
+        self.retries
+            .with_label_values(&[route, from, to, reason])
+            .inc();
+    }
+
+    pub fn held(&self, route: &str) -> IntGauge {
+        self.held.with_label_values(&[route])
+    }
+
+    pub fn upstream_healthy(&self, backend: &str, addr: &str) -> IntGauge {
+        self.upstream_healthy.with_label_values(&[backend, addr])
     }
 
     /// The Prometheus text exposition.

@@ -65,7 +65,7 @@ pub async fn run(config_path: PathBuf, config: Config, text: String) -> Result<(
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
     let grace = config.proxy.grace;
 
-    let upstream = Upstream::new(config.proxy.connect_timeout);
+    let upstream = Upstream::default();
     let shared = Arc::new(Shared::new(
         config,
         config_path.clone(),
@@ -82,8 +82,9 @@ pub async fn run(config_path: PathBuf, config: Config, text: String) -> Result<(
         "configuration loaded"
     );
 
+    let checks = crate::health::start_checks(&live);
     let (reloader, outcomes) = reload::watch(&config_path, &text, WatchOptions::default())?;
-    tokio::spawn(apply_reloads(shared.clone(), outcomes));
+    tokio::spawn(apply_reloads(shared.clone(), outcomes, checks));
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
@@ -175,7 +176,11 @@ fn admin_token(admin: &AdminSettings) -> Result<Option<String>, RunError> {
     Ok(Some(token))
 }
 
-async fn apply_reloads(shared: Arc<Shared>, mut outcomes: mpsc::Receiver<Reloaded>) {
+async fn apply_reloads(
+    shared: Arc<Shared>,
+    mut outcomes: mpsc::Receiver<Reloaded>,
+    mut checks: tokio::sync::watch::Sender<()>,
+) {
     while let Some(outcome) = outcomes.recv().await {
         match outcome {
             Reloaded::Loaded(config) => {
@@ -198,6 +203,12 @@ async fn apply_reloads(shared: Arc<Shared>, mut outcomes: mpsc::Receiver<Reloade
                 match result {
                     Ok(live) => {
                         shared.record_reload(Ok(()));
+                        // Checks follow the new addresses and settings; the verdicts
+                        // so far are kept per address.
+                        drop(std::mem::replace(
+                            &mut checks,
+                            crate::health::start_checks(&live),
+                        ));
                         tracing::info!(
                             generation = live.snap.generation,
                             routes = live.snap.routes().len(),

@@ -1,19 +1,29 @@
 //! The live routing state: the config crate's [`Snapshot`] plus what the request path
 //! needs precomputed per snapshot (metric handles, parsed upstream authorities,
-//! header values). Published through one `ArcSwap`; every change (file reload or
-//! admin call) goes through [`Shared::update`], which serializes writers.
+//! header values, the route's upstream client). Published through one `ArcSwap`;
+//! every change (file reload or admin call) goes through [`Shared::update`], which
+//! serializes writers.
+//!
+//! State that must survive a snapshot (holds, in-flight counters, address health) is
+//! kept in a [`Registry`] by name and handed to every snapshot built.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use cutover_config::{Config, Snapshot, Sticky};
+use cutover_config::{Config, Eject, Snapshot, Sticky};
 use http::HeaderValue;
 use http::uri::Authority;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 
+use crate::health::EndpointHealth;
+use crate::hold::HoldCell;
 use crate::metrics::{Metrics, PairMetrics};
+use crate::replay::UpBody;
 use crate::upstream::Upstream;
 
 /// Process-wide state shared by the listeners, the admin API and the reloader.
@@ -25,9 +35,36 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// The admin token, when one is configured.
     pub admin_token: Option<String>,
+    registry: Mutex<Registry>,
     reload: Mutex<ReloadStatus>,
     /// Serializes read-modify-write of the snapshot.
     writer: Mutex<()>,
+}
+
+/// Per-name state that outlives snapshots.
+#[derive(Default)]
+pub struct Registry {
+    holds: HashMap<String, Arc<HoldCell>>,
+    counters: HashMap<(String, String), Arc<PairCounters>>,
+    endpoints: HashMap<(String, String), Arc<EndpointHealth>>,
+}
+
+/// Requests in flight on one route × backend, split by kind. SeqCst, because the
+/// hold protocol reads them against the hold flag (see [`crate::hold`]).
+#[derive(Debug, Default)]
+pub struct PairCounters {
+    pub reads: AtomicI64,
+    pub writes: AtomicI64,
+}
+
+impl PairCounters {
+    pub fn get(&self, write: bool) -> &AtomicI64 {
+        if write { &self.writes } else { &self.reads }
+    }
+
+    pub fn total(&self) -> i64 {
+        self.reads.load(Ordering::SeqCst) + self.writes.load(Ordering::SeqCst)
+    }
 }
 
 /// The outcome of the last reload, for `/status`.
@@ -53,10 +90,15 @@ pub struct Live {
     pub backends: Vec<BackendRt>,
 }
 
-/// Per route: metric handles per backend and the sticky cookie's attributes.
+/// Per route: handles per backend, the hold, the upstream client, cookie attributes.
 pub struct RouteRt {
     /// Indexed by backend id.
     pub pairs: Vec<PairMetrics>,
+    /// Indexed by backend id.
+    pub counters: Vec<Arc<PairCounters>>,
+    pub hold: Arc<HoldCell>,
+    /// The pooled client with this route's connect timeout.
+    pub client: Client<HttpConnector, UpBody>,
     /// `; Path=/; Max-Age=…; HttpOnly; SameSite=Lax`, appended to a minted value.
     pub cookie_attrs: String,
 }
@@ -65,21 +107,45 @@ pub struct RouteRt {
 pub struct BackendRt {
     pub name: String,
     pub header: HeaderValue,
-    pub authorities: Vec<Authority>,
+    pub endpoints: Vec<EndpointRt>,
+    pub eject: Eject,
     next: AtomicUsize,
 }
 
+/// One upstream address and its health.
+pub struct EndpointRt {
+    pub addr: String,
+    pub authority: Authority,
+    pub health: Arc<EndpointHealth>,
+}
+
 impl BackendRt {
-    /// Round-robin over the backend's addresses.
+    /// Round robin over the addresses that may get requests, skipping `avoid` when
+    /// another is up. `None` when every address is down.
     #[inline]
-    pub fn next_authority(&self) -> &Authority {
-        let n = self.authorities.len();
-        let i = if n == 1 {
+    pub fn pick(&self, avoid: Option<usize>) -> Option<usize> {
+        let n = self.endpoints.len();
+        let start = if n == 1 {
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed) % n
         };
-        &self.authorities[i]
+        let mut fallback = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if self.endpoints[i].health.is_up() {
+                if Some(i) != avoid {
+                    return Some(i);
+                }
+                fallback = Some(i);
+            }
+        }
+        fallback
+    }
+
+    /// Whether any address may get requests.
+    pub fn any_up(&self) -> bool {
+        self.endpoints.iter().any(|e| e.health.is_up())
     }
 }
 
@@ -105,7 +171,8 @@ impl Shared {
         upstream: Upstream,
         admin_token: Option<String>,
     ) -> Result<Self, StateError> {
-        let live = Live::build(Snapshot::new(config), &metrics)?;
+        let mut registry = Registry::default();
+        let live = Live::build(Snapshot::new(config), &metrics, &mut registry, &upstream)?;
         metrics.config_generation.set(gen_i64(live.snap.generation));
         Ok(Shared {
             live: ArcSwap::from_pointee(live),
@@ -113,6 +180,7 @@ impl Shared {
             upstream,
             config_path,
             admin_token,
+            registry: Mutex::new(registry),
             reload: Mutex::new(ReloadStatus::default()),
             writer: Mutex::new(()),
         })
@@ -130,14 +198,31 @@ impl Shared {
         &self,
         change: impl FnOnce(&Snapshot) -> Result<Snapshot, E>,
     ) -> Result<Arc<Live>, UpdateError<E>> {
+        self.update_then(change, |_| ())
+    }
+
+    /// Like [`Shared::update`], then runs `after` on the published state while still
+    /// holding the writer lock, so nothing else is published in between.
+    pub fn update_then<E, T>(
+        &self,
+        change: impl FnOnce(&Snapshot) -> Result<Snapshot, E>,
+        after: impl FnOnce(&Live) -> T,
+    ) -> Result<Arc<Live>, UpdateError<E>> {
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.live.load();
         let next = change(&current.snap).map_err(UpdateError::Rejected)?;
-        let live = Arc::new(Live::build(next, &self.metrics).map_err(UpdateError::State)?);
+        let live = {
+            let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::new(
+                Live::build(next, &self.metrics, &mut registry, &self.upstream)
+                    .map_err(UpdateError::State)?,
+            )
+        };
         self.live.store(live.clone());
         self.metrics
             .config_generation
             .set(gen_i64(live.snap.generation));
+        after(&live);
         Ok(live)
     }
 
@@ -180,27 +265,44 @@ fn gen_i64(g: u64) -> i64 {
 }
 
 impl Live {
-    pub fn build(snap: Snapshot, metrics: &Metrics) -> Result<Self, StateError> {
+    pub fn build(
+        snap: Snapshot,
+        metrics: &Metrics,
+        registry: &mut Registry,
+        upstream: &Upstream,
+    ) -> Result<Self, StateError> {
         let config = &snap.config;
         let mut backends = Vec::with_capacity(config.backends.len());
         for b in &config.backends {
-            let mut authorities = Vec::with_capacity(b.addrs.len());
+            let mut endpoints = Vec::with_capacity(b.addrs.len());
             for a in &b.addrs {
-                let auth = a
+                let authority = a
                     .parse::<Authority>()
                     .map_err(|source| StateError::Authority {
                         backend: b.name.clone(),
                         addr: a.clone(),
                         source,
                     })?;
-                authorities.push(auth);
+                let health = registry
+                    .endpoints
+                    .entry((b.name.clone(), a.clone()))
+                    .or_insert_with(|| {
+                        Arc::new(EndpointHealth::new(metrics.upstream_healthy(&b.name, a)))
+                    })
+                    .clone();
+                endpoints.push(EndpointRt {
+                    addr: a.clone(),
+                    authority,
+                    health,
+                });
             }
             let header = HeaderValue::from_str(&b.name)
                 .map_err(|_| StateError::HeaderValue(b.name.clone()))?;
             backends.push(BackendRt {
                 name: b.name.clone(),
                 header,
-                authorities,
+                endpoints,
+                eject: b.eject.clone(),
                 next: AtomicUsize::new(0),
             });
         }
@@ -213,6 +315,23 @@ impl Live {
                     .iter()
                     .map(|b| metrics.pair(&r.name, &b.name))
                     .collect(),
+                counters: config
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        registry
+                            .counters
+                            .entry((r.name.clone(), b.name.clone()))
+                            .or_default()
+                            .clone()
+                    })
+                    .collect(),
+                hold: registry
+                    .holds
+                    .entry(r.name.clone())
+                    .or_insert_with(|| Arc::new(HoldCell::new(metrics.held(&r.name))))
+                    .clone(),
+                client: upstream.client(r.timeouts.connect),
                 cookie_attrs: match &r.sticky {
                     Sticky::Cookie { max_age, .. } => {
                         format!(
@@ -229,5 +348,13 @@ impl Live {
             routes,
             backends,
         })
+    }
+
+    /// Whether `backend` is drained on route `ri`: no share of reads, not the write
+    /// side, and nothing in flight.
+    pub fn drained(&self, ri: usize, backend: usize) -> bool {
+        let weight = self.snap.weights(ri).basis_points(backend);
+        let writes_here = self.snap.writes(ri) == cutover_config::WriteSide::Backend(backend);
+        weight == 0 && !writes_here && self.routes[ri].counters[backend].total() == 0
     }
 }

@@ -1,8 +1,10 @@
-//! The pooled, kept-alive HTTP client to the backends, and the classification of its
-//! failures. Choosing *which* backend is the request path's job; this module only
-//! talks to an address it is given.
+//! The pooled, kept-alive HTTP clients to the backends, and the classification of
+//! their failures. Choosing *which* backend and address is the request path's job;
+//! this module talks to the address it is given, within the route's timeouts.
 
+use std::collections::HashMap;
 use std::error::Error as _;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -10,10 +12,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-/// The client shared by every request.
-#[derive(Clone)]
+use crate::replay::UpBody;
+
+/// Builds clients, one per distinct connect timeout, so that every route with the
+/// same timeout shares one connection pool.
+#[derive(Default)]
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    clients: Mutex<HashMap<Duration, Client<HttpConnector, UpBody>>>,
 }
 
 /// How a call to a backend failed. The request path decides from this alone whether
@@ -42,28 +47,39 @@ impl FailureKind {
 }
 
 impl Upstream {
-    pub fn new(connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(1024)
-            .build(connector);
-        Upstream { client }
+    /// The shared client whose connections give up connecting after `connect_timeout`.
+    pub fn client(&self, connect_timeout: Duration) -> Client<HttpConnector, UpBody> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(connect_timeout)
+            .or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(connect_timeout));
+                connector.set_keepalive(Some(Duration::from_secs(60)));
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_timer(TokioTimer::new())
+                    .pool_max_idle_per_host(1024)
+                    .build(connector)
+            })
+            .clone()
     }
+}
 
-    /// Sends `req` (its URI already absolute) and waits for the response head.
-    pub async fn send(
-        &self,
-        req: http::Request<Incoming>,
-    ) -> Result<http::Response<Incoming>, (FailureKind, String)> {
-        self.client
-            .request(req)
-            .await
-            .map_err(|e| (classify(&e), describe(&e)))
+/// Sends `req` (its URI already absolute) and waits for the response head, at most
+/// `head_timeout`.
+pub async fn send(
+    client: &Client<HttpConnector, UpBody>,
+    req: http::Request<UpBody>,
+    head_timeout: Duration,
+) -> Result<http::Response<Incoming>, (FailureKind, String)> {
+    match tokio::time::timeout(head_timeout, client.request(req)).await {
+        Err(_) => Err((
+            FailureKind::Timeout,
+            format!("no response head within {head_timeout:?}"),
+        )),
+        Ok(r) => r.map_err(|e| (classify(&e), describe(&e))),
     }
 }
 
@@ -96,7 +112,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> FailureKind {
     FailureKind::Reset
 }
 
-/// The error chain on one line, for logs and 502 bodies. Contains no request data.
+/// The error chain on one line, for logs. Contains no request data.
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,11 +19,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::sync::oneshot;
 
-/// Counters of what a backend received.
+/// Counters of what a backend received, and the faults it is told to inject.
 #[derive(Debug, Default)]
 pub struct BackendStats {
     pub requests: AtomicU64,
     pub writes: AtomicU64,
+    /// When non-zero, every answer (but `/healthz`) has this status.
+    pub fail_status: AtomicU16,
+    /// When set, requests are read in full and the connection is then closed
+    /// without an answer.
+    pub reset_after_read: AtomicBool,
+    /// When non-zero, `/healthz` answers with this status.
+    pub health_status: AtomicU16,
+    pub health_checks: AtomicU64,
 }
 
 /// A running backend; stops (closing all its connections) on drop or [`Backend::kill`].
@@ -85,6 +93,21 @@ impl Backend {
     pub fn writes(&self) -> u64 {
         self.stats.writes.load(Ordering::SeqCst)
     }
+
+    /// Answer everything (but `/healthz`) with `status`; 0 turns it off.
+    pub fn fail_with(&self, status: u16) {
+        self.stats.fail_status.store(status, Ordering::SeqCst);
+    }
+
+    /// Read each request, then close the connection without answering.
+    pub fn reset_after_read(&self, on: bool) {
+        self.stats.reset_after_read.store(on, Ordering::SeqCst);
+    }
+
+    /// Make `/healthz` answer `status`; 0 means 200.
+    pub fn health(&self, status: u16) {
+        self.stats.health_status.store(status, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Backend {
@@ -120,11 +143,32 @@ async fn serve(
     }
 }
 
+/// The connection is closed without an answer.
+#[derive(Debug)]
+struct Reset;
+
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reset after read (injected)")
+    }
+}
+
+impl std::error::Error for Reset {}
+
 async fn answer(
     req: Request<Incoming>,
     name: Arc<str>,
     stats: Arc<BackendStats>,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
+) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+    if req.uri().path() == "/healthz" {
+        stats.health_checks.fetch_add(1, Ordering::SeqCst);
+        let code = stats.health_status.load(Ordering::SeqCst);
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+        if code != 0 {
+            *resp.status_mut() = http::StatusCode::from_u16(code)?;
+        }
+        return Ok(resp);
+    }
     stats.requests.fetch_add(1, Ordering::SeqCst);
     if !matches!(
         *req.method(),
@@ -145,6 +189,9 @@ async fn answer(
         HeaderValue::from_str(req.method().as_str()).unwrap_or(HeaderValue::from_static("?"));
     // Read the whole request body before answering, as an application would.
     let _ = req.into_body().collect().await?;
+    if stats.reset_after_read.load(Ordering::SeqCst) {
+        return Err(Box::new(Reset));
+    }
     if let Some(ms) = path
         .strip_prefix("/slow/")
         .and_then(|m| m.parse::<u64>().ok())
@@ -152,6 +199,10 @@ async fn answer(
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let mut resp = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
+    let fail = stats.fail_status.load(Ordering::SeqCst);
+    if fail != 0 {
+        *resp.status_mut() = http::StatusCode::from_u16(fail)?;
+    }
     let h = resp.headers_mut();
     h.insert(
         "x-backend",

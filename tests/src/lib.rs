@@ -7,10 +7,12 @@ mod backend;
 mod binaries;
 mod client;
 mod eventually;
+mod process;
 mod proxy;
 
 pub use backend::{Backend, BackendStats};
 pub use binaries::binary;
 pub use client::{Client, Reply, h2_get};
 pub use eventually::eventually;
+pub use process::BackendProcess;
 pub use proxy::{Proxy, ProxyBuilder, two_backend_config};

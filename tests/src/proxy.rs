@@ -169,6 +169,16 @@ impl Proxy {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Waits until the proxy has logged a line containing `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        crate::eventually(
+            Duration::from_secs(5),
+            &format!("{needle:?} in the proxy's log"),
+            || async { self.logs().contains(needle).then_some(()) },
+        )
+        .await;
+    }
+
     /// Sends a signal by name (`TERM`, `HUP`, …).
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")

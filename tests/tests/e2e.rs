@@ -5,8 +5,12 @@
 mod admin;
 #[path = "e2e/check.rs"]
 mod check;
+#[path = "e2e/hold.rs"]
+mod hold;
 #[path = "e2e/reload.rs"]
 mod reload;
+#[path = "e2e/resilience.rs"]
+mod resilience;
 #[path = "e2e/robustness.rs"]
 mod robustness;
 #[path = "e2e/routing.rs"]

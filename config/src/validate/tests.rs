@@ -1,6 +1,8 @@
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
+use crate::model::{Sticky, WriteSide};
 
 const GOOD: &str = r#"
 [listen]
@@ -50,6 +52,7 @@ fn the_documented_example_parses() {
     assert_eq!(c.routes[0].weights.as_slice(), [9000, 1000]);
     assert_eq!(c.routes[0].writes, WriteSide::Backend(0));
     assert_eq!(c.routes[1].weights.as_slice(), [1250, 8750]);
+    assert_eq!(c.routes[0].members, [0, 1]);
     assert_eq!(c.routes[1].writes, WriteSide::Split);
     assert_eq!(c.routes[1].sticky, Sticky::Header("authorization".into()));
     assert!(matches!(c.routes[0].sticky, Sticky::Cookie { ref name, .. } if name == "cutover"));
@@ -152,4 +155,64 @@ fn bad_process_settings_are_reported() {
     let d = errors("[proxy]\nthreads = 0\ngrace = \"soon\"\n[admin]\nlisten = \"localhost\"\n");
     let paths: Vec<&str> = d.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["proxy.threads", "proxy.grace", "admin.listen"]);
+}
+
+#[test]
+fn resilience_settings_have_defaults_and_are_validated() {
+    let c = parse_str(GOOD).unwrap();
+    let r = &c.routes[0];
+    assert_eq!((r.attempts, r.retry_buffer, r.failover), (2, 65536, true));
+    assert_eq!(r.timeouts.connect, Duration::from_secs(3));
+    assert_eq!(r.timeouts.total, None);
+    assert_eq!(c.hold.max_queued, 10_000);
+    assert_eq!(c.backends[0].eject.failures, 3);
+    assert!(c.backends[0].health.is_none());
+
+    let text = r#"
+[proxy]
+connect_timeout = "2s"
+[hold]
+max_queued = 50
+[resolver]
+nameservers = ["127.0.0.1:5353", "10.0.0.2"]
+[backends.old]
+addrs = ["old.internal:80"]
+health = { path = "/ready", interval = "500ms", healthy = 1, unhealthy = 2 }
+eject = { failures = 0 }
+[[routes]]
+hosts = ["a.test"]
+weights = { old = 100 }
+attempts = 3
+retry_buffer = 1024
+timeouts = { response_header = "5s", total = "30s" }
+failover = false
+"#;
+    let c = parse_str(text).unwrap();
+    let r = &c.routes[0];
+    assert_eq!((r.attempts, r.retry_buffer, r.failover), (3, 1024, false));
+    assert_eq!(
+        r.timeouts.connect,
+        Duration::from_secs(2),
+        "inherits proxy.connect_timeout"
+    );
+    assert_eq!(r.timeouts.response_header, Duration::from_secs(5));
+    assert_eq!(r.timeouts.total, Some(Duration::from_secs(30)));
+    assert_eq!(c.hold.max_queued, 50);
+    assert_eq!(c.resolver.nameservers[1], "10.0.0.2:53".parse().unwrap());
+    let h = c.backends[0].health.as_ref().unwrap();
+    assert_eq!((h.path.as_str(), h.healthy, h.unhealthy), ("/ready", 1, 2));
+    assert_eq!(c.backends[0].eject.failures, 0);
+
+    let bad = "[backends.old]\naddrs=[\"127.0.0.1:1\"]\nhealth = { path = \"ready\", unhealthy = 0 }\n\
+               [[routes]]\nhosts=[\"a\"]\nweights={old=100}\nattempts = 0\ntimeouts = { total = \"0s\" }\n";
+    let paths: Vec<String> = errors(bad).into_iter().map(|d| d.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "backends.old.health.path",
+            "backends.old.health.unhealthy",
+            "routes[0].attempts",
+            "routes[0].timeouts.total"
+        ]
+    );
 }

@@ -201,7 +201,7 @@ async fn an_invalid_file_never_replaces_a_valid_one() {
             .await
             .contains("cutover_config_reload_errors_total 1")
     );
-    assert!(proxy.logs().contains("reload refused"), "{}", proxy.logs());
+    proxy.wait_for_log("reload refused").await;
 
     write_config(&dir, Write::RenameOver, 2, "[[routes]\nthis is not toml");
     eventually(Duration::from_secs(5), "a second counted error", || async {
@@ -235,7 +235,7 @@ async fn sighup_forces_a_reload() {
         || async { (proxy.status().await["generation"] == 2).then_some(()) },
     )
     .await;
-    assert!(proxy.logs().contains("SIGHUP"));
+    proxy.wait_for_log("SIGHUP").await;
 }
 
 #[tokio::test]

@@ -1,0 +1,105 @@
+//! `GET /status`: the routing state as JSON, for operators and the controller.
+
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cutover_config::{Snapshot, format_percent};
+use serde_json::{Map, Value, json};
+
+use crate::state::{Live, Shared};
+
+pub(super) fn status(shared: &Shared) -> Value {
+    let live = shared.live();
+    let snap = &live.snap;
+    let reload = shared.reload_status();
+    let routes: Vec<Value> = (0..snap.routes().len())
+        .map(|i| route_json(&live, i))
+        .collect();
+    let backends: Vec<Value> = snap
+        .config
+        .backends
+        .iter()
+        .zip(&live.backends)
+        .map(|(b, rt)| {
+            let addrs: Vec<Value> = rt
+                .endpoints
+                .iter()
+                .map(|e| json!({ "addr": e.addr, "healthy": e.health.is_up() }))
+                .collect();
+            json!({ "name": b.name, "addrs": addrs, "healthy": rt.any_up() })
+        })
+        .collect();
+    json!({
+        "generation": snap.generation,
+        "config_file": shared.config_path.display().to_string(),
+        "last_reload_error": reload.last_error.as_ref().map(|e| json!({
+            "at": unix(e.at),
+            "errors": e.errors,
+        })),
+        "last_reload": reload.last_success.map(unix),
+        "reload_errors_total": shared.metrics.config_reload_errors.get(),
+        "routes": routes,
+        "backends": backends,
+    })
+}
+
+pub(super) fn route_json(live: &Live, i: usize) -> Value {
+    let snap = &live.snap;
+    let r = &snap.routes()[i];
+    let rt = &live.routes[i];
+    let (mut inflight, mut reads, mut writes, mut drained) =
+        (Map::new(), Map::new(), Map::new(), Map::new());
+    for (id, b) in snap.config.backends.iter().enumerate() {
+        let c = &rt.counters[id];
+        let (r, w) = (
+            c.reads.load(Ordering::SeqCst),
+            c.writes.load(Ordering::SeqCst),
+        );
+        inflight.insert(b.name.clone(), json!(r + w));
+        reads.insert(b.name.clone(), json!(r));
+        writes.insert(b.name.clone(), json!(w));
+        drained.insert(b.name.clone(), json!(live.drained(i, id)));
+    }
+    let hold = rt.hold.info().map(|h| {
+        json!({
+            "scope": h.scope.as_str(),
+            "since": unix(h.since),
+            "deadline": unix(h.deadline),
+            "held": rt.hold.held(),
+            "expired": rt.hold.expired(),
+        })
+    });
+    json!({
+        "name": r.name,
+        "hosts": r.hosts,
+        "weights": weights_json(snap, i),
+        "weights_source": snap.weights_source(i).as_str(),
+        "writes": snap.writes(i).describe(&snap.config),
+        "writes_source": snap.writes_source(i).as_str(),
+        "sticky": match &r.sticky {
+            cutover_config::Sticky::Cookie { name, .. } => json!({ "cookie": name }),
+            cutover_config::Sticky::Header(h) => json!({ "header": h }),
+            cutover_config::Sticky::ClientIp => json!({ "client_ip": true }),
+        },
+        "inflight": inflight,
+        "inflight_reads": reads,
+        "inflight_writes": writes,
+        "drained": drained,
+        "hold": hold,
+        "members": r.members.iter().map(|&m| snap.config.backends[m].name.clone()).collect::<Vec<_>>(),
+    })
+}
+
+pub(super) fn weights_json(snap: &Snapshot, i: usize) -> Value {
+    let w = snap.weights(i);
+    let mut m = Map::new();
+    for (id, b) in snap.config.backends.iter().enumerate() {
+        m.insert(b.name.clone(), json!(format_percent(w.basis_points(id))));
+    }
+    Value::Object(m)
+}
+
+pub(super) fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

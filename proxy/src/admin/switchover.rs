@@ -1,0 +1,140 @@
+//! `POST /routes/{host}/hold` and `POST /routes/{host}/release`: the proxy's part of
+//! the database switchover. `{host}` is a host the route lists, its name, or `*` for
+//! every route.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cutover_config::{WeightsError, parse_duration};
+use http::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::{error, json_response, status};
+use crate::body::ProxyBody;
+use crate::hold::Scope;
+use crate::state::{Shared, UpdateError};
+
+/// `{"scope":"writes"|"all","max":"30s"}`, both optional (writes; `[hold] max`).
+pub(super) fn hold(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyBody> {
+    let v = match object(body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+    };
+    let scope = match v.get("scope").map(|s| s.as_str()) {
+        None | Some(Some("writes")) => Scope::Writes,
+        Some(Some("all")) => Scope::All,
+        Some(_) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "scope must be \"writes\" or \"all\"",
+            );
+        }
+    };
+    let live = shared.live();
+    let max = match v.get("max") {
+        None => live.snap.config.hold.max,
+        Some(Value::String(s)) => match parse_duration(s) {
+            Ok(d) if d > Duration::ZERO => d,
+            Ok(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, "max must be above zero"),
+            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &format!("max: {e}")),
+        },
+        Some(other) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("max must be a duration such as \"30s\", got {other}"),
+            );
+        }
+    };
+    let routes = match live.snap.routes_for(host) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::NOT_FOUND, &e.to_string()),
+    };
+    let mut names = Vec::new();
+    let mut info = None;
+    for &ri in &routes {
+        info = Some(live.routes[ri].hold.hold(scope, max));
+        names.push(live.snap.routes()[ri].name.clone());
+    }
+    tracing::warn!(routes = ?names, scope = scope.as_str(), max = ?max, "hold started: requests in scope wait in the proxy");
+    let hold = info.map(|h| {
+        json!({ "scope": h.scope.as_str(), "since": status::unix(h.since), "deadline": status::unix(h.deadline) })
+    });
+    json_response(StatusCode::OK, &json!({ "hold": hold, "routes": names }))
+}
+
+/// Optional `{"writes":"new"}`: switch the write side, then release, in that order.
+pub(super) fn release(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyBody> {
+    let v = match object(body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+    };
+    let writes = match v.get("writes") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("writes must be a backend name, got {other}"),
+            );
+        }
+    };
+    let routes = match shared.live().snap.routes_for(host) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::NOT_FOUND, &e.to_string()),
+    };
+    let mut released = 0;
+    let wake = |live: &crate::state::Live| {
+        // The new write side is published before anyone wakes, so a held request
+        // re-routes on it and can never reach the old side.
+        routes
+            .iter()
+            .map(|&ri| live.routes[ri].hold.release())
+            .sum::<usize>()
+    };
+    let live = match &writes {
+        Some(backend) => match shared.update_then(
+            |snap| snap.with_writes(host, backend),
+            |live| released = wake(live),
+        ) {
+            Ok(live) => live,
+            Err(UpdateError::Rejected(WeightsError::NoSuchRoute(h))) => {
+                return error(StatusCode::NOT_FOUND, &format!("no route lists host {h:?}"));
+            }
+            Err(UpdateError::Rejected(e)) => {
+                return error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
+            }
+            Err(UpdateError::State(e)) => {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+            }
+        },
+        None => {
+            let live = shared.live();
+            released = wake(&live);
+            live
+        }
+    };
+    let names: Vec<String> = routes
+        .iter()
+        .map(|&ri| live.snap.routes()[ri].name.clone())
+        .collect();
+    let writes_now: Vec<&str> = routes
+        .iter()
+        .map(|&ri| live.snap.writes(ri).describe(&live.snap.config))
+        .collect();
+    tracing::warn!(routes = ?names, released, writes = ?writes_now, "hold released");
+    json_response(
+        StatusCode::OK,
+        &json!({ "released": released, "routes": names, "writes": writes.unwrap_or_else(|| writes_now.first().map(|s| s.to_string()).unwrap_or_default()) }),
+    )
+}
+
+fn object(body: &Bytes) -> Result<serde_json::Map<String, Value>, String> {
+    if body.is_empty() {
+        return Ok(Default::default());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err("body must be a JSON object".into()),
+        Err(e) => Err(format!("body is not JSON ({e})")),
+    }
+}

@@ -1,0 +1,262 @@
+//! Forwarding with retries across the boundary.
+//!
+//! - A connect failure sent nothing: it is retried on another backend of the route
+//!   whatever the method, except that a write pinned to a write side stays on that
+//!   side (another address of it), so a write never lands in the other database.
+//! - After bytes were sent, only idempotent requests (GET, HEAD, OPTIONS, or with an
+//!   `Idempotency-Key`) whose body fit the retry buffer are retried.
+//! - A 502 or 503 answer to an idempotent request is retried on another backend.
+//! - Never more attempts than the route's budget.
+//!
+//! A backend whose every address is down hands its share to the route's other
+//! backends unless the route sets `failover = false`.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::body::{InflightGuard, ProxyBody};
+use crate::handle::{Decision, local};
+use crate::headers::{prepare_request, strip_hop_by_hop};
+use crate::replay::{Replay, UpBody};
+use crate::state::{Live, Shared};
+use crate::upstream::{self, FailureKind};
+
+/// Sends the request upstream, retrying as the rules allow. Returns the response
+/// and the backend that answered (or failed last).
+pub async fn forward(
+    shared: &Shared,
+    decision: Decision,
+    mut parts: Parts,
+    body: Incoming,
+    peer: SocketAddr,
+    start: Instant,
+) -> (Response<ProxyBody>, usize) {
+    let Decision {
+        live,
+        route: ri,
+        mut guard,
+        is_write,
+        idempotent,
+        ..
+    } = decision;
+    let route = &live.snap.routes()[ri];
+    let rt = &live.routes[ri];
+    if let Err(status) = prepare_request(&mut parts, peer) {
+        return (
+            local(status, "request cannot be forwarded\n".into()),
+            guard.backend(),
+        );
+    }
+    let replay = match Replay::read(body, route.retry_buffer).await {
+        Ok(r) => r,
+        Err(_) => {
+            return (
+                local(
+                    StatusCode::BAD_REQUEST,
+                    "request body could not be read\n".into(),
+                ),
+                guard.backend(),
+            );
+        }
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let pinned = is_write && matches!(live.snap.writes(ri), cutover_config::WriteSide::Backend(_));
+    let total = route
+        .timeouts
+        .total
+        .map(|t| tokio::time::Instant::from_std(start) + t);
+
+    let mut target = guard.backend();
+    let mut avoid: Option<usize> = None;
+    let mut tried: u64 = 0;
+    let mut last = (FailureKind::Connect, String::from("no attempt was made"));
+    for attempt in 1..=route.attempts {
+        let Some((b, ep)) = endpoint(&live, ri, target, pinned, avoid) else {
+            let name = &live.backends[target].name;
+            let body = format!("backend {name} has no healthy address\n");
+            return (local(StatusCode::SERVICE_UNAVAILABLE, body), target);
+        };
+        if b != guard.backend() {
+            guard = InflightGuard::new(live.clone(), ri, b, is_write);
+        }
+        tried |= bit(b);
+        let Some(up_body) = replay.attempt() else {
+            break;
+        };
+        let endpoint = &live.backends[b].endpoints[ep];
+        let last_attempt = attempt == route.attempts;
+        let req = build(
+            &mut parts,
+            &endpoint.authority,
+            &path,
+            up_body,
+            last_attempt,
+        );
+        let mut head_timeout = route.timeouts.response_header;
+        if let Some(t) = total {
+            head_timeout =
+                head_timeout.min(t.saturating_duration_since(tokio::time::Instant::now()));
+        }
+        guard.forwarded(start);
+        match upstream::send(&rt.client, req, head_timeout).await {
+            Ok(resp) => {
+                endpoint.health.connected();
+                let status = resp.status();
+                let retryable_status =
+                    status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE;
+                if retryable_status && idempotent && !last_attempt && replay.replayable() {
+                    if let Some(next) = other_backend(&live, ri, b, pinned, tried) {
+                        let reason = if status == StatusCode::BAD_GATEWAY {
+                            "status_502"
+                        } else {
+                            "status_503"
+                        };
+                        shared.metrics.retry(
+                            &route.name,
+                            &live.backends[b].name,
+                            &live.backends[next].name,
+                            reason,
+                        );
+                        (target, avoid) = (next, None);
+                        continue;
+                    }
+                }
+                let (mut head, body) = resp.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                let deadline = total.map(|t| Box::pin(tokio::time::sleep_until(t)));
+                return (
+                    Response::from_parts(
+                        head,
+                        ProxyBody::Upstream {
+                            body,
+                            guard,
+                            deadline,
+                        },
+                    ),
+                    b,
+                );
+            }
+            Err((kind, detail)) => {
+                guard.pair().upstream_error(kind.as_str());
+                let backend = &live.backends[b];
+                tracing::warn!(
+                    route = %route.name, backend = %backend.name, addr = %endpoint.addr,
+                    kind = kind.as_str(), attempt, error = %detail, "upstream request failed"
+                );
+                if kind == FailureKind::Connect && endpoint.health.connect_failed(&backend.eject) {
+                    tracing::warn!(backend = %backend.name, addr = %endpoint.addr, cooldown = ?backend.eject.cooldown,
+                        "address ejected after consecutive connect failures");
+                }
+                last = (kind, detail);
+                let may_retry = !last_attempt
+                    && (kind == FailureKind::Connect || (idempotent && replay.replayable()));
+                if !may_retry {
+                    break;
+                }
+                let next = other_backend(&live, ri, b, pinned, tried)
+                    .map(|n| (n, None))
+                    .or_else(|| {
+                        matches!(live.backends[b].pick(Some(ep)), Some(i) if i != ep)
+                            .then_some((b, Some(ep)))
+                    });
+                let Some((next, next_avoid)) = next else {
+                    break;
+                };
+                shared.metrics.retry(
+                    &route.name,
+                    &backend.name,
+                    &live.backends[next].name,
+                    kind.as_str(),
+                );
+                (target, avoid) = (next, next_avoid);
+            }
+        }
+    }
+    let name = &live.backends[guard.backend()].name;
+    let body = format!("backend {name} is unavailable ({})\n", last.0.as_str());
+    let status = if last.0 == FailureKind::Timeout {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    (local(status, body), guard.backend())
+}
+
+fn bit(b: usize) -> u64 {
+    if b < 64 { 1 << b } else { 0 }
+}
+
+/// An address of `want`, or, when every address of `want` is down and the request
+/// may change sides, of the route's best other backend.
+fn endpoint(
+    live: &Live,
+    ri: usize,
+    want: usize,
+    pinned: bool,
+    avoid: Option<usize>,
+) -> Option<(usize, usize)> {
+    if let Some(ep) = live.backends[want].pick(avoid) {
+        return Some((want, ep));
+    }
+    if pinned || !live.snap.routes()[ri].failover {
+        return None;
+    }
+    let fallback = other_backend(live, ri, want, false, bit(want))?;
+    live.backends[fallback].pick(None).map(|ep| (fallback, ep))
+}
+
+/// Another backend of the route with an address up and not tried yet, preferring the
+/// largest weight. None for a pinned write.
+fn other_backend(
+    live: &Live,
+    ri: usize,
+    current: usize,
+    pinned: bool,
+    tried: u64,
+) -> Option<usize> {
+    if pinned {
+        return None;
+    }
+    let weights = live.snap.weights(ri);
+    live.snap.routes()[ri]
+        .members
+        .iter()
+        .copied()
+        .filter(|&m| m != current && tried & bit(m) == 0 && live.backends[m].any_up())
+        .max_by_key(|&m| (weights.basis_points(m), std::cmp::Reverse(m)))
+}
+
+/// The upstream request for one attempt. The last attempt takes the headers instead
+/// of copying them.
+fn build(
+    parts: &mut Parts,
+    authority: &Authority,
+    path: &PathAndQuery,
+    body: UpBody,
+    last: bool,
+) -> Request<UpBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority.clone());
+    uri.path_and_query = Some(path.clone());
+    // Scheme, authority and path are all present and valid, so this cannot fail.
+    *req.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = if last {
+        std::mem::take(&mut parts.headers)
+    } else {
+        parts.headers.clone()
+    };
+    req
+}

@@ -1,0 +1,215 @@
+//! The write hold: while a database is promoted, requests in scope wait in the proxy
+//! and reach no backend. A release publishes the new write side first and only then
+//! wakes the held requests, so none of them can go to the old side.
+//!
+//! A hold outlives its deadline: past it, held and new requests in scope get 503 with
+//! `Retry-After` until someone releases. A controller that died mid-switchover thus
+//! leaves clients retrying, never writing to a database that may be read-only.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use prometheus::IntGauge;
+use tokio::sync::watch;
+
+/// Which requests a hold covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// POST, PUT, PATCH and DELETE.
+    Writes,
+    All,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Writes => "writes",
+            Scope::All => "all",
+        }
+    }
+}
+
+/// An active hold, for `/status`.
+#[derive(Debug, Clone)]
+pub struct HoldInfo {
+    pub scope: Scope,
+    pub since: SystemTime,
+    pub deadline: SystemTime,
+    deadline_at: Instant,
+}
+
+/// The hold state of one route. It lives as long as the process, across reloads.
+pub struct HoldCell {
+    /// Read on every request; SeqCst pairs it with the in-flight counters (see
+    /// [`crate::handle`]) so a controller that saw the hold acknowledged and then
+    /// sees zero writes in flight knows no write can slip past.
+    active: AtomicBool,
+    covers_reads: AtomicBool,
+    info: Mutex<Option<HoldInfo>>,
+    held: AtomicUsize,
+    held_gauge: IntGauge,
+    /// Bumped on every release; held requests wait for it to change.
+    released: watch::Sender<u64>,
+}
+
+/// How waiting for a release ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Waited {
+    Released,
+    /// The hold's deadline passed; answer 503.
+    Expired,
+    /// Too many requests are held already; answer 503.
+    Full,
+}
+
+impl HoldCell {
+    pub fn new(held_gauge: IntGauge) -> Self {
+        HoldCell {
+            active: AtomicBool::new(false),
+            covers_reads: AtomicBool::new(false),
+            info: Mutex::new(None),
+            held: AtomicUsize::new(0),
+            held_gauge,
+            released: watch::Sender::new(0),
+        }
+    }
+
+    /// Whether a request (a write or not) must wait.
+    #[inline]
+    pub fn applies(&self, is_write: bool) -> bool {
+        self.active.load(Ordering::SeqCst) && (is_write || self.covers_reads.load(Ordering::SeqCst))
+    }
+
+    /// Starts (or extends) a hold. A second hold call replaces the scope and deadline.
+    pub fn hold(&self, scope: Scope, max: Duration) -> HoldInfo {
+        let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
+        let now = SystemTime::now();
+        let since = info.as_ref().map_or(now, |i| i.since);
+        let new = HoldInfo {
+            scope,
+            since,
+            deadline: now + max,
+            deadline_at: Instant::now() + max,
+        };
+        *info = Some(new.clone());
+        self.covers_reads
+            .store(scope == Scope::All, Ordering::SeqCst);
+        self.active.store(true, Ordering::SeqCst);
+        new
+    }
+
+    /// Ends the hold and wakes every held request. Returns how many were held.
+    pub fn release(&self) -> usize {
+        let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
+        *info = None;
+        self.active.store(false, Ordering::SeqCst);
+        self.covers_reads.store(false, Ordering::SeqCst);
+        let held = self.held.load(Ordering::SeqCst);
+        self.released.send_modify(|n| *n += 1);
+        held
+    }
+
+    pub fn info(&self) -> Option<HoldInfo> {
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Waits for a release, bounded by the hold's deadline and `max_queued`.
+    pub async fn wait(&self, max_queued: usize) -> Waited {
+        let mut rx = self.released.subscribe();
+        let Some(info) = self.info() else {
+            // Released between the check and now.
+            return Waited::Released;
+        };
+        if self.held.fetch_add(1, Ordering::SeqCst) >= max_queued {
+            self.held.fetch_sub(1, Ordering::SeqCst);
+            return Waited::Full;
+        }
+        self.held_gauge.inc();
+        let _held = HeldGuard(&self.held, &self.held_gauge);
+        // The subscription above predates the info read, so a release in between is
+        // seen as a change here rather than missed.
+        if !self.active.load(Ordering::SeqCst) {
+            return Waited::Released;
+        }
+        match tokio::time::timeout_at(info.deadline_at, rx.changed()).await {
+            Ok(_) => Waited::Released,
+            Err(_) => Waited::Expired,
+        }
+    }
+
+    /// Whether the hold is past its deadline (new requests in scope get 503 at once).
+    pub fn expired(&self) -> bool {
+        self.info().is_some_and(|i| Instant::now() >= i.deadline_at)
+    }
+}
+
+struct HeldGuard<'a>(&'a AtomicUsize, &'a IntGauge);
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.1.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn cell() -> HoldCell {
+        HoldCell::new(IntGauge::new("held", "held").unwrap())
+    }
+
+    #[tokio::test]
+    async fn held_requests_wake_on_release() {
+        let cell = Arc::new(cell());
+        assert!(!cell.applies(true));
+        cell.hold(Scope::Writes, Duration::from_secs(30));
+        assert!(cell.applies(true));
+        assert!(!cell.applies(false), "a writes hold lets reads through");
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let c = cell.clone();
+                tokio::spawn(async move { c.wait(10).await })
+            })
+            .collect();
+        while cell.held() < 3 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(cell.release(), 3);
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Waited::Released);
+        }
+        assert_eq!(cell.held(), 0);
+        assert!(!cell.applies(true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_answers_and_the_hold_stays() {
+        let cell = cell();
+        cell.hold(Scope::All, Duration::from_secs(2));
+        assert!(cell.applies(false));
+        assert_eq!(cell.wait(10).await, Waited::Expired);
+        assert!(cell.expired());
+        assert!(
+            cell.applies(true),
+            "an expired hold keeps writes away from old"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded() {
+        let cell = cell();
+        cell.hold(Scope::Writes, Duration::from_secs(30));
+        assert_eq!(cell.wait(0).await, Waited::Full);
+        assert_eq!(cell.held(), 0);
+    }
+}
