@@ -13,6 +13,10 @@ need make make
 need pkg-config pkg-config
 need curl curl
 need kill procps
+need runuser util-linux
+# PostgreSQL 15 server binaries for the database tests (two clusters per test).
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
+need pg_dump postgresql-client-15
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

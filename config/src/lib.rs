@@ -20,8 +20,8 @@ pub use diag::{ConfigError, Diagnostic};
 pub use duration::{format_duration, parse_duration};
 pub use hash::{BUCKETS, bucket_of, stable_hash};
 pub use model::{
-    AdminSettings, Backend, BackendId, Config, Eject, HealthCheck, HoldSettings, Listen,
-    ProxySettings, ResolverSettings, Route, Sticky, Timeouts, WriteSide,
+    AdminSettings, Backend, BackendId, Certificate, Config, Eject, HealthCheck, HoldSettings,
+    Listen, ProxySettings, ResolverSettings, Route, Sticky, Timeouts, UpstreamTls, WriteSide,
 };
 pub use snapshot::{Snapshot, WeightsError, WeightsSource};
 pub use table::RouteTable;

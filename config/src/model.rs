@@ -2,7 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::sign::CertifiedKey;
 
 use crate::diag::ConfigError;
 use crate::weights::Weights;
@@ -23,12 +26,16 @@ pub struct Config {
     /// In declaration order.
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
+    /// `[[certificates]]` for the HTTPS listener, loaded and checked.
+    pub certificates: Vec<Certificate>,
 }
 
 /// `[listen]`: the data-plane listeners.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
     pub http: SocketAddr,
+    /// TLS on this address when set; it needs `[[certificates]]`.
+    pub https: Option<SocketAddr>,
 }
 
 /// `[admin]`: the admin API's listener and its bearer token.
@@ -48,6 +55,9 @@ pub struct ProxySettings {
     pub grace: Duration,
     /// Upper bound on establishing a connection to an upstream address.
     pub connect_timeout: Duration,
+    /// The Unix socket a new process (`--upgrade`) asks for the listening sockets
+    /// on. Default: beside the config file, `<config file>.sock`.
+    pub control_socket: PathBuf,
 }
 
 /// `[hold]`: limits on requests held during a switchover.
@@ -79,6 +89,19 @@ pub struct Backend {
     pub health: Option<HealthCheck>,
     /// Passive ejection after consecutive connect failures.
     pub eject: Eject,
+    /// TLS to this backend's addresses; plain HTTP when none.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS from the proxy to a backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and verified against the backend's certificate. Default:
+    /// the backend's first host name, else its first IP address.
+    pub sni: Option<String>,
+    /// A PEM file of the CAs to trust instead of the system's roots (checked to hold
+    /// at least one certificate when the config loads).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// An active HTTP check against every address of a backend.
@@ -132,6 +155,42 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Whether a backend with every address down hands its share to the others.
     pub failover: bool,
+}
+
+/// A certificate chain and its key, served to TLS clients whose SNI matches `hosts`.
+/// The files are read and checked (the key matches the chain's first certificate)
+/// during validation, so a snapshot never holds a certificate that cannot be used.
+#[derive(Clone)]
+pub struct Certificate {
+    /// Lower-case: exact names, `*.example.com` wildcards, `*` for the default.
+    pub hosts: Vec<String>,
+    /// The files as the config names them, resolved against the config's folder.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub certified: Arc<CertifiedKey>,
+}
+
+impl PartialEq for Certificate {
+    /// Same names, same files, same chain. The key is not compared: it was checked
+    /// to match the chain.
+    fn eq(&self, other: &Self) -> bool {
+        self.hosts == other.hosts
+            && self.cert == other.cert
+            && self.key == other.key
+            && self.certified.cert == other.certified.cert
+    }
+}
+
+impl std::fmt::Debug for Certificate {
+    // The chain's bytes are noise in a log line, and the key must never be printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("hosts", &self.hosts)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("chain_len", &self.certified.cert.len())
+            .finish()
+    }
 }
 
 /// Where unsafe methods (POST, PUT, PATCH, DELETE) go.

@@ -22,12 +22,15 @@ pub(crate) struct RawConfig {
     pub backends: IndexMap<String, RawBackend>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub certificates: Vec<Spanned<RawCertificate>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawListen {
     pub http: Option<Spanned<String>>,
+    pub https: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,6 +46,7 @@ pub(crate) struct RawProxy {
     pub threads: Option<Spanned<i64>>,
     pub grace: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
+    pub control_socket: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +70,14 @@ pub(crate) struct RawBackend {
     pub addrs: Spanned<Vec<Spanned<String>>>,
     pub health: Option<Spanned<RawHealth>>,
     pub eject: Option<Spanned<RawEject>>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub sni: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,4 +126,13 @@ pub(crate) struct RawSticky {
     pub max_age: Option<Spanned<String>>,
     pub header: Option<Spanned<String>>,
     pub client_ip: Option<Spanned<bool>>,
+}
+
+/// `[[certificates]]`: a PEM chain and key for a set of SNI names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub hosts: Spanned<Vec<Spanned<String>>>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }

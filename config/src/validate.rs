@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -12,9 +12,9 @@ use crate::diag::{ConfigError, Diagnostic, Locator};
 use crate::duration::parse_duration;
 use crate::model::{
     AdminSettings, Backend, Config, Eject, HealthCheck, HoldSettings, Listen, ProxySettings,
-    ResolverSettings,
+    ResolverSettings, UpstreamTls,
 };
-use crate::raw::{RawBackend, RawConfig, RawResolver};
+use crate::raw::{RawBackend, RawConfig, RawResolver, RawUpstreamTls};
 
 const DEFAULT_HTTP: &str = "0.0.0.0:8080";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -139,8 +139,13 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig, file: &Path) -> Config {
+        let https_span = raw.listen.https.as_ref().map(Spanned::span);
         let listen = Listen {
             http: self.addr(raw.listen.http, DEFAULT_HTTP, "listen.http"),
+            https: raw
+                .listen
+                .https
+                .map(|s| self.addr(Some(s), DEFAULT_HTTP, "listen.https")),
         };
         let admin = AdminSettings {
             listen: self.addr(raw.admin.listen, DEFAULT_ADMIN, "admin.listen"),
@@ -155,6 +160,7 @@ impl Validator<'_> {
                 DEFAULT_CONNECT_TIMEOUT,
                 "proxy.connect_timeout",
             ),
+            control_socket: self.control_socket(raw.proxy.control_socket, file),
         };
         self.connect_default = proxy.connect_timeout;
         let hold = HoldSettings {
@@ -170,7 +176,7 @@ impl Validator<'_> {
 
         let mut backends = Vec::with_capacity(raw.backends.len());
         for (name, b) in raw.backends {
-            backends.push(self.backend(name, b));
+            backends.push(self.backend(name, b, file));
         }
 
         let mut routes = Vec::with_capacity(raw.routes.len());
@@ -181,6 +187,8 @@ impl Validator<'_> {
             routes.push(route);
         }
 
+        let certificates = self.certificates(raw.certificates, https_span, file);
+
         Config {
             file: file.to_path_buf(),
             listen,
@@ -190,6 +198,7 @@ impl Validator<'_> {
             resolver,
             backends,
             routes,
+            certificates,
         }
     }
 
@@ -219,7 +228,7 @@ impl Validator<'_> {
         }
     }
 
-    fn backend(&mut self, name: String, b: RawBackend) -> Backend {
+    fn backend(&mut self, name: String, b: RawBackend, file: &Path) -> Backend {
         // Keys carry no span of their own; point at the backend's addresses.
         let path = format!("backends.{name}");
         if !route::is_backend_name(&name) {
@@ -291,13 +300,63 @@ impl Validator<'_> {
                 }
             }
         };
+        let tls = b
+            .tls
+            .map(|t| self.upstream_tls(&path, t.into_inner(), file));
         Backend {
             name,
             addrs,
             health,
             eject,
+            tls,
         }
     }
+
+    fn upstream_tls(&mut self, path: &str, raw: RawUpstreamTls, file: &Path) -> UpstreamTls {
+        if let Some(sni) = &raw.sni {
+            if !route::is_hostname(&sni.get_ref().to_ascii_lowercase())
+                && sni.get_ref().parse::<std::net::IpAddr>().is_err()
+            {
+                self.err(
+                    sni,
+                    format!("{path}.tls.sni"),
+                    format!("{:?} is not a host name or IP address", sni.get_ref()),
+                );
+            }
+        }
+        let ca_file = raw.ca_file.map(|ca| {
+            let full = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from(ca.get_ref()), |d| d.join(ca.get_ref()));
+            if let Err(e) = check_ca_file(&full) {
+                self.err(
+                    &ca,
+                    format!("{path}.tls.ca_file"),
+                    format!("{}: {e}", full.display()),
+                );
+            }
+            full
+        });
+        UpstreamTls {
+            sni: raw.sni.map(Spanned::into_inner),
+            ca_file,
+        }
+    }
+}
+
+/// A CA file must hold at least one PEM certificate.
+fn check_ca_file(path: &Path) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read it ({e})"))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not a PEM certificate file ({e})"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(())
 }
 
 fn check_upstream_addr(addr: &str) -> Result<(), String> {
@@ -320,3 +379,4 @@ fn check_upstream_addr(addr: &str) -> Result<(), String> {
 mod route;
 #[cfg(test)]
 mod tests;
+mod tls;

@@ -1,21 +1,22 @@
-//! `cutover`: the operator's tool. It runs a migration plan: PostgreSQL logical
-//! replication, secrets, gated traffic steps, the coordinated switchover, rollback and
-//! the report. The subcommands arrive with their issues; today it explains itself.
+//! `cutover`: the operator's tool. Parses the command line, starts the runtime and
+//! hands over to [`cutover_controller::cli::run`].
+
+use std::process::ExitCode;
 
 use clap::Parser;
+use cutover_controller::cli::{Cli, run};
 
-/// Move live web applications from one cluster to another with zero failed requests
-/// and zero lost writes.
-///
-/// The data plane is `cutover-proxy`; validate each step with `cutover-load`.
-#[derive(Parser, Debug)]
-#[command(name = "cutover", version, about, long_about)]
-struct Cli {}
-
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!(
-        "cutover: no subcommand is available yet in this build; see `cutover --help` and the README"
-    );
-    std::process::exit(1);
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(rt) => ExitCode::from(rt.block_on(run(cli))),
+        Err(e) => {
+            eprintln!("cutover: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

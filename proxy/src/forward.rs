@@ -12,6 +12,7 @@
 //! backends unless the route sets `failover = false`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::request::Parts;
@@ -23,7 +24,7 @@ use crate::body::{InflightGuard, ProxyBody};
 use crate::handle::{Decision, local};
 use crate::headers::{prepare_request, strip_hop_by_hop};
 use crate::replay::{Replay, UpBody};
-use crate::state::{Live, Shared};
+use crate::state::{EndpointRt, Live, Shared};
 use crate::upstream::{self, FailureKind};
 
 /// Sends the request upstream, retrying as the rules allow. Returns the response
@@ -76,11 +77,11 @@ pub async fn forward(
         .map(|t| tokio::time::Instant::from_std(start) + t);
 
     let mut target = guard.backend();
-    let mut avoid: Option<usize> = None;
+    let mut avoid: Option<Arc<EndpointRt>> = None;
     let mut tried: u64 = 0;
     let mut last = (FailureKind::Connect, String::from("no attempt was made"));
     for attempt in 1..=route.attempts {
-        let Some((b, ep)) = endpoint(&live, ri, target, pinned, avoid) else {
+        let Some((b, endpoint)) = pick_endpoint(&live, ri, target, pinned, avoid.as_ref()) else {
             let name = &live.backends[target].name;
             let body = format!("backend {name} has no healthy address\n");
             return (local(StatusCode::SERVICE_UNAVAILABLE, body), target);
@@ -92,7 +93,6 @@ pub async fn forward(
         let Some(up_body) = replay.attempt() else {
             break;
         };
-        let endpoint = &live.backends[b].endpoints[ep];
         let last_attempt = attempt == route.attempts;
         let req = build(
             &mut parts,
@@ -107,7 +107,7 @@ pub async fn forward(
                 head_timeout.min(t.saturating_duration_since(tokio::time::Instant::now()));
         }
         guard.forwarded(start);
-        match upstream::send(&rt.client, req, head_timeout).await {
+        match upstream::send(&rt.clients[b], req, head_timeout).await {
             Ok(resp) => {
                 endpoint.health.connected();
                 let status = resp.status();
@@ -165,8 +165,11 @@ pub async fn forward(
                 let next = other_backend(&live, ri, b, pinned, tried)
                     .map(|n| (n, None))
                     .or_else(|| {
-                        matches!(live.backends[b].pick(Some(ep)), Some(i) if i != ep)
-                            .then_some((b, Some(ep)))
+                        // Another address of the same backend.
+                        live.backends[b]
+                            .pick(Some(&endpoint))
+                            .filter(|e| !Arc::ptr_eq(e, &endpoint))
+                            .map(|_| (b, Some(endpoint.clone())))
                     });
                 let Some((next, next_avoid)) = next else {
                     break;
@@ -197,13 +200,13 @@ fn bit(b: usize) -> u64 {
 
 /// An address of `want`, or, when every address of `want` is down and the request
 /// may change sides, of the route's best other backend.
-fn endpoint(
+fn pick_endpoint(
     live: &Live,
     ri: usize,
     want: usize,
     pinned: bool,
-    avoid: Option<usize>,
-) -> Option<(usize, usize)> {
+    avoid: Option<&Arc<EndpointRt>>,
+) -> Option<(usize, Arc<EndpointRt>)> {
     if let Some(ep) = live.backends[want].pick(avoid) {
         return Some((want, ep));
     }

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use crate::body::{InflightGuard, ProxyBody};
 use crate::forward;
 use crate::hold::Waited;
+use crate::server::Scheme;
 use crate::state::{Live, Shared};
 use crate::sticky;
 
@@ -62,6 +63,8 @@ async fn proxy(
         ..
     } = &decision;
     let (live, ri, minted) = (live.clone(), *route, minted.clone());
+    // A cookie minted over TLS must never travel over plain HTTP.
+    let secure = parts.extensions.get::<Scheme>() == Some(&Scheme::Https);
     let (mut resp, backend) = forward::forward(shared, decision, parts, body, peer, start).await;
 
     // Answer.
@@ -71,7 +74,8 @@ async fn proxy(
         live.backends[backend].header.clone(),
     );
     if let (Some(value), Sticky::Cookie { name, .. }) = (&minted, &live.snap.routes()[ri].sticky) {
-        let cookie = format!("{name}={value}{}", live.routes[ri].cookie_attrs);
+        let secure = if secure { "; Secure" } else { "" };
+        let cookie = format!("{name}={value}{}{secure}", live.routes[ri].cookie_attrs);
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             headers.append(SET_COOKIE, v);
         }

@@ -1,11 +1,15 @@
 //! Header rewriting between the client and the upstream: hop-by-hop headers out,
 //! the client's Host kept, `X-Forwarded-For` and `X-Forwarded-Proto` in.
+//! `X-Forwarded-Proto` is `https` for requests that came over the HTTPS listener
+//! (the listener marks them with [`Scheme`]), whatever the client sent.
 
 use std::net::SocketAddr;
 
 use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use crate::server::Scheme;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -42,7 +46,10 @@ pub fn prepare_request(parts: &mut Parts, peer: SocketAddr) -> Result<(), Status
     if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if parts.extensions.get::<Scheme>() == Some(&Scheme::Https) {
+        // TLS ended here, so this is known, not claimed.
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    } else if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
     Ok(())
@@ -99,5 +106,18 @@ mod tests {
         prepare_request(&mut parts, "127.0.0.2:5555".parse().unwrap()).unwrap();
         assert_eq!(parts.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
         assert_eq!(parts.headers["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn requests_over_tls_are_forwarded_as_https_whatever_the_client_claims() {
+        let (mut parts, ()) = Request::get("/")
+            .header("host", "a")
+            .header("x-forwarded-proto", "http")
+            .extension(Scheme::Https)
+            .body(())
+            .unwrap()
+            .into_parts();
+        prepare_request(&mut parts, "127.0.0.2:5555".parse().unwrap()).unwrap();
+        assert_eq!(parts.headers["x-forwarded-proto"], "https");
     }
 }

@@ -16,6 +16,8 @@ use hyper_util::rt::TokioExecutor;
 use prometheus::IntGauge;
 use tokio::sync::watch;
 
+use crate::state::{EndpointRt, EndpointSet};
+
 /// The health of one address of one backend.
 pub struct EndpointHealth {
     /// The active checks' verdict; true until they say otherwise.
@@ -23,6 +25,9 @@ pub struct EndpointHealth {
     /// Passive ejection: milliseconds since `epoch` until which the address is out.
     ejected_until_ms: AtomicU64,
     connect_failures: AtomicU32,
+    /// Consecutive active check results, for the thresholds.
+    ok_streak: AtomicU32,
+    fail_streak: AtomicU32,
     epoch: Instant,
     gauge: IntGauge,
 }
@@ -34,6 +39,8 @@ impl EndpointHealth {
             checked_up: AtomicBool::new(true),
             ejected_until_ms: AtomicU64::new(0),
             connect_failures: AtomicU32::new(0),
+            ok_streak: AtomicU32::new(0),
+            fail_streak: AtomicU32::new(0),
             epoch: Instant::now(),
             gauge,
         }
@@ -72,6 +79,25 @@ impl EndpointHealth {
         true
     }
 
+    /// Applies one active check result against the thresholds.
+    fn record_check(&self, passed: bool, check: &HealthCheck, backend: &str, addr: &str) {
+        let (ok, fail) = if passed {
+            self.fail_streak.store(0, Ordering::Relaxed);
+            (self.ok_streak.fetch_add(1, Ordering::Relaxed) + 1, 0)
+        } else {
+            self.ok_streak.store(0, Ordering::Relaxed);
+            (0, self.fail_streak.fetch_add(1, Ordering::Relaxed) + 1)
+        };
+        let up = self.checked_up.load(Ordering::Relaxed);
+        if up && fail >= check.unhealthy {
+            tracing::warn!(%backend, %addr, failures = fail, "health check failing: address taken out");
+            self.set_checked(false);
+        } else if !up && ok >= check.healthy {
+            tracing::info!(%backend, %addr, "health check passing: address back in");
+            self.set_checked(true);
+        }
+    }
+
     fn set_checked(&self, up: bool) {
         self.checked_up.store(up, Ordering::Relaxed);
         self.refresh_gauge();
@@ -82,38 +108,34 @@ impl EndpointHealth {
     }
 }
 
-/// Starts the active checks of every address of every backend that has them, and
-/// returns the handle that stops them all (on drop or when replaced).
+/// Starts the active checks of every backend that has them, and returns the handle
+/// that stops them all (on drop or when replaced).
 pub fn start_checks(live: &crate::state::Live) -> watch::Sender<()> {
     let (stop, _) = watch::channel(());
     for (b, rt) in live.snap.config.backends.iter().zip(&live.backends) {
         let Some(check) = &b.health else { continue };
-        for e in &rt.endpoints {
-            tokio::spawn(check_loop(
-                b.name.clone(),
-                e.addr.clone(),
-                check.clone(),
-                e.health.clone(),
-                stop.subscribe(),
-            ));
-        }
+        tokio::spawn(check_loop(
+            b.name.clone(),
+            check.clone(),
+            rt.set.clone(),
+            stop.subscribe(),
+        ));
     }
     stop
 }
 
-/// Runs the active checks of one address until `stop` changes or is dropped.
-pub async fn check_loop(
+/// Checks every current address of one backend each interval, until `stop` changes
+/// or is dropped. The address list is read each time, so addresses that DNS adds
+/// are checked too.
+async fn check_loop(
     backend: String,
-    addr: String,
     check: HealthCheck,
-    health: Arc<EndpointHealth>,
+    set: Arc<EndpointSet>,
     mut stop: watch::Receiver<()>,
 ) {
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1)
         .build(HttpConnector::new());
-    let uri = format!("http://{addr}{}", check.path);
-    let (mut ok_streak, mut fail_streak) = (0u32, 0u32);
     let mut interval = tokio::time::interval(check.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -121,29 +143,35 @@ pub async fn check_loop(
             _ = stop.changed() => return,
             _ = interval.tick() => {}
         }
-        let Ok(req) = Request::get(uri.as_str()).body(Empty::new()) else {
-            return;
-        };
-        let passed = matches!(
-            tokio::time::timeout(check.timeout, client.request(req)).await,
-            Ok(Ok(r)) if r.status() == StatusCode::OK || r.status().is_success()
-        );
-        if passed {
-            ok_streak += 1;
-            fail_streak = 0;
-        } else {
-            fail_streak += 1;
-            ok_streak = 0;
-        }
-        let up = health.checked_up.load(Ordering::Relaxed);
-        if up && fail_streak >= check.unhealthy {
-            tracing::warn!(%backend, %addr, failures = fail_streak, "health check failing: address taken out");
-            health.set_checked(false);
-        } else if !up && ok_streak >= check.healthy {
-            tracing::info!(%backend, %addr, "health check passing: address back in");
-            health.set_checked(true);
+        let list = set.list.load_full();
+        let probes = list.iter().map(|e| probe(&client, &check, e));
+        for (e, passed) in list
+            .iter()
+            .zip(futures_util::future::join_all(probes).await)
+        {
+            e.health.record_check(passed, &check, &backend, &e.addr);
         }
     }
+}
+
+async fn probe(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    check: &HealthCheck,
+    e: &EndpointRt,
+) -> bool {
+    let uri = format!("http://{}{}", e.addr, check.path);
+    let Ok(mut req) = Request::get(uri.as_str()).body(Empty::new()) else {
+        return false;
+    };
+    if let Some(host) = &e.host {
+        if let Ok(v) = http::HeaderValue::from_str(host) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
+    matches!(
+        tokio::time::timeout(check.timeout, client.request(req)).await,
+        Ok(Ok(r)) if r.status() == StatusCode::OK || r.status().is_success()
+    )
 }
 
 #[cfg(test)]

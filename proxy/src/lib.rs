@@ -7,6 +7,7 @@
 
 mod admin;
 mod body;
+mod connect;
 mod forward;
 mod handle;
 mod headers;
@@ -14,10 +15,13 @@ mod health;
 mod hold;
 mod metrics;
 mod replay;
+mod resolve;
 mod run;
 mod server;
 mod state;
 mod sticky;
+mod tls;
+mod upgrade;
 mod upstream;
 
 pub use body::ProxyBody;
@@ -25,4 +29,5 @@ pub use handle::X_CUTOVER_BACKEND;
 pub use metrics::Metrics;
 pub use run::{RunError, run};
 pub use state::Shared;
+pub use upgrade::Start;
 pub use upstream::{FailureKind, Upstream};

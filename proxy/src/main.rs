@@ -15,6 +15,11 @@ use cutover_config::Config;
 /// ConfigMap symlink swaps both count), and SIGHUP forces a reload. An invalid file
 /// never replaces a valid one. SIGTERM stops accepting and lets in-flight requests
 /// finish within [proxy] grace.
+///
+/// Upgrades: start the new binary with the same config and `--upgrade`. It takes
+/// the listening sockets over from the running proxy (through [proxy]
+/// control_socket), then the old process stops accepting, drains and exits 0. No
+/// connection is refused or reset on the way.
 #[derive(Parser, Debug)]
 #[command(name = "cutover-proxy", version, about, long_about)]
 struct Cli {
@@ -31,6 +36,13 @@ struct Cli {
     /// exit: 0 when valid, 1 otherwise.
     #[arg(long)]
     check: bool,
+
+    /// Take the listening sockets over from the cutover-proxy running with this
+    /// config (hitless restart): the old process stops accepting once this one
+    /// serves, drains within [proxy] grace and exits. Weights and write sides set
+    /// over the admin API carry over; refused while a hold is in force.
+    #[arg(long, conflicts_with = "check")]
+    upgrade: bool,
 
     /// Log filter, e.g. `info`, `debug`, `cutover_proxy=debug`.
     #[arg(long, env = "CUTOVER_LOG", default_value = "info")]
@@ -93,7 +105,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cutover_proxy::run(cli.config, config, text)) {
+    let start = if cli.upgrade {
+        cutover_proxy::Start::Upgrade
+    } else {
+        cutover_proxy::Start::Fresh
+    };
+    match runtime.block_on(cutover_proxy::run(cli.config, config, text, start)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -19,6 +19,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     held: IntGaugeVec,
     upstream_healthy: IntGaugeVec,
+    dns_failures: IntCounterVec,
     pub config_generation: IntGauge,
     pub config_reload_errors: IntCounter,
 }
@@ -84,6 +85,13 @@ impl Metrics {
             ),
             &["backend", "addr"],
         )?;
+        let dns_failures = IntCounterVec::new(
+            Opts::new(
+                "cutover_dns_failures_total",
+                "Failed lookups of backend host names (the last good addresses stay in use).",
+            ),
+            &["backend", "host"],
+        )?;
         let config_generation = IntGauge::new(
             "cutover_config_generation",
             "Generation of the routing snapshot in force; rises with every reload or weight change.",
@@ -99,6 +107,7 @@ impl Metrics {
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(held.clone()))?;
         registry.register(Box::new(upstream_healthy.clone()))?;
+        registry.register(Box::new(dns_failures.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(config_reload_errors.clone()))?;
         Ok(Metrics {
@@ -110,6 +119,7 @@ impl Metrics {
             retries,
             held,
             upstream_healthy,
+            dns_failures,
             config_generation,
             config_reload_errors,
         })
@@ -141,6 +151,10 @@ impl Metrics {
 
     pub fn upstream_healthy(&self, backend: &str, addr: &str) -> IntGauge {
         self.upstream_healthy.with_label_values(&[backend, addr])
+    }
+
+    pub fn dns_failure(&self, backend: &str, host: &str) {
+        self.dns_failures.with_label_values(&[backend, host]).inc();
     }
 
     /// The Prometheus text exposition.

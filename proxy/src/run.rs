@@ -1,5 +1,6 @@
-//! Process lifecycle: check the admin token, bind, serve, apply reloads, and stop on
-//! SIGTERM after in-flight requests finish.
+//! Process lifecycle: check the admin token, bind (or take the sockets over from a
+//! running process, see [`crate::upgrade`]), serve, apply reloads, and stop on
+//! SIGTERM or after handing over to a successor, once in-flight requests finish.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,12 +11,18 @@ use cutover_config::reload::{self, Reloaded, WatchOptions};
 use cutover_config::{AdminSettings, Config, format_duration};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::metrics::{Metrics, MetricsError};
 use crate::state::{Shared, StateError, UpdateError};
+use crate::upgrade::{Role, Start};
 use crate::upstream::Upstream;
-use crate::{admin, handle, server};
+use crate::{admin, handle, server, tls, upgrade};
+
+/// After a handover, how long HTTP/1 keep-alive clients get to move to the new
+/// process on their own (each is told `Connection: close` with its next response)
+/// before idle connections are closed. Capped at half of `proxy.grace`.
+const UPGRADE_LINGER: Duration = Duration::from_secs(5);
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,39 +48,71 @@ pub enum RunError {
     State(#[from] StateError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Upgrade(#[from] upgrade::UpgradeError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Dns(#[from] crate::resolve::DnsError),
 }
 
-/// Serves `config` (read from `config_path` as `text`) until SIGTERM or SIGINT.
-pub async fn run(config_path: PathBuf, config: Config, text: String) -> Result<(), RunError> {
+/// Serves `config` (read from `config_path` as `text`) until SIGTERM or SIGINT, or
+/// until a new process has taken over. `start` says whether to bind the listeners
+/// or take them over from the running process.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    text: String,
+    start: Start,
+) -> Result<(), RunError> {
     let token = admin_token(&config.admin)?;
     if token.is_none() && !config.admin.listen.ip().is_loopback() {
         return Err(RunError::AdminTokenRequired {
             listen: config.admin.listen,
         });
     }
-    let data = server::bind(config.listen.http).map_err(|source| RunError::Bind {
-        addr: config.listen.http,
-        what: "listen.http",
-        source,
-    })?;
-    let admin_listener = server::bind(config.admin.listen).map_err(|source| RunError::Bind {
-        addr: config.admin.listen,
-        what: "admin.listen",
-        source,
-    })?;
+    let control_path = config.proxy.control_socket.clone();
+    let mut takeover = match start {
+        Start::Fresh => None,
+        Start::Upgrade => Some(upgrade::take_over(&control_path).await?),
+    };
+    let listen = |t: Option<&mut upgrade::Takeover>, role: Role, addr: SocketAddr| {
+        upgrade::listener(t, role, addr).map_err(|source| RunError::Bind {
+            addr,
+            what: role.field(),
+            source,
+        })
+    };
+    let data = listen(takeover.as_mut(), Role::Http, config.listen.http)?;
+    let https = match config.listen.https {
+        Some(addr) => Some(listen(takeover.as_mut(), Role::Https, addr)?),
+        None => None,
+    };
+    let admin_listener = listen(takeover.as_mut(), Role::Admin, config.admin.listen)?;
     let data_addr = data.local_addr().unwrap_or(config.listen.http);
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
+    let mut sockets = vec![(Role::Http, &data), (Role::Admin, &admin_listener)];
+    sockets.extend(https.as_ref().map(|l| (Role::Https, l)));
+    let sockets = upgrade::duplicates(&sockets);
     let grace = config.proxy.grace;
 
     let upstream = Upstream::default();
+    let dns = crate::resolve::Dns::new(&config.resolver)?;
+    let initial = config.clone();
     let shared = Arc::new(Shared::new(
         config,
         config_path.clone(),
         Metrics::new()?,
         upstream,
         token,
+        dns,
     )?);
+    crate::resolve::prefetch(&shared, &initial).await;
+    if let Some(t) = takeover.as_mut() {
+        upgrade::apply_carried(&shared, t.carried());
+    }
     let live = shared.live();
+    crate::resolve::refresh_sets(&shared, &live);
     tracing::info!(
         file = %config_path.display(),
         routes = live.snap.routes().len(),
@@ -83,8 +122,9 @@ pub async fn run(config_path: PathBuf, config: Config, text: String) -> Result<(
     );
 
     let checks = crate::health::start_checks(&live);
+    let resolvers = crate::resolve::start(&shared, &live);
     let (reloader, outcomes) = reload::watch(&config_path, &text, WatchOptions::default())?;
-    tokio::spawn(apply_reloads(shared.clone(), outcomes, checks));
+    tokio::spawn(apply_reloads(shared.clone(), outcomes, (checks, resolvers)));
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
@@ -96,48 +136,103 @@ pub async fn run(config_path: PathBuf, config: Config, text: String) -> Result<(
         }
     });
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (data_stop, stop) = server::stop_pair();
     let s = shared.clone();
     let data_task = tokio::spawn(server::accept_loop(
         data,
-        stop_rx.clone(),
+        stop.clone(),
         GracefulShutdown::new(),
+        None,
         move |peer, req| handle::handle(s.clone(), peer, req),
     ));
-    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let https_task = match https {
+        Some(listener) => {
+            let https_addr = listener.local_addr().ok();
+            let acceptor = tls::acceptor(tls::Certs::new(shared.clone()))?;
+            let s = shared.clone();
+            let task = tokio::spawn(server::accept_loop(
+                listener,
+                stop,
+                GracefulShutdown::new(),
+                Some(acceptor),
+                move |peer, req| handle::handle(s.clone(), peer, req),
+            ));
+            if let Some(addr) = https_addr {
+                tracing::info!(%addr, "listening for HTTPS traffic");
+            }
+            Some(task)
+        }
+        None => None,
+    };
+    let (admin_stop, admin_stop_rx) = server::stop_pair();
     let s = shared.clone();
     let admin_task = tokio::spawn(server::accept_loop(
         admin_listener,
         admin_stop_rx,
         GracefulShutdown::new(),
+        None,
         move |_peer, req| admin::handle(s.clone(), req),
     ));
     tracing::info!(addr = %data_addr, "listening for traffic");
     tracing::info!(addr = %admin_addr, "admin API listening");
+    if let Some(t) = takeover {
+        let old_pid = t.old_pid;
+        match t.finish().await {
+            Ok(()) => tracing::info!(
+                old_pid,
+                "the previous process stopped accepting; this one serves alone"
+            ),
+            // We hold the sockets and serve; the old process exits on its own.
+            Err(e) => tracing::warn!(old_pid, "{e}"),
+        }
+    }
+    let mut control = upgrade::control(&control_path, sockets, shared.clone());
 
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let (why, successor) = tokio::select! {
+        _ = term.recv() => ("SIGTERM", None),
+        _ = int.recv() => ("SIGINT", None),
+        h = control.handed_over() => ("upgrade", Some(h)),
     };
-    let _ = stop_tx.send(true);
+    data_stop.stop();
+    if successor.is_some() {
+        // The successor answers the admin API from now on.
+        admin_stop.stop();
+    }
+    // Closes the duplicated sockets too, so that after SIGTERM the kernel refuses
+    // new connections instead of queueing them for nobody.
+    control.close().await;
     let data_graceful = data_task.await.unwrap_or_default();
-    let open = data_graceful.count();
+    let https_graceful = match https_task {
+        Some(t) => t.await.unwrap_or_default(),
+        None => GracefulShutdown::new(),
+    };
+    let linger = match successor {
+        Some(h) => {
+            tracing::info!(pid = h.pid, "handed over to a new process");
+            h.confirm_stopped().await;
+            UPGRADE_LINGER.min(grace / 2)
+        }
+        None => Duration::ZERO,
+    };
+    let open = data_graceful.count() + https_graceful.count();
     tracing::info!(
-        signal = which,
+        reason = why,
         open_connections = open,
         grace = %format_duration(grace),
         "stopped accepting; letting in-flight requests finish"
     );
-    tokio::select! {
-        _ = data_graceful.shutdown() => tracing::info!("all connections finished"),
-        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
+    let (plain_done, tls_done) = tokio::join!(
+        server::drain(data_graceful, linger, grace),
+        server::drain(https_graceful, linger, grace),
+    );
+    if plain_done && tls_done {
+        tracing::info!("all connections finished");
+    } else {
+        tracing::warn!("grace period over; closing the remaining connections");
     }
-    let _ = admin_stop_tx.send(true);
+    admin_stop.stop();
     let admin_graceful = admin_task.await.unwrap_or_default();
-    tokio::select! {
-        _ = admin_graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-    }
+    server::drain(admin_graceful, Duration::ZERO, Duration::from_secs(1)).await;
     drop(reloader);
     tracing::info!("stopped");
     Ok(())
@@ -179,7 +274,10 @@ fn admin_token(admin: &AdminSettings) -> Result<Option<String>, RunError> {
 async fn apply_reloads(
     shared: Arc<Shared>,
     mut outcomes: mpsc::Receiver<Reloaded>,
-    mut checks: tokio::sync::watch::Sender<()>,
+    mut background: (
+        tokio::sync::watch::Sender<()>,
+        tokio::sync::watch::Sender<()>,
+    ),
 ) {
     while let Some(outcome) = outcomes.recv().await {
         match outcome {
@@ -194,6 +292,8 @@ async fn apply_reloads(
                         "[listen], [admin] and [proxy] changes take effect after a restart"
                     );
                 }
+                // New host names get addresses before the snapshot that needs them.
+                crate::resolve::prefetch(&shared, &config).await;
                 let mut kept = Vec::new();
                 let result = shared.update(|snap| {
                     let (next, k) = snap.reload(*config);
@@ -205,10 +305,11 @@ async fn apply_reloads(
                         shared.record_reload(Ok(()));
                         // Checks follow the new addresses and settings; the verdicts
                         // so far are kept per address.
-                        drop(std::mem::replace(
-                            &mut checks,
+                        let next = (
                             crate::health::start_checks(&live),
-                        ));
+                            crate::resolve::start(&shared, &live),
+                        );
+                        drop(std::mem::replace(&mut background, next));
                         tracing::info!(
                             generation = live.snap.generation,
                             routes = live.snap.routes().len(),

@@ -8,6 +8,7 @@
 //! kept in a [`Registry`] by name and handed to every snapshot built.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,20 +18,18 @@ use arc_swap::ArcSwap;
 use cutover_config::{Config, Eject, Snapshot, Sticky};
 use http::HeaderValue;
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::health::EndpointHealth;
 use crate::hold::HoldCell;
 use crate::metrics::{Metrics, PairMetrics};
-use crate::replay::UpBody;
-use crate::upstream::Upstream;
+use crate::upstream::{UpClient, Upstream};
 
 /// Process-wide state shared by the listeners, the admin API and the reloader.
 pub struct Shared {
     live: ArcSwap<Live>,
     pub metrics: Metrics,
     pub upstream: Upstream,
+    pub dns: crate::resolve::Dns,
     /// The config file as named on the command line.
     pub config_path: PathBuf,
     /// The admin token, when one is configured.
@@ -46,7 +45,80 @@ pub struct Shared {
 pub struct Registry {
     holds: HashMap<String, Arc<HoldCell>>,
     counters: HashMap<(String, String), Arc<PairCounters>>,
-    endpoints: HashMap<(String, String), Arc<EndpointHealth>>,
+    /// By backend and `ip:port`.
+    endpoints: HashMap<(String, String), Arc<EndpointRt>>,
+    /// By backend and its configured address list.
+    sets: HashMap<(String, Vec<String>), Arc<EndpointSet>>,
+    /// The last good answer per `hostname:port`.
+    pub resolved: HashMap<String, Vec<SocketAddr>>,
+}
+
+impl Registry {
+    /// The endpoint for `addr` of `backend`, created once and then shared.
+    fn endpoint(
+        &mut self,
+        metrics: &Metrics,
+        backend: &str,
+        addr: SocketAddr,
+        host: Option<&str>,
+    ) -> Arc<EndpointRt> {
+        let key = (backend.to_string(), addr.to_string());
+        self.endpoints
+            .entry(key)
+            .or_insert_with(|| {
+                let text = addr.to_string();
+                Arc::new(EndpointRt {
+                    // A socket address is always a valid URI authority.
+                    authority: text
+                        .parse()
+                        .unwrap_or_else(|_| Authority::from_static("invalid")),
+                    health: Arc::new(EndpointHealth::new(
+                        metrics.upstream_healthy(backend, &text),
+                    )),
+                    host: host.map(str::to_string),
+                    addr: text,
+                })
+            })
+            .clone()
+    }
+
+    /// Every address `addrs` stands for now: literal ones as they are, names as last
+    /// resolved (none yet for a name never resolved).
+    pub fn expand(
+        &mut self,
+        metrics: &Metrics,
+        backend: &str,
+        addrs: &[String],
+    ) -> Vec<Arc<EndpointRt>> {
+        let mut out = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            if let Ok(sa) = a.parse::<SocketAddr>() {
+                out.push(self.endpoint(metrics, backend, sa, None));
+                continue;
+            }
+            let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
+            let resolved = self.resolved.get(a).cloned().unwrap_or_default();
+            for sa in resolved {
+                out.push(self.endpoint(metrics, backend, sa, Some(host)));
+            }
+        }
+        out
+    }
+}
+
+/// The current addresses of one backend; names are re-resolved in the background
+/// (`resolve.rs`), so this changes without a new snapshot.
+pub struct EndpointSet {
+    pub list: ArcSwap<Vec<Arc<EndpointRt>>>,
+    /// The configured addresses, names included.
+    pub addrs: Vec<String>,
+}
+
+impl EndpointSet {
+    /// Whether any configured address is a host name.
+    pub fn has_names(&self) -> bool {
+        self.addrs.iter().any(|a| a.parse::<SocketAddr>().is_err())
+    }
 }
 
 /// Requests in flight on one route × backend, split by kind. SeqCst, because the
@@ -97,8 +169,9 @@ pub struct RouteRt {
     /// Indexed by backend id.
     pub counters: Vec<Arc<PairCounters>>,
     pub hold: Arc<HoldCell>,
-    /// The pooled client with this route's connect timeout.
-    pub client: Client<HttpConnector, UpBody>,
+    /// Per backend: the pooled client with this route's connect timeout and the
+    /// backend's TLS setting.
+    pub clients: Vec<UpClient>,
     /// `; Path=/; Max-Age=…; HttpOnly; SameSite=Lax`, appended to a minted value.
     pub cookie_attrs: String,
 }
@@ -107,14 +180,16 @@ pub struct RouteRt {
 pub struct BackendRt {
     pub name: String,
     pub header: HeaderValue,
-    pub endpoints: Vec<EndpointRt>,
+    pub set: Arc<EndpointSet>,
     pub eject: Eject,
     next: AtomicUsize,
 }
 
-/// One upstream address and its health.
+/// One upstream address (`ip:port`) and its health.
 pub struct EndpointRt {
     pub addr: String,
+    /// The configured host name this address was resolved from.
+    pub host: Option<String>,
     pub authority: Authority,
     pub health: Arc<EndpointHealth>,
 }
@@ -123,21 +198,23 @@ impl BackendRt {
     /// Round robin over the addresses that may get requests, skipping `avoid` when
     /// another is up. `None` when every address is down.
     #[inline]
-    pub fn pick(&self, avoid: Option<usize>) -> Option<usize> {
-        let n = self.endpoints.len();
-        let start = if n == 1 {
+    pub fn pick(&self, avoid: Option<&Arc<EndpointRt>>) -> Option<Arc<EndpointRt>> {
+        let list = self.set.list.load();
+        let n = list.len();
+        let start = if n <= 1 {
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed) % n
         };
         let mut fallback = None;
         for k in 0..n {
-            let i = (start + k) % n;
-            if self.endpoints[i].health.is_up() {
-                if Some(i) != avoid {
-                    return Some(i);
+            let e = &list[(start + k) % n];
+            if e.health.is_up() {
+                if avoid.is_some_and(|a| Arc::ptr_eq(a, e)) {
+                    fallback = Some(e.clone());
+                    continue;
                 }
-                fallback = Some(i);
+                return Some(e.clone());
             }
         }
         fallback
@@ -145,7 +222,7 @@ impl BackendRt {
 
     /// Whether any address may get requests.
     pub fn any_up(&self) -> bool {
-        self.endpoints.iter().any(|e| e.health.is_up())
+        self.set.list.load().iter().any(|e| e.health.is_up())
     }
 }
 
@@ -161,6 +238,12 @@ pub enum StateError {
     },
     #[error("backend {0}: its name cannot be sent as a header value")]
     HeaderValue(String),
+    #[error("backend {backend}: {source}")]
+    Tls {
+        backend: String,
+        #[source]
+        source: crate::connect::TlsSetupError,
+    },
 }
 
 impl Shared {
@@ -170,6 +253,7 @@ impl Shared {
         metrics: Metrics,
         upstream: Upstream,
         admin_token: Option<String>,
+        dns: crate::resolve::Dns,
     ) -> Result<Self, StateError> {
         let mut registry = Registry::default();
         let live = Live::build(Snapshot::new(config), &metrics, &mut registry, &upstream)?;
@@ -178,6 +262,7 @@ impl Shared {
             live: ArcSwap::from_pointee(live),
             metrics,
             upstream,
+            dns,
             config_path,
             admin_token,
             registry: Mutex::new(registry),
@@ -224,6 +309,12 @@ impl Shared {
             .set(gen_i64(live.snap.generation));
         after(&live);
         Ok(live)
+    }
+
+    /// Runs `f` with the registry locked.
+    pub fn with_registry<T>(&self, f: impl FnOnce(&mut Registry, &Metrics) -> T) -> T {
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut registry, &self.metrics)
     }
 
     pub fn reload_status(&self) -> ReloadStatus {
@@ -274,42 +365,56 @@ impl Live {
         let config = &snap.config;
         let mut backends = Vec::with_capacity(config.backends.len());
         for b in &config.backends {
-            let mut endpoints = Vec::with_capacity(b.addrs.len());
             for a in &b.addrs {
-                let authority = a
-                    .parse::<Authority>()
+                // Validation accepted it as ip:port or host:port; check it reads as a
+                // URI authority too, so a bad one fails here rather than per request.
+                a.parse::<Authority>()
                     .map_err(|source| StateError::Authority {
                         backend: b.name.clone(),
                         addr: a.clone(),
                         source,
                     })?;
-                let health = registry
-                    .endpoints
-                    .entry((b.name.clone(), a.clone()))
-                    .or_insert_with(|| {
-                        Arc::new(EndpointHealth::new(metrics.upstream_healthy(&b.name, a)))
-                    })
-                    .clone();
-                endpoints.push(EndpointRt {
-                    addr: a.clone(),
-                    authority,
-                    health,
-                });
             }
+            let key = (b.name.clone(), b.addrs.clone());
+            let set = match registry.sets.get(&key) {
+                Some(set) => set.clone(),
+                None => {
+                    let list = registry.expand(metrics, &b.name, &b.addrs);
+                    let set = Arc::new(EndpointSet {
+                        list: ArcSwap::from_pointee(list),
+                        addrs: b.addrs.clone(),
+                    });
+                    registry.sets.insert(key, set.clone());
+                    set
+                }
+            };
             let header = HeaderValue::from_str(&b.name)
                 .map_err(|_| StateError::HeaderValue(b.name.clone()))?;
             backends.push(BackendRt {
                 name: b.name.clone(),
                 header,
-                endpoints,
+                set,
                 eject: b.eject.clone(),
                 next: AtomicUsize::new(0),
             });
         }
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| RouteRt {
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let mut clients = Vec::with_capacity(config.backends.len());
+            for b in &config.backends {
+                let sni = default_sni(&b.addrs);
+                let client = upstream
+                    .client(
+                        r.timeouts.connect,
+                        b.tls.as_ref().map(|t| (t, sni.as_str())),
+                    )
+                    .map_err(|source| StateError::Tls {
+                        backend: b.name.clone(),
+                        source,
+                    })?;
+                clients.push(client);
+            }
+            routes.push(RouteRt {
                 pairs: config
                     .backends
                     .iter()
@@ -331,7 +436,7 @@ impl Live {
                     .entry(r.name.clone())
                     .or_insert_with(|| Arc::new(HoldCell::new(metrics.held(&r.name))))
                     .clone(),
-                client: upstream.client(r.timeouts.connect),
+                clients,
                 cookie_attrs: match &r.sticky {
                     Sticky::Cookie { max_age, .. } => {
                         format!(
@@ -341,15 +446,32 @@ impl Live {
                     }
                     _ => String::new(),
                 },
-            })
-            .collect();
+            });
+        }
         Ok(Live {
             snap,
             routes,
             backends,
         })
     }
+}
 
+/// The TLS server name of a backend without `tls.sni`: its first host name, else
+/// its first address's IP.
+fn default_sni(addrs: &[String]) -> String {
+    let host = |a: &String| {
+        a.rsplit_once(':')
+            .map_or(a.clone(), |(h, _)| h.trim_matches(['[', ']']).to_string())
+    };
+    addrs
+        .iter()
+        .find(|a| a.parse::<SocketAddr>().is_err())
+        .or_else(|| addrs.first())
+        .map(host)
+        .unwrap_or_default()
+}
+
+impl Live {
     /// Whether `backend` is drained on route `ri`: no share of reads, not the write
     /// side, and nothing in flight.
     pub fn drained(&self, ri: usize, backend: usize) -> bool {

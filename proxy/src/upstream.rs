@@ -12,13 +12,22 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use cutover_config::UpstreamTls;
+
+use crate::connect::{Connector, TlsSetupError};
 use crate::replay::UpBody;
 
-/// Builds clients, one per distinct connect timeout, so that every route with the
-/// same timeout shares one connection pool.
+/// A pooled client to one kind of upstream: plain or TLS with one SNI name.
+pub type UpClient = Client<Connector, UpBody>;
+
+/// Connect timeout, and the TLS setting with its server name.
+type ClientKey = (Duration, Option<(UpstreamTls, String)>);
+
+/// Builds clients, one per distinct connect timeout and TLS setting, so that every
+/// route with the same settings shares one connection pool.
 #[derive(Default)]
 pub struct Upstream {
-    clients: Mutex<HashMap<Duration, Client<HttpConnector, UpBody>>>,
+    clients: Mutex<HashMap<ClientKey, UpClient>>,
 }
 
 /// How a call to a backend failed. The request path decides from this alone whether
@@ -47,30 +56,39 @@ impl FailureKind {
 }
 
 impl Upstream {
-    /// The shared client whose connections give up connecting after `connect_timeout`.
-    pub fn client(&self, connect_timeout: Duration) -> Client<HttpConnector, UpBody> {
+    /// The shared client whose connections give up connecting after
+    /// `connect_timeout`, speaking TLS to `sni` when `tls` is set.
+    pub fn client(
+        &self,
+        connect_timeout: Duration,
+        tls: Option<(&UpstreamTls, &str)>,
+    ) -> Result<UpClient, TlsSetupError> {
+        let key = (
+            connect_timeout,
+            tls.map(|(t, sni)| (t.clone(), sni.to_string())),
+        );
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(connect_timeout)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(connect_timeout));
-                connector.set_keepalive(Some(Duration::from_secs(60)));
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_timer(TokioTimer::new())
-                    .pool_max_idle_per_host(1024)
-                    .build(connector)
-            })
-            .clone()
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(1024)
+            .build(Connector::new(http, tls)?);
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 }
 
 /// Sends `req` (its URI already absolute) and waits for the response head, at most
 /// `head_timeout`.
 pub async fn send(
-    client: &Client<HttpConnector, UpBody>,
+    client: &UpClient,
     req: http::Request<UpBody>,
     head_timeout: Duration,
 ) -> Result<http::Response<Incoming>, (FailureKind, String)> {

@@ -3,7 +3,8 @@
 //!
 //! Paths it understands: `/slow/{ms}` answers after that many milliseconds; any
 //! other path answers at once. Every answer carries `x-backend: {name}` and echoes
-//! what the proxy forwarded (`x-seen-host`, `x-seen-xff`, `x-seen-method`).
+//! what the proxy forwarded (`x-seen-host`, `x-seen-xff`, `x-seen-proto`,
+//! `x-seen-method`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,7 +47,38 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend called `name` on `127.0.0.1:0`.
     pub fn start(name: &str) -> Backend {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        Backend::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Starts a backend on a given loopback address (e.g. 127.0.0.2 and the port of
+    /// another backend, to stand behind one DNS name).
+    pub fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        Backend::start_with(name, addr, None)
+    }
+
+    /// Starts a backend that speaks HTTPS with the PEM `cert` chain and `key`.
+    pub fn start_tls(name: &str, cert_pem: &str, key_pem: &str) -> Backend {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key PEM");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("certificate and key");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        Backend::start_with(name, SocketAddr::from(([127, 0, 0, 1], 0)), Some(acceptor))
+    }
+
+    fn start_with(name: &str, addr: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
+        let listener = std::net::TcpListener::bind(addr).expect("bind a loopback port");
         listener
             .set_nonblocking(true)
             .expect("nonblocking listener");
@@ -62,7 +94,7 @@ impl Backend {
                     .enable_all()
                     .build()
                     .expect("backend runtime");
-                rt.block_on(serve(listener, thread_name, thread_stats, stop_rx));
+                rt.block_on(serve(listener, thread_name, thread_stats, stop_rx, tls));
                 // Dropping the runtime aborts every connection task: sockets close.
                 rt.shutdown_background();
             })
@@ -121,6 +153,7 @@ async fn serve(
     name: String,
     stats: Arc<BackendStats>,
     mut stop: oneshot::Receiver<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
     let name: Arc<str> = name.into();
@@ -134,11 +167,22 @@ async fn serve(
         };
         let name = name.clone();
         let stats = stats.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(req, name.clone(), stats.clone()));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            match tls {
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                }
+                Some(acceptor) => {
+                    if let Ok(tls_stream) = acceptor.accept(stream).await {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(tls_stream), svc)
+                            .await;
+                    }
+                }
+            }
         });
     }
 }
@@ -185,6 +229,7 @@ async fn answer(
     };
     let host = echo("host");
     let xff = echo("x-forwarded-for");
+    let proto = echo("x-forwarded-proto");
     let method =
         HeaderValue::from_str(req.method().as_str()).unwrap_or(HeaderValue::from_static("?"));
     // Read the whole request body before answering, as an application would.
@@ -210,6 +255,7 @@ async fn answer(
     );
     h.insert("x-seen-host", host);
     h.insert("x-seen-xff", xff);
+    h.insert("x-seen-proto", proto);
     h.insert("x-seen-method", method);
     Ok(resp)
 }

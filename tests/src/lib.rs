@@ -3,16 +3,22 @@
 //! `tests/e2e/`; this crate is the toolbox they share.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod app;
 mod backend;
 mod binaries;
 mod client;
+mod dns;
 mod eventually;
+mod postgres;
 mod process;
 mod proxy;
 
+pub use app::{APP_SCHEMA, App};
 pub use backend::{Backend, BackendStats};
 pub use binaries::binary;
 pub use client::{Client, Reply, h2_get};
+pub use dns::DnsServer;
 pub use eventually::eventually;
+pub use postgres::{Postgres, SUPERUSER_PASSWORD, pg_bin};
 pub use process::BackendProcess;
 pub use proxy::{Proxy, ProxyBuilder, two_backend_config};

@@ -1,5 +1,6 @@
 //! A real `cutover-proxy` process with its config in a temp dir. The proxy binds
-//! `127.0.0.1:0` for both listeners; the harness learns the ports from its log.
+//! `127.0.0.1:0` for its listeners; the harness learns the ports from its log.
+//! [`Proxy::upgrade`] starts a successor that takes the listeners over.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -44,8 +45,13 @@ pub struct ProxyBuilder {
 /// A running proxy; killed on drop.
 pub struct Proxy {
     pub http: SocketAddr,
+    /// The HTTPS listener, when `listen.https` is configured.
+    pub https: Option<SocketAddr>,
     pub admin: SocketAddr,
-    pub dir: tempfile::TempDir,
+    /// Shared with the processes started by [`Proxy::upgrade`].
+    pub dir: Arc<tempfile::TempDir>,
+    path: PathBuf,
+    env: Vec<(String, String)>,
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
     client: Client,
@@ -81,61 +87,77 @@ impl ProxyBuilder {
         dir: tempfile::TempDir,
         path: &Path,
     ) -> Result<Proxy, (Option<ExitStatus>, String)> {
-        let mut cmd = Command::new(binary("cutover-proxy"));
-        cmd.arg("--config").arg(path).arg("--log").arg("info");
-        cmd.env_remove("CUTOVER_ADMIN_TOKEN");
-        let mut token = None;
-        for (k, v) in &self.env {
-            if k == "CUTOVER_ADMIN_TOKEN" {
-                token = Some(v.clone());
-            }
-            cmd.env(k, v);
+        spawn(Arc::new(dir), path, self.env, &[])
+    }
+}
+
+/// Starts `cutover-proxy --config path` plus `extra` arguments and waits until its
+/// listeners are up.
+fn spawn(
+    dir: Arc<tempfile::TempDir>,
+    path: &Path,
+    env: Vec<(String, String)>,
+    extra: &[&str],
+) -> Result<Proxy, (Option<ExitStatus>, String)> {
+    let mut cmd = Command::new(binary("cutover-proxy"));
+    cmd.arg("--config").arg(path).arg("--log").arg("info");
+    cmd.args(extra);
+    cmd.env_remove("CUTOVER_ADMIN_TOKEN");
+    let mut token = None;
+    for (k, v) in &env {
+        if k == "CUTOVER_ADMIN_TOKEN" {
+            token = Some(v.clone());
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cutover-proxy");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (http, admin) = {
-                let l = logs.lock().unwrap();
-                (
-                    find_addr(&l, "listening for traffic"),
-                    find_addr(&l, "admin API listening"),
-                )
-            };
-            if let (Some(http), Some(admin)) = (http, admin) {
-                return Ok(Proxy {
-                    http,
-                    admin,
-                    dir,
-                    child,
-                    logs,
-                    client: Client::new(),
-                    token,
-                });
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                // Let the reader thread drain what is left.
-                std::thread::sleep(Duration::from_millis(100));
-                return Err((Some(status), logs.lock().unwrap().join("\n")));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err((None, logs.lock().unwrap().join("\n")));
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cutover-proxy");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
         }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (http, admin) = {
+            let l = logs.lock().unwrap();
+            (
+                find_addr(&l, "listening for traffic"),
+                find_addr(&l, "admin API listening"),
+            )
+        };
+        if let (Some(http), Some(admin)) = (http, admin) {
+            let https = find_addr(&logs.lock().unwrap(), "listening for HTTPS traffic");
+            return Ok(Proxy {
+                http,
+                https,
+                admin,
+                dir,
+                path: path.to_path_buf(),
+                env,
+                child,
+                logs,
+                client: Client::new(),
+                token,
+            });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            // Let the reader thread drain what is left.
+            std::thread::sleep(Duration::from_millis(100));
+            return Err((Some(status), logs.lock().unwrap().join("\n")));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err((None, logs.lock().unwrap().join("\n")));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -164,19 +186,36 @@ impl Proxy {
         self.child.id()
     }
 
+    /// Starts a new process on the same config with `--upgrade`, which takes this
+    /// one's listening sockets over, and returns it once it serves. `self` still
+    /// tracks the old process, which drains and exits on its own.
+    pub fn upgrade(&self) -> Result<Proxy, (Option<ExitStatus>, String)> {
+        spawn(
+            self.dir.clone(),
+            &self.path,
+            self.env.clone(),
+            &["--upgrade"],
+        )
+    }
+
     /// Everything the proxy has logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
 
-    /// Waits until the proxy has logged a line containing `needle`.
+    /// Waits until the proxy has logged a line containing `needle`; on timeout the
+    /// panic shows what it did log.
     pub async fn wait_for_log(&self, needle: &str) {
-        crate::eventually(
-            Duration::from_secs(5),
-            &format!("{needle:?} in the proxy's log"),
-            || async { self.logs().contains(needle).then_some(()) },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.logs().contains(needle) {
+            if Instant::now() > deadline {
+                panic!(
+                    "{needle:?} not in the proxy's log within 5s:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Sends a signal by name (`TERM`, `HUP`, …).

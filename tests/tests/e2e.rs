@@ -5,6 +5,8 @@
 mod admin;
 #[path = "e2e/check.rs"]
 mod check;
+#[path = "e2e/dns.rs"]
+mod dns;
 #[path = "e2e/hold.rs"]
 mod hold;
 #[path = "e2e/reload.rs"]
@@ -17,3 +19,9 @@ mod robustness;
 mod routing;
 #[path = "e2e/split.rs"]
 mod split;
+#[path = "e2e/tls.rs"]
+mod tls;
+#[path = "e2e/upgrade.rs"]
+mod upgrade;
+#[path = "e2e/upstream_tls.rs"]
+mod upstream_tls;

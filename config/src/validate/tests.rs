@@ -108,7 +108,7 @@ fn type_errors_name_the_field_and_position() {
 
 #[test]
 fn unknown_fields_are_rejected() {
-    let d = errors("[listen]\nhttps = \"x\"\n");
+    let d = errors("[listen]\nhttp3 = \"x\"\n");
     assert!(d[0].message.contains("unknown field"), "{}", d[0]);
     assert_eq!(d[0].line, 2);
 }

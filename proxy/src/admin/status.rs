@@ -22,14 +22,18 @@ pub(super) fn status(shared: &Shared) -> Value {
         .zip(&live.backends)
         .map(|(b, rt)| {
             let addrs: Vec<Value> = rt
-                .endpoints
+                .set
+                .list
+                .load()
                 .iter()
-                .map(|e| json!({ "addr": e.addr, "healthy": e.health.is_up() }))
+                .map(|e| json!({ "addr": e.addr, "host": e.host, "healthy": e.health.is_up() }))
                 .collect();
-            json!({ "name": b.name, "addrs": addrs, "healthy": rt.any_up() })
+            json!({ "name": b.name, "configured": b.addrs, "addrs": addrs, "healthy": rt.any_up() })
         })
         .collect();
     json!({
+        // Tells an operator (and the upgrade test) which process answers.
+        "pid": std::process::id(),
         "generation": snap.generation,
         "config_file": shared.config_path.display().to_string(),
         "last_reload_error": reload.last_error.as_ref().map(|e| json!({

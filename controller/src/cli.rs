@@ -1,0 +1,248 @@
+//! The command line: `cutover db …`. Parses flags into the library's options, runs
+//! the command, prints its report (human text, or JSON with `--json`) and chooses
+//! the exit code. Progress goes to stderr, results to stdout.
+
+mod commands;
+mod term;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use commands::run;
+
+/// Move live web applications from one cluster to another with zero failed requests
+/// and zero lost writes.
+///
+/// The data plane is `cutover-proxy`; validate each step with `cutover-load`.
+#[derive(Parser, Debug)]
+#[command(name = "cutover", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Migrate a PostgreSQL database with logical replication and a coordinated,
+    /// lossless switchover.
+    ///
+    /// Order: check → sync → status (until the lag is small) → switchover → verify →
+    /// cleanup. `rollback` moves writes back after a `switchover --reverse`.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Preflight: find what would make replication fail or lose data. Exits 1 when
+    /// any blocker is found; each names the object and the fix.
+    Check(CheckArgs),
+    /// Copy the schema, create the publication and subscription, and wait until
+    /// every table's initial copy is done. Running it again changes nothing.
+    Sync(SyncArgs),
+    /// Show the lag in bytes (confirmed flush) and seconds (heartbeat), the slot's
+    /// retained WAL and every table's state.
+    Status(StatusArgs),
+    /// Move writes to the target: hold them on every proxy, block the source,
+    /// catch up, copy sequences, drop the subscription, release to the new side.
+    Switchover(SwitchArgs),
+    /// Compare row counts and a content checksum of every table; exits 1 on any
+    /// mismatch, naming the table.
+    Verify(DbArgs),
+    /// Drop what sync (and switchover --reverse) created, on both sides. Safe to
+    /// run again.
+    Cleanup(DbArgs),
+    /// Move writes back to the source after a `switchover --reverse`, through the
+    /// same hold protocol, losing no write made on the target.
+    Rollback(SwitchArgs),
+}
+
+/// The two databases and the migration's name.
+#[derive(Args, Debug, Clone)]
+pub struct DbArgs {
+    /// The source database, where the data is now: a libpq string
+    /// ("host=… user=… password=… dbname=…") or a postgresql:// URL. Prefer the
+    /// environment variable: a command line is visible to other users. Never
+    /// printed with its password.
+    #[arg(
+        long,
+        env = "CUTOVER_SOURCE",
+        hide_env_values = true,
+        value_name = "DSN"
+    )]
+    pub source: String,
+
+    /// The target database, where the data goes. Same forms as --source.
+    #[arg(
+        long,
+        env = "CUTOVER_TARGET",
+        hide_env_values = true,
+        value_name = "DSN"
+    )]
+    pub target: String,
+
+    /// Name of the migration: the publication, slot and subscription are called
+    /// this (and NAME_reverse for the way back).
+    #[arg(long, default_value = "cutover", value_parser = parse_name)]
+    pub name: String,
+
+    /// Print the result as JSON on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Set REPLICA IDENTITY FULL on source tables that have neither a primary key
+    /// nor another replica identity, and say which.
+    #[arg(long)]
+    pub fix_replica_identity: bool,
+
+    /// Create on the target the extensions the source has, when the target server
+    /// has them available.
+    #[arg(long)]
+    pub fix_extensions: bool,
+
+    /// Accept large objects (which are not replicated) as a warning, not a blocker.
+    #[arg(long)]
+    pub allow_large_objects: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Return once the replication is set up, without waiting for the initial copy.
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// Stop waiting after this long (e.g. 30m); replication keeps going.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+
+    /// The source as the target *server* reaches it, when that differs from
+    /// --source (e.g. an in-cluster host name).
+    #[arg(
+        long,
+        env = "CUTOVER_SOURCE_FOR_TARGET",
+        hide_env_values = true,
+        value_name = "DSN"
+    )]
+    pub source_for_target: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Refresh every second until interrupted (heartbeats are written meanwhile).
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SwitchArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Admin URL of a cutover-proxy replica (http://HOST:PORT); repeat for every
+    /// replica. Each must acknowledge the hold or nothing happens.
+    #[arg(long = "proxy", value_name = "ADMIN_URL", required = true, num_args = 1..)]
+    pub proxies: Vec<String>,
+
+    /// Route whose writes move: a route name or one of its hosts; repeatable;
+    /// `*` for every route.
+    #[arg(long = "route", value_name = "HOST", required = true)]
+    pub routes: Vec<String>,
+
+    /// Refuse to start unless a heartbeat crosses within this.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_lag: Duration,
+
+    /// The longest writes are held. The proxies answer 503 by themselves after it;
+    /// the controller aborts and undoes its work before it runs out.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_pause: Duration,
+
+    /// Start replication the other way (copy_data = false) before releasing
+    /// writes, so that a later rollback loses nothing.
+    #[arg(long)]
+    pub reverse: bool,
+
+    /// The proxies' backend name for the source's application.
+    #[arg(long, default_value = "old", value_name = "BACKEND")]
+    pub old_backend: String,
+
+    /// The proxies' backend name for the target's application.
+    #[arg(long, default_value = "new", value_name = "BACKEND")]
+    pub new_backend: String,
+
+    /// File holding the proxies' admin bearer token (or set CUTOVER_ADMIN_TOKEN).
+    #[arg(long, value_name = "PATH")]
+    pub proxy_token_file: Option<PathBuf>,
+
+    /// The target as the source *server* reaches it (for --reverse), when that
+    /// differs from --target.
+    #[arg(
+        long,
+        env = "CUTOVER_TARGET_FOR_SOURCE",
+        hide_env_values = true,
+        value_name = "DSN"
+    )]
+    pub target_for_source: Option<String>,
+
+    /// The source as the target *server* reaches it (for rollback --reverse), when
+    /// that differs from --source.
+    #[arg(
+        long,
+        env = "CUTOVER_SOURCE_FOR_TARGET",
+        hide_env_values = true,
+        value_name = "DSN"
+    )]
+    pub source_for_target: Option<String>,
+}
+
+/// Names become identifiers and slot names: lowercase letters, digits, `_`.
+fn parse_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 40
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("use 1 to 40 lowercase letters, digits and underscores, not starting with a digit (it names a replication slot)".into())
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 5s, 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn names_must_be_slot_names() {
+        assert!(parse_name("cutover").is_ok());
+        assert!(parse_name("shop_2").is_ok());
+        for bad in ["", "Shop", "a-b", "1x", &"x".repeat(41)] {
+            assert!(parse_name(bad).is_err(), "{bad}");
+        }
+    }
+}

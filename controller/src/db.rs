@@ -1,0 +1,201 @@
+//! A connection to one side, whose every error names that side.
+
+use std::time::Duration;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
+
+use crate::dsn::{Dsn, Side};
+use crate::error::{Error, pg_detail};
+
+/// A connected database: the source or the target.
+pub struct Db {
+    dsn: Dsn,
+    client: Client,
+    version: i32,
+}
+
+impl Db {
+    /// Connects and reads the server version. The session opts out of
+    /// `default_transaction_read_only`, so the controller can still write its own
+    /// bookkeeping on a side whose application roles it has blocked.
+    pub async fn connect(dsn: &Dsn) -> Result<Db, Error> {
+        let (client, conn) = dsn
+            .config()
+            .connect(NoTls)
+            .await
+            .map_err(|e| Error::Connect {
+                side: dsn.side(),
+                dsn: dsn.redacted(),
+                detail: pg_detail(&e),
+                source: e,
+            })?;
+        tokio::spawn(async move {
+            // Errors on the connection surface as errors of the next query.
+            let _ = conn.await;
+        });
+        let mut db = Db {
+            dsn: dsn.clone(),
+            client,
+            version: 0,
+        };
+        db.batch(
+            "prepare the session",
+            "SET default_transaction_read_only = off; SET lock_timeout = '10s'",
+        )
+        .await?;
+        let row = db
+            .query_one(
+                "read the server version",
+                "SELECT current_setting('server_version_num')::int",
+                &[],
+            )
+            .await?;
+        db.version = row.get(0);
+        Ok(db)
+    }
+
+    /// Connects to both sides at once.
+    pub async fn connect_pair(source: &Dsn, target: &Dsn) -> Result<(Db, Db), Error> {
+        let (s, t) = tokio::join!(Db::connect(source), Db::connect(target));
+        Ok((s?, t?))
+    }
+
+    pub fn side(&self) -> Side {
+        self.dsn.side()
+    }
+
+    pub fn dsn(&self) -> &Dsn {
+        &self.dsn
+    }
+
+    /// `server_version_num`, e.g. 150018.
+    pub fn version(&self) -> i32 {
+        self.version
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    pub(crate) fn err(&self, what: &str, e: tokio_postgres::Error) -> Error {
+        Error::Query {
+            side: self.side(),
+            dsn: self.dsn.redacted(),
+            what: what.to_string(),
+            detail: pg_detail(&e),
+            source: e,
+        }
+    }
+
+    pub async fn query(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        self.client
+            .query(sql, params)
+            .await
+            .map_err(|e| self.err(what, e))
+    }
+
+    pub async fn query_one(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, Error> {
+        self.client
+            .query_one(sql, params)
+            .await
+            .map_err(|e| self.err(what, e))
+    }
+
+    pub async fn query_opt(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
+        self.client
+            .query_opt(sql, params)
+            .await
+            .map_err(|e| self.err(what, e))
+    }
+
+    pub async fn execute(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error> {
+        self.client
+            .execute(sql, params)
+            .await
+            .map_err(|e| self.err(what, e))
+    }
+
+    /// Runs statements with the simple protocol (no parameters); needed for
+    /// commands such as `CREATE SUBSCRIPTION` that refuse to run in a transaction.
+    pub async fn batch(&self, what: &str, sql: &str) -> Result<(), Error> {
+        self.client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| self.err(what, e))
+    }
+
+    /// A server setting as text.
+    pub async fn setting(&self, name: &str) -> Result<String, Error> {
+        let row = self
+            .query_one(
+                &format!("read setting {name}"),
+                "SELECT current_setting($1)",
+                &[&name],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// A server setting as an integer.
+    pub async fn setting_int(&self, name: &str) -> Result<i64, Error> {
+        let v = self.setting(name).await?;
+        v.parse().map_err(|_| {
+            Error::Precondition(format!(
+                "{} database: setting {name} is {v:?}, not an integer",
+                self.side()
+            ))
+        })
+    }
+}
+
+/// Polls `check` every `every` until it yields `Some`, or fails with a timeout that
+/// names `what`.
+pub(crate) async fn poll<T, F, Fut>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut check: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, Error>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                what: what.to_string(),
+                after: within,
+            });
+        }
+        tokio::time::sleep(every).await;
+    }
+}

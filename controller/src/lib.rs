@@ -1,0 +1,39 @@
+//! `cutover`'s controller: the PostgreSQL migration behind `cutover db …`. It owns
+//! the preflight (`check`), logical replication set-up and its progress (`sync`),
+//! lag measurement (`status`), the coordinated switchover through the proxies'
+//! admin API and its rollback, verification and cleanup. The proxies' data plane is
+//! `cutover-proxy`'s; this crate only talks to their admin API. Each operation is a
+//! function over two connected [`Db`]s, so the plan runner can call them directly.
+
+mod catalog;
+mod check;
+mod cleanup;
+pub mod cli;
+mod db;
+mod dsn;
+mod error;
+mod heartbeat;
+mod link;
+mod observe;
+mod proxy;
+mod status;
+mod switchover;
+mod sync;
+mod verify;
+
+pub use catalog::{Name, Table};
+pub use check::{CheckOptions, CheckReport, Finding, Level, check};
+pub use cleanup::{CleanupAction, CleanupReport, Done, cleanup};
+pub use db::Db;
+pub use dsn::{Dsn, Side};
+pub use error::Error;
+pub use heartbeat::{Heartbeat, LagSeconds};
+pub use link::{Link, Slot, Subscription};
+pub use observe::{Observer, Phase, Quiet, TableProgress};
+pub use proxy::{Proxies, RouteState};
+pub use status::{Status, status};
+pub use switchover::{
+    Blocked, PhaseTiming, SwitchoverOptions, SwitchoverReport, rollback, switchover,
+};
+pub use sync::{Outcome, SyncOptions, SyncReport, SyncStep, sync};
+pub use verify::{TableVerdict, VerifyReport, verify};

@@ -1,0 +1,102 @@
+//! How long-running operations report progress. The CLI draws bars and phase lines;
+//! the plan runner and the tests observe the same events.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// One table's initial copy as `sync` sees it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TableProgress {
+    pub table: String,
+    /// The `srsubstate` letter: `i` init, `d` copying, `f`/`s` catching up, `r` ready.
+    pub state: char,
+    /// Rows copied so far, while the copy runs.
+    pub rows_copied: Option<i64>,
+    /// The source's estimate of the table's rows; `None` when never analyzed.
+    pub rows_estimated: Option<i64>,
+}
+
+impl TableProgress {
+    pub fn state_name(&self) -> &'static str {
+        state_name(self.state)
+    }
+}
+
+/// A readable name for a `pg_subscription_rel.srsubstate` letter.
+pub fn state_name(state: char) -> &'static str {
+    match state {
+        'i' => "init",
+        'd' => "copying",
+        'f' => "copied",
+        's' => "syncing",
+        'r' => "ready",
+        _ => "unknown",
+    }
+}
+
+/// A step of the switchover (or of the rollback, which runs the same steps the other
+/// way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Lag,
+    Hold,
+    Drain,
+    Block,
+    Flush,
+    Sequences,
+    Reverse,
+    Drop,
+    Release,
+}
+
+impl Phase {
+    /// The step's number in the list (reverse replication is set up
+    /// between 6 and 7).
+    pub fn number(self) -> &'static str {
+        match self {
+            Phase::Lag => "1",
+            Phase::Hold => "2",
+            Phase::Drain => "3",
+            Phase::Block => "4",
+            Phase::Flush => "5",
+            Phase::Sequences => "6",
+            Phase::Reverse => "6b",
+            Phase::Drop => "7",
+            Phase::Release => "8",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Phase::Lag => "check replication lag",
+            Phase::Hold => "hold writes on every proxy",
+            Phase::Drain => "wait for in-flight writes to finish",
+            Phase::Block => "block writes for application roles",
+            Phase::Flush => "wait for the subscription to flush",
+            Phase::Sequences => "copy sequences",
+            Phase::Reverse => "start reverse replication",
+            Phase::Drop => "drop the subscription and its slot",
+            Phase::Release => "release the hold with the new write side",
+        }
+    }
+}
+
+/// Receives progress. Every method has a default that ignores the event.
+pub trait Observer: Send + Sync {
+    /// A one-line message: a step taken, a wait begun.
+    fn note(&self, _message: &str) {}
+    /// The current state of every table during `sync`'s initial copy.
+    fn tables(&self, _tables: &[TableProgress]) {}
+    /// A switchover phase begins.
+    fn phase_started(&self, _phase: Phase) {}
+    /// A switchover phase ended well, after `took`.
+    fn phase_done(&self, _phase: Phase, _took: Duration, _detail: &str) {}
+}
+
+/// Ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Quiet;
+
+impl Observer for Quiet {}

@@ -1,0 +1,169 @@
+//! `status`: how far behind the subscriber is, in bytes and in seconds, what the
+//! slot costs the publisher, and the state of every table.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::db::Db;
+use crate::dsn::Side;
+use crate::error::Error;
+use crate::heartbeat::{Heartbeat, LagSeconds};
+use crate::link::{Link, Slot, Subscription};
+use crate::observe::{TableProgress, state_name};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The link in force: forward after `sync`, reverse after `switchover --reverse`.
+    pub link: Link,
+    pub subscription: Subscription,
+    pub slot: Option<Slot>,
+    /// The publisher's `pg_current_wal_lsn()` minus the slot's
+    /// `confirmed_flush_lsn`.
+    pub lag_bytes: Option<i64>,
+    /// From the heartbeat; `None` while the subscription is disabled.
+    pub lag_seconds: Option<LagSeconds>,
+    pub tables: Vec<TableProgress>,
+    pub sync_errors: i64,
+    pub apply_errors: i64,
+}
+
+impl Status {
+    pub fn ready(&self) -> bool {
+        !self.tables.is_empty() && self.tables.iter().all(|t| t.state == 'r')
+    }
+}
+
+/// The link that currently replicates for `name`: forward if its subscription
+/// exists on the target, else reverse if that one exists on the source.
+pub async fn active_link(src: &Db, tgt: &Db, name: &str) -> Result<(Link, Subscription), Error> {
+    let forward = Link::forward(name);
+    if let Some(sub) = forward.subscription(tgt).await? {
+        return Ok((forward, sub));
+    }
+    let reverse = Link::reverse(name);
+    if let Some(sub) = reverse.subscription(src).await? {
+        return Ok((reverse, sub));
+    }
+    Err(Error::Precondition(format!(
+        "no replication named {name}: no subscription {name} on the target and no {name}_reverse on the source; run `cutover db sync` first"
+    )))
+}
+
+/// Reads the status. The heartbeat measurement waits up to `lag_within` for the
+/// beat to arrive.
+pub async fn status(src: &Db, tgt: &Db, name: &str, lag_within: Duration) -> Result<Status, Error> {
+    let (link, subscription) = active_link(src, tgt, name).await?;
+    let (publisher, subscriber) = match link.publisher {
+        Side::Source => (src, tgt),
+        Side::Target => (tgt, src),
+    };
+    let slot = link.slot(publisher).await?;
+    let lag_seconds = if subscription.enabled {
+        Some(
+            Heartbeat::new(name)
+                .measure(publisher, subscriber, lag_within)
+                .await?,
+        )
+    } else {
+        None
+    };
+    // Read after the beat so that the bytes include it only if it is still pending.
+    let slot = match slot {
+        Some(_) => link.slot(publisher).await?,
+        None => None,
+    };
+    let tables = link
+        .table_states(subscriber)
+        .await?
+        .into_iter()
+        .map(|(n, state, copied)| TableProgress {
+            table: n.to_string(),
+            state,
+            rows_copied: copied,
+            rows_estimated: None,
+        })
+        .collect();
+    let (sync_errors, apply_errors) = link.error_counts(subscriber).await?;
+    Ok(Status {
+        lag_bytes: slot.as_ref().and_then(|s| s.lag_bytes),
+        link,
+        subscription,
+        slot,
+        lag_seconds,
+        tables,
+        sync_errors,
+        apply_errors,
+    })
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn bytes(n: i64) -> String {
+    let mut v = n as f64;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if v.abs() < 1024.0 || unit == "GiB" {
+            return if unit == "B" {
+                format!("{n} B")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+        v /= 1024.0;
+    }
+    format!("{n} B")
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "replication {}: {} → {} ({})",
+            self.link.name,
+            self.link.publisher,
+            self.link.subscriber,
+            if self.subscription.enabled {
+                "enabled"
+            } else {
+                "DISABLED"
+            }
+        )?;
+        let lag_bytes = self
+            .lag_bytes
+            .map(bytes)
+            .unwrap_or_else(|| "unknown".into());
+        let lag_seconds = self
+            .lag_seconds
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        writeln!(
+            f,
+            "lag:     {lag_bytes} not yet flushed by the subscriber; {lag_seconds} by heartbeat"
+        )?;
+        match &self.slot {
+            Some(s) => writeln!(
+                f,
+                "slot:    {} on the {}, {}; retains {} of WAL; wal_status {}",
+                self.link.name,
+                self.link.publisher,
+                if s.active { "active" } else { "INACTIVE" },
+                s.retained_bytes.map(bytes).unwrap_or_else(|| "?".into()),
+                s.wal_status.as_deref().unwrap_or("?")
+            )?,
+            None => writeln!(f, "slot:    MISSING on the {}", self.link.publisher)?,
+        }
+        let ready = self.tables.iter().filter(|t| t.state == 'r').count();
+        writeln!(f, "tables:  {ready}/{} ready", self.tables.len())?;
+        for t in self.tables.iter().filter(|t| t.state != 'r') {
+            match t.rows_copied {
+                Some(n) => writeln!(f, "         {} {} ({n} rows)", t.table, state_name(t.state))?,
+                None => writeln!(f, "         {} {}", t.table, state_name(t.state))?,
+            }
+        }
+        write!(
+            f,
+            "errors:  {} table copy, {} apply",
+            self.sync_errors, self.apply_errors
+        )
+    }
+}

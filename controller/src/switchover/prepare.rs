@@ -1,0 +1,137 @@
+//! What must hold before writes are touched. Nothing here changes the proxies;
+//! the only change to the databases is finishing an interrupted run's undo.
+
+use std::time::Duration;
+
+use super::SwitchoverOptions;
+use super::fleet;
+use super::roles;
+use super::run::Plan;
+use crate::catalog;
+use crate::dsn::Side;
+use crate::error::Error;
+use crate::observe::Observer;
+use crate::proxy::Proxies;
+
+impl Plan<'_> {
+    /// Returns warnings worth showing in the report.
+    pub(super) async fn preconditions(
+        &self,
+        proxies: &Proxies,
+        opts: &SwitchoverOptions,
+        obs: &dyn Observer,
+    ) -> Result<Vec<String>, Error> {
+        let mut warnings = Vec::new();
+        if opts.routes.is_empty() {
+            return Err(Error::Precondition(
+                "name at least one route (--route HOST) whose writes move".into(),
+            ));
+        }
+        if opts.max_pause < Duration::from_secs(2) {
+            return Err(Error::Precondition(
+                "--max-pause must be at least 2s: the steps and their undo need time".into(),
+            ));
+        }
+        catalog::ensure_own_schema(self.from).await?;
+        catalog::ensure_own_schema(self.to).await?;
+
+        let Some(sub) = self.link.subscription(self.to).await? else {
+            return Err(Error::Precondition(match self.link.publisher {
+                Side::Source => format!(
+                    "no subscription {} on the target: run `cutover db sync` first \
+                     (if the switchover already happened, `cutover db status` shows the reverse link)",
+                    self.link.name
+                ),
+                Side::Target => format!(
+                    "no reverse replication ({} on the source): a lossless rollback needs a switchover \
+                     made with --reverse",
+                    self.link.name
+                ),
+            }));
+        };
+        if !sub.enabled {
+            return Err(Error::Precondition(format!(
+                "subscription {} on the {} is disabled; enable it and let it catch up first",
+                self.link.name, self.link.subscriber
+            )));
+        }
+        let states = self.link.table_states(self.to).await?;
+        let pending: Vec<String> = states
+            .iter()
+            .filter(|(_, s, _)| *s != 'r')
+            .map(|(n, _, _)| n.to_string())
+            .collect();
+        if states.is_empty() || !pending.is_empty() {
+            return Err(Error::Precondition(format!(
+                "the initial copy is not finished (not ready: {}); wait for `cutover db sync` or `status`",
+                if pending.is_empty() {
+                    "no tables".into()
+                } else {
+                    pending.join(", ")
+                }
+            )));
+        }
+        if self.link.slot(self.from).await?.is_none() {
+            return Err(Error::Precondition(format!(
+                "replication slot {} is missing on the {}",
+                self.link.name, self.link.publisher
+            )));
+        }
+        if opts.reverse {
+            self.reverse_preconditions().await?;
+        }
+
+        // An interrupted run may have left the old side blocked: undo that first,
+        // so that this run starts from a known state.
+        let restored = roles::unblock(self.from, self.name, Duration::from_secs(10)).await?;
+        if !restored.is_empty() {
+            let msg = format!(
+                "an interrupted run had left the {} read-only for {}; write access was restored first",
+                self.from.side(),
+                restored.join(", ")
+            );
+            obs.note(&msg);
+            warnings.push(msg);
+        }
+        fleet::preflight(proxies, &opts.routes, self.from_backend).await?;
+        Ok(warnings)
+    }
+
+    async fn reverse_preconditions(&self) -> Result<(), Error> {
+        if self.back.subscription(self.from).await?.is_some() {
+            return Err(Error::Precondition(format!(
+                "subscription {} already exists on the {}; drop it (`cutover db cleanup` drops all) before --reverse",
+                self.back.name, self.back.subscriber
+            )));
+        }
+        if self.back.slot(self.to).await?.is_some() {
+            return Err(Error::Precondition(format!(
+                "replication slot {} already exists on the {}; drop it before --reverse",
+                self.back.name, self.back.publisher
+            )));
+        }
+        let wal_level = self.to.setting("wal_level").await?;
+        if wal_level != "logical" {
+            return Err(Error::Precondition(format!(
+                "--reverse needs wal_level = logical on the {} (it is {wal_level})",
+                self.to.side()
+            )));
+        }
+        let superuser: bool = self
+            .from
+            .query_one(
+                "read the user's privileges",
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !superuser && self.from.version() < 160000 {
+            return Err(Error::Precondition(format!(
+                "--reverse creates a subscription on the {}, which needs a superuser before PostgreSQL 16",
+                self.from.side()
+            )));
+        }
+        Ok(())
+    }
+}

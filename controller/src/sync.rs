@@ -1,0 +1,378 @@
+//! `sync`: schema copy, publication, subscription, and the wait for the initial
+//! copy. Every step looks before it acts, so a second run changes nothing.
+
+mod schema;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::catalog::{self, Name};
+use crate::check::{self, CheckOptions};
+use crate::db::Db;
+use crate::dsn::Dsn;
+use crate::error::Error;
+use crate::heartbeat::Heartbeat;
+use crate::link::Link;
+use crate::observe::{Observer, TableProgress, state_name};
+
+/// How `sync` runs.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Wait until every table is ready (`r`).
+    pub wait: bool,
+    /// Give up waiting after this long (replication keeps going).
+    pub timeout: Option<Duration>,
+    /// The source as the target server reaches it, when that differs from the
+    /// controller's view (e.g. a cluster-internal host name).
+    pub source_for_target: Option<Dsn>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            wait: true,
+            timeout: None,
+            source_for_target: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// One step and what it did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncStep {
+    pub step: &'static str,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    pub steps: Vec<SyncStep>,
+    pub tables: Vec<TableProgress>,
+    pub ready: bool,
+    pub elapsed_ms: u128,
+}
+
+impl SyncReport {
+    /// Whether this run changed anything.
+    pub fn changed(&self) -> bool {
+        self.steps.iter().any(|s| s.outcome != Outcome::Unchanged)
+    }
+}
+
+/// Runs `sync` for migration `name`. The preflight runs first and stops it on any
+/// blocker.
+pub async fn sync(
+    src: &Db,
+    tgt: &Db,
+    name: &str,
+    opts: &SyncOptions,
+    obs: &dyn Observer,
+) -> Result<SyncReport, Error> {
+    let started = Instant::now();
+    let link = Link::forward(name);
+    let report = check::check(src, tgt, name, CheckOptions::default()).await?;
+    if !report.passed() {
+        let list: Vec<String> = report
+            .findings
+            .iter()
+            .filter(|f| f.level == check::Level::Blocker)
+            .map(|f| {
+                format!(
+                    "  {} {}: {}\n    fix: {}",
+                    f.side, f.object, f.problem, f.fix
+                )
+            })
+            .collect();
+        return Err(Error::Blocked {
+            count: report.blockers(),
+            list: list.join("\n"),
+        });
+    }
+    let mut steps = Vec::new();
+    let mut step = |step: &'static str, outcome: Outcome, detail: String| {
+        obs.note(&format!("{step}: {detail}"));
+        steps.push(SyncStep {
+            step,
+            outcome,
+            detail,
+        });
+    };
+
+    let created_src = catalog::ensure_own_schema(src).await?;
+    let created_tgt = catalog::ensure_own_schema(tgt).await?;
+    let heartbeat = Heartbeat::new(name);
+    heartbeat.plant(src).await?;
+    step(
+        "controller schema",
+        if created_src || created_tgt {
+            Outcome::Created
+        } else {
+            Outcome::Unchanged
+        },
+        "_cutover.heartbeat and _cutover.blocked on both sides".into(),
+    );
+
+    let subscription = link.subscription(tgt).await?;
+    let (outcome, detail) = copy_schema(src, tgt, subscription.is_some()).await?;
+    step("schema", outcome, detail);
+
+    let tables = catalog::published_tables(src).await?;
+    match link.ensure_publication(src, &tables).await? {
+        Some(done) => step("publication", Outcome::Created, done),
+        None => step(
+            "publication",
+            Outcome::Unchanged,
+            format!("{} already publishes all {} table(s)", name, tables.len()),
+        ),
+    }
+
+    match subscription {
+        None => {
+            // A slot left by an interrupted run would start at an old position;
+            // the subscription creates a fresh one.
+            let stale = link.slot(src).await?.is_some_and(|s| !s.active);
+            if stale {
+                link.drop_slot(src, Duration::from_secs(10)).await?;
+            }
+            let conninfo = opts
+                .source_for_target
+                .as_ref()
+                .unwrap_or(src.dsn())
+                .secret_conninfo()
+                .to_string();
+            link.create_subscription(tgt, &conninfo, true).await?;
+            let mut detail = format!("created on the target with slot {name} on the source");
+            if stale {
+                detail.push_str(" (an unused slot of that name was dropped first)");
+            }
+            step("subscription", Outcome::Created, detail);
+        }
+        Some(sub) => {
+            let mut changes = Vec::new();
+            if !sub.enabled {
+                tgt.batch(
+                    "enable the subscription",
+                    &format!("ALTER SUBSCRIPTION {} ENABLE", catalog::ident(name)),
+                )
+                .await?;
+                changes.push("enabled");
+            }
+            let subscribed: BTreeSet<Name> = link
+                .table_states(tgt)
+                .await?
+                .into_iter()
+                .map(|(n, _, _)| n)
+                .collect();
+            if tables.iter().any(|t| !subscribed.contains(t)) {
+                tgt.batch(
+                    "refresh the subscription",
+                    &format!(
+                        "ALTER SUBSCRIPTION {} REFRESH PUBLICATION",
+                        catalog::ident(name)
+                    ),
+                )
+                .await?;
+                changes.push("refreshed for new tables");
+            }
+            if changes.is_empty() {
+                step(
+                    "subscription",
+                    Outcome::Unchanged,
+                    "exists and is enabled".into(),
+                );
+            } else {
+                step("subscription", Outcome::Updated, changes.join(", "));
+            }
+        }
+    }
+
+    let estimates: HashMap<Name, i64> = catalog::tables(src)
+        .await?
+        .into_iter()
+        .map(|t| (t.name, t.estimated_rows))
+        .collect();
+    let tables = if opts.wait {
+        wait_ready(src, tgt, &link, &heartbeat, &estimates, opts.timeout, obs).await?
+    } else {
+        progress(tgt, &link, &estimates).await?
+    };
+    let ready = !tables.is_empty() && tables.iter().all(|t| t.state == 'r');
+    Ok(SyncReport {
+        steps,
+        tables,
+        ready,
+        elapsed_ms: started.elapsed().as_millis(),
+    })
+}
+
+/// Copies the schema into a target that has none of the source's tables; leaves a
+/// target that has all of them alone.
+async fn copy_schema(src: &Db, tgt: &Db, subscribed: bool) -> Result<(Outcome, String), Error> {
+    let want: BTreeSet<Name> = catalog::tables(src)
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    let have: BTreeSet<Name> = catalog::tables(tgt)
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    let missing: Vec<String> = want.difference(&have).map(|n| n.to_string()).collect();
+    if missing.is_empty() {
+        if !subscribed {
+            refuse_rows(tgt, &have).await?;
+        }
+        return Ok((
+            Outcome::Unchanged,
+            format!("the target already has all {} table(s)", want.len()),
+        ));
+    }
+    if missing.len() < want.len() || subscribed {
+        return Err(Error::Precondition(format!(
+            "target database ({}): it lacks {} of the source's tables ({}) but has others; \
+             create them on the target (and run sync again), or start from an empty target",
+            tgt.dsn().redacted(),
+            missing.len(),
+            missing.join(", ")
+        )));
+    }
+    let (s, t) = (src.dsn().clone(), tgt.dsn().clone());
+    tokio::task::spawn_blocking(move || schema::copy(&s, &t))
+        .await
+        .map_err(|e| Error::Precondition(format!("the schema copy did not finish: {e}")))??;
+    Ok((
+        Outcome::Created,
+        format!(
+            "copied with pg_dump --schema-only ({} table(s))",
+            want.len()
+        ),
+    ))
+}
+
+/// The initial copy inserts every row: a target table that has rows already would
+/// fail it on duplicate keys, or end up with both.
+async fn refuse_rows(tgt: &Db, tables: &BTreeSet<Name>) -> Result<(), Error> {
+    for t in tables {
+        let any: bool = tgt
+            .query_one(
+                "look for rows",
+                &format!("SELECT EXISTS (SELECT 1 FROM {})", t.sql()),
+                &[],
+            )
+            .await?
+            .get(0);
+        if any {
+            return Err(Error::Precondition(format!(
+                "target database ({}): table {t} already has rows and no subscription feeds it; \
+                 the initial copy needs empty tables (TRUNCATE them on the target, or use an empty database)",
+                tgt.dsn().redacted(),
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn progress(
+    tgt: &Db,
+    link: &Link,
+    estimates: &HashMap<Name, i64>,
+) -> Result<Vec<TableProgress>, Error> {
+    Ok(link
+        .table_states(tgt)
+        .await?
+        .into_iter()
+        .map(|(name, state, copied)| TableProgress {
+            rows_estimated: estimates.get(&name).copied().filter(|n| *n >= 0),
+            table: name.to_string(),
+            state,
+            rows_copied: copied,
+        })
+        .collect())
+}
+
+/// Polls the table states, reporting them, until all are ready. Beats the heartbeat
+/// once a second meanwhile.
+async fn wait_ready(
+    src: &Db,
+    tgt: &Db,
+    link: &Link,
+    heartbeat: &Heartbeat,
+    estimates: &HashMap<Name, i64>,
+    timeout: Option<Duration>,
+    obs: &dyn Observer,
+) -> Result<Vec<TableProgress>, Error> {
+    let start = Instant::now();
+    let mut last_beat = Instant::now() - Duration::from_secs(1);
+    let mut errors_seen = link.error_counts(tgt).await?.0;
+    loop {
+        let tables = progress(tgt, link, estimates).await?;
+        obs.tables(&tables);
+        if !tables.is_empty() && tables.iter().all(|t| t.state == 'r') {
+            return Ok(tables);
+        }
+        let (sync_errors, _) = link.error_counts(tgt).await?;
+        if sync_errors > errors_seen {
+            errors_seen = sync_errors;
+            obs.note(&format!(
+                "the target reports {sync_errors} failed table copy attempt(s); it retries them; \
+                 see the target server's log for the cause (e.g. rows already present)"
+            ));
+        }
+        if let Some(limit) = timeout
+            && start.elapsed() >= limit
+        {
+            let pending: Vec<String> = tables
+                .iter()
+                .filter(|t| t.state != 'r')
+                .map(|t| format!("{} ({})", t.table, state_name(t.state)))
+                .collect();
+            return Err(Error::Timeout {
+                what: format!("the initial copy of {}", pending.join(", ")),
+                after: limit,
+            });
+        }
+        if last_beat.elapsed() >= Duration::from_secs(1) {
+            heartbeat.beat(src).await?;
+            last_beat = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.steps {
+            let outcome = match s.outcome {
+                Outcome::Created => "created",
+                Outcome::Updated => "updated",
+                Outcome::Unchanged => "unchanged",
+            };
+            writeln!(f, "{:<18} {outcome:<9}  {}", s.step, s.detail)?;
+        }
+        let ready = self.tables.iter().filter(|t| t.state == 'r').count();
+        write!(
+            f,
+            "tables: {ready}/{} ready{} ({:.1} s)",
+            self.tables.len(),
+            if self.changed() {
+                ""
+            } else {
+                "; nothing changed"
+            },
+            self.elapsed_ms as f64 / 1000.0
+        )
+    }
+}

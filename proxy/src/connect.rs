@@ -1,0 +1,168 @@
+//! Connections to upstream addresses: plain TCP, or TLS with SNI and verification
+//! against the system's roots or a configured CA file. One connector per backend TLS
+//! setting, so the SNI name travels with the connector rather than the URI (whose
+//! authority is the resolved `ip:port`).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use cutover_config::UpstreamTls;
+use http::Uri;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connects to the URI's `ip:port`, with TLS when configured.
+#[derive(Clone)]
+pub struct Connector {
+    http: HttpConnector,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+/// Why a TLS client setup could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("tls.sni {0:?} is not a valid server name")]
+    Sni(String),
+    #[error("tls.ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("no usable CA certificates in the system store")]
+    NoRoots,
+    #[error("TLS client setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl Connector {
+    /// A connector for plain HTTP, or TLS to `sni` under `tls`.
+    pub fn new(
+        http: HttpConnector,
+        tls: Option<(&UpstreamTls, &str)>,
+    ) -> Result<Self, TlsSetupError> {
+        let tls = match tls {
+            None => None,
+            Some((settings, default_sni)) => {
+                let name = settings.sni.as_deref().unwrap_or(default_sni).to_string();
+                let sni =
+                    ServerName::try_from(name.clone()).map_err(|_| TlsSetupError::Sni(name))?;
+                let mut roots = rustls::RootCertStore::empty();
+                match &settings.ca_file {
+                    Some(path) => {
+                        let certs = CertificateDer::pem_file_iter(path)
+                            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                            .map_err(|e| TlsSetupError::CaFile {
+                                path: path.display().to_string(),
+                                reason: e.to_string(),
+                            })?;
+                        for c in certs {
+                            roots.add(c)?;
+                        }
+                    }
+                    None => {
+                        let native = rustls_native_certs::load_native_certs();
+                        let (added, _) = roots.add_parsable_certificates(native.certs);
+                        if added == 0 {
+                            return Err(TlsSetupError::NoRoots);
+                        }
+                    }
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                Some((TlsConnector::from(Arc::new(config)), sni))
+            }
+        };
+        Ok(Connector { http, tls })
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Conn;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.http.call(uri);
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = connecting.await?;
+            match tls {
+                None => Ok(Conn::Plain(tcp)),
+                Some((connector, sni)) => {
+                    let stream = connector.connect(sni, tcp.into_inner()).await?;
+                    Ok(Conn::Tls(Box::new(TokioIo::new(stream))))
+                }
+            }
+        })
+    }
+}
+
+/// A connection to an upstream address.
+pub enum Conn {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        match self {
+            Conn::Plain(t) => t.connected(),
+            Conn::Tls(t) => t.inner().get_ref().0.connected(),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_read(cx, buf),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_write(cx, buf),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_flush(cx),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_shutdown(cx),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

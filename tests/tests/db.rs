@@ -1,0 +1,19 @@
+//! Database migration tests: real PostgreSQL clusters (two per test), the real
+//! `cutover` binary and library, and for the switchover the demo app behind the real
+//! `cutover-proxy`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "db/check.rs"]
+mod check;
+#[path = "db/common.rs"]
+mod common;
+#[path = "db/errors.rs"]
+mod errors;
+#[path = "db/failure.rs"]
+mod failure;
+#[path = "db/load.rs"]
+mod load;
+#[path = "db/switchover.rs"]
+mod switchover;
+#[path = "db/sync.rs"]
+mod sync;

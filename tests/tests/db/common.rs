@@ -1,0 +1,134 @@
+//! What the database tests share: two clusters with the demo schema, the `cutover`
+//! binary, and the check that no password ever shows.
+
+use std::process::Command;
+
+use cutover_tests::{APP_SCHEMA, Postgres, SUPERUSER_PASSWORD, binary};
+use tokio::sync::Semaphore;
+
+/// The application role's password on both clusters.
+pub const APP_PASSWORD: &str = "app-pw-Kd93vT";
+
+/// The tests that put real load on the machine run one at a time, so that each
+/// gets the CPU its throughput assertion needs.
+pub static HEAVY: Semaphore = Semaphore::const_new(1);
+
+/// Two clusters, each with role `app` and database `app`; the schema of the demo
+/// app on `old` only (sync copies it).
+pub struct Pair {
+    pub old: Postgres,
+    pub new: Postgres,
+}
+
+impl Pair {
+    pub async fn start() -> Pair {
+        let (old, new) = tokio::task::spawn_blocking(Postgres::start_pair)
+            .await
+            .unwrap();
+        for pg in [&old, &new] {
+            pg.sql(
+                "postgres",
+                &format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"),
+            )
+            .await;
+            pg.sql("postgres", "CREATE DATABASE app").await;
+        }
+        old.sql("app", APP_SCHEMA).await;
+        Pair { old, new }
+    }
+
+    /// `CUTOVER_SOURCE`/`CUTOVER_TARGET` for the superuser on database `app`.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("CUTOVER_SOURCE".into(), self.old.dsn("app")),
+            ("CUTOVER_TARGET".into(), self.new.dsn("app")),
+        ]
+    }
+
+    /// Connected library handles on both sides.
+    pub async fn dbs(&self) -> (cutover_controller::Db, cutover_controller::Db) {
+        use cutover_controller::{Db, Dsn, Side};
+        let s = Dsn::parse(Side::Source, &self.old.dsn("app")).unwrap();
+        let t = Dsn::parse(Side::Target, &self.new.dsn("app")).unwrap();
+        Db::connect_pair(&s, &t).await.unwrap()
+    }
+}
+
+/// One run of the `cutover` binary.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `cutover ARGS` with `env`, off the async runtime, and checks that nothing
+/// it printed contains a password.
+pub async fn cutover(args: &[&str], env: &[(String, String)]) -> Run {
+    let bin = binary("cutover");
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env = env.to_vec();
+    let run = tokio::task::spawn_blocking(move || {
+        let out = Command::new(bin)
+            .args(&args)
+            .env_remove("CUTOVER_SOURCE")
+            .env_remove("CUTOVER_TARGET")
+            .env_remove("CUTOVER_ADMIN_TOKEN")
+            .envs(env)
+            .output()
+            .expect("run cutover");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap();
+    assert_no_secrets(&run.all());
+    run
+}
+
+/// No password of the test clusters appears in `text`.
+#[track_caller]
+pub fn assert_no_secrets(text: &str) {
+    for secret in [SUPERUSER_PASSWORD, APP_PASSWORD] {
+        assert!(
+            !text.contains(secret),
+            "a password leaked into output:\n{text}"
+        );
+    }
+}
+
+/// Rows of `items` on `pg` as (id, body).
+pub async fn items(pg: &Postgres) -> std::collections::HashMap<i64, String> {
+    pg.connect("app")
+        .await
+        .query("SELECT id::bigint, body FROM items", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
