@@ -22,6 +22,8 @@ impl std::fmt::Display for LagSeconds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.at_least {
             write!(f, "≥ {:.1} s", self.seconds)
+        } else if self.seconds < 1.0 {
+            write!(f, "{:.1} ms", self.seconds * 1000.0)
         } else {
             write!(f, "{:.3} s", self.seconds)
         }
@@ -89,8 +91,9 @@ impl Heartbeat {
         subscriber: &Db,
         within: Duration,
     ) -> Result<LagSeconds, Error> {
-        let seq = self.beat(publisher).await?;
+        // Timed from before the write: the lag includes the commit on the source.
         let start = Instant::now();
+        let seq = self.beat(publisher).await?;
         loop {
             if self.seen(subscriber).await?.is_some_and(|s| s >= seq) {
                 return Ok(LagSeconds {

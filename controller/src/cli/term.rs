@@ -87,6 +87,10 @@ impl Observer for Term {
                         bar.finish_with_message("ready");
                     }
                 } else {
+                    if matches!(t.state, 'f' | 's') {
+                        // Copied; catching up with changes made meanwhile.
+                        bar.set_position(bar.length().unwrap_or(0));
+                    }
                     bar.set_message(t.state_name());
                 }
             } else if changed {

@@ -82,7 +82,18 @@ async fn switchover_and_rollback_under_load_lose_nothing_and_fail_nothing() {
         (50.0, 50.0),
         "writes = \"old\"",
     );
-    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    // The admin API wants a token: the switchover reads it from the environment,
+    // the rollback from a file.
+    let token = "adm-tok-5Vb2";
+    let proxy = ProxyBuilder::new(cfg)
+        .env("CUTOVER_ADMIN_TOKEN", token)
+        .start()
+        .unwrap();
+    let token_file = proxy.dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let token_file = token_file.display().to_string();
+    let mut switch_env = env.clone();
+    switch_env.push(("CUTOVER_ADMIN_TOKEN".into(), token.into()));
     let admin = format!("http://{}", proxy.admin);
     let switch_args = |cmd: &'static str| {
         vec![
@@ -103,7 +114,8 @@ async fn switchover_and_rollback_under_load_lose_nothing_and_fail_nothing() {
     let load = Load::start(proxy.http, HOST, WORKERS, RATE, Duration::from_secs(60));
     until_acked(&load, 0, 900).await;
     let t0 = Instant::now();
-    let run = cutover(&switch_args("switchover"), &env).await.ok();
+    let run = cutover(&switch_args("switchover"), &switch_env).await.ok();
+    assert!(!run.all().contains(token));
     let before = load.acked();
     until_acked(&load, before, 900).await;
     let ledger = load.stop().await;
@@ -207,7 +219,9 @@ async fn switchover_and_rollback_under_load_lose_nothing_and_fail_nothing() {
     // Human output this time.
     let mut args = switch_args("rollback");
     args.pop();
+    args.extend(["--proxy-token-file", token_file.as_str()]);
     let run = cutover(&args, &env).await.ok();
+    assert!(!run.all().contains(token));
     let ran_for = t0.elapsed();
     let before = load.acked();
     until_acked(&load, before, 900).await;
