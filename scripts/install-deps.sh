@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing cutover needs on a bare Debian machine.
 # Idempotent: when everything is present it only checks, in well under a second.
+# Usage: scripts/install-deps.sh [--bench]
 set -euo pipefail
 
 missing=()
@@ -17,6 +18,15 @@ need runuser util-linux
 # PostgreSQL 15 server binaries for the database tests (two clusters per test).
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
 need pg_dump postgresql-client-15
+
+# With --bench: the peers and load generator bench/proxy.sh compares against.
+if [ "${1:-}" = "--bench" ]; then
+  need nginx nginx
+  need haproxy haproxy
+  need wrk wrk
+  need taskset util-linux
+  need python3 python3
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

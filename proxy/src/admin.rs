@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::body::ProxyBody;
 
+mod page;
 mod status;
 mod switchover;
 use crate::state::{Shared, UpdateError};
@@ -36,6 +37,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     if path == "/healthz" {
         return text(StatusCode::OK, "ok\n");
     }
+    // The page is the same static file on every proxy and carries no state; the
+    // data it shows comes from /status and /metrics, which need the token.
+    if path == "/" && req.method() == Method::GET {
+        return page::page();
+    }
     if let Some(token) = &shared.admin_token {
         if !authorized(req.headers().get(AUTHORIZATION), token) {
             let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
@@ -48,7 +54,8 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     match (method, path.as_str()) {
         (Method::GET, "/status") => json_response(StatusCode::OK, &status::status(shared)),
         (Method::GET, "/metrics") => {
-            let mut r = Response::new(ProxyBody::text(shared.metrics.render()));
+            let gauges = status::gauges(shared);
+            let mut r = Response::new(ProxyBody::text(shared.metrics.render_with(&gauges)));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -95,7 +102,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "no such endpoint; see GET /healthz, GET /status, GET /metrics, PUT /routes/{host}/weights, POST /routes/{host}/hold, POST /routes/{host}/release",
+            "no such endpoint; see GET / (status page), GET /healthz, GET /status, GET /metrics, PUT /routes/{host}/weights, POST /routes/{host}/hold, POST /routes/{host}/release",
         ),
     }
 }

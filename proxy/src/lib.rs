@@ -29,5 +29,6 @@ pub use handle::X_CUTOVER_BACKEND;
 pub use metrics::Metrics;
 pub use run::{RunError, run};
 pub use state::Shared;
+pub use sticky::{cookie, mint};
 pub use upgrade::Start;
 pub use upstream::{FailureKind, Upstream};

@@ -2,10 +2,10 @@
 //! handles (one route × backend pair) are resolved once per snapshot, so the request
 //! path touches atomics, not the families' label maps.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -22,6 +22,25 @@ pub struct Metrics {
     dns_failures: IntCounterVec,
     pub config_generation: IntGauge,
     pub config_reload_errors: IntCounter,
+    /// Set at scrape time from the live state (see [`Metrics::render_with`]).
+    route_weight: GaugeVec,
+    backend_drained: IntGaugeVec,
+    hold_started: GaugeVec,
+    /// Serializes scrape-time refreshes, so two scrapes never interleave a reset
+    /// with the other's render.
+    scrape: Mutex<()>,
+}
+
+/// The routing state sampled at scrape time: one entry per route.
+#[derive(Debug, Default)]
+pub struct RouteGauges {
+    pub route: String,
+    /// Backend → weight in percent.
+    pub weights: Vec<(String, f64)>,
+    /// Backend → drained (weight 0, not the write side, nothing in flight).
+    pub drained: Vec<(String, bool)>,
+    /// When the active hold began, as Unix seconds; `None` without a hold.
+    pub hold_since: Option<f64>,
 }
 
 /// Why a metric family could not be registered: only a programming error (a
@@ -100,6 +119,27 @@ impl Metrics {
             "cutover_config_reload_errors_total",
             "Reloads refused because the file was unreadable or invalid.",
         )?;
+        let route_weight = GaugeVec::new(
+            Opts::new(
+                "cutover_route_weight",
+                "Share of a route's reads sent to a backend, in percent.",
+            ),
+            &["route", "backend"],
+        )?;
+        let backend_drained = IntGaugeVec::new(
+            Opts::new(
+                "cutover_backend_drained",
+                "1 when a backend has weight 0 on a route, is not its write side, and has nothing in flight.",
+            ),
+            &["route", "backend"],
+        )?;
+        let hold_started = GaugeVec::new(
+            Opts::new(
+                "cutover_hold_started_seconds",
+                "Unix time at which the route's active hold began; 0 when none is active.",
+            ),
+            &["route"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
@@ -110,6 +150,9 @@ impl Metrics {
         registry.register(Box::new(dns_failures.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(config_reload_errors.clone()))?;
+        registry.register(Box::new(route_weight.clone()))?;
+        registry.register(Box::new(backend_drained.clone()))?;
+        registry.register(Box::new(hold_started.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -122,6 +165,10 @@ impl Metrics {
             dns_failures,
             config_generation,
             config_reload_errors,
+            route_weight,
+            backend_drained,
+            hold_started,
+            scrape: Mutex::new(()),
         })
     }
 
@@ -155,6 +202,32 @@ impl Metrics {
 
     pub fn dns_failure(&self, backend: &str, host: &str) {
         self.dns_failures.with_label_values(&[backend, host]).inc();
+    }
+
+    /// The exposition with the routing gauges set from `routes` first. The gauges
+    /// are rebuilt from scratch, so a route or backend removed by a reload stops
+    /// being exported. Called by `/metrics`; the request path never touches them.
+    pub fn render_with(&self, routes: &[RouteGauges]) -> Vec<u8> {
+        let _guard = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.route_weight.reset();
+        self.backend_drained.reset();
+        self.hold_started.reset();
+        for r in routes {
+            for (backend, w) in &r.weights {
+                self.route_weight
+                    .with_label_values(&[&r.route, backend])
+                    .set(*w);
+            }
+            for (backend, d) in &r.drained {
+                self.backend_drained
+                    .with_label_values(&[&r.route, backend])
+                    .set(i64::from(*d));
+            }
+            self.hold_started
+                .with_label_values(&[&r.route])
+                .set(r.hold_since.unwrap_or(0.0));
+        }
+        self.render()
     }
 
     /// The Prometheus text exposition.
@@ -235,5 +308,36 @@ mod tests {
         assert!(
             text.contains(r#"cutover_requests_total{backend="old",code="502",route="shop"} 1"#)
         );
+    }
+
+    #[test]
+    fn routing_gauges_follow_the_state_given_at_scrape_time() {
+        let m = Metrics::new().unwrap();
+        let shop = RouteGauges {
+            route: "shop".into(),
+            weights: vec![("old".into(), 12.5), ("new".into(), 87.5)],
+            drained: vec![("old".into(), false), ("new".into(), true)],
+            hold_since: Some(1_700_000_000.5),
+        };
+        let text = String::from_utf8(m.render_with(&[shop])).unwrap();
+        for line in [
+            r#"cutover_route_weight{backend="old",route="shop"} 12.5"#,
+            r#"cutover_route_weight{backend="new",route="shop"} 87.5"#,
+            r#"cutover_backend_drained{backend="new",route="shop"} 1"#,
+            r#"cutover_backend_drained{backend="old",route="shop"} 0"#,
+            r#"cutover_hold_started_seconds{route="shop"} 1700000000.5"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        // A route that went away with a reload is no longer exported.
+        let blog = RouteGauges {
+            route: "blog".into(),
+            weights: vec![("old".into(), 100.0)],
+            drained: vec![("old".into(), false)],
+            hold_since: None,
+        };
+        let text = String::from_utf8(m.render_with(&[blog])).unwrap();
+        assert!(!text.contains(r#"route="shop""#), "{text}");
+        assert!(text.contains(r#"cutover_hold_started_seconds{route="blog"} 0"#));
     }
 }

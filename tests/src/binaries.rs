@@ -20,6 +20,16 @@ fn target_dir() -> PathBuf {
     }
 }
 
+/// The workspace package that builds binary `name`; naming it keeps the build to
+/// that package, so one crate's unfinished change cannot break another's tests.
+fn package_of(name: &str) -> &str {
+    match name {
+        "cutover" => "cutover-controller",
+        "cutover-test-backend" | "cutover-demo" => "cutover-tests",
+        other => other,
+    }
+}
+
 /// The path of binary `name` (e.g. `cutover-proxy`) from the workspace, built in the
 /// debug profile if needed. Cargo's own lock serializes concurrent test processes.
 pub fn binary(name: &str) -> PathBuf {
@@ -32,7 +42,7 @@ pub fn binary(name: &str) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["build", "--quiet", "--bin", name])
+        .args(["build", "--quiet", "-p", package_of(name), "--bin", name])
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo to build {name}: {e}"));
     assert!(status.success(), "cargo build --bin {name} failed");

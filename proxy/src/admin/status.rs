@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cutover_config::{Snapshot, format_percent};
 use serde_json::{Map, Value, json};
 
+use crate::metrics::RouteGauges;
 use crate::state::{Live, Shared};
 
 pub(super) fn status(shared: &Shared) -> Value {
@@ -34,6 +35,8 @@ pub(super) fn status(shared: &Shared) -> Value {
     json!({
         // Tells an operator (and the upgrade test) which process answers.
         "pid": std::process::id(),
+        // The server's clock, so pages compute a hold's age without client skew.
+        "now": unix(SystemTime::now()),
         "generation": snap.generation,
         "config_file": shared.config_path.display().to_string(),
         "last_reload_error": reload.last_error.as_ref().map(|e| json!({
@@ -92,6 +95,35 @@ pub(super) fn route_json(live: &Live, i: usize) -> Value {
         "hold": hold,
         "members": r.members.iter().map(|&m| snap.config.backends[m].name.clone()).collect::<Vec<_>>(),
     })
+}
+
+/// The routing gauges `/metrics` exports (weights, drained, hold start), read from
+/// the live state the way [`route_json`] reads it, for the route's member backends.
+pub(super) fn gauges(shared: &Shared) -> Vec<RouteGauges> {
+    let live = shared.live();
+    let snap = &live.snap;
+    snap.routes()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let w = snap.weights(i);
+            let name = |m: usize| snap.config.backends[m].name.clone();
+            RouteGauges {
+                route: r.name.clone(),
+                weights: r
+                    .members
+                    .iter()
+                    .map(|&m| (name(m), f64::from(w.basis_points(m)) / 100.0))
+                    .collect(),
+                drained: r
+                    .members
+                    .iter()
+                    .map(|&m| (name(m), live.drained(i, m)))
+                    .collect(),
+                hold_since: live.routes[i].hold.info().map(|h| unix(h.since)),
+            }
+        })
+        .collect()
 }
 
 pub(super) fn weights_json(snap: &Snapshot, i: usize) -> Value {

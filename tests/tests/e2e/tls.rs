@@ -300,3 +300,48 @@ async fn http2_and_http1_over_tls_reach_the_backend_as_https() {
     assert_eq!(plain.header("x-seen-proto"), "http");
     assert!(!plain.header("set-cookie").contains("Secure"), "{plain:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_hands_the_https_listener_over() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let shop = ca.issue(&["shop.example.com"]);
+    shop.write(dir.path(), "shop");
+    let certs = certificate(r#"["shop.example.com"]"#, "shop");
+    let mut first = start(dir, &config(&old, &new, &certs));
+    let addr = first.https.unwrap();
+    // An HTTP/2 connection opened before the upgrade stays with the old process,
+    // which keeps serving it while it drains.
+    let before = connect(&ca.connector(&[b"h2"]), addr, "shop.example.com")
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(before))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+
+    let second = tokio::task::block_in_place(|| first.upgrade())
+        .unwrap_or_else(|(status, logs)| panic!("upgrade failed ({status:?}):\n{logs}"));
+    assert_eq!(second.https, Some(addr));
+    let req = Request::get("https://shop.example.com/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(send);
+    let status = first
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("the old process did not exit:\n{}", first.logs()));
+    assert_eq!(status.code(), Some(0), "{}", first.logs());
+
+    // Only the new process is left to answer on the same address.
+    assert_eq!(
+        presented(&ca, addr, "shop.example.com").await,
+        Ok(shop.der.as_ref().to_vec())
+    );
+    let a = get(&ca, addr, "shop.example.com", b"h2").await;
+    assert_eq!((a.status, a.seen_proto.as_str()), (StatusCode::OK, "https"));
+}
