@@ -110,16 +110,17 @@ awk -v a="$achieved" -v r="$OPEN_RATE" -v u="$user" -v s="$sys" -v w="$wall" -v 
 
 # (b) Closed loop, alternating the tools within each round so that drift on the machine
 # (thermal, other work) spreads over all of them instead of favouring one. Each tool runs
-# with its defaults (cutover-load: 1 thread; wrk: -t = cores, as its docs suggest; oha:
-# all cores); the rows with the other thread count show what the default is worth.
+# with its defaults (cutover-load: --threads = cores; wrk: -t = cores, as its docs
+# suggest; oha: all cores); the one-thread rows show what the thread count is worth when
+# the generator shares the machine with its target.
 THREADS=$(nproc)
 echo
 echo "## (b) closed loop: $ROUNDS rounds x ${CLOSED_SECS}s, $CONNECTIONS connections, alternated"
-TOOLS=(cutover-load oha wrk "cutover-load --threads $THREADS" "wrk -t 1")
+TOOLS=(cutover-load oha wrk "cutover-load --threads 1" "wrk -t 1")
 run_tool() {
     case "$1" in
         cutover-load) "$LOAD" -d "${CLOSED_SECS}s" -c "$CONNECTIONS" -q --json - "$URL" 2>/dev/null | json_num rate_achieved ;;
-        "cutover-load --threads $THREADS") "$LOAD" --threads "$THREADS" -d "${CLOSED_SECS}s" -c "$CONNECTIONS" -q --json - "$URL" 2>/dev/null | json_num rate_achieved ;;
+        "cutover-load --threads 1") "$LOAD" --threads 1 -d "${CLOSED_SECS}s" -c "$CONNECTIONS" -q --json - "$URL" 2>/dev/null | json_num rate_achieved ;;
         oha) oha -z "${CLOSED_SECS}s" -c "$CONNECTIONS" --no-tui --output-format json "$URL" 2>/dev/null | json_num requestsPerSec ;;
         wrk) wrk -t "$THREADS" -c "$CONNECTIONS" -d "${CLOSED_SECS}s" "$URL" | awk '/^Requests\/sec:/ { print $2 }' ;;
         "wrk -t 1") wrk -t 1 -c "$CONNECTIONS" -d "${CLOSED_SECS}s" "$URL" | awk '/^Requests\/sec:/ { print $2 }' ;;
@@ -144,7 +145,7 @@ for i in "${!TOOLS[@]}"; do
     awk -v t="${TOOLS[$i]}" -v r="$rounds" -v m="$med" -v w="$wrk_median" -v o="$oha_median" \
         'BEGIN { printf "| %s | %s | %.0f | %.2fx | %.2fx |\n", t, r, m, m / w, m / o }'
 done
-echo "(wrk runs with -t $THREADS; \"vs wrk\" and \"vs oha\" compare with the default rows)"
+echo "(cutover-load and wrk run $THREADS threads by default; \"vs wrk\" and \"vs oha\" compare with the default rows)"
 
 # (b2) CPU per request at a fixed rate. Throughput on a shared 2-core machine moves with
 # whatever else runs; the CPU a generator spends per request at the same fixed rate is a

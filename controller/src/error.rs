@@ -71,6 +71,9 @@ pub enum Error {
         undo: String,
     },
 
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
+
     #[error("cannot read the admin token file {path}: {source}")]
     TokenFile {
         path: String,

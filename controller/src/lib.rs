@@ -4,6 +4,7 @@
 //! admin API and its rollback, verification and cleanup. The proxies' data plane is
 //! `cutover-proxy`'s; this crate only talks to their admin API. Each operation is a
 //! function over two connected [`Db`]s, so the plan runner can call them directly.
+//! [`secrets`] moves Kubernetes Secrets into a secrets store (`cutover secrets …`).
 
 mod catalog;
 mod check;
@@ -16,6 +17,7 @@ mod heartbeat;
 mod link;
 mod observe;
 mod proxy;
+pub mod secrets;
 mod status;
 mod switchover;
 mod sync;

@@ -20,7 +20,10 @@ use crate::verify::verify;
 
 /// Runs the command and returns the process exit code.
 pub async fn run(cli: Cli) -> u8 {
-    let Command::Db(cmd) = cli.command;
+    let cmd = match cli.command {
+        Command::Db(cmd) => cmd,
+        Command::Secrets(cmd) => return crate::secrets::cli::run(cmd).await,
+    };
     let json = match &cmd {
         DbCommand::Check(a) => a.db.json,
         DbCommand::Sync(a) => a.db.json,

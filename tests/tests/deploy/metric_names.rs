@@ -1,0 +1,306 @@
+//! Every metric named in the Grafana dashboard's and the alert rules' PromQL must
+//! exist: the proxy's in the `/metrics` of a real running proxy that has served
+//! traffic (so labelled series exist), with the label names the queries match on.
+//!
+//! The controller has no `/metrics` endpoint yet (it arrives with `cutover run
+//! --metrics-listen`), so its replication-lag metrics are a declared list, kept in
+//! one place: [`CONTROLLER_METRICS`]. When the controller exports them, this list
+//! must be replaced by a scrape of a running controller.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cutover_tests::{Backend, ProxyBuilder, eventually, two_backend_config};
+use http::Method;
+use serde_json::Value;
+
+/// The controller's metrics (name, label names), declared until it serves them.
+pub const CONTROLLER_METRICS: &[(&str, &[&str])] = &[
+    ("cutover_replication_lag_seconds", &["database"]),
+    ("cutover_replication_lag_bytes", &["database"]),
+];
+
+const HOST: &str = "shop.test";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Sample name → every label name seen on it.
+fn exposition(text: &str) -> HashMap<String, HashSet<String>> {
+    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = out.entry(line[..end].to_string()).or_default();
+        if line[end..].starts_with('{') {
+            let body = &line[end + 1..line.rfind('}').unwrap_or(line.len())];
+            let mut rest = body;
+            while let Some(eq) = rest.find("=\"") {
+                labels.insert(rest[..eq].trim_start_matches(',').to_string());
+                // Skip the quoted value (escapes included).
+                let mut chars = rest[eq + 2..].char_indices();
+                let mut close = rest.len() - eq - 2;
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => {
+                            close = i;
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                rest = &rest[eq + 2 + close + 1..];
+            }
+        }
+    }
+    out
+}
+
+/// Every `cutover_*` metric a PromQL expression names, with the label names its
+/// selectors match on.
+fn referenced(expr: &str) -> Vec<(String, Vec<String>)> {
+    let b: Vec<char> = expr.chars().collect();
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut out = Vec::new();
+    let mut i = 0;
+    let skip_quoted = |i: &mut usize| {
+        let q = b[*i];
+        *i += 1;
+        while *i < b.len() && b[*i] != q {
+            if b[*i] == '\\' {
+                *i += 1;
+            }
+            *i += 1;
+        }
+        *i += 1;
+    };
+    while i < b.len() {
+        let c = b[i];
+        if c == '"' || c == '\'' {
+            skip_quoted(&mut i);
+        } else if ident(c) && (i == 0 || !(ident(b[i - 1]) || b[i - 1] == '$')) {
+            let start = i;
+            while i < b.len() && ident(b[i]) {
+                i += 1;
+            }
+            let name: String = b[start..i].iter().collect();
+            if !name.starts_with("cutover_") {
+                continue;
+            }
+            let mut labels = Vec::new();
+            let mut j = i;
+            while j < b.len() && b[j] == ' ' {
+                j += 1;
+            }
+            if j < b.len() && b[j] == '{' {
+                j += 1;
+                while j < b.len() && b[j] != '}' {
+                    if b[j] == '"' {
+                        skip_quoted(&mut j);
+                    } else if ident(b[j]) {
+                        let s = j;
+                        while j < b.len() && ident(b[j]) {
+                            j += 1;
+                        }
+                        labels.push(b[s..j].iter().collect());
+                    } else {
+                        j += 1;
+                    }
+                }
+                i = j;
+            }
+            out.push((name, labels));
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The PromQL of every dashboard target and template query.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = repo().join("deploy/grafana/cutover.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push((
+                format!("panel {:?}", p["title"]),
+                t["expr"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["definition"].as_str() {
+            out.push((format!("variable {:?}", v["name"]), q.to_string()));
+        }
+    }
+    out
+}
+
+/// The `expr` of every alert rule, by alert name.
+fn alert_queries() -> Vec<(String, String)> {
+    use yaml_rust2::YamlLoader;
+    let text = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yaml")).unwrap();
+    let docs = YamlLoader::load_from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for g in docs[0]["spec"]["groups"].as_vec().unwrap() {
+        for r in g["rules"].as_vec().unwrap() {
+            out.push((
+                format!("alert {}", r["alert"].as_str().unwrap()),
+                r["expr"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_promql_scanner_finds_names_and_matchers() {
+    let got = referenced(
+        r#"sum by (route) (rate(cutover_requests_total{route="$route",code=~"5.."}[$__rate_interval])) / cutover_inflight > 0 and time() - cutover_x {a="cutover_y"}"#,
+    );
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["cutover_requests_total", "cutover_inflight", "cutover_x"]
+    );
+    assert_eq!(got[0].1, ["route", "code"]);
+    assert_eq!(got[2].1, ["a"]);
+    let exp = exposition("# HELP x\nm_total{a=\"x\\\"}\",b=\"y\"} 1\nplain 2\n");
+    assert_eq!(
+        exp["m_total"],
+        HashSet::from(["a".to_string(), "b".to_string()])
+    );
+    assert!(exp["plain"].is_empty());
+}
+
+#[tokio::test]
+async fn every_metric_in_the_dashboard_and_alerts_exists_in_a_running_proxy() {
+    // `new` points at a closed port: requests sent there are retried on `old`,
+    // so the retry and upstream-error series exist too.
+    let old = Backend::start("old");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let cfg = two_backend_config(old.addr, dead_addr, &[HOST], (50.0, 50.0), "");
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    for _ in 0..40 {
+        assert_eq!(proxy.get(HOST, "/").await.status, 200);
+    }
+    let r = proxy
+        .admin_call(
+            Method::POST,
+            &format!("/routes/{HOST}/hold"),
+            r#"{"scope":"writes","max":"60s"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = eventually(Duration::from_secs(5), "retries and a hold", || async {
+        let m = proxy.metrics().await;
+        (m.contains("cutover_retries_total{") && m.contains("cutover_upstream_errors_total{"))
+            .then_some(m)
+    })
+    .await;
+
+    // The routing gauges read the live state at scrape time.
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing:\n{text}"))
+    };
+    assert_eq!(
+        line(r#"cutover_route_weight{backend="new",route="shop.test"}"#),
+        50.0
+    );
+    assert_eq!(
+        line(r#"cutover_backend_drained{backend="old",route="shop.test"}"#),
+        0.0
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let since = line(r#"cutover_hold_started_seconds{route="shop.test"}"#);
+    assert!(
+        (now - since).abs() < 30.0,
+        "hold started at {since}, now {now}"
+    );
+
+    let mut known = exposition(&text);
+    for (name, labels) in CONTROLLER_METRICS {
+        known.insert(
+            name.to_string(),
+            labels.iter().map(|l| l.to_string()).collect(),
+        );
+    }
+    let mut problems = Vec::new();
+    let mut used = BTreeSet::new();
+    let dashboard = dashboard_queries();
+    let alerts = alert_queries();
+    for (file, queries) in [("cutover.json", &dashboard), ("alerts.yaml", &alerts)] {
+        for (where_, expr) in queries.iter() {
+            let refs = referenced(expr);
+            if refs.is_empty() {
+                problems.push(format!("{file} {where_}: names no cutover metric: {expr}"));
+            }
+            for (name, labels) in refs {
+                used.insert((file, name.clone()));
+                let Some(have) = known.get(&name) else {
+                    problems.push(format!("{file} {where_}: {name} is not exported"));
+                    continue;
+                };
+                for l in labels {
+                    if !have.contains(&l) {
+                        problems.push(format!("{file} {where_}: {name} has no label {l:?}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // What the issue asks each of them to show.
+    for (file, needed) in [
+        (
+            "cutover.json",
+            &[
+                "cutover_route_weight",
+                "cutover_requests_total",
+                "cutover_request_duration_seconds_bucket",
+                "cutover_retries_total",
+                "cutover_held_requests",
+                "cutover_inflight",
+                "cutover_backend_drained",
+                "cutover_replication_lag_seconds",
+            ][..],
+        ),
+        (
+            "alerts.yaml",
+            &[
+                "cutover_requests_total",
+                "cutover_request_duration_seconds_bucket",
+                "cutover_config_reload_errors_total",
+                "cutover_upstream_healthy",
+                "cutover_hold_started_seconds",
+                "cutover_replication_lag_seconds",
+            ][..],
+        ),
+    ] {
+        for n in needed {
+            assert!(
+                used.contains(&(file, n.to_string())),
+                "{file} does not use {n}"
+            );
+        }
+    }
+}
