@@ -13,7 +13,8 @@ need cc gcc
 need make make
 need pkg-config pkg-config
 need curl curl
-need kill procps
+# The harness signals processes with /bin/kill (not the shell's builtin).
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
 need runuser util-linux
 # PostgreSQL 15 server binaries for the database tests (two clusters per test).
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
