@@ -54,6 +54,12 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/release
 PROXY_BIN=$TARGET/cutover-proxy
 LOAD_BIN=$TARGET/cutover-load
 
+# 500 connections through each proxy need file descriptors; HAProxy refuses to start
+# when its maxconn needs more than the limit allows.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+MAXCONN=$(( ($(ulimit -n) - 200) / 2 ))
+(( MAXCONN > 8000 )) && MAXCONN=8000
+
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -66,7 +72,7 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 OLD=$(port); NEW=$(port); P_CUTOVER=$(port); P_ADMIN=$(port); P_NGINX=$(port); P_HAPROXY=$(port)
 render() { # render TEMPLATE OUT
-    sed -e "s|@WORK@|$WORK|g" -e "s|@OLD@|$OLD|g" -e "s|@NEW@|$NEW|g" -e "s|@ADMIN@|$P_ADMIN|g" -e "s|@PORT@|$3|g" \
+    sed -e "s|@WORK@|$WORK|g" -e "s|@OLD@|$OLD|g" -e "s|@NEW@|$NEW|g" -e "s|@ADMIN@|$P_ADMIN|g" -e "s|@PORT@|$3|g" -e "s|@MAXCONN@|$MAXCONN|g" \
         "$ROOT/bench/$1" > "$WORK/$2"
 }
 render backends.conf backends.conf 0

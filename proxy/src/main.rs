@@ -86,6 +86,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    raise_fd_limit();
     let threads = config.proxy.threads;
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -116,6 +117,23 @@ fn main() -> ExitCode {
             tracing::error!("{e}");
             eprintln!("cutover-proxy: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every client and upstream connection is a file descriptor; lift the soft limit to
+/// the hard one, as an edge proxy is expected to, and say what it is.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+        }
+        if hard < 4096 {
+            tracing::warn!(
+                limit = hard,
+                "the open-file limit is low for a proxy; raise it (ulimit -n)"
+            );
         }
     }
 }
