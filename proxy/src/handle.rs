@@ -52,17 +52,16 @@ async fn proxy(
     start: Instant,
 ) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
-    let decision = match decide(shared, &parts, peer).await {
+    let mut decision = match decide(shared, &parts, peer).await {
         Ok(d) => d,
         Err(resp) => return resp,
     };
-    let Decision {
-        live,
-        route,
-        minted,
-        ..
-    } = &decision;
-    let (live, ri, minted) = (live.clone(), *route, minted.clone());
+    // Forwarding has no use for the minted cookie: move it out rather than copy it.
+    let (live, ri, minted) = (
+        decision.live.clone(),
+        decision.route,
+        decision.minted.take(),
+    );
     // A cookie minted over TLS must never travel over plain HTTP.
     let secure = parts.extensions.get::<Scheme>() == Some(&Scheme::Https);
     let (mut resp, backend) = forward::forward(shared, decision, parts, body, peer, start).await;
@@ -118,8 +117,7 @@ async fn decide(
         // that got the hold acknowledged and then reads zero writes in flight knows
         // that no write can still be on its way to the old side.
         let guard = InflightGuard::new(live.clone(), ri, first, is_write);
-        let hold = live.routes[ri].hold.clone();
-        if !hold.applies(is_write) {
+        if !live.routes[ri].hold.applies(is_write) {
             return Ok(Decision {
                 live,
                 route: ri,
@@ -130,6 +128,8 @@ async fn decide(
             });
         }
         drop(guard);
+        // Only a held request pays for its own handle on the hold.
+        let hold = live.routes[ri].hold.clone();
         let outcome = if hold.expired() {
             Waited::Expired
         } else {
