@@ -313,16 +313,15 @@ impl Validator<'_> {
     }
 
     fn upstream_tls(&mut self, path: &str, raw: RawUpstreamTls, file: &Path) -> UpstreamTls {
-        if let Some(sni) = &raw.sni {
-            if !route::is_hostname(&sni.get_ref().to_ascii_lowercase())
-                && sni.get_ref().parse::<std::net::IpAddr>().is_err()
-            {
-                self.err(
-                    sni,
-                    format!("{path}.tls.sni"),
-                    format!("{:?} is not a host name or IP address", sni.get_ref()),
-                );
-            }
+        if let Some(sni) = &raw.sni
+            && !route::is_hostname(&sni.get_ref().to_ascii_lowercase())
+            && sni.get_ref().parse::<std::net::IpAddr>().is_err()
+        {
+            self.err(
+                sni,
+                format!("{path}.tls.sni"),
+                format!("{:?} is not a host name or IP address", sni.get_ref()),
+            );
         }
         let ca_file = raw.ca_file.map(|ca| {
             let full = file

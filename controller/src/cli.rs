@@ -4,6 +4,7 @@
 //! the exit code. Progress goes to stderr, results to stdout.
 
 mod commands;
+mod plan;
 mod term;
 
 use std::path::PathBuf;
@@ -40,6 +41,23 @@ pub enum Command {
     /// Order: sync (--dry-run first) → verify → render.
     #[command(subcommand)]
     Secrets(crate::secrets::cli::SecretsCommand),
+    /// Run a migration plan: preflight, database sync, traffic steps behind gates,
+    /// switchovers, finalize; then write the report. Resumes from the state file if
+    /// a run of this plan stopped.
+    ///
+    /// A failed gate rolls the weights back to the last step that passed and exits 1.
+    /// Ctrl-C stops at the next safe point (never inside a switchover) and exits 3;
+    /// run the same command again to resume.
+    Run(plan::RunArgs),
+    /// Show where a run of the plan stands (from its state file).
+    Status(plan::StatusArgs),
+    /// Roll a run back to its last safe point: writes back on old where reverse
+    /// replication allows it, every route back to 100% old.
+    Abort(plan::PlanArgs),
+    /// Rehearse the whole migration locally: two PostgreSQL clusters, six demo apps,
+    /// cutover-proxy and cutover-load, through the real plan runner; prints the
+    /// report and exits 1 if any request failed or any write was lost.
+    Rehearse(crate::rehearse::RehearseArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -218,7 +236,7 @@ pub struct SwitchArgs {
 }
 
 /// Names become identifiers and slot names: lowercase letters, digits, `_`.
-fn parse_name(s: &str) -> Result<String, String> {
+pub(crate) fn parse_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 40
         && s.chars()

@@ -71,6 +71,11 @@ pub enum Error {
         undo: String,
     },
 
+    /// The plan (or its state file) cannot be used; the message names the file and
+    /// the field.
+    #[error("{0}")]
+    Plan(String),
+
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretsError),
 

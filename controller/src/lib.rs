@@ -16,7 +16,9 @@ mod error;
 mod heartbeat;
 mod link;
 mod observe;
+pub mod plan;
 mod proxy;
+pub mod rehearse;
 pub mod secrets;
 mod status;
 mod switchover;
@@ -35,7 +37,8 @@ pub use observe::{Observer, Phase, Quiet, TableProgress};
 pub use proxy::{Proxies, RouteState};
 pub use status::{Status, status};
 pub use switchover::{
-    Blocked, PhaseTiming, SwitchoverOptions, SwitchoverReport, rollback, switchover,
+    Blocked, PhaseTiming, Recovery, SwitchoverOptions, SwitchoverReport, recover, rollback,
+    switchover,
 };
 pub use sync::{Outcome, SyncOptions, SyncReport, SyncStep, sync};
-pub use verify::{TableVerdict, VerifyReport, verify};
+pub use verify::{TableVerdict, VerifyReport, verify, verify_contains};

@@ -1,5 +1,6 @@
-//! The proxies' admin API as the switchover uses it: status, hold, release. One
-//! [`Proxies`] is the list of every replica's admin URL plus the bearer token.
+//! The proxies' admin API as the switchover and the plan runner use it: status,
+//! hold, release, weights, metrics. One [`Proxies`] is the list of every replica's
+//! admin URL plus the bearer token.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -102,6 +103,24 @@ impl Proxies {
         body: Option<Value>,
         what: &str,
     ) -> Result<Value, Error> {
+        let (status, bytes) = self.exchange(url, method, path, body, what).await?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(value);
+        }
+        Err(refusal(url, what, status, &value, &bytes))
+    }
+
+    /// One admin request: the answer's status and body, whatever the status. The
+    /// token goes into the header only; no error message carries it.
+    async fn exchange(
+        &self,
+        url: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<(StatusCode, Bytes), Error> {
         let fail = |detail: String| Error::Proxy {
             url: url.to_string(),
             what: what.to_string(),
@@ -141,24 +160,9 @@ impl Proxies {
                 .to_bytes();
             Ok::<_, Error>((status, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, exchange)
+        tokio::time::timeout(CALL_TIMEOUT, exchange)
             .await
-            .map_err(|_| fail(format!("no answer within {}s", CALL_TIMEOUT.as_secs())))??;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(value);
-        }
-        let reason = value
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
-        let hint = if status == StatusCode::UNAUTHORIZED {
-            " (give the admin token with --proxy-token-file or CUTOVER_ADMIN_TOKEN)"
-        } else {
-            ""
-        };
-        Err(fail(format!("HTTP {}: {reason}{hint}", status.as_u16())))
+            .map_err(|_| fail(format!("no answer within {}s", CALL_TIMEOUT.as_secs())))?
     }
 
     /// The routes of proxy `url` that `route` names: by route name or by one of its
@@ -233,6 +237,63 @@ impl Proxies {
             .await?;
         Ok(v.get("released").and_then(Value::as_u64).unwrap_or(0))
     }
+
+    /// Proxy `url`'s `/metrics` exposition as text (parse it with
+    /// [`crate::plan::metrics`]).
+    pub async fn metrics_text(&self, url: &str) -> Result<String, Error> {
+        let what = "read /metrics";
+        let (status, bytes) = self
+            .exchange(url, Method::GET, "/metrics", None, what)
+            .await?;
+        if !status.is_success() {
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(refusal(url, what, status, &value, &bytes));
+        }
+        String::from_utf8(bytes.to_vec()).map_err(|e| Error::Proxy {
+            url: url.to_string(),
+            what: what.to_string(),
+            detail: format!("the exposition is not UTF-8: {e}"),
+        })
+    }
+
+    /// Proxy `url`'s whole `/status` document.
+    pub async fn status(&self, url: &str) -> Result<Value, Error> {
+        self.call(url, Method::GET, "/status", None, "read /status")
+            .await
+    }
+
+    /// Sets the weights (backend → percent) of the route that `host` names (one of
+    /// its hosts or its name) on proxy `url`. The proxy applies them before it
+    /// answers; a refusal (422: invalid weights, 404: no such route) is an error
+    /// carrying the proxy's reason.
+    pub async fn set_weights(
+        &self,
+        url: &str,
+        host: &str,
+        weights: &BTreeMap<String, f64>,
+    ) -> Result<(), Error> {
+        let body = Value::Object(weights.iter().map(|(k, w)| (k.clone(), json!(w))).collect());
+        let shown = weights
+            .iter()
+            .map(|(k, w)| format!("{k}={w}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        // `*` alone is the default route here, not "every route" as for a hold.
+        let segment = if host == "*" {
+            "%2A".to_string()
+        } else {
+            encode(host)
+        };
+        self.call(
+            url,
+            Method::PUT,
+            &format!("/routes/{segment}/weights"),
+            Some(body),
+            &format!("set weights {shown} on route {host}"),
+        )
+        .await
+        .map(|_| ())
+    }
 }
 
 fn parse_route(v: &Value) -> RouteState {
@@ -291,6 +352,26 @@ fn names(v: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A non-2xx answer as an error: the status, the proxy's own reason (its JSON
+/// `error`, else the body), and a hint for the usual 401.
+fn refusal(url: &str, what: &str, status: StatusCode, value: &Value, bytes: &Bytes) -> Error {
+    let reason = value
+        .get("error")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).trim().to_string());
+    let hint = if status == StatusCode::UNAUTHORIZED {
+        " (give the admin token with --proxy-token-file or CUTOVER_ADMIN_TOKEN)"
+    } else {
+        ""
+    };
+    Error::Proxy {
+        url: url.to_string(),
+        what: what.to_string(),
+        detail: format!("HTTP {}: {reason}{hint}", status.as_u16()),
+    }
 }
 
 /// A route or host as a path segment: `*` alone means every route; a wildcard host

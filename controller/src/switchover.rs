@@ -160,6 +160,40 @@ pub async fn rollback(
     plan.run(proxies, opts, obs).await
 }
 
+/// What [`recover`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recovery {
+    /// The switchover had not passed its point of no return: undone, writes on the
+    /// source. The detail says what was put back.
+    Undone(String),
+    /// It had: finished, writes on the target.
+    Completed(String),
+}
+
+/// Finishes or undoes a switchover (source → target) that a stopped controller left
+/// half done: the plan runner calls it on resume before anything else.
+pub async fn recover(
+    src: &Db,
+    tgt: &Db,
+    proxies: &Proxies,
+    name: &str,
+    opts: &SwitchoverOptions,
+) -> Result<Recovery, Error> {
+    let plan = run::Plan {
+        operation: "switchover",
+        from: src,
+        to: tgt,
+        link: Link::forward(name),
+        back: Link::reverse(name),
+        name,
+        from_backend: &opts.old_backend,
+        to_backend: &opts.new_backend,
+        back_conninfo: "",
+    };
+    plan.recover(proxies, opts).await
+}
+
 impl fmt::Display for SwitchoverReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(

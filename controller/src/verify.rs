@@ -1,6 +1,9 @@
 //! `verify`: row counts and a content checksum per table, both sides read in primary
 //! key order from one snapshot each, compared row by row so that a mismatch names
 //! the table and the first key that differs.
+//!
+//! [`verify_contains`] is the check for after a switchover, when the frozen source
+//! can only be contained in a target that kept taking writes.
 
 use std::fmt;
 
@@ -10,6 +13,10 @@ use serde::Serialize;
 use crate::catalog::{self, Table, ident};
 use crate::db::Db;
 use crate::error::Error;
+
+mod contains;
+
+pub use contains::verify_contains;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TableVerdict {

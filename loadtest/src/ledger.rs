@@ -204,7 +204,7 @@ mod tests {
             request_id: format!("req-{n}"),
             template: "order".into(),
             status: 201,
-            id: (n % 2 == 0).then(|| n.to_string()),
+            id: n.is_multiple_of(2).then(|| n.to_string()),
         };
         for n in 0..3 {
             ledger.record(&entry(n)).unwrap();

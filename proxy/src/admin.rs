@@ -42,13 +42,13 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     if path == "/" && req.method() == Method::GET {
         return page::page();
     }
-    if let Some(token) = &shared.admin_token {
-        if !authorized(req.headers().get(AUTHORIZATION), token) {
-            let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            r.headers_mut()
-                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
-            return r;
-        }
+    if let Some(token) = &shared.admin_token
+        && !authorized(req.headers().get(AUTHORIZATION), token)
+    {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        return r;
     }
     let method = req.method().clone();
     match (method, path.as_str()) {
@@ -199,12 +199,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;

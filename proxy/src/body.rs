@@ -54,11 +54,11 @@ impl Body for ProxyBody {
                 guard,
                 deadline,
             } => {
-                if let Some(d) = deadline {
-                    if d.as_mut().poll(cx).is_ready() {
-                        guard.pair().upstream_error("timeout");
-                        return Poll::Ready(Some(Err(Box::new(TotalTimeout))));
-                    }
+                if let Some(d) = deadline
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    guard.pair().upstream_error("timeout");
+                    return Poll::Ready(Some(Err(Box::new(TotalTimeout))));
                 }
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Ready(Some(Err(e))) => {

@@ -113,22 +113,25 @@ pub async fn forward(
                 let status = resp.status();
                 let retryable_status =
                     status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE;
-                if retryable_status && idempotent && !last_attempt && replay.replayable() {
-                    if let Some(next) = other_backend(&live, ri, b, pinned, tried) {
-                        let reason = if status == StatusCode::BAD_GATEWAY {
-                            "status_502"
-                        } else {
-                            "status_503"
-                        };
-                        shared.metrics.retry(
-                            &route.name,
-                            &live.backends[b].name,
-                            &live.backends[next].name,
-                            reason,
-                        );
-                        (target, avoid) = (next, None);
-                        continue;
-                    }
+                if retryable_status
+                    && idempotent
+                    && !last_attempt
+                    && replay.replayable()
+                    && let Some(next) = other_backend(&live, ri, b, pinned, tried)
+                {
+                    let reason = if status == StatusCode::BAD_GATEWAY {
+                        "status_502"
+                    } else {
+                        "status_503"
+                    };
+                    shared.metrics.retry(
+                        &route.name,
+                        &live.backends[b].name,
+                        &live.backends[next].name,
+                        reason,
+                    );
+                    (target, avoid) = (next, None);
+                    continue;
                 }
                 let (mut head, body) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);

@@ -163,10 +163,10 @@ async fn probe(
     let Ok(mut req) = Request::get(uri.as_str()).body(Empty::new()) else {
         return false;
     };
-    if let Some(host) = &e.host {
-        if let Ok(v) = http::HeaderValue::from_str(host) {
-            req.headers_mut().insert(http::header::HOST, v);
-        }
+    if let Some(host) = &e.host
+        && let Ok(v) = http::HeaderValue::from_str(host)
+    {
+        req.headers_mut().insert(http::header::HOST, v);
     }
     matches!(
         tokio::time::timeout(check.timeout, client.request(req)).await,

@@ -201,15 +201,15 @@ pub fn listener(
     role: Role,
     addr: SocketAddr,
 ) -> io::Result<TcpListener> {
-    if let Some(t) = takeover {
-        if let Some(i) = t.inherited.iter().position(|(r, _)| *r == role) {
-            let (_, l) = t.inherited.swap_remove(i);
-            let have = l.local_addr()?;
-            if have == addr || (addr.port() == 0 && have.ip() == addr.ip()) {
-                return TcpListener::from_std(l);
-            }
-            tracing::warn!(field = role.field(), from = %have, to = %addr, "the address changed: binding the new one; the old process's socket closes when it exits");
+    if let Some(t) = takeover
+        && let Some(i) = t.inherited.iter().position(|(r, _)| *r == role)
+    {
+        let (_, l) = t.inherited.swap_remove(i);
+        let have = l.local_addr()?;
+        if have == addr || (addr.port() == 0 && have.ip() == addr.ip()) {
+            return TcpListener::from_std(l);
         }
+        tracing::warn!(field = role.field(), from = %have, to = %addr, "the address changed: binding the new one; the old process's socket closes when it exits");
     }
     server::bind(addr)
 }

@@ -30,6 +30,10 @@ pub struct BackendStats {
     /// When set, requests are read in full and the connection is then closed
     /// without an answer.
     pub reset_after_read: AtomicBool,
+    /// When non-zero, one answer in `fail_one_in` (but `/healthz`) has the status
+    /// `fail_one_in_status`: those whose count in `requests` is a multiple of it.
+    pub fail_one_in: AtomicU64,
+    pub fail_one_in_status: AtomicU16,
     /// When non-zero, `/healthz` answers with this status.
     pub health_status: AtomicU16,
     pub health_checks: AtomicU64,
@@ -131,6 +135,15 @@ impl Backend {
         self.stats.fail_status.store(status, Ordering::SeqCst);
     }
 
+    /// Answer one request in `n` (but `/healthz`) with `status`, the others as
+    /// usual; `n` = 0 turns it off.
+    pub fn fail_one_in(&self, n: u64, status: u16) {
+        self.stats
+            .fail_one_in_status
+            .store(status, Ordering::SeqCst);
+        self.stats.fail_one_in.store(n, Ordering::SeqCst);
+    }
+
     /// Read each request, then close the connection without answering.
     pub fn reset_after_read(&self, on: bool) {
         self.stats.reset_after_read.store(on, Ordering::SeqCst);
@@ -213,7 +226,7 @@ async fn answer(
         }
         return Ok(resp);
     }
-    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let seq = stats.requests.fetch_add(1, Ordering::SeqCst);
     if !matches!(
         *req.method(),
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
@@ -244,7 +257,11 @@ async fn answer(
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let mut resp = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
-    let fail = stats.fail_status.load(Ordering::SeqCst);
+    let mut fail = stats.fail_status.load(Ordering::SeqCst);
+    let one_in = stats.fail_one_in.load(Ordering::SeqCst);
+    if fail == 0 && one_in != 0 && seq.is_multiple_of(one_in) {
+        fail = stats.fail_one_in_status.load(Ordering::SeqCst);
+    }
     if fail != 0 {
         *resp.status_mut() = http::StatusCode::from_u16(fail)?;
     }

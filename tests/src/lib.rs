@@ -21,6 +21,6 @@ pub use client::{Client, Reply, h2_get};
 pub use dns::DnsServer;
 pub use eventually::eventually;
 pub use openbao::{OpenBao, bao_bin, find_on_path, free_port, http_json};
-pub use postgres::{Postgres, SUPERUSER_PASSWORD, pg_bin};
+pub use postgres::{APP_PASSWORD, Pair, Postgres, SUPERUSER_PASSWORD, pg_bin};
 pub use process::BackendProcess;
 pub use proxy::{Proxy, ProxyBuilder, two_backend_config};

@@ -1,177 +1,43 @@
-//! Real PostgreSQL clusters for the database tests: `initdb` and `pg_ctl` in a temp
-//! dir, on a free loopback port, with `wal_level = logical`, stopped (immediate
-//! mode) on drop. As root, the server programs run as the `postgres` user, since
-//! `initdb` refuses root.
+//! Real PostgreSQL clusters for the database tests: a thin wrapper over the
+//! controller's [`cutover_controller::rehearse::cluster::Cluster`] (`initdb` and
+//! `pg_ctl` in a temp dir, a free loopback port, `wal_level = logical`, stopped in
+//! immediate mode on drop, run as `postgres` when the tests run as root) that
+//! panics with the cluster's message instead of returning it, as a test wants.
 //!
 //! Passwords are deliberately distinctive strings, so tests can assert that none of
 //! them ever shows in any output.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
 
-use tokio_postgres::{Client, NoTls};
+use cutover_controller::rehearse::cluster::{self, Cluster};
+use tokio_postgres::Client;
 
 /// The superuser's password in every cluster.
 pub const SUPERUSER_PASSWORD: &str = "su-pw-Zq81xR";
 
-/// The directory of the server programs: `$PG_BIN`, else the newest
-/// `/usr/lib/postgresql/*/bin`.
+/// The directory of the server programs: `$PG_BIN`, else `initdb` on `PATH`, else
+/// the newest `/usr/lib/postgresql/*/bin`.
 pub fn pg_bin() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PG_BIN") {
-        return PathBuf::from(dir);
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL server packages are installed (/usr/lib/postgresql); see controller/README-db.md")
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((v, bin))
-        })
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .map(|(_, b)| b)
-        .expect("no /usr/lib/postgresql/*/bin/initdb found")
-}
-
-fn running_as_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
-/// A server program run as the cluster's owner.
-fn server_command(program: &Path) -> Command {
-    if running_as_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn run(mut cmd: Command, what: &str) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a loopback port")
+    cluster::server_programs().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A running cluster; stopped on drop.
 pub struct Postgres {
     pub name: String,
     pub port: u16,
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    stopped: AtomicBool,
+    inner: Cluster,
 }
 
 impl Postgres {
     /// Creates and starts a cluster called `name` (for messages only).
     pub fn start(name: &str) -> Postgres {
-        let bin = pg_bin();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("cutover-pg-{name}-"))
-            .tempdir()
-            .expect("temp dir");
-        if running_as_root() {
-            let st = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .expect("run chown");
-            assert!(st.success(), "chown the cluster dir to postgres");
-        }
-        let pwfile = dir.path().join("pw");
-        std::fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write the password file");
-        if running_as_root() {
-            let _ = Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(&pwfile)
-                .status();
-        }
-        let data = dir.path().join("data");
-        let mut initdb = server_command(&bin.join("initdb"));
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-N",
-            ])
-            .arg(format!("--pwfile={}", pwfile.display()));
-        let out = run(initdb, "initdb");
-        assert!(
-            out.status.success(),
-            "initdb for {name} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let socket_dir = dir.path().join("sock");
-        std::fs::create_dir_all(&socket_dir).expect("socket dir");
-        if running_as_root() {
-            let _ = Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(&socket_dir)
-                .status();
-        }
-        let mut pg = Postgres {
+        let inner = Cluster::start(name, SUPERUSER_PASSWORD)
+            .unwrap_or_else(|e| panic!("cluster {name} did not start: {e}"));
+        Postgres {
             name: name.to_string(),
-            port: 0,
-            dir,
-            bin,
-            stopped: AtomicBool::new(true),
-        };
-        // Another test may take the port between the probe and the bind: retry.
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let conf = format!(
-                "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
-                 wal_level = logical\nmax_replication_slots = 20\nmax_wal_senders = 20\n\
-                 max_logical_replication_workers = 8\nmax_worker_processes = 16\n\
-                 max_connections = 100\nshared_buffers = 32MB\nfsync = off\nfull_page_writes = off\n\
-                 wal_writer_delay = 10ms\n",
-                socket_dir.display()
-            );
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(data.join("postgresql.conf"))
-                .expect("open postgresql.conf");
-            std::io::Write::write_all(&mut f, conf.as_bytes()).expect("write postgresql.conf");
-            let mut start = server_command(&pg.bin.join("pg_ctl"));
-            start
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(pg.dir.path().join("log"))
-                .args(["-w", "-t", "60", "start"]);
-            let out = run(start, "pg_ctl start");
-            if out.status.success() {
-                pg.port = port;
-                pg.stopped.store(false, Ordering::SeqCst);
-                return pg;
-            }
-            last = format!("{}\n{}", String::from_utf8_lossy(&out.stderr), pg.log());
+            port: inner.port(),
+            inner,
         }
-        panic!("cluster {name} did not start: {last}");
     }
 
     /// Starts two clusters, `old` and `new`, at the same time.
@@ -188,21 +54,19 @@ impl Postgres {
 
     /// A DSN for the superuser on database `db`, password included.
     pub fn dsn(&self, db: &str) -> String {
-        self.dsn_as("postgres", SUPERUSER_PASSWORD, db)
+        self.inner.dsn(db)
     }
 
     pub fn dsn_as(&self, user: &str, password: &str, db: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={user} password={password} dbname={db} connect_timeout=5",
-            self.port
-        )
+        self.inner.dsn_as(user, password, db)
     }
 
     /// A superuser connection to `db`.
     pub async fn connect(&self, db: &str) -> Client {
-        self.connect_as("postgres", SUPERUSER_PASSWORD, db)
+        self.inner
+            .connect(db)
             .await
-            .unwrap_or_else(|e| panic!("connect to {} {db}: {e}", self.name))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub async fn connect_as(
@@ -211,44 +75,93 @@ impl Postgres {
         password: &str,
         db: &str,
     ) -> Result<Client, tokio_postgres::Error> {
-        let (client, conn) =
-            tokio_postgres::connect(&self.dsn_as(user, password, db), NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        self.inner.connect_as(user, password, db).await
     }
 
     /// Runs SQL as the superuser on `db`.
     pub async fn sql(&self, db: &str, sql: &str) {
-        self.connect(db)
+        self.inner
+            .sql(db, sql)
             .await
-            .batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{} {db}: {sql}: {e:?}", self.name));
+            .unwrap_or_else(|e| panic!("{e}: {sql}"));
     }
 
     /// The server log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+        self.inner.log()
     }
 
     /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
     /// Blocking; safe to call twice.
     pub fn stop(&self) {
-        if self.stopped.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let mut stop = server_command(&self.bin.join("pg_ctl"));
-        stop.arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "-w", "stop"]);
-        let _ = run(stop, "pg_ctl stop");
+        self.inner.stop();
     }
 }
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        self.stop();
+/// The application role's password on both clusters of a [`Pair`].
+pub const APP_PASSWORD: &str = "app-pw-Kd93vT";
+
+/// Two clusters, each with role `app` and database `app`; the demo app's schema on
+/// `old` only (sync copies it).
+pub struct Pair {
+    pub old: Postgres,
+    pub new: Postgres,
+}
+
+impl Pair {
+    pub async fn start() -> Pair {
+        Pair::start_seeded(0).await
+    }
+
+    /// Like [`Pair::start`], with `rows` items already on `old`.
+    pub async fn start_seeded(rows: u32) -> Pair {
+        let (old, new) = tokio::task::spawn_blocking(Postgres::start_pair)
+            .await
+            .expect("start the clusters");
+        for pg in [&old, &new] {
+            pg.sql(
+                "postgres",
+                &format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"),
+            )
+            .await;
+            pg.sql("postgres", "CREATE DATABASE app").await;
+        }
+        old.sql("app", crate::APP_SCHEMA).await;
+        if rows > 0 {
+            old.sql(
+                "app",
+                &format!(
+                    "INSERT INTO items (body) SELECT 'seed ' || g FROM generate_series(1, {rows}) g"
+                ),
+            )
+            .await;
+        }
+        Pair { old, new }
+    }
+
+    /// The application's DSN on `pg` (role `app`).
+    pub fn app_dsn(pg: &Postgres) -> String {
+        pg.dsn_as("app", APP_PASSWORD, "app")
+    }
+
+    /// `CUTOVER_SOURCE`/`CUTOVER_TARGET` for the superuser on database `app`.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.env_prefixed("CUTOVER")
+    }
+
+    /// `{prefix}_SOURCE` and `{prefix}_TARGET`, e.g. for a plan's `source_env`.
+    pub fn env_prefixed(&self, prefix: &str) -> Vec<(String, String)> {
+        vec![
+            (format!("{prefix}_SOURCE"), self.old.dsn("app")),
+            (format!("{prefix}_TARGET"), self.new.dsn("app")),
+        ]
+    }
+
+    /// Connected library handles on both sides.
+    pub async fn dbs(&self) -> (cutover_controller::Db, cutover_controller::Db) {
+        use cutover_controller::{Db, Dsn, Side};
+        let s = Dsn::parse(Side::Source, &self.old.dsn("app")).expect("source DSN");
+        let t = Dsn::parse(Side::Target, &self.new.dsn("app")).expect("target DSN");
+        Db::connect_pair(&s, &t).await.expect("connect both sides")
     }
 }

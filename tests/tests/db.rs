@@ -7,6 +7,8 @@
 mod check;
 #[path = "db/common.rs"]
 mod common;
+#[path = "db/contains.rs"]
+mod contains;
 #[path = "db/errors.rs"]
 mod errors;
 #[path = "db/failure.rs"]

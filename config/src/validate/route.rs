@@ -325,10 +325,10 @@ fn check_route_host(host: &str) -> Result<(), String> {
             "{host:?}: '*' is allowed only as \"*\" or a leading \"*.\""
         ));
     }
-    if let Some((h, port)) = host.rsplit_once(':') {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("hosts are matched without the port; write {h:?}"));
-        }
+    if let Some((h, port)) = host.rsplit_once(':')
+        && port.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(format!("hosts are matched without the port; write {h:?}"));
     }
     if is_hostname(host) {
         Ok(())

@@ -23,6 +23,10 @@ pub async fn run(cli: Cli) -> u8 {
     let cmd = match cli.command {
         Command::Db(cmd) => cmd,
         Command::Secrets(cmd) => return crate::secrets::cli::run(cmd).await,
+        Command::Run(a) => return super::plan::run(a).await,
+        Command::Status(a) => return super::plan::status(a),
+        Command::Abort(a) => return super::plan::abort(a).await,
+        Command::Rehearse(a) => return crate::rehearse::main(a).await,
     };
     let json = match &cmd {
         DbCommand::Check(a) => a.db.json,

@@ -189,3 +189,159 @@ fn admin_urls_are_plain_http_without_a_path() {
     assert!(Proxies::new(&["http://p:9901/admin".into()], None).is_err());
     assert!(Proxies::new(&["p:9901".into()], None).is_ok());
 }
+
+/// What the weights/metrics server saw: (method, path, body).
+type Calls = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// Answers like the admin API for weights, status and metrics; `weights` bodies
+/// whose values do not sum to 100 get the proxy's 422, an unknown route its 404.
+async fn weights_server() -> (String, Calls) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls: Calls = Arc::default();
+    let log = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        let method = req.method().to_string();
+                        let path = req.uri().path().to_string();
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let body = String::from_utf8_lossy(&body).into_owned();
+                        log.lock()
+                            .unwrap()
+                            .push((method.clone(), path.clone(), body.clone()));
+                        let (status, text) = match (method.as_str(), path.as_str()) {
+                            ("GET", "/metrics") => (
+                                StatusCode::OK,
+                                "# TYPE cutover_config_generation gauge\ncutover_config_generation 3\n"
+                                    .to_string(),
+                            ),
+                            ("GET", "/status") => (
+                                StatusCode::OK,
+                                json!({"generation": 3, "routes": []}).to_string(),
+                            ),
+                            ("PUT", p) if p.starts_with("/routes/nosuch") => (
+                                StatusCode::NOT_FOUND,
+                                r#"{"error":"no route lists host \"nosuch.test\""}"#.into(),
+                            ),
+                            ("PUT", _) => {
+                                let v: Value = serde_json::from_str(&body).unwrap();
+                                let sum: f64 = v
+                                    .as_object()
+                                    .unwrap()
+                                    .values()
+                                    .map(|n| n.as_f64().unwrap())
+                                    .sum();
+                                if (sum - 100.0).abs() < 1e-9 {
+                                    (StatusCode::OK, json!({"name": "shop"}).to_string())
+                                } else {
+                                    (
+                                        StatusCode::UNPROCESSABLE_ENTITY,
+                                        format!(r#"{{"error":"weights sum to {sum}, not 100"}}"#),
+                                    )
+                                }
+                            }
+                            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+                        };
+                        let mut r = Response::new(Full::new(Bytes::from(text)));
+                        *r.status_mut() = status;
+                        Ok::<_, hyper::Error>(r)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), calls)
+}
+
+fn weights(old: f64, new: f64) -> BTreeMap<String, f64> {
+    BTreeMap::from([("old".to_string(), old), ("new".to_string(), new)])
+}
+
+#[tokio::test]
+async fn weights_metrics_and_status_speak_the_admin_contract() {
+    let (url, calls) = weights_server().await;
+    let p = Proxies::new(std::slice::from_ref(&url), None).unwrap();
+
+    p.set_weights(&url, "shop.test", &weights(90.0, 10.0))
+        .await
+        .unwrap();
+    p.set_weights(&url, "*.shop.test", &weights(50.0, 50.0))
+        .await
+        .unwrap();
+    p.set_weights(&url, "*", &weights(0.0, 100.0))
+        .await
+        .unwrap();
+    let text = p.metrics_text(&url).await.unwrap();
+    assert!(text.contains("cutover_config_generation 3"), "{text}");
+    assert_eq!(p.status(&url).await.unwrap()["generation"], 3);
+
+    let calls = calls.lock().unwrap().clone();
+    let puts: Vec<_> = calls.iter().filter(|c| c.0 == "PUT").collect();
+    assert_eq!(puts[0].1, "/routes/shop.test/weights");
+    assert_eq!(puts[1].1, "/routes/%2A.shop.test/weights");
+    assert_eq!(puts[2].1, "/routes/%2A/weights");
+    let body: Value = serde_json::from_str(&puts[0].2).unwrap();
+    assert_eq!(body, json!({"old": 90.0, "new": 10.0}));
+}
+
+#[tokio::test]
+async fn weight_refusals_carry_the_proxys_reason() {
+    let (url, _) = weights_server().await;
+    let p = Proxies::new(std::slice::from_ref(&url), Some("s3cret".into())).unwrap();
+
+    let e = p
+        .set_weights(&url, "shop.test", &weights(90.0, 20.0))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&url), "{e}");
+    assert!(e.contains("HTTP 422: weights sum to 110, not 100"), "{e}");
+    assert!(e.contains("old=90") && e.contains("new=20"), "{e}");
+
+    let e = p
+        .set_weights(&url, "nosuch.test", &weights(90.0, 10.0))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("HTTP 404: no route lists host"), "{e}");
+    assert!(!e.contains("s3cret"), "{e}");
+}
+
+#[tokio::test]
+async fn a_failed_scrape_names_the_proxy_and_the_status() {
+    // The first server refuses (no token given), the second is gone.
+    let (addr, _) = admin_server().await;
+    let url = format!("http://{addr}");
+    let p = Proxies::new(std::slice::from_ref(&url), None).unwrap();
+    let e = p.metrics_text(&url).await.unwrap_err().to_string();
+    assert!(
+        e.contains(&url) && e.contains("/metrics") && e.contains("HTTP 401"),
+        "{e}"
+    );
+
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dead = Proxies::new(&[closed.to_string()], None).unwrap();
+    let e = dead
+        .metrics_text(&dead.urls()[0])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&closed.to_string()), "{e}");
+    let e = dead.status(&dead.urls()[0]).await.unwrap_err().to_string();
+    assert!(
+        e.contains(&closed.to_string()) && e.contains("/status"),
+        "{e}"
+    );
+}

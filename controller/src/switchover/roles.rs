@@ -73,8 +73,12 @@ pub async fn block(db: &Db, name: &str, within: Duration) -> Result<Blocked, Err
         .map(|r| literal(r))
         .collect::<Vec<_>>()
         .join(", ");
+    // A lock held by someone else (a role being altered, a long transaction on
+    // pg_db_role_setting) must not stretch the write pause past its budget.
+    let lock_ms = within.as_millis().max(1);
     let mut sql = format!(
         "BEGIN;
+         SET LOCAL lock_timeout = '{lock_ms}ms';
          INSERT INTO _cutover.blocked (name, role, previous)
          SELECT {name}, r.rolname, (
              SELECT substr(cfg, length('default_transaction_read_only=') + 1)

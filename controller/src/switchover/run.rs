@@ -6,7 +6,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::fleet::{self, Held};
-use super::{Blocked, PhaseTiming, SwitchoverOptions, SwitchoverReport, roles, sequences};
+use super::{
+    Blocked, PhaseTiming, Recovery, SwitchoverOptions, SwitchoverReport, roles, sequences,
+};
 use crate::catalog;
 use crate::db::Db;
 use crate::error::Error;
@@ -382,4 +384,125 @@ impl Plan<'_> {
         }
         s
     }
+}
+
+impl Plan<'_> {
+    /// Finishes or undoes a switchover whose controller stopped mid-way, judged by
+    /// the point of no return: while the subscription exists, everything is undone
+    /// (writes stay on `from`); once it is gone, the sequences are copied again and
+    /// the holds are released with writes on `to`. Every action is safe to repeat.
+    pub async fn recover(
+        &self,
+        proxies: &Proxies,
+        opts: &SwitchoverOptions,
+    ) -> Result<Recovery, Error> {
+        let held: Vec<Held> = proxies
+            .urls()
+            .iter()
+            .flat_map(|url| {
+                opts.routes.iter().map(move |route| Held {
+                    url: url.clone(),
+                    route: route.clone(),
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + opts.max_pause.max(Duration::from_secs(5));
+        match self.link.subscription(self.to).await? {
+            Some(sub) => {
+                let undo = Undo {
+                    held,
+                    blocked: true,
+                    back_subscription: opts.reverse,
+                    back_publication: opts.reverse,
+                    subscription_disabled: !sub.enabled,
+                    opened_to: Vec::new(),
+                };
+                let said = self.undo(proxies, &undo, deadline).await;
+                if said.contains("NOT undone") {
+                    return Err(Error::Precondition(said));
+                }
+                Ok(Recovery::Undone(said))
+            }
+            None => {
+                // Step 6 copied the sequences before the subscription was dropped,
+                // but the run may have got as far as the release: then `to` has
+                // been taking writes, and copying the frozen values again would
+                // set its sequences back onto ids already used. Only a sequence
+                // still behind on `to` is moved.
+                let n = copy_sequences_behind(self.from, self.to).await?;
+                let released =
+                    fleet::release_all(proxies, &held, Some(self.to_backend), deadline).await?;
+                Ok(Recovery::Completed(format!(
+                    "the subscription was already dropped: {n} sequence(s) behind on the {} \
+                     brought forward, holds released with writes on {:?} ({released} held \
+                     request(s) let go)",
+                    self.to.side(),
+                    self.to_backend
+                )))
+            }
+        }
+    }
+}
+
+/// Sets every sequence of `to` that is behind the same sequence on `from` to
+/// `from`'s value; one already past it (it has handed out values since) is left
+/// alone. Returns how many were set.
+async fn copy_sequences_behind(from: &Db, to: &Db) -> Result<usize, Error> {
+    let mut set = 0;
+    for seq in catalog::sequences(from).await? {
+        let exists: bool = to
+            .query_one(
+                &format!("look for sequence {seq}"),
+                "SELECT to_regclass($1::text) IS NOT NULL",
+                &[&seq.sql()],
+            )
+            .await?
+            .get(0);
+        if !exists {
+            // Dropped on `to` since: nothing to move.
+            continue;
+        }
+        let (last, called, step, src_next) = sequence_state(from, &seq).await?;
+        let (_, _, _, tgt_next) = sequence_state(to, &seq).await?;
+        let behind = if step >= 0 {
+            tgt_next < src_next
+        } else {
+            tgt_next > src_next
+        };
+        if behind {
+            let qualified = seq.sql();
+            to.execute(
+                &format!("set sequence {seq}"),
+                "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
+                &[&qualified, &last, &called],
+            )
+            .await?;
+            set += 1;
+        }
+    }
+    Ok(set)
+}
+
+/// A sequence's `last_value`, `is_called`, increment, and the value the next
+/// `nextval()` returns.
+async fn sequence_state(db: &Db, seq: &catalog::Name) -> Result<(i64, bool, i64, i64), Error> {
+    let qualified = seq.sql();
+    let row = db
+        .query_one(
+            &format!("read sequence {seq}"),
+            &format!(
+                "SELECT s.last_value, s.is_called, p.seqincrement \
+                 FROM {qualified} s, pg_catalog.pg_sequence p \
+                 WHERE p.seqrelid = $1::text::regclass"
+            ),
+            &[&qualified],
+        )
+        .await?;
+    let (last, called, step): (i64, bool, i64) = (row.get(0), row.get(1), row.get(2));
+    let next = if called {
+        last.saturating_add(step)
+    } else {
+        last
+    };
+    Ok((last, called, step, next))
 }

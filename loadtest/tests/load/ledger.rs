@@ -32,7 +32,7 @@ fn the_ledger_equals_the_set_of_acknowledged_writes() {
             let response = match (path.as_str(), request_id) {
                 ("/orders", Some(_)) if n % 4 < 2 => {
                     rejected.fetch_add(1, Ordering::Relaxed);
-                    if n % 4 == 0 {
+                    if n.is_multiple_of(4) {
                         reply(500, "down", &[])
                     } else {
                         reply(409, "conflict", &[])
@@ -47,7 +47,7 @@ fn the_ledger_equals_the_set_of_acknowledged_writes() {
                     reply(201, format!(r#"{{"id":"{id}","ok":true}}"#), &[])
                 }
                 (p, Some(rid)) if p.starts_with("/carts/") => {
-                    if n % 3 == 0 {
+                    if n.is_multiple_of(3) {
                         rejected.fetch_add(1, Ordering::Relaxed);
                         reply(503, "busy", &[])
                     } else {

@@ -3,56 +3,13 @@
 
 use std::process::Command;
 
-use cutover_tests::{APP_SCHEMA, Postgres, SUPERUSER_PASSWORD, binary};
+pub use cutover_tests::{APP_PASSWORD, Pair};
+use cutover_tests::{Postgres, SUPERUSER_PASSWORD, binary};
 use tokio::sync::Semaphore;
-
-/// The application role's password on both clusters.
-pub const APP_PASSWORD: &str = "app-pw-Kd93vT";
 
 /// The tests that put real load on the machine run one at a time, so that each
 /// gets the CPU its throughput assertion needs.
 pub static HEAVY: Semaphore = Semaphore::const_new(1);
-
-/// Two clusters, each with role `app` and database `app`; the schema of the demo
-/// app on `old` only (sync copies it).
-pub struct Pair {
-    pub old: Postgres,
-    pub new: Postgres,
-}
-
-impl Pair {
-    pub async fn start() -> Pair {
-        let (old, new) = tokio::task::spawn_blocking(Postgres::start_pair)
-            .await
-            .unwrap();
-        for pg in [&old, &new] {
-            pg.sql(
-                "postgres",
-                &format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"),
-            )
-            .await;
-            pg.sql("postgres", "CREATE DATABASE app").await;
-        }
-        old.sql("app", APP_SCHEMA).await;
-        Pair { old, new }
-    }
-
-    /// `CUTOVER_SOURCE`/`CUTOVER_TARGET` for the superuser on database `app`.
-    pub fn env(&self) -> Vec<(String, String)> {
-        vec![
-            ("CUTOVER_SOURCE".into(), self.old.dsn("app")),
-            ("CUTOVER_TARGET".into(), self.new.dsn("app")),
-        ]
-    }
-
-    /// Connected library handles on both sides.
-    pub async fn dbs(&self) -> (cutover_controller::Db, cutover_controller::Db) {
-        use cutover_controller::{Db, Dsn, Side};
-        let s = Dsn::parse(Side::Source, &self.old.dsn("app")).unwrap();
-        let t = Dsn::parse(Side::Target, &self.new.dsn("app")).unwrap();
-        Db::connect_pair(&s, &t).await.unwrap()
-    }
-}
 
 /// One run of the `cutover` binary.
 #[derive(Debug)]

@@ -1,25 +1,19 @@
 //! Every metric named in the Grafana dashboard's and the alert rules' PromQL must
-//! exist: the proxy's in the `/metrics` of a real running proxy that has served
-//! traffic (so labelled series exist), with the label names the queries match on.
-//!
-//! The controller has no `/metrics` endpoint yet (it arrives with `cutover run
-//! --metrics-listen`), so its replication-lag metrics are a declared list, kept in
-//! one place: [`CONTROLLER_METRICS`]. When the controller exports them, this list
-//! must be replaced by a scrape of a running controller.
+//! exist, with the label names the queries match on: the proxy's in the `/metrics`
+//! of a real running proxy that has served traffic (so labelled series exist), the
+//! controller's in the `/metrics` of a real `cutover run --metrics-listen` baking a
+//! plan step over a real PostgreSQL pair (so the replication lag has been read).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cutover_tests::{Backend, ProxyBuilder, eventually, two_backend_config};
+use cutover_tests::{
+    Backend, Client, Postgres, ProxyBuilder, binary, eventually, two_backend_config,
+};
 use http::Method;
 use serde_json::Value;
-
-/// The controller's metrics (name, label names), declared until it serves them.
-pub const CONTROLLER_METRICS: &[(&str, &[&str])] = &[
-    ("cutover_replication_lag_seconds", &["database"]),
-    ("cutover_replication_lag_bytes", &["database"]),
-];
 
 const HOST: &str = "shop.test";
 
@@ -183,7 +177,7 @@ fn the_promql_scanner_finds_names_and_matchers() {
 }
 
 #[tokio::test]
-async fn every_metric_in_the_dashboard_and_alerts_exists_in_a_running_proxy() {
+async fn every_metric_in_the_dashboard_and_alerts_exists_in_a_running_proxy_or_controller() {
     // `new` points at a closed port: requests sent there are retried on `old`,
     // so the retry and upstream-error series exist too.
     let old = Backend::start("old");
@@ -236,11 +230,18 @@ async fn every_metric_in_the_dashboard_and_alerts_exists_in_a_running_proxy() {
         "hold started at {since}, now {now}"
     );
 
+    let controller = controller_exposition().await;
     let mut known = exposition(&text);
-    for (name, labels) in CONTROLLER_METRICS {
-        known.insert(
-            name.to_string(),
-            labels.iter().map(|l| l.to_string()).collect(),
+    for (name, labels) in exposition(&controller) {
+        known.entry(name).or_default().extend(labels);
+    }
+    for name in [
+        "cutover_replication_lag_seconds",
+        "cutover_replication_lag_bytes",
+    ] {
+        assert!(
+            known.get(name).is_some_and(|l| l.contains("database")),
+            "{name}{{database}} missing from the controller's /metrics:\n{controller}"
         );
     }
     let mut problems = Vec::new();
@@ -302,5 +303,98 @@ async fn every_metric_in_the_dashboard_and_alerts_exists_in_a_running_proxy() {
                 "{file} does not use {n}"
             );
         }
+    }
+}
+
+/// Scrapes a running controller: `cutover run --metrics-listen 127.0.0.1:0` on a
+/// plan with one database (two real clusters, replication set up by the plan's
+/// sync) and one step whose bake is long enough to be scraped in, once the
+/// replication lag has been read.
+async fn controller_exposition() -> String {
+    let (old, new) = tokio::task::spawn_blocking(Postgres::start_pair)
+        .await
+        .unwrap();
+    for pg in [&old, &new] {
+        pg.sql("postgres", "CREATE DATABASE app").await;
+    }
+    old.sql(
+        "app",
+        "CREATE TABLE items (id serial PRIMARY KEY, body text NOT NULL);
+         INSERT INTO items (body) VALUES ('one'), ('two');",
+    )
+    .await;
+    let (a, b) = (Backend::start("old"), Backend::start("new"));
+    let cfg = two_backend_config(a.addr, b.addr, &[HOST], (100.0, 0.0), "writes = \"old\"");
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "[proxies]\nadmin = [\"http://{}\"]\n\n\
+             [[apps]]\nname = \"shop\"\nroute = \"{HOST}\"\n\
+             [apps.database]\nsource_env = \"SHOP_SOURCE\"\ntarget_env = \"SHOP_TARGET\"\n\n\
+             [[steps]]\nweights = {{ new = 10 }}\nbake = \"30s\"\n",
+            proxy.admin
+        ),
+    )
+    .unwrap();
+    let stderr = dir.path().join("run.stderr");
+    let mut run = Command::new(binary("cutover"))
+        .arg("run")
+        .arg(&plan)
+        .arg("--out")
+        .arg(dir.path().join("report"))
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("SHOP_SOURCE", old.dsn("app"))
+        .env("SHOP_TARGET", new.dsn("app"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = until(&stderr, "the controller's metrics address", || async {
+        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+        text.split("controller metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split("/metrics").next())
+            .and_then(|a| a.parse().ok())
+    })
+    .await;
+    let client = Client::new();
+    let text = until(&stderr, "the replication lag in /metrics", || async {
+        let r = client
+            .send(addr, Method::GET, "controller", "/metrics", &[], "")
+            .await
+            .ok()?;
+        (r.status == 200
+            && r.body.contains("cutover_replication_lag_seconds{")
+            && r.body.contains("cutover_plan_step{"))
+        .then_some(r.body)
+    })
+    .await;
+    let _ = run.kill();
+    let _ = run.wait();
+    text
+}
+
+/// Polls `check` for up to a minute; on timeout the panic shows what the run
+/// printed to `stderr`.
+async fn until<T, F, Fut>(stderr: &std::path::Path, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; cutover run printed:\n{}",
+            std::fs::read_to_string(stderr).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -43,7 +43,7 @@ fn write_config(dir: &Path, how: Write, version: usize, text: &str) -> PathBuf {
 }
 
 fn config(old: &Backend, new: &Backend, i: usize) -> String {
-    let w = if i % 2 == 0 {
+    let w = if i.is_multiple_of(2) {
         (100.0, 0.0)
     } else {
         (0.0, 100.0)

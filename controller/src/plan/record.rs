@@ -1,0 +1,226 @@
+//! The record of a run: what the state file holds after every action, and what the
+//! report is rendered from. One type for both, so a resumed run's report covers the
+//! whole migration, not only its last part.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The state file's format version.
+pub const RECORD_VERSION: u32 = 1;
+
+/// How a run stands or ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Started and not finished (or the controller stopped mid-way).
+    Running,
+    /// Every phase done.
+    Succeeded,
+    /// A gate failed; the weights were rolled back.
+    GateFailed,
+    /// An action failed (a proxy or database error); see `stop_reason`.
+    Failed,
+    /// `cutover abort` rolled the run back.
+    Aborted,
+}
+
+/// The plan's phases in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseName {
+    Preflight,
+    Sync,
+    Steps,
+    Switchover,
+    Finalize,
+    Done,
+}
+
+impl PhaseName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseName::Preflight => "preflight",
+            PhaseName::Sync => "sync",
+            PhaseName::Steps => "steps",
+            PhaseName::Switchover => "switchover",
+            PhaseName::Finalize => "finalize",
+            PhaseName::Done => "done",
+        }
+    }
+}
+
+/// One line of the timeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix seconds.
+    pub at: f64,
+    pub phase: PhaseName,
+    /// The step's index (0-based) for step events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    pub what: String,
+    pub ok: bool,
+}
+
+/// Requests seen by the proxies in one span of the run (a phase or a step).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Traffic {
+    pub requests: u64,
+    /// 5xx answers.
+    pub errors: u64,
+    /// Seconds, from the proxies' histograms; `None` without requests.
+    pub p50_s: Option<f64>,
+    pub p99_s: Option<f64>,
+    /// Per backend: (requests, errors).
+    #[serde(default)]
+    pub by_backend: BTreeMap<String, BackendTraffic>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BackendTraffic {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// A span of the run with its traffic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Span {
+    /// e.g. "preflight", "step 1 (new 10%)", "switchover tasks", "finalize".
+    pub name: String,
+    pub phase: PhaseName,
+    pub started_at: f64,
+    pub ended_at: f64,
+    pub traffic: Traffic,
+}
+
+/// One gate's verdict at the end of a step's bake (or when it failed early).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateRecord {
+    pub step: usize,
+    /// As written in the plan, e.g. "p99 < 1s".
+    pub gate: String,
+    /// The measured value in the gate's unit (seconds for latencies and lag);
+    /// `None` when it could not be measured (no requests).
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub passed: bool,
+    /// e.g. "p99 1.42s is 0.42s over 1s" or "no requests in the window".
+    pub detail: String,
+}
+
+/// The largest replication lag seen for one database.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LagRecord {
+    pub max_seconds: Option<f64>,
+    pub max_bytes: Option<i64>,
+}
+
+/// One switchover's figures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchoverRecord {
+    pub app: String,
+    pub write_pause_ms: f64,
+    pub released_requests: u64,
+    pub sequences: usize,
+    /// (step number, description, milliseconds).
+    pub steps: Vec<(String, String, f64)>,
+}
+
+/// One table's verification after a switchover: every row the frozen source had is
+/// on the target, unchanged; rows only on the target are writes made after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableCheck {
+    pub table: String,
+    pub source_rows: u64,
+    pub target_rows: u64,
+    /// Source rows absent from the target: lost writes.
+    pub missing: u64,
+    /// Source rows present on the target with other contents (changed since).
+    pub changed: u64,
+    pub source_checksum: String,
+    pub passed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyRecord {
+    pub app: String,
+    pub tables: Vec<TableCheck>,
+    pub passed: bool,
+}
+
+/// The acknowledged-writes check of `cutover rehearse` (or `cutover run --ledger`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LedgerCheck {
+    pub acknowledged: u64,
+    pub found: u64,
+    pub missing: u64,
+    /// Up to 10 missing entries, as "app id".
+    pub missing_examples: Vec<String>,
+}
+
+/// The final verdict.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The longest span, in seconds, in which users got errors (sampled every second).
+    pub downtime_s: f64,
+    pub failed_requests: u64,
+    /// Writes lost: source rows missing after a switchover, plus acknowledged writes
+    /// missing from the ledger check when there was one.
+    pub lost_writes: u64,
+}
+
+/// Everything about a run so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub version: u32,
+    pub plan_name: String,
+    pub plan_path: String,
+    /// SHA-256 of the plan file the run started with (a resumed run refuses a
+    /// changed plan unless told otherwise).
+    pub plan_sha256: String,
+    pub started_at: f64,
+    pub updated_at: f64,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// The phase to run next (or running).
+    pub phase: PhaseName,
+    /// The next traffic step to run (index into the plan's steps).
+    pub next_step: usize,
+    /// The last step whose gates passed.
+    #[serde(default)]
+    pub last_good_step: Option<usize>,
+    /// The weights (backend → percent) last set on every replica.
+    #[serde(default)]
+    pub weights: Option<BTreeMap<String, f64>>,
+    /// Apps whose switchover finished.
+    #[serde(default)]
+    pub switched: Vec<String>,
+    /// The app whose switchover began and has not finished.
+    #[serde(default)]
+    pub switching: Option<String>,
+    pub timeline: Vec<Event>,
+    pub spans: Vec<Span>,
+    pub gates: Vec<GateRecord>,
+    /// Database (app name) → the largest lag seen.
+    pub lag: BTreeMap<String, LagRecord>,
+    pub switchovers: Vec<SwitchoverRecord>,
+    pub verify: Vec<VerifyRecord>,
+    #[serde(default)]
+    pub ledger: Option<LedgerCheck>,
+    /// Failed requests as a load generator running alongside saw them (what users
+    /// see: also connections refused before the proxies, answers cut short, 4xx).
+    /// The verdict counts the larger of this and the proxies' 5xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_failed_requests: Option<u64>,
+    /// Seconds (Unix) in which users got errors, one entry per 1 s sample; the
+    /// verdict's downtime is the longest run of consecutive seconds.
+    #[serde(default)]
+    pub error_seconds: Vec<u64>,
+    pub verdict: Verdict,
+}

@@ -1,0 +1,479 @@
+//! Executes a [`Plan`]: preflight → sync → traffic steps → switchovers → finalize.
+//!
+//! Every action is idempotent and the [`Record`] is saved after each one, so a run
+//! that stops (a crash, a kill, Ctrl-C) resumes where it was: a half-done
+//! switchover is finished or undone first ([`crate::recover`]), and a step whose
+//! bake was cut short bakes again from its start. A failed gate sets the weights
+//! back to the last step that passed and stops with the gate named; an action that
+//! fails stops the run with the error, after the switchover's own undo.
+//!
+//! Traffic figures come from the proxies' `/metrics`: a scrape at both ends of a
+//! span gives its requests, errors and percentiles (deltas per replica, summed), and
+//! a scrape every second marks the seconds in which users got errors, which is what
+//! the verdict's downtime is made of.
+
+mod finish;
+mod sampler;
+mod steps;
+mod switch;
+mod ui;
+
+pub use finish::{abort, describe};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use super::exporter::{self, ControllerMetrics};
+use super::metrics::{self, Scrape};
+use super::model::Plan;
+use super::record::{Event, Outcome, PhaseName, RECORD_VERSION, Record, Span, Verdict};
+use super::report;
+use super::state::{self, StateFile};
+use crate::db::Db;
+use crate::error::Error;
+use crate::proxy::Proxies;
+use sampler::Sampler;
+use ui::Ui;
+
+/// How `cutover run` behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The state file (default: next to the plan, `NAME.state.json`).
+    pub state: PathBuf,
+    /// Where report.md and report.json go.
+    pub out: PathBuf,
+    /// Serve the controller's `/metrics` (replication lag, phase, step) here.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Draw progress on stderr.
+    pub progress: bool,
+    /// Resume even though the plan file changed since the run began.
+    pub force: bool,
+}
+
+impl RunOptions {
+    pub fn for_plan(plan_path: &Path) -> RunOptions {
+        RunOptions {
+            state: state::default_path(plan_path),
+            out: PathBuf::from("cutover-report"),
+            metrics_listen: None,
+            progress: true,
+            force: false,
+        }
+    }
+}
+
+pub(crate) fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Why the run stopped early without an error of its own.
+enum Stop {
+    /// A gate failed; weights are back on the last good step.
+    Gate(String),
+    /// The operator pressed Ctrl-C; the run resumes from here.
+    Interrupted,
+}
+
+/// The result of one phase.
+type PhaseResult = Result<Option<Stop>, Error>;
+
+pub(crate) struct Runner<'a> {
+    plan: &'a Plan,
+    opts: &'a RunOptions,
+    file: StateFile,
+    rec: Record,
+    ui: Ui,
+    metrics: Arc<ControllerMetrics>,
+    sampler: Sampler,
+    interrupted: Arc<AtomicBool>,
+    token: Option<String>,
+    /// Every app's route name as the proxies call it (metrics label `route`).
+    route_names: Vec<String>,
+    /// The replicas seen last, to note changes.
+    last_urls: Vec<String>,
+    /// Connected database pairs by app.
+    dbs: BTreeMap<String, Arc<(Db, Db)>>,
+}
+
+/// Runs (or resumes) the plan. `Ok` carries the record whatever the outcome (a
+/// failed gate or action is in it, and in the report already written); `Err` is
+/// for what stops a run before it can start: the state lock, an unusable state
+/// file, a plan that changed.
+pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Record, Error> {
+    let mut r = Runner::open(plan, opts).await?;
+    if r.rec.outcome == Outcome::Succeeded {
+        r.ui.line(&format!(
+            "this plan already finished ({}); nothing to do. Move {} away to run it again.",
+            fmt_time(r.rec.updated_at),
+            r.file.path().display()
+        ));
+        r.write_report()?;
+        return Ok(r.rec);
+    }
+    let result = r.drive().await;
+    r.conclude(result).await
+}
+
+impl<'a> Runner<'a> {
+    async fn open(plan: &'a Plan, opts: &'a RunOptions) -> Result<Runner<'a>, Error> {
+        let file = StateFile::lock(&opts.state)?;
+        let rec = match state::load(&opts.state)? {
+            None => fresh_record(plan),
+            Some(rec) => {
+                if rec.outcome == Outcome::Aborted {
+                    return Err(Error::Plan(format!(
+                        "this run was aborted; move the state file {} away to start over",
+                        opts.state.display()
+                    )));
+                }
+                rec
+            }
+        };
+        let mut r = Runner::new(plan, opts, file, rec)?;
+        if !r.rec.timeline.is_empty() && r.rec.outcome != Outcome::Succeeded {
+            let msg = format!(
+                "resuming {} at {} (state file {}){}",
+                plan.name,
+                where_label(&r.rec, plan),
+                opts.state.display(),
+                r.rec
+                    .stop_reason
+                    .as_ref()
+                    .map(|s| format!("; it stopped: {s}"))
+                    .unwrap_or_default()
+            );
+            r.ui.line(&msg);
+        }
+        Ok(r)
+    }
+
+    /// A runner over an existing record; refuses a plan that changed under it.
+    fn new(
+        plan: &'a Plan,
+        opts: &'a RunOptions,
+        file: StateFile,
+        rec: Record,
+    ) -> Result<Runner<'a>, Error> {
+        if rec.plan_sha256 != plan.sha256 && !opts.force {
+            return Err(Error::Plan(format!(
+                "{} changed since the run began (state file {}); \
+                 run again with --force to go on with the new plan",
+                plan.path.display(),
+                opts.state.display()
+            )));
+        }
+        Ok(Runner {
+            plan,
+            opts,
+            file,
+            rec,
+            ui: Ui::new(opts.progress),
+            sampler: Sampler::new(),
+            metrics: Arc::new(ControllerMetrics::default()),
+            interrupted: Arc::new(AtomicBool::new(false)),
+            token: plan.token.read()?,
+            route_names: Vec::new(),
+            last_urls: Vec::new(),
+            dbs: BTreeMap::new(),
+        })
+    }
+
+    async fn drive(&mut self) -> PhaseResult {
+        if let Some(addr) = self.opts.metrics_listen {
+            let (bound, _task) = exporter::serve(addr, self.metrics.clone()).await?;
+            // Printed with --quiet too: with port 0 it is the only way to learn it.
+            let msg = format!("controller metrics on http://{bound}/metrics");
+            if self.opts.progress {
+                self.ui.line(&msg);
+            } else {
+                eprintln!("{msg}");
+            }
+        }
+        let flag = self.interrupted.clone();
+        let ctrl_c = tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                flag.store(true, Ordering::SeqCst);
+            }
+        });
+        let result = self.phases().await;
+        ctrl_c.abort();
+        self.sampler.stop();
+        result
+    }
+
+    async fn phases(&mut self) -> PhaseResult {
+        if self.rec.outcome != Outcome::Running {
+            let was = self.rec.stop_reason.take().unwrap_or_default();
+            self.rec.outcome = Outcome::Running;
+            self.event(self.rec.phase, None, None, format!("resumed ({was})"), true);
+        }
+        let proxies = self.proxies().await?;
+        self.check_routes(&proxies).await?;
+        self.sampler.start(&proxies, &self.route_names);
+        if let Some(app) = self.rec.switching.clone() {
+            self.recover_switchover(&app).await?;
+        }
+        loop {
+            self.metrics
+                .set_phase(&self.plan.name, self.rec.phase.as_str());
+            let stop = match self.rec.phase {
+                PhaseName::Preflight => self.preflight().await?,
+                PhaseName::Sync => self.sync().await?,
+                PhaseName::Steps => self.steps().await?,
+                PhaseName::Switchover => self.switchovers().await?,
+                PhaseName::Finalize => self.finalize().await?,
+                PhaseName::Done => return Ok(None),
+            };
+            if stop.is_some() {
+                return Ok(stop);
+            }
+            if self.interrupted() {
+                return Ok(Some(Stop::Interrupted));
+            }
+        }
+    }
+
+    /// Records how the run ended, saves, writes the report.
+    async fn conclude(mut self, result: PhaseResult) -> Result<Record, Error> {
+        self.ui.clear();
+        match result {
+            Ok(None) => {
+                self.rec.outcome = Outcome::Succeeded;
+                self.rec.stop_reason = None;
+            }
+            Ok(Some(Stop::Gate(why))) => {
+                self.rec.outcome = Outcome::GateFailed;
+                self.rec.stop_reason = Some(why);
+            }
+            Ok(Some(Stop::Interrupted)) => {
+                self.rec.outcome = Outcome::Running;
+                self.rec.stop_reason =
+                    Some("interrupted by the operator; run the plan again to resume".into());
+                self.event(self.rec.phase, None, None, "interrupted".into(), false);
+            }
+            Err(e) => {
+                let why = e.to_string();
+                self.event(self.rec.phase, None, None, format!("failed: {why}"), false);
+                self.rec.outcome = Outcome::Failed;
+                self.rec.stop_reason = Some(why);
+            }
+        }
+        self.metrics
+            .set_phase(&self.plan.name, self.rec.phase.as_str());
+        self.save()?;
+        self.write_report()?;
+        Ok(self.rec)
+    }
+
+    fn write_report(&mut self) -> Result<(), Error> {
+        report::finish_verdict(&mut self.rec);
+        let (md, json) = report::write(&self.rec, &self.opts.out)?;
+        self.ui.line(&report::summary(&self.rec));
+        self.ui
+            .line(&format!("report: {} and {}", md.display(), json.display()));
+        Ok(())
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+
+    /// Appends to the timeline and shows it.
+    fn event(
+        &mut self,
+        phase: PhaseName,
+        step: Option<usize>,
+        app: Option<&str>,
+        what: String,
+        ok: bool,
+    ) {
+        let mark = if ok { "" } else { "FAILED: " };
+        let who = app.map(|a| format!("{a}: ")).unwrap_or_default();
+        self.ui
+            .line(&format!("{:<10} {mark}{who}{what}", phase.as_str()));
+        self.rec.timeline.push(Event {
+            at: now(),
+            phase,
+            step,
+            app: app.map(str::to_string),
+            what,
+            ok,
+        });
+    }
+
+    /// Saves the record (with the error seconds seen so far).
+    fn save(&mut self) -> Result<(), Error> {
+        self.sampler.drain_into(&mut self.rec.error_seconds);
+        self.rec.updated_at = now();
+        self.file.save(&self.rec)
+    }
+
+    /// The replicas now (a DNS plan re-resolves every time).
+    async fn proxies(&mut self) -> Result<Proxies, Error> {
+        let urls = self.plan.proxies.urls().await?;
+        if urls != self.last_urls {
+            self.ui.line(&format!(
+                "proxy replicas ({}): {}",
+                urls.len(),
+                urls.join(", ")
+            ));
+            self.last_urls = urls.clone();
+        }
+        let p = Proxies::new(&urls, self.token.clone())?;
+        self.sampler.set_proxies(&p);
+        Ok(p)
+    }
+
+    /// Every app's route exists on every replica with both of its backends; learns
+    /// the route names the metrics use.
+    async fn check_routes(&mut self, proxies: &Proxies) -> Result<(), Error> {
+        let mut names = Vec::new();
+        for url in proxies.urls() {
+            let status = proxies.status(url).await?;
+            for app in &self.plan.apps {
+                let route = find_route(&status, &app.route).ok_or_else(|| {
+                    Error::Precondition(format!(
+                        "proxy {url}: no route lists host {:?} (app {}); add it to the proxies' config",
+                        app.route, app.name
+                    ))
+                })?;
+                let members: Vec<&str> = route["members"]
+                    .as_array()
+                    .map(|m| m.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                for b in [&app.old, &app.new] {
+                    if !members.is_empty() && !members.contains(&b.as_str()) {
+                        return Err(Error::Precondition(format!(
+                            "proxy {url}: route {} (app {}) has no backend {b:?}; its backends: {}",
+                            route["name"].as_str().unwrap_or("?"),
+                            app.name,
+                            members.join(", ")
+                        )));
+                    }
+                }
+                if let Some(n) = route["name"].as_str()
+                    && !names.iter().any(|x| x == n)
+                {
+                    names.push(n.to_string());
+                }
+            }
+        }
+        self.route_names = names;
+        Ok(())
+    }
+
+    async fn scrape(&mut self, proxies: &Proxies) -> Result<Scrape, Error> {
+        metrics::scrape(proxies).await
+    }
+
+    /// Closes a span: its traffic between two scrapes.
+    fn span(&mut self, name: String, phase: PhaseName, started_at: f64, a: &Scrape, b: &Scrape) {
+        let w = metrics::window(a, b, &self.route_names);
+        self.rec.spans.push(Span {
+            name,
+            phase,
+            started_at,
+            ended_at: now(),
+            traffic: w.traffic(),
+        });
+    }
+
+    /// Sets `new_percent` on every app's route on every replica.
+    async fn set_weights(&mut self, proxies: &Proxies, new_percent: f64) -> Result<(), Error> {
+        for app in &self.plan.apps {
+            self.set_app_weights(proxies, app, new_percent).await?;
+        }
+        self.rec.weights = Some(
+            [
+                ("old".to_string(), 100.0 - new_percent),
+                ("new".to_string(), new_percent),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        Ok(())
+    }
+}
+
+fn fresh_record(plan: &Plan) -> Record {
+    let t = now();
+    Record {
+        version: RECORD_VERSION,
+        plan_name: plan.name.clone(),
+        plan_path: plan.path.display().to_string(),
+        plan_sha256: plan.sha256.clone(),
+        started_at: t,
+        updated_at: t,
+        outcome: Outcome::Running,
+        stop_reason: None,
+        phase: PhaseName::Preflight,
+        next_step: 0,
+        last_good_step: None,
+        weights: None,
+        switched: Vec::new(),
+        switching: None,
+        timeline: Vec::new(),
+        spans: Vec::new(),
+        gates: Vec::new(),
+        lag: BTreeMap::new(),
+        switchovers: Vec::new(),
+        verify: Vec::new(),
+        ledger: None,
+        client_failed_requests: None,
+        error_seconds: Vec::new(),
+        verdict: Verdict::default(),
+    }
+}
+
+/// The `/status` route that lists `host` (or is named so).
+fn find_route<'v>(status: &'v Value, host: &str) -> Option<&'v Value> {
+    status["routes"].as_array()?.iter().find(|r| {
+        r["name"].as_str() == Some(host)
+            || r["hosts"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|x| x.as_str() == Some(host)))
+    })
+}
+
+/// "step 2 of 3 (new 50%)", "switchover of tasks", "preflight".
+pub(crate) fn where_label(rec: &Record, plan: &Plan) -> String {
+    match rec.phase {
+        PhaseName::Steps => match plan.steps.get(rec.next_step) {
+            Some(s) => format!("{} of {}", s.label(rec.next_step), plan.steps.len()),
+            None => "the end of the steps".into(),
+        },
+        PhaseName::Switchover => match &rec.switching {
+            Some(app) => format!("the switchover of {app} (interrupted)"),
+            None => format!(
+                "the switchovers ({} of {} done)",
+                rec.switched.len(),
+                plan.databases().count()
+            ),
+        },
+        p => p.as_str().to_string(),
+    }
+}
+
+fn fmt_time(unix: f64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs_f64(unix.max(0.0)))
+        .to_string()
+}
+
+/// Shows a duration left as "1m 05s" / "12s".
+pub(crate) fn fmt_left(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m {:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}

@@ -1,0 +1,312 @@
+//! The end of a plan: finalize (weights 100% new, writes of stateless apps on new,
+//! wait until the old side is drained), and `cutover abort` (back to the last safe
+//! point), and `cutover status`'s view of a record.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{PhaseResult, RunOptions, Runner, Stop, fmt_left, now, where_label};
+use crate::error::Error;
+use crate::plan::model::{App, Plan};
+use crate::plan::record::{Outcome, PhaseName, Record};
+use crate::plan::state::{self, StateFile};
+use crate::proxy::Proxies;
+use crate::switchover::{SwitchoverOptions, rollback};
+
+impl Runner<'_> {
+    /// Sets one app's weights on every replica.
+    pub(super) async fn set_app_weights(
+        &self,
+        proxies: &Proxies,
+        app: &App,
+        new_percent: f64,
+    ) -> Result<(), Error> {
+        let w = [
+            (app.old.clone(), 100.0 - new_percent),
+            (app.new.clone(), new_percent),
+        ]
+        .into_iter()
+        .collect();
+        for url in proxies.urls() {
+            proxies.set_weights(url, &app.route, &w).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves a stateless app's writes (there is no database to switch).
+    async fn stateless_writes(&self, proxies: &Proxies, app: &App, to: &str) -> Result<(), Error> {
+        for url in proxies.urls() {
+            proxies.release(url, &app.route, Some(to)).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn finalize(&mut self) -> PhaseResult {
+        let started = now();
+        let proxies = self.proxies().await?;
+        let a = self.scrape(&proxies).await?;
+        self.set_weights(&proxies, 100.0).await?;
+        self.metrics
+            .set_step(&self.plan.name, self.plan.steps.len(), 100.0);
+        let plan = self.plan;
+        for app in plan.apps.iter().filter(|a| a.database.is_none()) {
+            self.stateless_writes(&proxies, app, &app.new).await?;
+        }
+        self.event(
+            PhaseName::Finalize,
+            None,
+            None,
+            "weights 100% new on every route; writes of stateless apps on new".into(),
+            true,
+        );
+        self.save()?;
+        let deadline = Instant::now() + plan.drain_timeout;
+        loop {
+            let busy = self.old_side_busy(&proxies).await?;
+            if busy.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "the old side to drain ({}); finalize.drain_timeout",
+                        busy.join("; ")
+                    ),
+                    after: plan.drain_timeout,
+                });
+            }
+            if self.interrupted() {
+                return Ok(Some(Stop::Interrupted));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.ui.status(&format!(
+                "finalize: waiting for the old side to drain ({} left): {}",
+                fmt_left(left),
+                busy.join("; ")
+            ));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        self.ui.clear();
+        self.event(
+            PhaseName::Finalize,
+            None,
+            None,
+            format!(
+                "old side drained on every route of {} replica(s): weight 0, not the write side, nothing in flight",
+                proxies.urls().len()
+            ),
+            true,
+        );
+        let b = self.scrape(&proxies).await?;
+        self.span("finalize".into(), PhaseName::Finalize, started, &a, &b);
+        self.rec.phase = PhaseName::Done;
+        self.save()?;
+        Ok(None)
+    }
+
+    /// Routes whose old backend is not drained yet, as "URL route".
+    async fn old_side_busy(&self, proxies: &Proxies) -> Result<Vec<String>, Error> {
+        let mut busy = Vec::new();
+        for url in proxies.urls() {
+            let status = proxies.status(url).await?;
+            for app in &self.plan.apps {
+                let Some(route) = super::find_route(&status, &app.route) else {
+                    continue;
+                };
+                if route["drained"][app.old.as_str()].as_bool() != Some(true) {
+                    busy.push(format!(
+                        "{url} {}",
+                        route["name"].as_str().unwrap_or(&app.route)
+                    ));
+                }
+            }
+        }
+        Ok(busy)
+    }
+
+    /// `cutover abort`: writes back on old where reverse replication allows it,
+    /// then every route back to 100% old.
+    async fn abort(&mut self) -> Result<(), Error> {
+        let phase = self.rec.phase;
+        self.event(
+            phase,
+            None,
+            None,
+            format!("abort requested at {}", where_label(&self.rec, self.plan)),
+            true,
+        );
+        let proxies = self.proxies().await?;
+        self.check_routes(&proxies).await?;
+        if let Some(app) = self.rec.switching.clone() {
+            self.recover_switchover(&app).await?;
+        }
+        let plan = self.plan;
+        let mut stay_new = Vec::new();
+        for (app, d) in plan.databases().collect::<Vec<_>>().into_iter().rev() {
+            if !self.rec.switched.contains(&app.name) {
+                continue;
+            }
+            if !plan.reverse {
+                stay_new.push(app.name.clone());
+                self.event(
+                    phase,
+                    None,
+                    Some(&app.name),
+                    "writes stay on new: the switchover ran without reverse replication \
+                     (switchover.reverse = false), so the old database lacks the newer writes"
+                        .into(),
+                    false,
+                );
+                continue;
+            }
+            let pair = self.db(&app.name, d).await?;
+            let opts = SwitchoverOptions {
+                reverse: false,
+                ..self.switch_options(app, d)
+            };
+            let report = rollback(
+                &pair.0,
+                &pair.1,
+                &proxies,
+                &d.replication,
+                &opts,
+                &crate::observe::Quiet,
+            )
+            .await?;
+            self.rec.switched.retain(|a| a != &app.name);
+            self.event(
+                phase,
+                None,
+                Some(&app.name),
+                format!(
+                    "writes back on {:?} (write pause {:.0} ms)",
+                    app.old, report.write_pause_ms
+                ),
+                true,
+            );
+            self.save()?;
+        }
+        for app in &plan.apps {
+            if stay_new.contains(&app.name) {
+                continue;
+            }
+            self.set_app_weights(&proxies, app, 0.0).await?;
+            if app.database.is_none() {
+                self.stateless_writes(&proxies, app, &app.old).await?;
+            }
+        }
+        self.rec.weights = Some(
+            [("old".to_string(), 100.0), ("new".to_string(), 0.0)]
+                .into_iter()
+                .collect(),
+        );
+        self.event(
+            phase,
+            None,
+            None,
+            format!(
+                "weights 100% old on every route{}",
+                if stay_new.is_empty() {
+                    String::new()
+                } else {
+                    format!(" except {} (kept on new)", stay_new.join(", "))
+                }
+            ),
+            true,
+        );
+        Ok(())
+    }
+}
+
+/// Rolls a run back to its last safe point: see [`Runner::abort`].
+pub async fn abort(plan: &Plan, opts: &RunOptions) -> Result<Record, Error> {
+    let file = StateFile::lock(&opts.state)?;
+    let rec = state::load(&opts.state)?.ok_or_else(|| {
+        Error::Plan(format!(
+            "no run to abort: there is no state file at {} (give --state if it is elsewhere)",
+            opts.state.display()
+        ))
+    })?;
+    if rec.outcome == Outcome::Aborted {
+        return Err(Error::Plan(format!(
+            "this run was already aborted (state file {})",
+            opts.state.display()
+        )));
+    }
+    let mut r = Runner::new(plan, opts, file, rec)?;
+    let result = r.abort().await;
+    r.sampler.stop();
+    match result {
+        Ok(()) => {
+            r.rec.outcome = Outcome::Aborted;
+            r.rec.stop_reason = Some("aborted by the operator; traffic is back on old".into());
+            r.save()?;
+            r.write_report()?;
+            Ok(r.rec)
+        }
+        Err(e) => {
+            r.event(r.rec.phase, None, None, format!("abort failed: {e}"), false);
+            r.save()?;
+            Err(e)
+        }
+    }
+}
+
+/// `cutover status`: where a run stands, for people.
+pub fn describe(rec: &Record, plan: &Plan, active: bool) -> String {
+    let mut s = String::new();
+    let outcome = match rec.outcome {
+        Outcome::Running if active => "running now",
+        Outcome::Running => "stopped mid-way (run the plan again to resume)",
+        Outcome::Succeeded => "succeeded",
+        Outcome::GateFailed => "stopped: a gate failed (weights rolled back)",
+        Outcome::Failed => "stopped: an action failed",
+        Outcome::Aborted => "aborted",
+    };
+    s.push_str(&format!("plan {}: {outcome}\n", rec.plan_name));
+    s.push_str(&format!("  at:       {}\n", where_label(rec, plan)));
+    if let Some(w) = &rec.weights {
+        s.push_str(&format!(
+            "  weights:  old {} / new {}\n",
+            w.get("old").copied().unwrap_or(0.0),
+            w.get("new").copied().unwrap_or(0.0)
+        ));
+    }
+    s.push_str(&format!(
+        "  steps:    {} of {} passed\n",
+        rec.last_good_step.map_or(0, |i| i + 1),
+        plan.steps.len()
+    ));
+    s.push_str(&format!(
+        "  switched: {} of {} database(s){}\n",
+        rec.switched.len(),
+        plan.databases().count(),
+        if rec.switched.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", rec.switched.join(", "))
+        }
+    ));
+    for (db, lag) in &rec.lag {
+        if let Some(l) = lag.max_seconds {
+            s.push_str(&format!("  lag:      {db}: max {l:.3}s\n"));
+        }
+    }
+    if let Some(r) = &rec.stop_reason {
+        s.push_str(&format!("  stopped:  {r}\n"));
+    }
+    s.push_str("  recent:\n");
+    let start = rec.timeline.len().saturating_sub(8);
+    for e in &rec.timeline[start..] {
+        s.push_str(&format!(
+            "    +{:>7.1}s {:<10} {}{}{}\n",
+            e.at - rec.started_at,
+            e.phase.as_str(),
+            if e.ok { "" } else { "FAILED: " },
+            e.app.as_ref().map(|a| format!("{a}: ")).unwrap_or_default(),
+            e.what
+        ));
+    }
+    s
+}

@@ -1,0 +1,475 @@
+//! The phases before the switchovers: preflight, sync, and the gated traffic steps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{PhaseResult, Runner, Stop, fmt_left, now};
+use crate::check::{CheckOptions, Level, check};
+use crate::db::Db;
+use crate::error::Error;
+use crate::observe::{Observer, TableProgress};
+use crate::plan::metrics;
+use crate::plan::model::{Database, fmt_percent};
+use crate::plan::record::{GateRecord, PhaseName};
+use crate::status::status;
+use crate::sync::{SyncOptions, sync};
+
+/// How often the lag is measured during a bake.
+const LAG_EVERY: Duration = Duration::from_secs(2);
+/// The longest a heartbeat is waited for.
+const LAG_WITHIN: Duration = Duration::from_secs(10);
+
+/// Prints `sync`'s progress under the runner's lines.
+struct SyncProgress<'a> {
+    app: &'a str,
+    enabled: bool,
+}
+
+impl Observer for SyncProgress<'_> {
+    fn note(&self, message: &str) {
+        if self.enabled {
+            eprintln!("           {}: {message}", self.app);
+        }
+    }
+
+    fn tables(&self, tables: &[TableProgress]) {
+        if self.enabled {
+            let ready = tables.iter().filter(|t| t.state == 'r').count();
+            eprintln!(
+                "           {}: {ready} of {} table(s) copied",
+                self.app,
+                tables.len()
+            );
+        }
+    }
+}
+
+impl Runner<'_> {
+    /// A connected pair for `app` (kept for the run; reconnected when closed).
+    pub(super) async fn db(&mut self, app: &str, d: &Database) -> Result<Arc<(Db, Db)>, Error> {
+        if let Some(pair) = self.dbs.get(app)
+            && !pair.0.is_closed()
+            && !pair.1.is_closed()
+        {
+            return Ok(pair.clone());
+        }
+        let pair = Arc::new(Db::connect_pair(&d.source, &d.target).await?);
+        self.dbs.insert(app.to_string(), pair.clone());
+        Ok(pair)
+    }
+
+    pub(super) async fn preflight(&mut self) -> PhaseResult {
+        let started = now();
+        let proxies = self.proxies().await?;
+        let a = self.scrape(&proxies).await?;
+        self.writes_where_expected(&proxies).await?;
+        self.event(
+            PhaseName::Preflight,
+            None,
+            None,
+            format!(
+                "{} app route(s) present on {} proxy replica(s)",
+                self.plan.apps.len(),
+                proxies.urls().len()
+            ),
+            true,
+        );
+        if let Some(secrets) = &self.plan.secrets {
+            let g = crate::secrets::gate(secrets).await?;
+            let (s, v) = (&g.sync, &g.verify);
+            self.event(
+                PhaseName::Preflight,
+                None,
+                None,
+                format!(
+                    "secrets: {} created, {} updated, {} unchanged; {} verified equal in {}",
+                    s.created, s.updated, s.unchanged, v.matched, v.target
+                ),
+                true,
+            );
+        }
+        let plan = self.plan;
+        for (app, d) in plan.databases() {
+            if self.rec.switched.contains(&app.name) {
+                continue;
+            }
+            let pair = self.db(&app.name, d).await?;
+            let (src, tgt) = (&pair.0, &pair.1);
+            let report = check(src, tgt, &d.replication, CheckOptions::default()).await?;
+            if !report.passed() {
+                let list: Vec<String> = report
+                    .findings
+                    .iter()
+                    .filter(|f| f.level == Level::Blocker)
+                    .map(|f| {
+                        format!(
+                            "  {} {}: {}\n    fix: {}",
+                            f.side, f.object, f.problem, f.fix
+                        )
+                    })
+                    .collect();
+                return Err(Error::Blocked {
+                    count: report.blockers(),
+                    list: format!("app {}:\n{}", app.name, list.join("\n")),
+                });
+            }
+            self.event(
+                PhaseName::Preflight,
+                None,
+                Some(&app.name),
+                format!(
+                    "database ready for replication: {} table(s), {} sequence(s), {} warning(s)",
+                    report.tables,
+                    report.sequences,
+                    report.warnings()
+                ),
+                true,
+            );
+        }
+        let b = self.scrape(&proxies).await?;
+        self.span("preflight".into(), PhaseName::Preflight, started, &a, &b);
+        self.rec.phase = PhaseName::Sync;
+        self.save()?;
+        Ok(None)
+    }
+
+    /// Every app's writes go where the record says they should, with no hold.
+    async fn writes_where_expected(
+        &mut self,
+        proxies: &crate::proxy::Proxies,
+    ) -> Result<(), Error> {
+        for app in &self.plan.apps {
+            if app.database.is_none() {
+                continue;
+            }
+            let expected = if self.rec.switched.contains(&app.name) {
+                &app.new
+            } else {
+                &app.old
+            };
+            for url in proxies.urls() {
+                for r in proxies.routes(url, &app.route).await? {
+                    if r.hold.is_some() {
+                        return Err(Error::Precondition(format!(
+                            "proxy {url}: route {} (app {}) is held; if no switchover is running, \
+                             release it with POST /routes/{}/release",
+                            r.name, app.name, r.name
+                        )));
+                    }
+                    if &r.writes != expected {
+                        return Err(Error::Precondition(format!(
+                            "proxy {url}: route {} (app {}) sends writes to {:?}, the plan expects {expected:?}",
+                            r.name, app.name, r.writes
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn sync(&mut self) -> PhaseResult {
+        let started = now();
+        let proxies = self.proxies().await?;
+        let a = self.scrape(&proxies).await?;
+        let plan = self.plan;
+        for (app, d) in plan.databases() {
+            if self.rec.switched.contains(&app.name) {
+                continue;
+            }
+            let pair = self.db(&app.name, d).await?;
+            let (src, tgt) = (&pair.0, &pair.1);
+            let t = Instant::now();
+            let obs = SyncProgress {
+                app: &app.name,
+                enabled: self.opts.progress,
+            };
+            let opts = SyncOptions {
+                wait: true,
+                timeout: None,
+                source_for_target: d.source_for_target.clone(),
+            };
+            let report = sync(src, tgt, &d.replication, &opts, &obs).await?;
+            self.event(
+                PhaseName::Sync,
+                None,
+                Some(&app.name),
+                format!(
+                    "replication {} streaming: {} table(s) copied in {:.1}s{}",
+                    d.replication,
+                    report.tables.len(),
+                    t.elapsed().as_secs_f64(),
+                    if report.changed() {
+                        ""
+                    } else {
+                        " (already set up)"
+                    }
+                ),
+                true,
+            );
+            self.save()?;
+            if self.interrupted() {
+                return Ok(Some(Stop::Interrupted));
+            }
+        }
+        let lag = self.sample_lag().await;
+        if let Some(l) = lag {
+            self.event(
+                PhaseName::Sync,
+                None,
+                None,
+                format!("replication lag {l:.3}s (largest of every database)"),
+                true,
+            );
+        }
+        let b = self.scrape(&proxies).await?;
+        self.span("sync".into(), PhaseName::Sync, started, &a, &b);
+        self.rec.phase = PhaseName::Steps;
+        self.save()?;
+        Ok(None)
+    }
+
+    /// Measures every unswitched database's lag; the largest, `None` when any is
+    /// unknown.
+    pub(super) async fn sample_lag(&mut self) -> Option<f64> {
+        let plan = self.plan;
+        let mut worst: Option<f64> = Some(0.0);
+        for (app, d) in plan.databases() {
+            if self.rec.switched.contains(&app.name) {
+                continue;
+            }
+            let measured = match self.db(&app.name, d).await {
+                Ok(pair) => status(&pair.0, &pair.1, &d.replication, LAG_WITHIN)
+                    .await
+                    .ok(),
+                Err(_) => None,
+            };
+            let (secs, lag_bytes) = match &measured {
+                Some(s) => (s.lag_seconds.map(|l| l.seconds), s.lag_bytes),
+                None => (None, None),
+            };
+            self.metrics.set_lag(&d.replication, secs, lag_bytes);
+            let rec = self.rec.lag.entry(app.name.clone()).or_default();
+            if let Some(s) = secs {
+                rec.max_seconds = Some(rec.max_seconds.map_or(s, |m| m.max(s)));
+            }
+            if let Some(b) = lag_bytes {
+                rec.max_bytes = Some(rec.max_bytes.map_or(b, |m| m.max(b)));
+            }
+            worst = match (worst, secs) {
+                (Some(w), Some(s)) => Some(w.max(s)),
+                _ => None,
+            };
+        }
+        worst
+    }
+
+    pub(super) async fn steps(&mut self) -> PhaseResult {
+        while self.rec.next_step < self.plan.steps.len() {
+            if let Some(stop) = self.step(self.rec.next_step).await? {
+                return Ok(Some(stop));
+            }
+        }
+        self.rec.phase = PhaseName::Switchover;
+        self.save()?;
+        Ok(None)
+    }
+
+    async fn step(&mut self, i: usize) -> PhaseResult {
+        let plan = self.plan;
+        let step = &plan.steps[i];
+        let label = step.label(i);
+        let proxies = self.proxies().await?;
+        self.set_weights(&proxies, step.new_percent).await?;
+        self.metrics.set_step(&plan.name, i + 1, step.new_percent);
+        self.event(
+            PhaseName::Steps,
+            Some(i),
+            None,
+            format!(
+                "{label}: weights old {} / new {} on every route; baking {}",
+                fmt_percent(100.0 - step.new_percent),
+                fmt_percent(step.new_percent),
+                humantime::format_duration(step.bake)
+            ),
+            true,
+        );
+        self.save()?;
+        let started = now();
+        let a = self.scrape(&proxies).await?;
+        let a_done = Instant::now();
+        let deadline = Instant::now() + step.bake;
+        let mut next_lag = Instant::now();
+        let mut worst_lag: Option<f64> = Some(0.0);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        while Instant::now() < deadline {
+            tick.tick().await;
+            if self.interrupted() {
+                return Ok(Some(Stop::Interrupted));
+            }
+            if plan.databases().next().is_some() && Instant::now() >= next_lag {
+                next_lag = Instant::now() + LAG_EVERY;
+                let l = self.sample_lag().await;
+                worst_lag = match (worst_lag, l) {
+                    (Some(w), Some(l)) => Some(w.max(l)),
+                    _ => None,
+                };
+            }
+            let Some(latest) = self.sampler.latest_since(a_done) else {
+                continue;
+            };
+            let w = metrics::window(&a, &latest, &self.route_names);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let t = w.traffic();
+            let p99 = w
+                .quantile(0.99)
+                .map(|s| format!("{:.1}ms", s * 1000.0))
+                .unwrap_or_else(|| "-".into());
+            let lag = worst_lag
+                .map(|l| format!("{l:.2}s"))
+                .unwrap_or_else(|| "?".into());
+            self.ui.status(&format!(
+                "{label} of {}: bake {} left · {} req · {} err · p99 {p99} · lag {lag}",
+                plan.steps.len(),
+                fmt_left(left),
+                t.requests,
+                t.errors
+            ));
+            // A failure certain to persist ends the bake early: errors already over
+            // the allowance of the whole bake at the current rate.
+            if let Some(early) = self.early_failure(i, &w, step.bake, left, worst_lag) {
+                self.ui.clear();
+                let b = self.scrape(&proxies).await?;
+                self.span(label.clone(), PhaseName::Steps, started, &a, &b);
+                self.metrics
+                    .set_gate(&plan.name, &early.gate, early.value, early.passed);
+                self.rec.gates.push(early.clone());
+                return self.gate_failed(i, &label, vec![early]).await;
+            }
+        }
+        self.ui.clear();
+        let b = self.scrape(&proxies).await?;
+        let w = metrics::window(&a, &b, &self.route_names);
+        self.span(label.clone(), PhaseName::Steps, started, &a, &b);
+        let has_db = plan.databases().next().is_some();
+        let results: Vec<GateRecord> = step
+            .gates
+            .iter()
+            .map(|g| {
+                if g.measures_lag() && !has_db {
+                    GateRecord {
+                        step: i,
+                        gate: g.to_string(),
+                        value: None,
+                        threshold: 0.0,
+                        passed: true,
+                        detail: "no database in the plan".into(),
+                    }
+                } else {
+                    g.evaluate(i, &w, worst_lag)
+                }
+            })
+            .collect();
+        for r in &results {
+            self.metrics
+                .set_gate(&plan.name, &r.gate, r.value, r.passed);
+        }
+        let failed: Vec<GateRecord> = results.iter().filter(|r| !r.passed).cloned().collect();
+        self.rec.gates.extend(results.iter().cloned());
+        if !failed.is_empty() {
+            return self.gate_failed(i, &label, failed).await;
+        }
+        let t = w.traffic();
+        self.event(
+            PhaseName::Steps,
+            Some(i),
+            None,
+            format!(
+                "{label}: gates passed ({}) over {} request(s)",
+                results
+                    .iter()
+                    .map(|r| r.detail.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                t.requests
+            ),
+            true,
+        );
+        self.rec.last_good_step = Some(i);
+        self.rec.next_step = i + 1;
+        self.save()?;
+        Ok(None)
+    }
+
+    fn early_failure(
+        &self,
+        i: usize,
+        w: &metrics::Window,
+        bake: Duration,
+        left: Duration,
+        lag: Option<f64>,
+    ) -> Option<GateRecord> {
+        let elapsed = bake.saturating_sub(left).as_secs_f64();
+        if elapsed < 1.0 || left.is_zero() {
+            return None;
+        }
+        let t = w.traffic();
+        let projected = t.requests as f64 * bake.as_secs_f64() / elapsed;
+        self.plan.steps[i]
+            .gates
+            .iter()
+            .filter(|g| g.metric_name() == "error_ratio")
+            .map(|g| g.evaluate(i, w, lag))
+            .find(|r| !r.passed && t.errors as f64 > r.threshold * projected && t.requests > 0)
+            .map(|mut r| {
+                r.detail = format!(
+                    "{} (the bake stopped early, {} before its end: the errors already exceed \
+                     what the whole bake allows)",
+                    r.detail,
+                    fmt_left(left)
+                );
+                r
+            })
+    }
+
+    /// Rolls the weights back to the last good step and stops. The caller has
+    /// recorded the verdicts.
+    async fn gate_failed(&mut self, i: usize, label: &str, failed: Vec<GateRecord>) -> PhaseResult {
+        let back = self
+            .rec
+            .last_good_step
+            .map(|s| self.plan.steps[s].new_percent)
+            .unwrap_or(0.0);
+        let why = failed
+            .iter()
+            .map(|g| format!("gate {:?} failed: {}", g.gate, g.detail))
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.event(
+            PhaseName::Steps,
+            Some(i),
+            None,
+            format!("{label}: {why}"),
+            false,
+        );
+        let proxies = self.proxies().await?;
+        self.set_weights(&proxies, back).await?;
+        let to = match self.rec.last_good_step {
+            Some(s) => format!("the last good step ({})", self.plan.steps[s].label(s)),
+            None => "100% old".to_string(),
+        };
+        self.event(
+            PhaseName::Steps,
+            Some(i),
+            None,
+            format!("weights rolled back to {to}"),
+            true,
+        );
+        self.save()?;
+        Ok(Some(Stop::Gate(format!(
+            "{label}: {why}; weights rolled back to {to}"
+        ))))
+    }
+}

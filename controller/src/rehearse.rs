@@ -1,0 +1,159 @@
+//! `cutover rehearse`: the whole migration of a six-application platform on this
+//! machine, through the real plan runner, with a report that proves (or disproves)
+//! zero failed requests and zero lost writes.
+//!
+//! Two local PostgreSQL clusters stand in for the old and the new cluster's
+//! databases; two [`app::Site`]s stand in for their ingresses, each serving the six
+//! apps by Host; `cutover-proxy` splits every app's route between them; and
+//! `cutover-load` plays the users, open loop at `--rate`, recording every write it
+//! saw acknowledged in a ledger. The migration itself is an ordinary plan file run
+//! by [`crate::plan::runner`]: this module builds the world around it, then checks
+//! the ledger against the new databases and what the load generator saw, so the
+//! verdict rests on the users' view and not only on the proxies' counters.
+//!
+//! It owns the set-up, the checks and the clean-up (clusters stopped and processes
+//! killed on every path, Ctrl-C included, unless `--keep`); the migration's steps,
+//! gates and report format belong to the plan runner.
+
+pub mod app;
+pub mod binaries;
+pub mod cluster;
+mod platform;
+mod procs;
+mod rig;
+mod run;
+mod users;
+mod writes;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use self::binaries::BinariesError;
+use self::cluster::ClusterError;
+use self::rig::Rig;
+
+/// `cutover rehearse`: run the whole migration of the demo platform locally.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RehearseArgs {
+    /// Requests per second the simulated users send through the whole migration
+    /// (open loop: the rate holds whatever the services do).
+    #[arg(long, default_value_t = 2000.0, value_name = "N", value_parser = parse_rate)]
+    pub rate: f64,
+
+    /// Short bakes (3 s per traffic step instead of 10 s), for CI: done well under a
+    /// minute once the clusters are up.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Leave everything running afterwards for inspection (proxy, admin API and
+    /// status page, the apps, both databases) until Ctrl-C; the databases stay up
+    /// after that, with the commands to stop them printed.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Where the report goes: report.md and report.json, the load generator's
+    /// report and ledger, and the logs (passwords redacted).
+    #[arg(long, value_name = "DIR", default_value = "cutover-report")]
+    pub out: PathBuf,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && (1.0..=50_000.0).contains(&r) => Ok(r),
+        _ => Err("expected requests per second between 1 and 50000, e.g. 2000".into()),
+    }
+}
+
+/// Why a rehearsal could not run to its verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum RehearseError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Binaries(#[from] BinariesError),
+    #[error(transparent)]
+    Plan(#[from] crate::Error),
+    #[error(transparent)]
+    Ledger(#[from] cutover_load::LedgerError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Step(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RehearseError {
+    let what = what.into();
+    move |source| RehearseError::Io { what, source }
+}
+
+/// Runs a rehearsal; returns the process exit code: 0 when the plan succeeded, no
+/// request failed and no write was lost; 1 otherwise; 130 when interrupted.
+pub async fn main(args: RehearseArgs) -> u8 {
+    let progress = Progress::new();
+    let mut rig = Rig::new(args.keep);
+    let result = {
+        let work = run::rehearse(&args, &progress, &mut rig);
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => Some(r),
+            _ = ctrl_c() => None,
+        }
+    };
+    let finished = result.is_some();
+    let code = match result {
+        Some(Ok(code)) => code,
+        Some(Err(e)) => {
+            eprintln!("cutover rehearse: {e}");
+            1
+        }
+        None => {
+            progress.line("interrupted");
+            130
+        }
+    };
+    rig.collect_logs(&args.out);
+    if args.keep && finished && rig.serving() {
+        rig.show();
+        ctrl_c().await;
+    }
+    rig.shutdown(&progress).await;
+    code
+}
+
+/// Completes on Ctrl-C; never, if the handler cannot be installed.
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Progress lines on stderr, each with the time since the start.
+struct Progress {
+    start: Instant,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            start: Instant::now(),
+        }
+    }
+
+    /// The plan runner's own lines count from the plan's start in `[  0.0s]`;
+    /// these count from the rehearsal's and say so.
+    fn line(&self, what: &str) {
+        eprintln!(
+            "rehearse {:>6.1}s  {what}",
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+
+    /// A stage's closing line: what, and how long it took since `since`.
+    fn done(&self, since: Instant, what: &str) {
+        self.line(&format!("{what} ({:.1}s)", since.elapsed().as_secs_f64()));
+    }
+}

@@ -1,0 +1,542 @@
+//! The demo platform of a rehearsal: one HTTP server per side (a [`Site`], standing
+//! in for one cluster's ingress) that dispatches by Host to small applications.
+//!
+//! An application with a database (hyper in front of tokio-postgres):
+//! - `POST /items` inserts the body into its table and answers `201` with the new id
+//!   as the body and in `x-item-id` (the load generator's ledger takes it from there);
+//! - `GET /items` answers `200` with the latest 10 ids as a JSON array: a read that
+//!   cannot fail for lack of data;
+//! - `GET /items/{id}` answers the stored body, or `404`.
+//!
+//! The stateless application (`weather`) answers any `GET` with a forecast computed
+//! from the path, without a database. Every answer carries `x-app` and `x-side`; a
+//! Host the site does not serve gets `404`.
+//!
+//! Like a real application's pool, each app reconnects when the database ends its
+//! sessions (which the switchover does on purpose) and retries the statement once on
+//! a fresh connection when the old one was found dead. A site runs on its own thread
+//! and runtime, so the controller's work never delays its answers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::sync::{Mutex, oneshot};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Row};
+
+/// The schema of the single-app demo (table `items`, role `app`), as the database
+/// tests create it on the source.
+pub const APP_SCHEMA: &str = "CREATE TABLE items (
+    id serial PRIMARY KEY,
+    body text NOT NULL,
+    created timestamptz NOT NULL DEFAULT now());
+GRANT SELECT, INSERT, UPDATE, DELETE ON items TO app;
+GRANT USAGE, SELECT ON SEQUENCE items_id_seq TO app;";
+
+/// The schema of an application whose records live in `table`, used by `role`.
+/// Both names are plain identifiers chosen by the caller.
+pub fn schema(table: &str, role: &str) -> String {
+    format!(
+        "CREATE TABLE {table} (
+    id serial PRIMARY KEY,
+    body text NOT NULL,
+    created timestamptz NOT NULL DEFAULT now());
+GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {role};
+GRANT USAGE, SELECT ON SEQUENCE {table}_id_seq TO {role};"
+    )
+}
+
+/// Connections per application.
+const POOL: usize = 8;
+
+/// The header that carries a created record's id.
+pub const ITEM_ID_HEADER: &str = "x-item-id";
+
+/// One application of a site.
+#[derive(Debug, Clone)]
+pub struct AppSpec {
+    /// Its name (the `x-app` header).
+    pub name: String,
+    /// The Host it answers (matched without the port, case-insensitively).
+    pub host: String,
+    /// Its database; `None` for a stateless app.
+    pub dsn: Option<String>,
+    /// The table its records go to (a plain identifier).
+    pub table: String,
+}
+
+impl AppSpec {
+    /// An application with a database, keeping its records in `table`.
+    pub fn with_db(name: &str, host: &str, dsn: &str, table: &str) -> AppSpec {
+        AppSpec {
+            name: name.into(),
+            host: host.into(),
+            dsn: Some(dsn.into()),
+            table: table.into(),
+        }
+    }
+
+    /// The stateless application: forecasts computed from the path.
+    pub fn stateless(name: &str, host: &str) -> AppSpec {
+        AppSpec {
+            name: name.into(),
+            host: host.into(),
+            dsn: None,
+            table: String::new(),
+        }
+    }
+}
+
+struct Pool {
+    dsn: String,
+    slots: Vec<Mutex<Option<Client>>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn new(dsn: &str) -> Pool {
+        Pool {
+            dsn: dsn.to_string(),
+            slots: (0..POOL).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, String> {
+        let (client, conn) = tokio_postgres::connect(&self.dsn, NoTls)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Runs `sql` with text parameters on a pooled connection, in one round trip
+    /// (no prepared statement); on a connection the server ended, once more on a
+    /// fresh one.
+    async fn query(&self, sql: &str, params: &[&str]) -> Result<Vec<Row>, String> {
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+            .iter()
+            .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
+            .collect();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[i].lock().await;
+        for attempt in 0..2 {
+            if slot.as_ref().is_none_or(Client::is_closed) {
+                *slot = Some(self.connect().await?);
+            }
+            let Some(client) = slot.as_ref() else {
+                continue;
+            };
+            match client.query_typed(sql, &typed).await {
+                Ok(rows) => return Ok(rows),
+                Err(e) => {
+                    let ended = client.is_closed()
+                        || e.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN);
+                    if !ended || attempt == 1 {
+                        return Err(format!("{e:?}"));
+                    }
+                    *slot = None;
+                }
+            }
+        }
+        Err("no connection".into())
+    }
+}
+
+/// A running application's state.
+struct AppState {
+    name: Arc<str>,
+    db: Option<Db>,
+}
+
+/// The statements of one app, built once from its table name.
+struct Db {
+    pool: Pool,
+    insert: String,
+    latest: String,
+    get: String,
+}
+
+impl AppState {
+    fn new(spec: &AppSpec) -> AppState {
+        let db = spec.dsn.as_deref().map(|dsn| {
+            let t = &spec.table;
+            Db {
+                pool: Pool::new(dsn),
+                insert: format!("INSERT INTO {t} (body) VALUES ($1) RETURNING id::text"),
+                latest: format!(
+                    "SELECT coalesce(json_agg(id)::text, '[]') FROM \
+                     (SELECT id FROM {t} ORDER BY id DESC LIMIT 10) s"
+                ),
+                get: format!("SELECT body FROM {t} WHERE id = $1::text::int"),
+            }
+        });
+        AppState {
+            name: spec.name.as_str().into(),
+            db,
+        }
+    }
+}
+
+/// Who answers which Host.
+struct Routes {
+    side: Arc<str>,
+    by_host: HashMap<String, Arc<AppState>>,
+    /// Answers every Host (the single-app form).
+    any: Option<Arc<AppState>>,
+}
+
+impl Routes {
+    fn find(&self, host: Option<&str>) -> Option<&Arc<AppState>> {
+        if let Some(app) = &self.any {
+            return Some(app);
+        }
+        let host = host?;
+        let bare = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        self.by_host.get(&bare.to_ascii_lowercase())
+    }
+}
+
+/// A running site: one listener on `127.0.0.1:0`; stopped on drop.
+pub struct Site {
+    /// The side it stands for (`x-side`).
+    pub side: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site")
+            .field("side", &self.side)
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Site {
+    /// Starts side `side` serving `apps`, each on its Host.
+    pub fn start(side: &str, apps: Vec<AppSpec>) -> std::io::Result<Site> {
+        let by_host = apps
+            .iter()
+            .map(|a| (a.host.to_ascii_lowercase(), Arc::new(AppState::new(a))))
+            .collect();
+        Site::spawn(
+            side,
+            Routes {
+                side: side.into(),
+                by_host,
+                any: None,
+            },
+        )
+    }
+
+    fn spawn(side: &str, routes: Routes) -> std::io::Result<Site> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("site-{side}"))
+            .enable_all()
+            .build()?;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let routes = Arc::new(routes);
+        let thread = std::thread::Builder::new()
+            .name(format!("site-{side}"))
+            .spawn(move || {
+                rt.block_on(serve(listener, routes, stop_rx));
+                rt.shutdown_background();
+            })?;
+        Ok(Site {
+            side: side.to_string(),
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops serving; connections in progress are dropped. Safe to call twice.
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The single-app form used by the database tests: app `name` (also its side)
+/// answers every Host, with its records in `items`.
+#[derive(Debug)]
+pub struct App {
+    /// The app's name.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _site: Site,
+}
+
+impl App {
+    /// Starts app `name` on `127.0.0.1:0`, using the database at `dsn`.
+    pub fn start(name: &str, dsn: &str) -> std::io::Result<App> {
+        let spec = AppSpec::with_db(name, "*", dsn, "items");
+        let site = Site::spawn(
+            name,
+            Routes {
+                side: name.into(),
+                by_host: HashMap::new(),
+                any: Some(Arc::new(AppState::new(&spec))),
+            },
+        )?;
+        Ok(App {
+            name: name.to_string(),
+            addr: site.addr,
+            _site: site,
+        })
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    routes: Arc<Routes>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut stop => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| answer(req, routes.clone()));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// An answer before the common headers are added.
+struct Answer {
+    status: StatusCode,
+    body: String,
+    json: bool,
+    item_id: Option<String>,
+}
+
+impl Answer {
+    fn text(status: StatusCode, body: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            body: body.into(),
+            json: false,
+            item_id: None,
+        }
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    routes: Arc<Routes>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let body = req.into_body().collect().await?.to_bytes();
+    let app = routes.find(host.as_deref()).cloned();
+    let answer = match &app {
+        None => Answer::text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no application for host {:?} on side {}",
+                host.unwrap_or_default(),
+                routes.side
+            ),
+        ),
+        Some(app) => match &app.db {
+            _ if path == "/healthz" => Answer::text(StatusCode::OK, "ok"),
+            None => forecast(&method, &path),
+            Some(db) => records(db, &method, &path, &body).await,
+        },
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(answer.body)));
+    *resp.status_mut() = answer.status;
+    let headers = resp.headers_mut();
+    if let Some(v) = app
+        .as_ref()
+        .and_then(|a| HeaderValue::from_str(&a.name).ok())
+    {
+        headers.insert("x-app", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&routes.side) {
+        headers.insert("x-side", v);
+    }
+    if let Some(id) = answer
+        .item_id
+        .and_then(|id| HeaderValue::from_str(&id).ok())
+    {
+        headers.insert(ITEM_ID_HEADER, id);
+    }
+    let kind = if answer.json {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    Ok(resp)
+}
+
+async fn records(db: &Db, method: &Method, path: &str, body: &[u8]) -> Answer {
+    match (method, path.strip_prefix("/items")) {
+        (&Method::POST, Some("")) => {
+            let body = String::from_utf8_lossy(body);
+            match db.pool.query(&db.insert, &[&body]).await {
+                Ok(rows) => match rows.first() {
+                    Some(row) => {
+                        let id: String = row.get(0);
+                        Answer {
+                            item_id: Some(id.clone()),
+                            ..Answer::text(StatusCode::CREATED, id)
+                        }
+                    }
+                    None => Answer::text(StatusCode::INTERNAL_SERVER_ERROR, "no id returned"),
+                },
+                Err(e) => Answer::text(StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
+        (&Method::GET, Some("")) => match db.pool.query(&db.latest, &[]).await {
+            Ok(rows) => Answer {
+                json: true,
+                ..Answer::text(
+                    StatusCode::OK,
+                    rows.first()
+                        .map_or_else(|| "[]".to_string(), |r| r.get::<_, String>(0)),
+                )
+            },
+            Err(e) => Answer::text(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+        (&Method::GET, Some(id)) if id.starts_with('/') => {
+            let id = &id[1..];
+            if id.is_empty() || id.len() > 9 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Answer::text(StatusCode::NOT_FOUND, "no such item");
+            }
+            match db.pool.query(&db.get, &[id]).await {
+                Ok(rows) => match rows.first() {
+                    Some(row) => Answer::text(StatusCode::OK, row.get::<_, String>(0)),
+                    None => Answer::text(StatusCode::NOT_FOUND, "no such item"),
+                },
+                Err(e) => Answer::text(StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
+        _ => Answer::text(
+            StatusCode::NOT_FOUND,
+            "POST /items, GET /items or GET /items/{id}",
+        ),
+    }
+}
+
+/// A forecast for the last segment of the path: the same city gets the same
+/// weather on both sides, so a user moved between them sees no difference.
+fn forecast(method: &Method, path: &str) -> Answer {
+    if method != Method::GET && method != Method::HEAD {
+        return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "forecasts are read-only");
+    }
+    let city = path
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|c| !c.is_empty())
+        .unwrap_or("anywhere");
+    // FNV-1a: stable across runs and processes.
+    let h = city.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    const SKIES: [&str; 5] = ["sunny", "cloudy", "rain", "wind", "snow"];
+    let temperature = (h % 45) as i64 - 10;
+    let sky = SKIES[(h / 45 % SKIES.len() as u64) as usize];
+    let city: String = city
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(64)
+        .collect();
+    Answer {
+        json: true,
+        ..Answer::text(
+            StatusCode::OK,
+            format!(r#"{{"city":"{city}","temperature_c":{temperature},"sky":"{sky}"}}"#),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_match_without_port_and_case() {
+        let spec = AppSpec::stateless("weather", "Weather.Test");
+        let routes = Routes {
+            side: "old".into(),
+            by_host: [(
+                spec.host.to_ascii_lowercase(),
+                Arc::new(AppState::new(&spec)),
+            )]
+            .into_iter()
+            .collect(),
+            any: None,
+        };
+        assert!(routes.find(Some("weather.test:8080")).is_some());
+        assert!(routes.find(Some("WEATHER.test")).is_some());
+        assert!(routes.find(Some("shop.test")).is_none());
+        assert!(routes.find(None).is_none());
+    }
+
+    #[test]
+    fn a_city_gets_the_same_forecast_every_time() {
+        let a = forecast(&Method::GET, "/forecast/lisbon");
+        let b = forecast(&Method::GET, "/forecast/lisbon/");
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body, b.body);
+        assert!(a.body.contains(r#""city":"lisbon""#), "{}", a.body);
+        assert_eq!(
+            forecast(&Method::POST, "/forecast/x").status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+}

@@ -1,0 +1,407 @@
+//! The platform a rehearsal migrates: the six applications of the runbook it
+//! replaces (weather, stateless; ecommerce, education, tasks, medical and social,
+//! each with its own database), and the files that describe it to the other
+//! programs: `cutover-proxy`'s config, `cutover-load`'s scenario and the migration
+//! plan. Rendering is pure (text from addresses and names), so it is tested alone;
+//! the database set-up runs against the clusters.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::app::{AppSpec, ITEM_ID_HEADER, schema};
+use super::cluster::{Cluster, ClusterError};
+
+/// One application of the platform.
+#[derive(Debug, Clone, Copy)]
+pub struct AppDef {
+    pub name: &'static str,
+    /// Where its records go; `None` for the stateless app.
+    pub table: Option<&'static str>,
+    /// Its share of the traffic: the runbook's requests per minute, in thousands.
+    pub share: u32,
+}
+
+/// The platform, in switchover order: the least critical databases first, so a
+/// problem shows on `tasks` before it can touch a payment (`ecommerce`) or a
+/// patient record (`medical`).
+pub const PLATFORM: [AppDef; 6] = [
+    AppDef {
+        name: "weather",
+        table: None,
+        share: 5,
+    },
+    AppDef {
+        name: "tasks",
+        table: Some("tasks"),
+        share: 3,
+    },
+    AppDef {
+        name: "education",
+        table: Some("enrollments"),
+        share: 8,
+    },
+    AppDef {
+        name: "social",
+        table: Some("posts"),
+        share: 20,
+    },
+    AppDef {
+        name: "medical",
+        table: Some("records"),
+        share: 12,
+    },
+    AppDef {
+        name: "ecommerce",
+        table: Some("orders"),
+        share: 15,
+    },
+];
+
+/// Percent of each database app's requests that are writes.
+const WRITE_PERCENT: u32 = 30;
+
+/// Rows each database holds before the migration starts, so the initial copy has
+/// something to copy.
+const SEED_ROWS: u32 = 2000;
+
+impl AppDef {
+    /// The Host its route answers (`.test` is reserved: it never leaves the machine).
+    pub fn host(&self) -> String {
+        format!("{}.rehearse.test", self.name)
+    }
+
+    /// Its database's name.
+    pub fn database(&self) -> &'static str {
+        self.name
+    }
+
+    /// Its login role on both clusters.
+    pub fn role(&self) -> String {
+        format!("{}_app", self.name)
+    }
+
+    /// The name of its write template in the scenario (and so in the ledger).
+    pub fn write_template(&self) -> String {
+        format!("{}-write", self.name)
+    }
+}
+
+/// The app whose ledger template is `template`.
+pub fn app_of_template(template: &str) -> Option<&'static AppDef> {
+    PLATFORM
+        .iter()
+        .find(|a| a.table.is_some() && a.write_template() == template)
+}
+
+/// The apps with a database.
+pub fn stateful() -> impl Iterator<Item = &'static AppDef> {
+    PLATFORM.iter().filter(|a| a.table.is_some())
+}
+
+/// A string as a TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The site's apps for one side: each database app on its own database as its own
+/// role, on `cluster`.
+pub fn site_apps(cluster: &Cluster, passwords: &[(String, String)]) -> Vec<AppSpec> {
+    PLATFORM
+        .iter()
+        .map(|a| match a.table {
+            None => AppSpec::stateless(a.name, &a.host()),
+            Some(table) => {
+                let role = a.role();
+                let pw = passwords
+                    .iter()
+                    .find(|(r, _)| *r == role)
+                    .map_or("", |(_, p)| p.as_str());
+                AppSpec::with_db(
+                    a.name,
+                    &a.host(),
+                    &cluster.dsn_as(&role, pw, a.database()),
+                    table,
+                )
+            }
+        })
+        .collect()
+}
+
+/// Creates every app's role (same name and password on both clusters: roles are
+/// per cluster and the schema copy's grants name them) and database on both; the
+/// schema and seed rows on `old` only (`sync` copies the schema).
+pub async fn create_databases(
+    old: &Cluster,
+    new: &Cluster,
+    passwords: &[(String, String)],
+) -> Result<(), ClusterError> {
+    for cluster in [old, new] {
+        let mut ddl = String::new();
+        for app in stateful() {
+            let role = app.role();
+            let pw = passwords
+                .iter()
+                .find(|(r, _)| *r == role)
+                .map_or("", |(_, p)| p.as_str());
+            let _ = writeln!(ddl, "CREATE ROLE {role} LOGIN PASSWORD '{pw}';");
+        }
+        cluster.sql("postgres", &ddl).await?;
+        // CREATE DATABASE cannot run inside a multi-statement batch.
+        for app in stateful() {
+            cluster
+                .sql("postgres", &format!("CREATE DATABASE {}", app.database()))
+                .await?;
+        }
+    }
+    let seeds = stateful().map(|app| async move {
+        let Some(table) = app.table else {
+            return Ok(());
+        };
+        let sql = format!(
+            "{}\nINSERT INTO {table} (body) SELECT '{{\"seed\":' || g || '}}' FROM generate_series(1, {SEED_ROWS}) g;",
+            schema(table, &app.role())
+        );
+        old.sql(app.database(), &sql).await
+    });
+    for r in futures_util::future::join_all(seeds).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// `cutover-proxy`'s config: the two sites as backends `old` and `new`, one route
+/// per app at 100/0 with writes on old and a sticky cookie, listeners on loopback
+/// ports the proxy picks (it logs them).
+pub fn proxy_config(old: SocketAddr, new: SocketAddr) -> String {
+    let mut s = format!(
+        "# cutover rehearse: the two sites behind one proxy\n\
+         [listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [proxy]\nthreads = 2\ngrace = \"5s\"\n\n\
+         [backends.old]\naddrs = [\"{old}\"]\n\n[backends.new]\naddrs = [\"{new}\"]\n"
+    );
+    for app in &PLATFORM {
+        let _ = write!(
+            s,
+            "\n[[routes]]\nname = {}\nhosts = [{}]\nweights = {{ old = 100, new = 0 }}\n\
+             writes = \"old\"\nsticky = {{ cookie = \"cutover\" }}\n",
+            toml_str(app.name),
+            toml_str(&app.host())
+        );
+    }
+    s
+}
+
+/// `cutover-load`'s scenario: every app's share of the traffic as in the runbook,
+/// 70% reads and 30% writes for the database apps (reads that always answer 200),
+/// forecasts for weather. Writes carry the request id in their body and record the
+/// id the app returns in the ledger.
+pub fn scenario() -> String {
+    let mut s = String::from("# cutover rehearse: the platform's traffic mix\n");
+    for app in &PLATFORM {
+        let host = toml_str(&app.host());
+        let reads = app.share * 10 * (100 - WRITE_PERCENT) / 100;
+        match app.table {
+            None => {
+                let _ = write!(
+                    s,
+                    "\n[[request]]\nname = \"{}-read\"\nweight = {}\nhost = {host}\n\
+                     path = \"/forecast/city-{{{{rand:1..500}}}}\"\n",
+                    app.name,
+                    app.share * 10
+                );
+            }
+            Some(_) => {
+                let writes = app.share * 10 * WRITE_PERCENT / 100;
+                let _ = write!(
+                    s,
+                    "\n[[request]]\nname = \"{name}-read\"\nweight = {reads}\nhost = {host}\n\
+                     path = \"/items\"\n\n\
+                     [[request]]\nname = \"{write}\"\nweight = {writes}\nmethod = \"POST\"\n\
+                     host = {host}\npath = \"/items\"\n\
+                     headers = {{ content-type = \"application/json\" }}\n\
+                     body = '{{\"app\":\"{name}\",\"request_id\":\"{{{{request_id}}}}\",\"n\":{{{{seq}}}}}}'\n\
+                     ledger = true\nid_header = \"{ITEM_ID_HEADER}\"\n",
+                    name = app.name,
+                    write = app.write_template(),
+                );
+            }
+        }
+    }
+    s
+}
+
+/// The plan's timing.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub bake: Duration,
+}
+
+/// The migration plan, in the real format: the six apps with their databases
+/// (superuser DSNs by database name inline: the file is private to this run and
+/// the servers are on loopback), 10% → 50% → 100% to new with gates, switchovers
+/// without reverse replication, and finalize.
+pub fn plan(
+    admin: SocketAddr,
+    old_dsn: impl Fn(&str) -> String,
+    new_dsn: impl Fn(&str) -> String,
+    timing: Timing,
+) -> String {
+    let bake = format!("{}ms", timing.bake.as_millis());
+    let mut s = format!(
+        "# cutover rehearse: the whole platform, migrated on this machine\n\
+         name = \"rehearsal\"\n\n[proxies]\nadmin = [\"http://{admin}\"]\nold = \"old\"\nnew = \"new\"\n"
+    );
+    for app in &PLATFORM {
+        let _ = write!(
+            s,
+            "\n[[apps]]\nname = {}\nroute = {}\n",
+            toml_str(app.name),
+            toml_str(&app.host())
+        );
+        if app.table.is_some() {
+            let _ = write!(
+                s,
+                "[apps.database]\nsource = {}\ntarget = {}\n",
+                toml_str(&old_dsn(app.database())),
+                toml_str(&new_dsn(app.database()))
+            );
+        }
+    }
+    for new_share in [10, 50, 100] {
+        let _ = write!(
+            s,
+            "\n[[steps]]\nweights = {{ old = {}, new = {new_share} }}\nbake = \"{bake}\"\n\
+             gates = [\"error_ratio < 0.001\", \"p99 < 1s\", \"replication_lag < 5s\"]\n",
+            100 - new_share
+        );
+    }
+    s.push_str(
+        "\n[switchover]\nmax_lag = \"5s\"\nmax_pause = \"10s\"\nreverse = false\n\n\
+         [finalize]\ndrain_timeout = \"30s\"\n",
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_platform_is_the_runbooks() {
+        let mut names: Vec<&str> = PLATFORM.iter().map(|a| a.name).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "ecommerce",
+                "education",
+                "medical",
+                "social",
+                "tasks",
+                "weather"
+            ]
+        );
+        assert_eq!(stateful().count(), 5);
+        assert_eq!(PLATFORM.iter().map(|a| a.share).sum::<u32>(), 63);
+    }
+
+    #[test]
+    fn every_write_template_maps_back_to_its_app() {
+        for app in stateful() {
+            assert_eq!(
+                app_of_template(&app.write_template()).map(|a| a.name),
+                Some(app.name)
+            );
+        }
+        assert!(app_of_template("weather-read").is_none());
+        assert!(app_of_template("tasks-read").is_none());
+    }
+
+    #[test]
+    fn the_scenario_parses_and_has_a_ledger_template_per_database() {
+        let text = scenario();
+        let parsed = cutover_load::Scenario::parse(&text, std::path::Path::new("mix.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let ledgered: Vec<&str> = parsed
+            .templates()
+            .iter()
+            .filter(|t| t.ledger)
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(ledgered.len(), 5, "{ledgered:?}");
+        // 30% writes in each database app.
+        let weight = |name: &str| {
+            parsed
+                .templates()
+                .iter()
+                .find(|t| t.name == name)
+                .map_or(0, |t| t.weight)
+        };
+        assert_eq!(weight("social-read"), 140);
+        assert_eq!(weight("social-write"), 60);
+        assert_eq!(weight("weather-read"), 50);
+    }
+
+    #[test]
+    fn the_plan_is_a_valid_plan_with_every_app_and_three_steps() {
+        let dsn = |side: &'static str| {
+            move |db: &str| {
+                format!("host=127.0.0.1 port=1 user=postgres password=pw-{side} dbname={db}")
+            }
+        };
+        let text = plan(
+            "127.0.0.1:9901".parse().unwrap(),
+            dsn("old"),
+            dsn("new"),
+            Timing {
+                bake: Duration::from_secs(3),
+            },
+        );
+        let plan = crate::plan::model::Plan::parse(&text, std::path::Path::new("plan.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(plan.apps.len(), 6);
+        assert_eq!(plan.databases().count(), 5);
+        let shares: Vec<f64> = plan.steps.iter().map(|s| s.new_percent).collect();
+        assert_eq!(shares, [10.0, 50.0, 100.0]);
+        assert!(!plan.reverse);
+        assert_eq!(plan.max_pause, Duration::from_secs(10));
+        assert_eq!(plan.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn strings_are_quoted_for_toml() {
+        assert_eq!(toml_str(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(toml_str("x\ny"), r#""x\ny""#);
+    }
+
+    #[test]
+    fn the_proxy_config_has_a_route_per_app() {
+        let cfg = proxy_config(
+            "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
+            "127.0.0.1:2".parse().unwrap_or_else(|e| panic!("{e}")),
+        );
+        let value: toml::Value = toml::from_str(&cfg).unwrap_or_else(|e| panic!("{e}\n{cfg}"));
+        let routes = value
+            .get("routes")
+            .and_then(|r| r.as_array())
+            .map_or(0, Vec::len);
+        assert_eq!(routes, 6);
+        assert!(cfg.contains("writes = \"old\""));
+    }
+}

@@ -1,0 +1,324 @@
+//! The rehearsal, step by step: binaries, clusters, databases, sites, proxy, load,
+//! plan, and the checks after it. Each stage prints one progress line with its
+//! duration. Everything started goes into the [`Rig`] at once, so an error or a
+//! Ctrl-C at any point still stops it.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rand::distr::Alphanumeric;
+
+use super::app::Site;
+use super::cluster::{self, Cluster};
+use super::platform::{self, PLATFORM, Timing};
+use super::rig::Rig;
+use super::users::{self, LoadFiles};
+use super::{Progress, RehearseArgs, RehearseError, binaries, io, procs, writes};
+use crate::plan::record::Outcome;
+
+/// A random password: 24 letters and digits.
+fn password() -> String {
+    rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, text: &str) -> Result<(), RehearseError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("write {}", path.display())))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())
+        .map_err(io(format!("write {}", path.display())))
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), RehearseError> {
+    std::fs::write(path, text).map_err(io(format!("write {}", path.display())))
+}
+
+/// `pg_dump` and `psql`, which `sync` runs, must be where it looks for them:
+/// `$CUTOVER_PG_BIN`, else `PATH`.
+fn check_client_programs(server_bin: &Path) -> Result<(), RehearseError> {
+    let pg_bin = std::env::var_os("CUTOVER_PG_BIN");
+    let found = |name: &str| match &pg_bin {
+        Some(dir) => Path::new(dir).join(name).is_file(),
+        None => std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file())),
+    };
+    let missing: Vec<&str> = ["pg_dump", "psql"]
+        .into_iter()
+        .filter(|n| !found(n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let hint = if server_bin.join("pg_dump").is_file() {
+        format!("export CUTOVER_PG_BIN={}", server_bin.display())
+    } else {
+        "apt-get install postgresql-client-15, or set CUTOVER_PG_BIN to their directory".into()
+    };
+    Err(RehearseError::Step(format!(
+        "the schema copy needs {} (looked in {}): {hint}",
+        missing.join(" and "),
+        if pg_bin.is_some() {
+            "$CUTOVER_PG_BIN"
+        } else {
+            "PATH"
+        }
+    )))
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Running => "running",
+        Outcome::Succeeded => "succeeded",
+        Outcome::GateFailed => "gate failed",
+        Outcome::Failed => "failed",
+        Outcome::Aborted => "aborted",
+    }
+}
+
+/// One GET per app through the proxy: every route must answer 200 before the
+/// load starts, so a broken set-up fails here with the app's name.
+async fn smoke_test(proxy: SocketAddr) -> Result<(), RehearseError> {
+    for app in &PLATFORM {
+        let path = if app.table.is_some() {
+            "/items"
+        } else {
+            "/forecast/lisbon"
+        };
+        let (status, body) = procs::http_get_host(proxy, &app.host(), path, Duration::from_secs(5))
+            .await
+            .map_err(RehearseError::Step)?;
+        if status != 200 {
+            return Err(RehearseError::Step(format!(
+                "{} (GET {path} through the proxy) answered {status}: {}",
+                app.name,
+                body.trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the rehearsal and returns its exit code (0: the plan succeeded, nothing
+/// failed, nothing lost). What it starts is put in `rig`; the caller stops it.
+pub(super) async fn rehearse(
+    args: &RehearseArgs,
+    progress: &Progress,
+    rig: &mut Rig,
+) -> Result<u8, RehearseError> {
+    let timing = Timing {
+        bake: Duration::from_secs(if args.quick { 3 } else { 10 }),
+    };
+    progress.line(&format!(
+        "rehearsing the migration of {} apps at {} req/s (bakes of {}s)",
+        PLATFORM.len(),
+        args.rate,
+        timing.bake.as_secs()
+    ));
+
+    let bins = tokio::task::spawn_blocking(binaries::locate)
+        .await
+        .map_err(|e| RehearseError::Step(format!("locating the binaries: {e}")))??;
+    let server_bin = cluster::server_programs()?;
+    check_client_programs(&server_bin)?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("cutover-rehearse-")
+        .tempdir()
+        .map_err(io("create the run directory"))?;
+    let run_dir = dir.path().to_path_buf();
+    rig.dir = Some(dir);
+
+    // One superuser password per cluster, one per application role (the same on
+    // both clusters, like a secret copied to the new cluster).
+    let (su_old, su_new) = (password(), password());
+    let roles: Vec<(String, String)> = platform::stateful()
+        .map(|a| (a.role(), password()))
+        .collect();
+    let mut listing = format!("old postgres {su_old}\nnew postgres {su_new}\n");
+    for (role, pw) in &roles {
+        let _ = writeln!(listing, "old+new {role} {pw}");
+    }
+    write_private(&run_dir.join("passwords"), &listing)?;
+    rig.secrets = [su_old.clone(), su_new.clone()]
+        .into_iter()
+        .chain(roles.iter().map(|(_, p)| p.clone()))
+        .collect();
+
+    // The databases.
+    let t = Instant::now();
+    progress.line("starting PostgreSQL clusters old and new");
+    let (mut old, mut new) =
+        tokio::task::spawn_blocking(move || Cluster::start_pair(&su_old, &su_new))
+            .await
+            .map_err(|e| RehearseError::Step(format!("starting the clusters: {e}")))??;
+    if args.keep {
+        old.keep();
+        new.keep();
+    }
+    progress.done(
+        t,
+        &format!(
+            "clusters up: old on port {}, new on port {} ({})",
+            old.port(),
+            new.port(),
+            server_bin.display()
+        ),
+    );
+    let (old, new) = &*rig.clusters.insert((old, new));
+
+    let t = Instant::now();
+    platform::create_databases(old, new, &roles).await?;
+    progress.done(
+        t,
+        "databases: 5 on old with schema and seed rows, 5 empty on new, a role per app on both",
+    );
+
+    // The sites and the proxy.
+    let old_site = Site::start("old", platform::site_apps(old, &roles))
+        .map_err(io("start the old side's apps"))?;
+    let new_site = Site::start("new", platform::site_apps(new, &roles))
+        .map_err(io("start the new side's apps"))?;
+    let (old_addr, new_addr) = (old_site.addr, new_site.addr);
+    rig.sites = Some((old_site, new_site));
+    let proxy_config = run_dir.join("cutover-proxy.toml");
+    write_file(&proxy_config, &platform::proxy_config(old_addr, new_addr))?;
+    let t = Instant::now();
+    let proxy = procs::start_proxy(&bins.proxy, &proxy_config, &run_dir.join("proxy.log"))
+        .await
+        .map_err(RehearseError::Step)?;
+    let (proxy_http, admin) = (proxy.http, proxy.admin);
+    rig.proxy = Some(proxy);
+    smoke_test(proxy_http).await?;
+    progress.done(
+        t,
+        &format!(
+            "apps up (old {old_addr}, new {new_addr}); cutover-proxy on {proxy_http} \
+             (admin {admin}), every route at 100% old answers"
+        ),
+    );
+
+    // The users.
+    let scenario = run_dir.join("scenario.toml");
+    write_file(&scenario, &platform::scenario())?;
+    let (ledger, load_json) = (run_dir.join("ledger.jsonl"), run_dir.join("load.json"));
+    let files = LoadFiles {
+        scenario: &scenario,
+        ledger: &ledger,
+        json: &load_json,
+        log: &run_dir.join("load.log"),
+    };
+    // A generous bound: the load is stopped when the plan ends, long before.
+    let bound = timing.bake * 3 + Duration::from_secs(300);
+    let load = rig.load.insert(users::start(
+        &bins.load, args.rate, bound, proxy_http, &files,
+    )?);
+    users::wait_for_traffic(admin, load, args.rate).await?;
+    progress.line(&format!(
+        "cutover-load: {} req/s open loop over the six hosts, 30% writes on the database apps, with a ledger",
+        args.rate
+    ));
+
+    // The migration.
+    let plan_path = run_dir.join("plan.toml");
+    let plan_text = platform::plan(admin, |db| old.dsn(db), |db| new.dsn(db), timing);
+    write_private(&plan_path, &plan_text)?;
+    let plan = crate::plan::model::Plan::load(&plan_path)?;
+    let mut opts = crate::plan::runner::RunOptions::for_plan(&plan_path);
+    opts.out = args.out.clone();
+    opts.progress = true;
+    let t = Instant::now();
+    progress
+        .line("running the plan: preflight, sync, 10% -> 50% -> 100% new, switchovers, finalize");
+    let ran = crate::plan::runner::run(&plan, &opts).await;
+    let plan_s = t.elapsed().as_secs_f64();
+    progress.done(t, "plan finished");
+
+    // Stop the users first: every acknowledged write is in the ledger then.
+    let t = Instant::now();
+    let load_report = users::stop(load, &load_json).await?;
+    progress.done(
+        t,
+        &format!(
+            "cutover-load stopped: {} requests, {} failed",
+            load_report.requests,
+            users::failed(&load_report)
+        ),
+    );
+    let mut record = ran?;
+
+    let t = Instant::now();
+    let entries = cutover_load::read_ledger(&ledger)?;
+    let check = writes::check(old, new, &record.switched, &entries).await?;
+    let databases = platform::stateful().count();
+    let sides = match record.switched.len() {
+        n if n == databases => "on new".to_string(),
+        0 => "on old: no switchover was done".to_string(),
+        n => format!("{n} of {databases} apps on new, the rest on old"),
+    };
+    progress.done(
+        t,
+        &format!(
+            "ledger checked ({sides}): {} acknowledged writes, {} found, {} missing",
+            check.acknowledged, check.found, check.missing
+        ),
+    );
+    record.ledger = Some(check);
+    users::add_users_view(&mut record, &load_report);
+    crate::plan::report::finish_verdict(&mut record);
+
+    let (md_path, json_path) = crate::plan::report::write(&record, &args.out)?;
+    let mut markdown = crate::plan::report::markdown(&record);
+    markdown.push_str(&users::section(&load_report, &entries, plan_s));
+    let clean = rig.redact(&markdown);
+    let leaked = clean != markdown;
+    write_file(&md_path, &clean)?;
+    let json =
+        std::fs::read_to_string(&json_path).map_err(io(format!("read {}", json_path.display())))?;
+    let clean_json = rig.redact(&json);
+    let leaked = leaked || clean_json != json;
+    if clean_json != json {
+        write_file(&json_path, &clean_json)?;
+    }
+    for (from, name) in [(&load_json, "load.json"), (&ledger, "ledger.jsonl")] {
+        std::fs::copy(from, args.out.join(name)).map_err(io(format!(
+            "copy {} to {}",
+            from.display(),
+            args.out.display()
+        )))?;
+    }
+
+    println!("{clean}");
+    let v = &record.verdict;
+    let ok = record.outcome == Outcome::Succeeded
+        && v.failed_requests == 0
+        && v.lost_writes == 0
+        && !leaked;
+    progress.line(&format!(
+        "{}: outcome {}, {} failed requests, {} lost writes, {:.0}s of downtime; report: {} and {}",
+        if ok { "PASSED" } else { "FAILED" },
+        outcome_name(record.outcome),
+        v.failed_requests,
+        v.lost_writes,
+        v.downtime_s,
+        md_path.display(),
+        json_path.display()
+    ));
+    if leaked {
+        progress
+            .line("a password appeared in the report and was replaced by ********; that is a bug");
+    }
+    Ok(if ok { 0 } else { 1 })
+}
