@@ -15,7 +15,11 @@ use hyper_util::rt::TokioExecutor;
 #[derive(Clone)]
 pub struct Client {
     inner: Hyper<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
 }
+
+/// How long one exchange may take unless [`Client::with_timeout`] says otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A complete response.
 #[derive(Debug, Clone)]
@@ -48,7 +52,17 @@ impl Default for Client {
 impl Client {
     pub fn new() -> Self {
         let inner = Hyper::builder(TokioExecutor::new()).build(HttpConnector::new());
-        Client { inner }
+        Client {
+            inner,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The same client with another limit per exchange (e.g. for a browser that
+    /// takes long to launch on a busy machine).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// A client whose connections come from `local` (e.g. 127.0.0.7), to test
@@ -57,12 +71,13 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_local_address(Some(local));
         Client {
+            timeout: DEFAULT_TIMEOUT,
             inner: Hyper::builder(TokioExecutor::new()).build(connector),
         }
     }
 
     /// Sends `method path` to `addr` with `Host: host` and extra headers. Transport
-    /// errors and a 10 s timeout are returned as `Err` with a description.
+    /// errors and the timeout (10 s unless set) are returned as `Err` with a description.
     pub async fn send(
         &self,
         addr: SocketAddr,
@@ -96,9 +111,10 @@ impl Client {
                 body: String::from_utf8_lossy(&body).into_owned(),
             })
         };
-        tokio::time::timeout(Duration::from_secs(10), fut)
+        let limit = self.timeout;
+        tokio::time::timeout(limit, fut)
             .await
-            .map_err(|_| "timed out after 10s".to_string())?
+            .map_err(|_| format!("timed out after {}s", limit.as_secs()))?
     }
 
     pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> Result<Reply, String> {

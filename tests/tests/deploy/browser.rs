@@ -79,7 +79,8 @@ impl Browser {
             driver,
             addr,
             session: String::new(),
-            client: Client::new(),
+            // Launching the browser can take long on a busy 2-core machine.
+            client: Client::new().with_timeout(Duration::from_secs(60)),
             _profile: profile,
         };
         let v = browser.call(Method::POST, "/session", &caps).await;

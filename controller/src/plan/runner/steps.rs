@@ -323,19 +323,22 @@ impl Runner<'_> {
             let w = metrics::window(&a, &latest, &self.route_names);
             let left = deadline.saturating_duration_since(Instant::now());
             let t = w.traffic();
-            let p99 = w
-                .quantile(0.99)
-                .map(|s| format!("{:.1}ms", s * 1000.0))
-                .unwrap_or_else(|| "-".into());
             let lag = worst_lag
                 .map(|l| format!("{l:.2}s"))
                 .unwrap_or_else(|| "?".into());
+            let gates: Vec<String> = step
+                .gates
+                .iter()
+                .filter(|g| !g.measures_lag())
+                .map(|g| gate_progress(g, &g.evaluate(i, &w, worst_lag)))
+                .collect();
             self.ui.status(&format!(
-                "{label} of {}: bake {} left · {} req · {} err · p99 {p99} · lag {lag}",
+                "{label} of {}: bake {} left · {} req, {} err · {} · lag {lag}",
                 plan.steps.len(),
                 fmt_left(left),
                 t.requests,
-                t.errors
+                t.errors,
+                gates.join(" · ")
             ));
             // A failure certain to persist ends the bake early: errors already over
             // the allowance of the whole bake at the current rate.
@@ -472,4 +475,20 @@ impl Runner<'_> {
             "{label}: {why}; weights rolled back to {to}"
         ))))
     }
+}
+
+/// "p99 12.0ms/1s ok" or "error_ratio 0.0500/0.001 OVER" for the status line.
+fn gate_progress(g: &crate::plan::gate::Gate, r: &GateRecord) -> String {
+    let show = |v: f64| {
+        if g.metric_name() == "error_ratio" {
+            format!("{v:.4}")
+        } else if v < 1.0 {
+            format!("{:.1}ms", v * 1000.0)
+        } else {
+            format!("{v:.2}s")
+        }
+    };
+    let value = r.value.map_or_else(|| "-".to_string(), show);
+    let mark = if r.passed { "ok" } else { "OVER" };
+    format!("{} {value}/{} {mark}", g.metric_name(), show(r.threshold))
 }
