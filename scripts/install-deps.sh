@@ -60,6 +60,6 @@ if ! command -v bao >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1;
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "install-deps: cargo not found; install a Rust toolchain (1.85 or newer)" >&2
+  echo "install-deps: cargo not found; install a Rust toolchain (1.89 or newer)" >&2
   exit 1
 fi
