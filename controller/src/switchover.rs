@@ -105,16 +105,14 @@ pub struct SwitchoverReport {
     pub warnings: Vec<String>,
 }
 
-/// Moves writes from the source to the target: issue steps 1 to 9.
-pub async fn switchover(
-    src: &Db,
-    tgt: &Db,
-    proxies: &Proxies,
-    name: &str,
-    opts: &SwitchoverOptions,
-    obs: &dyn Observer,
-) -> Result<SwitchoverReport, Error> {
-    let plan = run::Plan {
+/// The protocol source → target, for the switchover and its recovery.
+fn forward<'a>(
+    src: &'a Db,
+    tgt: &'a Db,
+    name: &'a str,
+    opts: &'a SwitchoverOptions,
+) -> run::Plan<'a> {
+    run::Plan {
         operation: "switchover",
         from: src,
         to: tgt,
@@ -128,8 +126,19 @@ pub async fn switchover(
             .as_ref()
             .unwrap_or(tgt.dsn())
             .secret_conninfo(),
-    };
-    plan.run(proxies, opts, obs).await
+    }
+}
+
+/// Moves writes from the source to the target: issue steps 1 to 9.
+pub async fn switchover(
+    src: &Db,
+    tgt: &Db,
+    proxies: &Proxies,
+    name: &str,
+    opts: &SwitchoverOptions,
+    obs: &dyn Observer,
+) -> Result<SwitchoverReport, Error> {
+    forward(src, tgt, name, opts).run(proxies, opts, obs).await
 }
 
 /// Moves writes back from the target to the source after a switchover with
@@ -180,18 +189,7 @@ pub async fn recover(
     name: &str,
     opts: &SwitchoverOptions,
 ) -> Result<Recovery, Error> {
-    let plan = run::Plan {
-        operation: "switchover",
-        from: src,
-        to: tgt,
-        link: Link::forward(name),
-        back: Link::reverse(name),
-        name,
-        from_backend: &opts.old_backend,
-        to_backend: &opts.new_backend,
-        back_conninfo: "",
-    };
-    plan.recover(proxies, opts).await
+    forward(src, tgt, name, opts).recover(proxies, opts).await
 }
 
 impl fmt::Display for SwitchoverReport {

@@ -79,7 +79,8 @@ pub async fn forward(
     let mut target = guard.backend();
     let mut avoid: Option<Arc<EndpointRt>> = None;
     let mut tried: u64 = 0;
-    let mut last = (FailureKind::Connect, String::from("no attempt was made"));
+    // The kind of the last failure (the detail is logged where it happens).
+    let mut last = FailureKind::Connect;
     for attempt in 1..=route.attempts {
         let Some((b, endpoint)) = pick_endpoint(&live, ri, target, pinned, avoid.as_ref()) else {
             let name = &live.backends[target].name;
@@ -159,7 +160,7 @@ pub async fn forward(
                     tracing::warn!(backend = %backend.name, addr = %endpoint.addr, cooldown = ?backend.eject.cooldown,
                         "address ejected after consecutive connect failures");
                 }
-                last = (kind, detail);
+                last = kind;
                 let may_retry = !last_attempt
                     && (kind == FailureKind::Connect || (idempotent && replay.replayable()));
                 if !may_retry {
@@ -188,8 +189,8 @@ pub async fn forward(
         }
     }
     let name = &live.backends[guard.backend()].name;
-    let body = format!("backend {name} is unavailable ({})\n", last.0.as_str());
-    let status = if last.0 == FailureKind::Timeout {
+    let body = format!("backend {name} is unavailable ({})\n", last.as_str());
+    let status = if last == FailureKind::Timeout {
         StatusCode::GATEWAY_TIMEOUT
     } else {
         StatusCode::BAD_GATEWAY

@@ -13,6 +13,7 @@ mod openbao;
 mod postgres;
 mod process;
 mod proxy;
+mod run;
 
 pub use app::{APP_SCHEMA, App};
 pub use backend::{Backend, BackendStats};
@@ -24,3 +25,4 @@ pub use openbao::{OpenBao, bao_bin, find_on_path, free_port, http_json};
 pub use postgres::{APP_PASSWORD, Pair, Postgres, SUPERUSER_PASSWORD, pg_bin};
 pub use process::BackendProcess;
 pub use proxy::{Proxy, ProxyBuilder, two_backend_config};
+pub use run::Run;

@@ -163,7 +163,8 @@ pub struct LedgerCheck {
     pub missing_examples: Vec<String>,
 }
 
-/// The final verdict.
+/// The final verdict, derived from a [`Record`] by `report::verdict` (never stored,
+/// so it cannot disagree with the figures it comes from).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Verdict {
     /// The longest span, in seconds, in which users got errors (sampled every second).
@@ -222,5 +223,4 @@ pub struct Record {
     /// verdict's downtime is the longest run of consecutive seconds.
     #[serde(default)]
     pub error_seconds: Vec<u64>,
-    pub verdict: Verdict,
 }

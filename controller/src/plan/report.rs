@@ -19,13 +19,8 @@ use crate::plan::record::{Outcome, Record, Verdict};
 
 pub use markdown::markdown;
 
-/// Computes the verdict from the record's figures and stores it in `r.verdict`.
-pub fn finish_verdict(r: &mut Record) {
-    r.verdict = verdict(r);
-}
-
-/// The verdict the record's figures give, without storing it; the renderings use
-/// this so that a report of a run still in progress shows the true figures.
+/// The verdict the record's figures give; the renderings compute it each time, so
+/// that a report of a run still in progress shows the true figures.
 ///
 /// - downtime: the longest run of consecutive seconds in which users got errors
 ///   (samples are one per second, so a run of n seconds counts n, not n - 1);

@@ -32,7 +32,7 @@ use serde_json::Value;
 use super::exporter::{self, ControllerMetrics};
 use super::metrics::{self, Scrape};
 use super::model::Plan;
-use super::record::{Event, Outcome, PhaseName, RECORD_VERSION, Record, Span, Verdict};
+use super::record::{Event, Outcome, PhaseName, RECORD_VERSION, Record, Span};
 use super::report;
 use super::state::{self, StateFile};
 use crate::db::Db;
@@ -275,7 +275,6 @@ impl<'a> Runner<'a> {
     }
 
     fn write_report(&mut self) -> Result<(), Error> {
-        report::finish_verdict(&mut self.rec);
         let (md, json) = report::write(&self.rec, &self.opts.out)?;
         self.ui.line(&report::summary(&self.rec));
         self.ui
@@ -430,7 +429,6 @@ fn fresh_record(plan: &Plan) -> Record {
         ledger: None,
         client_failed_requests: None,
         error_seconds: Vec::new(),
-        verdict: Verdict::default(),
     }
 }
 

@@ -277,7 +277,6 @@ pub(super) async fn rehearse(
     );
     record.ledger = Some(check);
     users::add_users_view(&mut record, &load_report);
-    crate::plan::report::finish_verdict(&mut record);
 
     let (md_path, json_path) = crate::plan::report::write(&record, &args.out)?;
     let mut markdown = crate::plan::report::markdown(&record);
@@ -301,7 +300,7 @@ pub(super) async fn rehearse(
     }
 
     println!("{clean}");
-    let v = &record.verdict;
+    let v = crate::plan::report::verdict(&record);
     let ok = record.outcome == Outcome::Succeeded
         && v.failed_requests == 0
         && v.lost_writes == 0

@@ -42,14 +42,9 @@ pub async fn preflight(proxies: &Proxies, routes: &[String], from: &str) -> Resu
     Ok(())
 }
 
-/// Holds writes on every route of every proxy, all at once. Each must acknowledge;
-/// on the first refusal the holds already taken are released, unchanged.
-pub async fn hold_all(
-    proxies: &Proxies,
-    routes: &[String],
-    max: Duration,
-) -> Result<Vec<Held>, Error> {
-    let targets: Vec<Held> = proxies
+/// Every route on every proxy: what a hold covers.
+pub fn every(proxies: &Proxies, routes: &[String]) -> Vec<Held> {
+    proxies
         .urls()
         .iter()
         .flat_map(|url| {
@@ -58,7 +53,17 @@ pub async fn hold_all(
                 route: route.clone(),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Holds writes on every route of every proxy, all at once. Each must acknowledge;
+/// on the first refusal the holds already taken are released, unchanged.
+pub async fn hold_all(
+    proxies: &Proxies,
+    routes: &[String],
+    max: Duration,
+) -> Result<Vec<Held>, Error> {
+    let targets = every(proxies, routes);
     let results = join_all(targets.iter().map(|h| proxies.hold(&h.url, &h.route, max))).await;
     let mut held = Vec::new();
     let mut first_error = None;

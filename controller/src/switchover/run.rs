@@ -396,16 +396,8 @@ impl Plan<'_> {
         proxies: &Proxies,
         opts: &SwitchoverOptions,
     ) -> Result<Recovery, Error> {
-        let held: Vec<Held> = proxies
-            .urls()
-            .iter()
-            .flat_map(|url| {
-                opts.routes.iter().map(move |route| Held {
-                    url: url.clone(),
-                    route: route.clone(),
-                })
-            })
-            .collect();
+        // Release is harmless where no hold is left, so every route is covered.
+        let held = fleet::every(proxies, &opts.routes);
         let deadline = Instant::now() + opts.max_pause.max(Duration::from_secs(5));
         match self.link.subscription(self.to).await? {
             Some(sub) => {

@@ -3,42 +3,13 @@
 
 use std::process::Command;
 
-pub use cutover_tests::{APP_PASSWORD, Pair};
+pub use cutover_tests::{APP_PASSWORD, Pair, Run};
 use cutover_tests::{Postgres, SUPERUSER_PASSWORD, binary};
 use tokio::sync::Semaphore;
 
 /// The tests that put real load on the machine run one at a time, so that each
 /// gets the CPU its throughput assertion needs.
 pub static HEAVY: Semaphore = Semaphore::const_new(1);
-
-/// One run of the `cutover` binary.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
-    }
-
-    pub fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-
-    #[track_caller]
-    pub fn ok(self) -> Run {
-        assert_eq!(
-            self.code, 0,
-            "stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-}
 
 /// Runs `cutover ARGS` with `env`, off the async runtime, and checks that nothing
 /// it printed contains a password.
@@ -55,11 +26,7 @@ pub async fn cutover(args: &[&str], env: &[(String, String)]) -> Run {
             .envs(env)
             .output()
             .expect("run cutover");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::from(out)
     })
     .await
     .unwrap();

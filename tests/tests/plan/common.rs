@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub use cutover_tests::{APP_PASSWORD, Pair};
+pub use cutover_tests::{APP_PASSWORD, Pair, Run};
 use cutover_tests::{Client, Postgres, binary, eventually};
 use http::Method;
 use serde_json::Value;
@@ -105,11 +105,7 @@ impl PlanDir {
         let mut cmd = self.command(&args);
         let run = tokio::task::spawn_blocking(move || {
             let out = cmd.output().expect("run cutover");
-            Run {
-                code: out.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            }
+            Run::from(out)
         })
         .await
         .unwrap();
@@ -148,30 +144,6 @@ impl PlanDir {
 }
 
 static BACKGROUND: AtomicU64 = AtomicU64::new(0);
-
-/// One finished run of the `cutover` binary.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-
-    #[track_caller]
-    pub fn code(self, want: i32) -> Run {
-        assert_eq!(
-            self.code, want,
-            "exit code\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-}
 
 /// A `cutover run` in the background; killed on drop if still running.
 pub struct Background {

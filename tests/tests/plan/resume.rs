@@ -370,3 +370,57 @@ async fn kill_during_switchover() {
         "{err:?}"
     );
 }
+
+/// `cutover abort` after the switchover: writes go back to the old database through
+/// the reverse replication the switchover started, every route back to 100% old,
+/// and nothing acknowledged on either side is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_after_the_switchover_moves_writes_back() {
+    binaries().await;
+    let _db = DATABASES.acquire().await.unwrap();
+    let site = Site::start().await;
+    let pd = site.plan(
+        r#"
+[[steps]]
+weights = { new = 100 }
+bake = "2s"
+gates = ["error_ratio < 0.01", "replication_lag < 5s"]
+"#,
+    );
+    let (writes, reads) = site.traffic();
+    writes.until_sent(20).await;
+    pd.cutover("run", &[]).await.code(0);
+    site.assert_all_on_new().await;
+    writes.until_sent(20).await;
+
+    let abort = pd.cutover("abort", &[]).await.code(0);
+    assert!(abort.stderr.contains("aborted"), "{}", abort.stderr);
+    let report = pd.report();
+    assert_eq!(report["outcome"], "aborted", "{report:#}");
+    assert!(
+        timeline_has(&report, "writes back on \"old\""),
+        "{:#}",
+        report["timeline"]
+    );
+    let status = site.proxy.status().await;
+    for (host, old, new) in [(SHOP, "old", "new"), (STATIC, "static-old", "static-new")] {
+        let r = route(&status, host);
+        assert_eq!(r["hold"], Value::Null, "{r:#}");
+        assert_eq!(r["writes"], old, "{r:#}");
+        assert_eq!(r["weights"][new], 0.0, "{r:#}");
+    }
+    writes.until_sent(20).await;
+    let writes = writes.stop().await;
+    let _ = reads.stop().await;
+    // Every write acknowledged before, during and after: on the old side now.
+    let ids = item_ids(&site.pair.old).await;
+    let missing: Vec<&i64> = writes.acked.iter().filter(|id| !ids.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes are not in the old database, e.g. {:?}",
+        missing.len(),
+        writes.acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(writes.errors.is_empty(), "{:?}", writes.errors);
+}

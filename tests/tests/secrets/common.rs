@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+pub use cutover_tests::Run;
 use cutover_tests::{OpenBao, binary};
 use serde_json::{Value, json};
 
@@ -148,45 +149,6 @@ pub fn assert_no_values(text: &str) {
     }
 }
 
-/// One run of the `cutover` binary.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
-    }
-
-    pub fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-
-    #[track_caller]
-    pub fn ok(self) -> Run {
-        assert_eq!(
-            self.code, 0,
-            "stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-
-    #[track_caller]
-    pub fn fails(self) -> Run {
-        assert_eq!(
-            self.code, 1,
-            "stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-}
-
 /// Runs `cutover ARGS` with only `env` added to a cleaned environment (no
 /// inherited Vault or AWS settings), feeding `stdin`, and checks that nothing it
 /// printed holds a value.
@@ -227,11 +189,7 @@ pub async fn cutover_with(args: &[&str], env: &[(&str, &str)], stdin: Option<Vec
             child.stdin.take().unwrap().write_all(&bytes).unwrap();
         }
         let out = child.wait_with_output().expect("wait for cutover");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::from(out)
     })
     .await
     .unwrap();

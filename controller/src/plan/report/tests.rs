@@ -165,7 +165,6 @@ fn record() -> Record {
         ledger: None,
         client_failed_requests: None,
         error_seconds: Vec::new(),
-        verdict: Verdict::default(),
     }
 }
 
@@ -182,7 +181,7 @@ fn downtime_is_the_longest_run_of_consecutive_seconds() {
 }
 
 #[test]
-fn finish_verdict_sums_errors_and_missing_rows() {
+fn the_verdict_sums_errors_and_missing_rows() {
     let mut r = record();
     r.error_seconds = vec![
         START as u64 + 130,
@@ -192,10 +191,10 @@ fn finish_verdict_sums_errors_and_missing_rows() {
         START as u64 + 202,
     ];
     r.verify[0].tables[1].missing = 2;
-    finish_verdict(&mut r);
-    assert_eq!(r.verdict.downtime_s, 3.0);
-    assert_eq!(r.verdict.failed_requests, 123);
-    assert_eq!(r.verdict.lost_writes, 2);
+    let v = verdict(&r);
+    assert_eq!(v.downtime_s, 3.0);
+    assert_eq!(v.failed_requests, 123);
+    assert_eq!(v.lost_writes, 2);
 }
 
 #[test]
@@ -208,8 +207,8 @@ fn the_ledger_adds_to_lost_writes() {
         missing: 3,
         missing_examples: vec!["tasks 17".into(), "tasks 18".into(), "notes 4".into()],
     });
-    finish_verdict(&mut r);
-    assert_eq!(r.verdict.lost_writes, 4);
+    let v = verdict(&r);
+    assert_eq!(v.lost_writes, 4);
     let md = markdown(&r);
     assert!(md.contains("## Acknowledged writes"), "{md}");
     assert!(md.contains("| 1,000 | 997 | 3 |"), "{md}");
@@ -221,10 +220,10 @@ fn no_errors_no_downtime() {
     let mut r = record();
     r.spans.clear();
     r.verify.clear();
-    finish_verdict(&mut r);
-    assert_eq!(r.verdict.downtime_s, 0.0);
-    assert_eq!(r.verdict.failed_requests, 0);
-    assert_eq!(r.verdict.lost_writes, 0);
+    let v = verdict(&r);
+    assert_eq!(v.downtime_s, 0.0);
+    assert_eq!(v.failed_requests, 0);
+    assert_eq!(v.lost_writes, 0);
 }
 
 #[test]
