@@ -13,6 +13,7 @@
 //! the verdict's downtime is made of.
 
 mod finish;
+mod prepare;
 mod sampler;
 mod steps;
 mod switch;
@@ -31,7 +32,7 @@ use serde_json::Value;
 
 use super::exporter::{self, ControllerMetrics};
 use super::metrics::{self, Scrape};
-use super::model::Plan;
+use super::model::{Database, Plan};
 use super::record::{Event, Outcome, PhaseName, RECORD_VERSION, Record, Span};
 use super::report;
 use super::state::{self, StateFile};
@@ -368,6 +369,19 @@ impl<'a> Runner<'a> {
         }
         self.route_names = names;
         Ok(())
+    }
+
+    /// A connected pair for `app` (kept for the run; reconnected when closed).
+    async fn db(&mut self, app: &str, d: &Database) -> Result<Arc<(Db, Db)>, Error> {
+        if let Some(pair) = self.dbs.get(app)
+            && !pair.0.is_closed()
+            && !pair.1.is_closed()
+        {
+            return Ok(pair.clone());
+        }
+        let pair = Arc::new(Db::connect_pair(&d.source, &d.target).await?);
+        self.dbs.insert(app.to_string(), pair.clone());
+        Ok(pair)
     }
 
     async fn scrape(&mut self, proxies: &Proxies) -> Result<Scrape, Error> {
