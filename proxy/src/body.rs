@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 
 use crate::metrics::PairMetrics;
 use crate::state::Live;
+use crate::upstream::Lease;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -26,6 +27,8 @@ pub enum ProxyBody {
         guard: InflightGuard,
         /// The route's total timeout, when set.
         deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        /// The upstream connection, back to its pool once the body has ended.
+        lease: Option<Lease>,
     },
 }
 
@@ -53,6 +56,7 @@ impl Body for ProxyBody {
                 body,
                 guard,
                 deadline,
+                lease,
             } => {
                 if let Some(d) = deadline
                     && d.as_mut().poll(cx).is_ready()
@@ -60,12 +64,20 @@ impl Body for ProxyBody {
                     guard.pair().upstream_error("timeout");
                     return Poll::Ready(Some(Err(Box::new(TotalTimeout))));
                 }
-                match Pin::new(body).poll_frame(cx) {
+                match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Ready(Some(Err(e))) => {
+                        *lease = None;
                         guard.pair().upstream_error("reset");
                         Poll::Ready(Some(Err(Box::new(e))))
                     }
-                    other => other.map_err(|e| Box::new(e) as BoxError),
+                    other => {
+                        // hyper stops polling once the body says it has ended, so
+                        // look after every frame, not only for the final `None`.
+                        if matches!(other, Poll::Ready(None)) || body.is_end_stream() {
+                            release(lease);
+                        }
+                        other.map_err(|e| Box::new(e) as BoxError)
+                    }
                 }
             }
         }
@@ -84,6 +96,14 @@ impl Body for ProxyBody {
             ProxyBody::Local(None) => SizeHint::with_exact(0),
             ProxyBody::Upstream { body, .. } => body.size_hint(),
         }
+    }
+}
+
+/// Hands the connection back to its pool (once).
+#[inline]
+pub fn release(lease: &mut Option<Lease>) {
+    if let Some(l) = lease.take() {
+        l.release();
     }
 }
 

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 
 use cutover_config::UpstreamTls;
 use http::Uri;
+use http::uri::Authority;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
@@ -84,6 +85,16 @@ impl Connector {
             }
         };
         Ok(Connector { http, tls })
+    }
+
+    /// Opens a connection to `authority` (an `ip:port`), with TLS when configured.
+    pub async fn connect(&self, authority: &Authority) -> Result<Conn, BoxError> {
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()?;
+        tower_service::Service::call(&mut self.clone(), uri).await
     }
 }
 

@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{InflightGuard, ProxyBody};
+use crate::body::{InflightGuard, ProxyBody, release};
 use crate::handle::{Decision, local};
 use crate::headers::{prepare_request, strip_hop_by_hop};
 use crate::replay::{Replay, UpBody};
@@ -95,21 +96,15 @@ pub async fn forward(
             break;
         };
         let last_attempt = attempt == route.attempts;
-        let req = build(
-            &mut parts,
-            &endpoint.authority,
-            &path,
-            up_body,
-            last_attempt,
-        );
+        let req = build(&mut parts, &path, up_body, last_attempt);
         let mut head_timeout = route.timeouts.response_header;
         if let Some(t) = total {
             head_timeout =
                 head_timeout.min(t.saturating_duration_since(tokio::time::Instant::now()));
         }
         guard.forwarded(start);
-        match upstream::send(&rt.clients[b], req, head_timeout).await {
-            Ok(resp) => {
+        match upstream::send(&rt.clients[b], &endpoint.authority, req, head_timeout).await {
+            Ok((resp, lease)) => {
                 endpoint.health.connected();
                 let status = resp.status();
                 let retryable_status =
@@ -137,6 +132,12 @@ pub async fn forward(
                 let (mut head, body) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 let deadline = total.map(|t| Box::pin(tokio::time::sleep_until(t)));
+                let mut lease = Some(lease);
+                if body.is_end_stream() {
+                    // Nothing to stream (HEAD, 204, 304, an empty body): the
+                    // connection is free now.
+                    release(&mut lease);
+                }
                 return (
                     Response::from_parts(
                         head,
@@ -144,6 +145,7 @@ pub async fn forward(
                             body,
                             guard,
                             deadline,
+                            lease,
                         },
                     ),
                     b,
@@ -242,23 +244,12 @@ fn other_backend(
         .max_by_key(|&m| (weights.basis_points(m), std::cmp::Reverse(m)))
 }
 
-/// The upstream request for one attempt. The last attempt takes the headers instead
-/// of copying them.
-fn build(
-    parts: &mut Parts,
-    authority: &Authority,
-    path: &PathAndQuery,
-    body: UpBody,
-    last: bool,
-) -> Request<UpBody> {
+/// The upstream request for one attempt, its URI in origin form (the address is the
+/// connection's). The last attempt takes the headers instead of copying them.
+fn build(parts: &mut Parts, path: &PathAndQuery, body: UpBody, last: bool) -> Request<UpBody> {
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(authority.clone());
-    uri.path_and_query = Some(path.clone());
-    // Scheme, authority and path are all present and valid, so this cannot fail.
-    *req.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
+    *req.uri_mut() = Uri::from(path.clone());
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = if last {
         std::mem::take(&mut parts.headers)

@@ -73,8 +73,14 @@ async fn proxy(
         live.backends[backend].header.clone(),
     );
     if let (Some(value), Sticky::Cookie { name, .. }) = (&minted, &live.snap.routes()[ri].sticky) {
-        let secure = if secure { "; Secure" } else { "" };
-        let cookie = format!("{name}={value}{}{secure}", live.routes[ri].cookie_attrs);
+        let attrs = &live.routes[ri].cookie_attrs;
+        let mut cookie = String::with_capacity(name.len() + value.len() + attrs.len() + 9);
+        for part in [name.as_str(), "=", value, attrs] {
+            cookie.push_str(part);
+        }
+        if secure {
+            cookie.push_str("; Secure");
+        }
         // Validates without copying the bytes again.
         if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(cookie)) {
             headers.append(SET_COOKIE, v);

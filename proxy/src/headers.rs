@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -39,9 +40,10 @@ pub fn prepare_request(parts: &mut Parts, peer: SocketAddr) -> Result<(), Status
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     let client = peer.ip().to_string();
+    // Handing the string over as `Bytes` validates it without another copy.
     let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {client}")),
-        None => HeaderValue::from_str(&client),
+        Some(prior) => HeaderValue::from_maybe_shared(Bytes::from(format!("{prior}, {client}"))),
+        None => HeaderValue::from_maybe_shared(Bytes::from(client)),
     };
     if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -57,6 +59,11 @@ pub fn prepare_request(parts: &mut Parts, peer: SocketAddr) -> Result<(), Status
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there are none (`Connection` is one of them): one pass over the names,
+    // where standard names compare as tags, instead of a lookup per name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if let Some(conn) = headers.get(http::header::CONNECTION) {
         let named: Vec<HeaderName> = conn
             .to_str()
@@ -69,9 +76,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for h in &HOP_BY_HOP {
-        if headers.contains_key(h) {
-            headers.remove(h);
-        }
+        headers.remove(h);
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::header::CONNECTION;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
@@ -167,6 +168,10 @@ where
 
 /// Runs the handler on one request: marks it with its scheme, and once the
 /// listener is stopping asks an HTTP/1 client to close after this response.
+///
+/// A combinator rather than an `async` block: the block would keep the handler's
+/// future both as a captured value and as the awaited one, doubling the state hyper
+/// keeps per connection and copies on every request.
 fn respond<F, Fut>(
     handler: &F,
     peer: SocketAddr,
@@ -182,18 +187,18 @@ where
         req.extensions_mut().insert(Scheme::Https);
     }
     let http1 = req.version() < Version::HTTP_2;
-    let response = handler(peer, req);
     let closing = closing.clone();
-    async move {
-        let mut resp = response.await?;
-        // Read at answer time: a request that began before the stop still tells
-        // its client to move on.
-        if http1 && closing.load(Ordering::Relaxed) {
-            resp.headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        Ok(resp)
-    }
+    handler(peer, req).map(move |resp| {
+        resp.map(|mut resp| {
+            // Read at answer time: a request that began before the stop still
+            // tells its client to move on.
+            if http1 && closing.load(Ordering::Relaxed) {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        })
+    })
 }
 
 /// Resolves once the stop has been signalled (at once if it already was).
