@@ -151,14 +151,21 @@ pub async fn forward(
                     b,
                 );
             }
-            Err((kind, detail)) => {
+            Err(upstream::Failure {
+                kind,
+                detail,
+                shared: waited,
+            }) => {
                 guard.pair().upstream_error(kind.as_str());
                 let backend = &live.backends[b];
                 tracing::warn!(
                     route = %route.name, backend = %backend.name, addr = %endpoint.addr,
                     kind = kind.as_str(), attempt, error = %detail, "upstream request failed"
                 );
-                if kind == FailureKind::Connect && endpoint.health.connect_failed(&backend.eject) {
+                if kind == FailureKind::Connect
+                    && !waited
+                    && endpoint.health.connect_failed(&backend.eject)
+                {
                     tracing::warn!(backend = %backend.name, addr = %endpoint.addr, cooldown = ?backend.eject.cooldown,
                         "address ejected after consecutive connect failures");
                 }

@@ -181,8 +181,27 @@ impl FailureKind {
     }
 }
 
-/// A failed call: its kind, and the cause on one line for the log.
-pub type Failure = (FailureKind, String);
+/// A failed call.
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// The cause on one line, for the log. Contains no request data.
+    pub detail: String,
+    /// The request waited for another request's connect, which failed: one failed
+    /// connect, however many requests were waiting on it, is one strike against the
+    /// address's health.
+    pub shared: bool,
+}
+
+impl Failure {
+    fn new(kind: FailureKind, detail: String) -> Self {
+        Failure {
+            kind,
+            detail,
+            shared: false,
+        }
+    }
+}
 
 impl Upstream {
     /// The shared client whose connections give up connecting after
@@ -226,7 +245,7 @@ pub async fn send(
     head_timeout: Duration,
 ) -> Result<(http::Response<Incoming>, Lease), Failure> {
     match tokio::time::timeout(head_timeout, client.request(authority, req)).await {
-        Err(_) => Err((
+        Err(_) => Err(Failure::new(
             FailureKind::Timeout,
             format!("no response head within {head_timeout:?}"),
         )),
@@ -247,7 +266,13 @@ impl Client {
                 Next::Wait(rx) => match rx.await {
                     Ok(Handoff::Conn(tx)) => tx,
                     Ok(Handoff::Slot(slot)) => break slot,
-                    Ok(Handoff::Failed(cause)) => return Err((FailureKind::Connect, cause)),
+                    Ok(Handoff::Failed(detail)) => {
+                        return Err(Failure {
+                            kind: FailureKind::Connect,
+                            detail,
+                            shared: true,
+                        });
+                    }
                     // The pool never drops a waiter without an answer; try again.
                     Err(_) => continue,
                 },
@@ -292,7 +317,7 @@ impl Client {
             Ok(c) => c,
             Err(cause) => {
                 slot.failed = Some(cause.clone());
-                return Err((FailureKind::Connect, cause));
+                return Err(Failure::new(FailureKind::Connect, cause));
             }
         };
         tokio::spawn(async move {
@@ -433,7 +458,7 @@ async fn sweep(client: Weak<Client>) {
 }
 
 fn failure(e: &hyper::Error) -> Failure {
-    (classify(e), chain(e))
+    Failure::new(classify(e), chain(e))
 }
 
 fn classify(e: &hyper::Error) -> FailureKind {
