@@ -75,6 +75,21 @@ impl CheckReport {
         self.blockers() == 0
     }
 
+    /// The blockers, two lines each: what is wrong where, and the fix.
+    pub fn blocker_list(&self) -> String {
+        self.findings
+            .iter()
+            .filter(|f| f.level == Level::Blocker)
+            .map(|f| {
+                format!(
+                    "  {} {}: {}\n    fix: {}",
+                    f.side, f.object, f.problem, f.fix
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn count(&self, level: Level) -> usize {
         self.findings.iter().filter(|f| f.level == level).count()
     }

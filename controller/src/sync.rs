@@ -84,20 +84,9 @@ pub async fn sync(
     let link = Link::forward(name);
     let report = check::check(src, tgt, name, CheckOptions::default()).await?;
     if !report.passed() {
-        let list: Vec<String> = report
-            .findings
-            .iter()
-            .filter(|f| f.level == check::Level::Blocker)
-            .map(|f| {
-                format!(
-                    "  {} {}: {}\n    fix: {}",
-                    f.side, f.object, f.problem, f.fix
-                )
-            })
-            .collect();
         return Err(Error::Blocked {
             count: report.blockers(),
-            list: list.join("\n"),
+            list: report.blocker_list(),
         });
     }
     let mut steps = Vec::new();

@@ -126,16 +126,20 @@ async fn ordering(src: &Db, t: &Table) -> Result<(String, String), Error> {
     Ok((order, key))
 }
 
-async fn compare(src: &Db, tgt: &Db, t: &Table) -> Result<TableVerdict, Error> {
-    let exists: bool = tgt
+/// Whether `t` exists in `db`.
+async fn exists(db: &Db, t: &Table) -> Result<bool, Error> {
+    Ok(db
         .query_one(
             "look for the table",
             "SELECT to_regclass($1) IS NOT NULL",
             &[&t.name.sql()],
         )
         .await?
-        .get(0);
-    if !exists {
+        .get(0))
+}
+
+async fn compare(src: &Db, tgt: &Db, t: &Table) -> Result<TableVerdict, Error> {
+    if !exists(tgt, t).await? {
         return Ok(TableVerdict {
             table: t.name.to_string(),
             source_rows: 0,

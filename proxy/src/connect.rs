@@ -3,7 +3,6 @@
 //! setting, so the SNI name travels with the connector rather than the URI (whose
 //! authority is the resolved `ip:port`).
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,18 +12,18 @@ use cutover_config::UpstreamTls;
 use http::Uri;
 use http::uri::Authority;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tower_service::Service;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Connects to the URI's `ip:port`, with TLS when configured.
-#[derive(Clone)]
+/// Connects to an `ip:port`, with TLS when configured.
 pub struct Connector {
     http: HttpConnector,
     tls: Option<(TlsConnector, ServerName<'static>)>,
@@ -94,32 +93,14 @@ impl Connector {
             .authority(authority.clone())
             .path_and_query("/")
             .build()?;
-        tower_service::Service::call(&mut self.clone(), uri).await
-    }
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = Conn;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.http.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.http.call(uri);
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let tcp = connecting.await?;
-            match tls {
-                None => Ok(Conn::Plain(tcp)),
-                Some((connector, sni)) => {
-                    let stream = connector.connect(sni, tcp.into_inner()).await?;
-                    Ok(Conn::Tls(Box::new(TokioIo::new(stream))))
-                }
+        let tcp = self.http.clone().call(uri).await?;
+        match &self.tls {
+            None => Ok(Conn::Plain(tcp)),
+            Some((connector, sni)) => {
+                let stream = connector.connect(sni.clone(), tcp.into_inner()).await?;
+                Ok(Conn::Tls(Box::new(TokioIo::new(stream))))
             }
-        })
+        }
     }
 }
 
@@ -127,15 +108,6 @@ impl tower_service::Service<Uri> for Connector {
 pub enum Conn {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
-}
-
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
-        match self {
-            Conn::Plain(t) => t.connected(),
-            Conn::Tls(t) => t.inner().get_ref().0.connected(),
-        }
-    }
 }
 
 impl Read for Conn {

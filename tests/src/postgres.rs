@@ -144,6 +144,21 @@ impl Pair {
         pg.dsn_as("app", APP_PASSWORD, "app")
     }
 
+    /// Asserts that the application (role `app`) cannot write to `items` on `pg`:
+    /// the database refuses with a read-only error.
+    pub async fn assert_app_read_only(pg: &Postgres) {
+        let app = pg.connect_as("app", APP_PASSWORD, "app").await.unwrap();
+        let err = app
+            .execute("INSERT INTO items (body) VALUES ('refused')", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+            "{err:?}"
+        );
+    }
+
     /// `CUTOVER_SOURCE`/`CUTOVER_TARGET` for the superuser on database `app`.
     pub fn env(&self) -> Vec<(String, String)> {
         self.env_prefixed("CUTOVER")

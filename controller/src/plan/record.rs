@@ -25,6 +25,19 @@ pub enum Outcome {
     Aborted,
 }
 
+impl Outcome {
+    /// The outcome as reports and progress lines word it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Succeeded => "succeeded",
+            Outcome::GateFailed => "gate failed",
+            Outcome::Failed => "failed",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
 /// The plan's phases in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -15,7 +15,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::plan::record::{Outcome, Record, Verdict};
+use crate::plan::record::{Record, Verdict};
 
 pub use markdown::markdown;
 
@@ -134,7 +134,7 @@ pub fn summary(r: &Record) -> String {
     let mut out = format!(
         "{}: {} after {}\n",
         r.plan_name,
-        outcome_label(r.outcome),
+        r.outcome.label(),
         duration(r.updated_at - r.started_at)
     );
     if let Some(reason) = &r.stop_reason {
@@ -168,17 +168,6 @@ pub fn summary(r: &Record) -> String {
         ));
     }
     out
-}
-
-/// The outcome as the report words it.
-fn outcome_label(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Running => "running",
-        Outcome::Succeeded => "succeeded",
-        Outcome::GateFailed => "gate failed",
-        Outcome::Failed => "failed",
-        Outcome::Aborted => "aborted",
-    }
 }
 
 /// A duration for people: "0 s", "850 ms", "4.2 s", "3 s", "12 s", "2m 05s",

@@ -400,6 +400,22 @@ impl<'a> Runner<'a> {
         });
     }
 
+    /// Ends a whole phase that began at `started` (scrape `a`): records its span under
+    /// the phase's name and moves the record on to `next`.
+    async fn end_phase(
+        &mut self,
+        phase: PhaseName,
+        next: PhaseName,
+        started: f64,
+        proxies: &Proxies,
+        a: &Scrape,
+    ) -> Result<(), Error> {
+        let b = self.scrape(proxies).await?;
+        self.span(phase.as_str().to_string(), phase, started, a, &b);
+        self.rec.phase = next;
+        self.save()
+    }
+
     /// Sets `new_percent` on every app's route on every replica.
     async fn set_weights(&mut self, proxies: &Proxies, new_percent: f64) -> Result<(), Error> {
         for app in &self.plan.apps {

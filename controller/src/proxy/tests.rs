@@ -21,10 +21,17 @@ struct Seen {
     body: String,
 }
 
-async fn admin_server() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+/// What a test server received, in order.
+type SeenLog = Arc<Mutex<Vec<Seen>>>;
+
+/// A server that records every request and answers with `answer`.
+async fn serve<F>(answer: F) -> (SocketAddr, SeenLog)
+where
+    F: Fn(&Seen) -> (StatusCode, String) + Send + Sync + Copy + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = SeenLog::default();
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
@@ -44,46 +51,14 @@ async fn admin_server() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                             .to_string();
                         let body = req.into_body().collect().await?.to_bytes();
                         let body = String::from_utf8_lossy(&body).into_owned();
-                        log.lock().unwrap().push(Seen {
-                            method: method.clone(),
-                            path: path.clone(),
-                            auth: auth.clone(),
+                        let seen = Seen {
+                            method,
+                            path,
+                            auth,
                             body,
-                        });
-                        let (status, text) = if auth != "Bearer t0ken" {
-                            (
-                                StatusCode::UNAUTHORIZED,
-                                r#"{"error":"missing or wrong bearer token"}"#.to_string(),
-                            )
-                        } else if path == "/status" {
-                            (
-                                StatusCode::OK,
-                                json!({"routes": [{
-                                    "name": "shop", "hosts": ["shop.test", "*.shop.test"],
-                                    "weights": {"old": 100, "new": 0}, "writes": "old",
-                                    "inflight": {"old": 3, "new": 0},
-                                    "inflight_writes": {"old": 2, "new": 0},
-                                    "inflight_reads": {"old": 1, "new": 0},
-                                    "hold": null, "drained": {"old": false, "new": true}
-                                }]})
-                                .to_string(),
-                            )
-                        } else if path.ends_with("/hold") && path.contains("nosuch") {
-                            (
-                                StatusCode::NOT_FOUND,
-                                r#"{"error":"no route for host nosuch.test"}"#.into(),
-                            )
-                        } else if path.ends_with("/hold") {
-                            (
-                                StatusCode::OK,
-                                r#"{"hold":{"scope":"writes"},"routes":["shop"]}"#.into(),
-                            )
-                        } else {
-                            (
-                                StatusCode::OK,
-                                r#"{"released":4,"routes":["shop"],"writes":"new"}"#.into(),
-                            )
                         };
+                        let (status, text) = answer(&seen);
+                        log.lock().unwrap().push(seen);
                         let mut r = Response::new(Full::new(Bytes::from(text)));
                         *r.status_mut() = status;
                         Ok::<_, hyper::Error>(r)
@@ -96,6 +71,49 @@ async fn admin_server() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
         }
     });
     (addr, seen)
+}
+
+/// Answers as the admin API does to hold, release and status calls, with the
+/// token `t0ken`.
+fn admin_answer(s: &Seen) -> (StatusCode, String) {
+    if s.auth != "Bearer t0ken" {
+        (
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":"missing or wrong bearer token"}"#.to_string(),
+        )
+    } else if s.path == "/status" {
+        (
+            StatusCode::OK,
+            json!({"routes": [{
+                "name": "shop", "hosts": ["shop.test", "*.shop.test"],
+                "weights": {"old": 100, "new": 0}, "writes": "old",
+                "inflight": {"old": 3, "new": 0},
+                "inflight_writes": {"old": 2, "new": 0},
+                "inflight_reads": {"old": 1, "new": 0},
+                "hold": null, "drained": {"old": false, "new": true}
+            }]})
+            .to_string(),
+        )
+    } else if s.path.ends_with("/hold") && s.path.contains("nosuch") {
+        (
+            StatusCode::NOT_FOUND,
+            r#"{"error":"no route for host nosuch.test"}"#.into(),
+        )
+    } else if s.path.ends_with("/hold") {
+        (
+            StatusCode::OK,
+            r#"{"hold":{"scope":"writes"},"routes":["shop"]}"#.into(),
+        )
+    } else {
+        (
+            StatusCode::OK,
+            r#"{"released":4,"routes":["shop"],"writes":"new"}"#.into(),
+        )
+    }
+}
+
+async fn admin_server() -> (SocketAddr, SeenLog) {
+    serve(admin_answer).await
 }
 
 #[tokio::test]
@@ -190,76 +208,46 @@ fn admin_urls_are_plain_http_without_a_path() {
     assert!(Proxies::new(&["p:9901".into()], None).is_ok());
 }
 
-/// What the weights/metrics server saw: (method, path, body).
-type Calls = Arc<Mutex<Vec<(String, String, String)>>>;
-
 /// Answers like the admin API for weights, status and metrics; `weights` bodies
 /// whose values do not sum to 100 get the proxy's 422, an unknown route its 404.
-async fn weights_server() -> (String, Calls) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let calls: Calls = Arc::default();
-    let log = calls.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let log = log.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        let method = req.method().to_string();
-                        let path = req.uri().path().to_string();
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let body = String::from_utf8_lossy(&body).into_owned();
-                        log.lock()
-                            .unwrap()
-                            .push((method.clone(), path.clone(), body.clone()));
-                        let (status, text) = match (method.as_str(), path.as_str()) {
-                            ("GET", "/metrics") => (
-                                StatusCode::OK,
-                                "# TYPE cutover_config_generation gauge\ncutover_config_generation 3\n"
-                                    .to_string(),
-                            ),
-                            ("GET", "/status") => (
-                                StatusCode::OK,
-                                json!({"generation": 3, "routes": []}).to_string(),
-                            ),
-                            ("PUT", p) if p.starts_with("/routes/nosuch") => (
-                                StatusCode::NOT_FOUND,
-                                r#"{"error":"no route lists host \"nosuch.test\""}"#.into(),
-                            ),
-                            ("PUT", _) => {
-                                let v: Value = serde_json::from_str(&body).unwrap();
-                                let sum: f64 = v
-                                    .as_object()
-                                    .unwrap()
-                                    .values()
-                                    .map(|n| n.as_f64().unwrap())
-                                    .sum();
-                                if (sum - 100.0).abs() < 1e-9 {
-                                    (StatusCode::OK, json!({"name": "shop"}).to_string())
-                                } else {
-                                    (
-                                        StatusCode::UNPROCESSABLE_ENTITY,
-                                        format!(r#"{{"error":"weights sum to {sum}, not 100"}}"#),
-                                    )
-                                }
-                            }
-                            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
-                        };
-                        let mut r = Response::new(Full::new(Bytes::from(text)));
-                        *r.status_mut() = status;
-                        Ok::<_, hyper::Error>(r)
-                    }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+fn weights_answer(s: &Seen) -> (StatusCode, String) {
+    match (s.method.as_str(), s.path.as_str()) {
+        ("GET", "/metrics") => (
+            StatusCode::OK,
+            "# TYPE cutover_config_generation gauge\ncutover_config_generation 3\n".to_string(),
+        ),
+        ("GET", "/status") => (
+            StatusCode::OK,
+            json!({"generation": 3, "routes": []}).to_string(),
+        ),
+        ("PUT", p) if p.starts_with("/routes/nosuch") => (
+            StatusCode::NOT_FOUND,
+            r#"{"error":"no route lists host \"nosuch.test\""}"#.into(),
+        ),
+        ("PUT", _) => {
+            let v: Value = serde_json::from_str(&s.body).unwrap();
+            let sum: f64 = v
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|n| n.as_f64().unwrap())
+                .sum();
+            if (sum - 100.0).abs() < 1e-9 {
+                (StatusCode::OK, json!({"name": "shop"}).to_string())
+            } else {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(r#"{{"error":"weights sum to {sum}, not 100"}}"#),
+                )
+            }
         }
-    });
-    (format!("http://{addr}"), calls)
+        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+async fn weights_server() -> (String, SeenLog) {
+    let (addr, seen) = serve(weights_answer).await;
+    (format!("http://{addr}"), seen)
 }
 
 fn weights(old: f64, new: f64) -> BTreeMap<String, f64> {
@@ -285,11 +273,11 @@ async fn weights_metrics_and_status_speak_the_admin_contract() {
     assert_eq!(p.status(&url).await.unwrap()["generation"], 3);
 
     let calls = calls.lock().unwrap().clone();
-    let puts: Vec<_> = calls.iter().filter(|c| c.0 == "PUT").collect();
-    assert_eq!(puts[0].1, "/routes/shop.test/weights");
-    assert_eq!(puts[1].1, "/routes/%2A.shop.test/weights");
-    assert_eq!(puts[2].1, "/routes/%2A/weights");
-    let body: Value = serde_json::from_str(&puts[0].2).unwrap();
+    let puts: Vec<_> = calls.iter().filter(|c| c.method == "PUT").collect();
+    assert_eq!(puts[0].path, "/routes/shop.test/weights");
+    assert_eq!(puts[1].path, "/routes/%2A.shop.test/weights");
+    assert_eq!(puts[2].path, "/routes/%2A/weights");
+    let body: Value = serde_json::from_str(&puts[0].body).unwrap();
     assert_eq!(body, json!({"old": 90.0, "new": 10.0}));
 }
 

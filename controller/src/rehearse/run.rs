@@ -78,16 +78,6 @@ fn check_client_programs(server_bin: &Path) -> Result<(), RehearseError> {
     )))
 }
 
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Running => "running",
-        Outcome::Succeeded => "succeeded",
-        Outcome::GateFailed => "gate failed",
-        Outcome::Failed => "failed",
-        Outcome::Aborted => "aborted",
-    }
-}
-
 /// One GET per app through the proxy: every route must answer 200 before the
 /// load starts, so a broken set-up fails here with the app's name.
 async fn smoke_test(proxy: SocketAddr) -> Result<(), RehearseError> {
@@ -308,7 +298,7 @@ pub(super) async fn rehearse(
     progress.line(&format!(
         "{}: outcome {}, {} failed requests, {} lost writes, {:.0}s of downtime; report: {} and {}",
         if ok { "PASSED" } else { "FAILED" },
-        outcome_name(record.outcome),
+        record.outcome.label(),
         v.failed_requests,
         v.lost_writes,
         v.downtime_s,

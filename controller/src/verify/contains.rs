@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use futures_util::{StreamExt, pin_mut};
 
-use super::{Fnv, SESSION, ordering};
+use super::{Fnv, SESSION, exists, ordering};
 use crate::catalog::{self, Table};
 use crate::db::Db;
 use crate::error::Error;
@@ -82,21 +82,14 @@ async fn contains_all(src: &Db, tgt: &Db, tables: &[Table]) -> Result<Vec<TableC
 }
 
 async fn contains(src: &Db, tgt: &Db, t: &Table) -> Result<TableCheck, Error> {
-    let exists: bool = tgt
-        .query_one(
-            "look for the table",
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&t.name.sql()],
-        )
-        .await?
-        .get(0);
+    let on_target = exists(tgt, t).await?;
     let (order, key) = ordering(src, t).await?;
     let what = format!("read {}", t.name);
     let from = format!("SELECT {key}, md5(t::text) FROM ONLY {} t", t.name.sql());
     // The source in key order, so that its checksum is `verify`'s; the target in
     // whatever order the server finds cheapest, since it is matched by key.
     let source_sql = format!("{from} ORDER BY {order}");
-    if !exists {
+    if !on_target {
         let mut c = Containment::new();
         each_row(src, &what, &source_sql, |_, digest| c.count_source(&digest)).await?;
         return Ok(c.absent(t.name.to_string()));

@@ -35,8 +35,8 @@ async fn target_lost_after_the_hold_rolls_back_cleanly() {
         .unwrap();
     assert!(synced.ready);
 
-    let old_app = App::start("old", &pair.old.dsn_as("app", APP_PASSWORD, "app"));
-    let new_app = App::start("new", &pair.new.dsn_as("app", APP_PASSWORD, "app"));
+    let old_app = App::start("old", &Pair::app_dsn(&pair.old));
+    let new_app = App::start("new", &Pair::app_dsn(&pair.new));
     // Reads stay on old: the target going away is the fault under test, not
     // something the application's readers should see.
     let cfg = two_backend_config(

@@ -73,8 +73,8 @@ async fn switchover_and_rollback_under_load_lose_nothing_and_fail_nothing() {
     cutover(&["db", "check"], &env).await.ok();
     cutover(&["db", "sync"], &env).await.ok();
 
-    let old_app = App::start("old", &pair.old.dsn_as("app", APP_PASSWORD, "app"));
-    let new_app = App::start("new", &pair.new.dsn_as("app", APP_PASSWORD, "app"));
+    let old_app = App::start("old", &Pair::app_dsn(&pair.old));
+    let new_app = App::start("new", &Pair::app_dsn(&pair.new));
     let cfg = two_backend_config(
         old_app.addr,
         new_app.addr,
@@ -147,20 +147,7 @@ async fn switchover_and_rollback_under_load_lose_nothing_and_fail_nothing() {
 
     // The source rejects the application's writes; the target takes them, with
     // ids past every one acknowledged (the sequences were copied).
-    let app_old = pair
-        .old
-        .connect_as("app", APP_PASSWORD, "app")
-        .await
-        .unwrap();
-    let err = app_old
-        .execute("INSERT INTO items (body) VALUES ('sneaky')", &[])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
-        "{err:?}"
-    );
+    Pair::assert_app_read_only(&pair.old).await;
     let max_acked = ledger.acked.iter().map(|(id, _)| *id).max().unwrap();
     let app_new = pair
         .new
@@ -276,19 +263,7 @@ async fn switchover_and_rollback_under_load_lose_nothing_and_fail_nothing() {
         .execute("INSERT INTO items (body) VALUES ('writable again')", &[])
         .await
         .unwrap();
-    let app_new = pair
-        .new
-        .connect_as("app", APP_PASSWORD, "app")
-        .await
-        .unwrap();
-    let err = app_new
-        .execute("INSERT INTO items (body) VALUES ('x')", &[])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
-    );
+    Pair::assert_app_read_only(&pair.new).await;
     eventually(
         Duration::from_secs(20),
         "verify after the rollback",

@@ -355,20 +355,7 @@ async fn kill_during_switchover() {
     site.assert_acked_on_new(&writes).await;
     site.assert_all_on_new().await;
     // The source is read-only for the app now; the target takes its writes.
-    let app_old = tokio_postgres::connect(&Pair::app_dsn(&site.pair.old), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(app_old.1);
-    let err = app_old
-        .0
-        .execute("INSERT INTO items (body) VALUES ('sneaky')", &[])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
-        "{err:?}"
-    );
+    Pair::assert_app_read_only(&site.pair.old).await;
 }
 
 /// `cutover abort` after the switchover: writes go back to the old database through

@@ -9,7 +9,7 @@ use crate::plan::record::{
     GateRecord, LedgerCheck, Record, Span, SwitchoverRecord, Traffic, VerifyRecord,
 };
 
-use super::{count, duration, one_line, outcome_label, percent, timestamp, verdict};
+use super::{count, duration, one_line, percent, timestamp, verdict};
 
 /// The report as Markdown. Sections without data say so rather than vanish, so a
 /// reader can tell "nothing happened" from "not measured"; the ledger section shows
@@ -32,7 +32,7 @@ pub fn markdown(r: &Record) -> String {
 
 fn header(out: &mut String, r: &Record) {
     let _ = writeln!(out, "# Migration report: {}\n", r.plan_name);
-    let _ = writeln!(out, "**Outcome: {}**\n", outcome_label(r.outcome));
+    let _ = writeln!(out, "**Outcome: {}**\n", r.outcome.label());
     if let Some(reason) = &r.stop_reason {
         let _ = writeln!(out, "- Stopped: {}", one_line(reason));
     }

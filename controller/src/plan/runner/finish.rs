@@ -98,10 +98,8 @@ impl Runner<'_> {
             ),
             true,
         );
-        let b = self.scrape(&proxies).await?;
-        self.span("finalize".into(), PhaseName::Finalize, started, &a, &b);
-        self.rec.phase = PhaseName::Done;
-        self.save()?;
+        self.end_phase(PhaseName::Finalize, PhaseName::Done, started, &proxies, &a)
+            .await?;
         Ok(None)
     }
 

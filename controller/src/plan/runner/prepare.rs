@@ -5,7 +5,7 @@
 use tokio::time::Instant;
 
 use super::{PhaseResult, Runner, Stop, now};
-use crate::check::{CheckOptions, Level, check};
+use crate::check::{CheckOptions, check};
 use crate::error::Error;
 use crate::observe::{Observer, TableProgress};
 use crate::plan::record::PhaseName;
@@ -76,20 +76,9 @@ impl Runner<'_> {
             let (src, tgt) = (&pair.0, &pair.1);
             let report = check(src, tgt, &d.replication, CheckOptions::default()).await?;
             if !report.passed() {
-                let list: Vec<String> = report
-                    .findings
-                    .iter()
-                    .filter(|f| f.level == Level::Blocker)
-                    .map(|f| {
-                        format!(
-                            "  {} {}: {}\n    fix: {}",
-                            f.side, f.object, f.problem, f.fix
-                        )
-                    })
-                    .collect();
                 return Err(Error::Blocked {
                     count: report.blockers(),
-                    list: format!("app {}:\n{}", app.name, list.join("\n")),
+                    list: format!("app {}:\n{}", app.name, report.blocker_list()),
                 });
             }
             self.event(
@@ -105,10 +94,8 @@ impl Runner<'_> {
                 true,
             );
         }
-        let b = self.scrape(&proxies).await?;
-        self.span("preflight".into(), PhaseName::Preflight, started, &a, &b);
-        self.rec.phase = PhaseName::Sync;
-        self.save()?;
+        self.end_phase(PhaseName::Preflight, PhaseName::Sync, started, &proxies, &a)
+            .await?;
         Ok(None)
     }
 
@@ -201,10 +188,8 @@ impl Runner<'_> {
                 true,
             );
         }
-        let b = self.scrape(&proxies).await?;
-        self.span("sync".into(), PhaseName::Sync, started, &a, &b);
-        self.rec.phase = PhaseName::Steps;
-        self.save()?;
+        self.end_phase(PhaseName::Sync, PhaseName::Steps, started, &proxies, &a)
+            .await?;
         Ok(None)
     }
 }
