@@ -19,6 +19,8 @@ need runuser util-linux
 # PostgreSQL 15 server binaries for the database tests (two clusters per test).
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
 need pg_dump postgresql-client-15
+# A real connection pooler for the pooled bypass writer (the binary is in /usr/sbin).
+[ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
 
 # The status page is tested in a real browser (headless Chromium over WebDriver).
 need chromium chromium

@@ -1,6 +1,7 @@
 //! The end-to-end harness: real HTTP backends, real `cutover-proxy` processes, and a
-//! small client, each bound to `127.0.0.1:0` and stopped on drop. Test modules live in
-//! `tests/e2e/`; this crate is the toolbox they share.
+//! small client, each bound to `127.0.0.1:0` and stopped on drop; real PostgreSQL
+//! clusters, a real PgBouncer, and writers that reach a database around the proxy.
+//! Test modules live in `tests/`; this crate is the toolbox they share.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod app;
@@ -10,10 +11,12 @@ mod client;
 mod dns;
 mod eventually;
 mod openbao;
+mod pgbouncer;
 mod postgres;
 mod process;
 mod proxy;
 mod run;
+mod writers;
 
 pub use app::{APP_SCHEMA, App};
 pub use backend::{Backend, BackendStats};
@@ -22,7 +25,12 @@ pub use client::{Client, Reply, h2_get};
 pub use dns::DnsServer;
 pub use eventually::eventually;
 pub use openbao::{OpenBao, bao_bin, find_on_path, free_port, http_json};
+pub use pgbouncer::{Pgbouncer, pgbouncer_bin};
 pub use postgres::{APP_PASSWORD, Pair, Postgres, SUPERUSER_PASSWORD, pg_bin};
 pub use process::BackendProcess;
 pub use proxy::{Proxy, ProxyBuilder, two_backend_config};
 pub use run::Run;
+pub use writers::{
+    Ack, COLUMN_ROLE, Conn, DEFINER_ROLE, MEMBER_ROLE, Prepared, WRITER_PASSWORD, WRITERS_GROUP,
+    WriteError, Writer, WriterKind, WriterOptions, assert_all_in, assert_all_on, create_roles,
+};

@@ -1,8 +1,10 @@
 //! Database migration tests: real PostgreSQL clusters (two per test), the real
 //! `cutover` binary and library, and for the switchover the demo app behind the real
-//! `cutover-proxy`.
+//! `cutover-proxy`; which write block holds against which bypass writer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "db/blocks.rs"]
+mod blocks;
 #[path = "db/check.rs"]
 mod check;
 #[path = "db/common.rs"]
@@ -19,3 +21,5 @@ mod load;
 mod switchover;
 #[path = "db/sync.rs"]
 mod sync;
+#[path = "db/writers.rs"]
+mod writers;

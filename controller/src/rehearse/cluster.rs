@@ -122,6 +122,8 @@ fn server_command(program: &Path) -> Command {
 
 /// The settings appended to `postgresql.conf`. Slots, senders and workers leave
 /// room for six subscriptions per direction plus their table-copy workers.
+/// Prepared transactions are allowed (off by default) so that tests can leave one
+/// pending, as an application using two-phase commit would.
 fn settings(port: u16, socket_dir: &Path) -> String {
     format!(
         "\n# cutover: a local cluster for rehearsals and tests\n\
@@ -129,7 +131,7 @@ fn settings(port: u16, socket_dir: &Path) -> String {
          wal_level = logical\nmax_replication_slots = 24\nmax_wal_senders = 24\n\
          max_logical_replication_workers = 20\nmax_sync_workers_per_subscription = 2\n\
          max_worker_processes = 40\nwal_retrieve_retry_interval = 1s\n\
-         max_connections = 200\nshared_buffers = 32MB\n\
+         max_connections = 200\nshared_buffers = 32MB\nmax_prepared_transactions = 10\n\
          fsync = off\nfull_page_writes = off\n\
          wal_writer_delay = 10ms\nmin_wal_size = 32MB\nmax_wal_size = 256MB\n",
         socket_dir.display()
@@ -532,6 +534,7 @@ mod tests {
         assert!(value("max_logical_replication_workers") >= 16);
         assert!(value("max_worker_processes") >= 32);
         assert!(value("max_connections") >= 200);
+        assert!(value("max_prepared_transactions") >= 1);
         assert!(s.contains("wal_level = logical") && s.contains("fsync = off"));
         assert!(s.contains("listen_addresses = '127.0.0.1'"));
     }

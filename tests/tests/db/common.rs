@@ -4,7 +4,7 @@
 use std::process::Command;
 
 pub use cutover_tests::{APP_PASSWORD, Pair, Run};
-use cutover_tests::{Postgres, SUPERUSER_PASSWORD, binary};
+use cutover_tests::{Postgres, SUPERUSER_PASSWORD, WRITER_PASSWORD, binary};
 use tokio::sync::Semaphore;
 
 /// The tests that put real load on the machine run one at a time, so that each
@@ -37,7 +37,7 @@ pub async fn cutover(args: &[&str], env: &[(String, String)]) -> Run {
 /// No password of the test clusters appears in `text`.
 #[track_caller]
 pub fn assert_no_secrets(text: &str) {
-    for secret in [SUPERUSER_PASSWORD, APP_PASSWORD] {
+    for secret in [SUPERUSER_PASSWORD, APP_PASSWORD, WRITER_PASSWORD] {
         assert!(
             !text.contains(secret),
             "a password leaked into output:\n{text}"
