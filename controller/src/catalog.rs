@@ -126,12 +126,39 @@ pub async fn sequences(db: &Db) -> Result<Vec<Name>, Error> {
     Ok(rows.iter().map(|r| Name::new(r.get(0), r.get(1))).collect())
 }
 
-/// Creates the controller's schema if needed. Returns whether anything was created.
+/// What [`ensure_own_schema`] creates: the heartbeat, the legacy record of blocked
+/// roles (read only to undo a block an earlier version made), the fence of each
+/// switchover, and the function the write-block triggers call.
+const OWN_SCHEMA: &str = "CREATE SCHEMA IF NOT EXISTS _cutover;
+     CREATE TABLE IF NOT EXISTS _cutover.heartbeat (
+         name text PRIMARY KEY, seq bigint NOT NULL, at timestamptz NOT NULL);
+     CREATE TABLE IF NOT EXISTS _cutover.blocked (
+         name text NOT NULL, role text NOT NULL, previous text,
+         PRIMARY KEY (name, role));
+     CREATE TABLE IF NOT EXISTS _cutover.fence (
+         name text NOT NULL, direction text NOT NULL, run text NOT NULL,
+         lsn pg_lsn NOT NULL, beat bigint NOT NULL, side text NOT NULL,
+         recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+         PRIMARY KEY (name, direction));
+     CREATE OR REPLACE FUNCTION _cutover.refuse_write() RETURNS trigger
+       LANGUAGE plpgsql AS $$
+     BEGIN
+       RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction',
+         MESSAGE = format('cutover: writes to %I.%I are refused: this database is not the writer '
+                          '(its migration moved writes to the other database)',
+                          TG_TABLE_SCHEMA, TG_TABLE_NAME);
+     END $$;";
+
+/// Creates the controller's schema, or what a newer version added to it. Returns
+/// whether anything was created.
 pub async fn ensure_own_schema(db: &Db) -> Result<bool, Error> {
     let exists: bool = db
         .query_one(
             "look for the _cutover schema",
-            "SELECT to_regclass('_cutover.heartbeat') IS NOT NULL AND to_regclass('_cutover.blocked') IS NOT NULL",
+            "SELECT to_regclass('_cutover.heartbeat') IS NOT NULL \
+                AND to_regclass('_cutover.blocked') IS NOT NULL \
+                AND to_regclass('_cutover.fence') IS NOT NULL \
+                AND to_regprocedure('_cutover.refuse_write()') IS NOT NULL",
             &[],
         )
         .await?
@@ -139,17 +166,47 @@ pub async fn ensure_own_schema(db: &Db) -> Result<bool, Error> {
     if exists {
         return Ok(false);
     }
-    db.batch(
-        "create the _cutover schema",
-        "CREATE SCHEMA IF NOT EXISTS _cutover;
-         CREATE TABLE IF NOT EXISTS _cutover.heartbeat (
-             name text PRIMARY KEY, seq bigint NOT NULL, at timestamptz NOT NULL);
-         CREATE TABLE IF NOT EXISTS _cutover.blocked (
-             name text NOT NULL, role text NOT NULL, previous text,
-             PRIMARY KEY (name, role));",
-    )
-    .await?;
+    db.batch("create the _cutover schema", OWN_SCHEMA).await?;
     Ok(true)
+}
+
+/// The controller's own tables, whose writes are not application writes.
+pub async fn own_table_oids(db: &Db) -> Result<Vec<i64>, Error> {
+    let rows = db
+        .query(
+            "list the controller's tables",
+            "SELECT c.oid::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = '_cutover' AND c.relkind = 'r'",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Every table a write can reach: ordinary and partitioned tables (each partition
+/// too), unlogged ones included, outside the system schemas and the controller's.
+pub async fn writable_tables(db: &Db) -> Result<Vec<Name>, Error> {
+    let sql = format!(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND {SYSTEM_SCHEMAS} \
+           AND {NOT_EXTENSION_MEMBER} ORDER BY 1, 2"
+    );
+    let rows = db.query("list writable tables", &sql, &[]).await?;
+    Ok(rows.iter().map(|r| Name::new(r.get(0), r.get(1))).collect())
+}
+
+/// Materialized views: logical replication does not carry them, so the target's
+/// are refreshed during the switchover.
+pub async fn materialized_views(db: &Db) -> Result<Vec<Name>, Error> {
+    let rows = db
+        .query(
+            "list materialized views",
+            "SELECT schemaname::text, matviewname::text FROM pg_matviews \
+             WHERE schemaname NOT IN ('pg_catalog', 'information_schema', '_cutover') ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| Name::new(r.get(0), r.get(1))).collect())
 }
 
 /// Quotes an identifier for SQL text.

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::db::Db;
 use crate::dsn::Side;
 use crate::error::Error;
+use crate::switchover::block;
 use crate::link::Link;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,7 +122,11 @@ async fn own_schema(db: &Db, name: &str) -> Result<Vec<CleanupAction>, Error> {
         )
         .await?
         .get(0);
-    if others == 0 {
+    // A side that refuses writes keeps them refused: the triggers call a
+    // function in this schema, and dropping it would open the old database to a
+    // job still pointed at it.
+    let refusing = block::blocked_tables(db).await?.len();
+    if others == 0 && refusing == 0 {
         db.batch(
             "drop the _cutover schema",
             "DROP SCHEMA IF EXISTS _cutover CASCADE",
@@ -134,7 +139,13 @@ async fn own_schema(db: &Db, name: &str) -> Result<Vec<CleanupAction>, Error> {
             detail: String::new(),
         });
     } else {
-        let detail = if blocked.is_empty() {
+        let detail = if refusing > 0 {
+            format!(
+                "{refusing} table(s) here still refuse writes (this database is not the writer, \
+                 kept on purpose); to make it writable again: ALTER TABLE ... DISABLE TRIGGER {}",
+                block::TRIGGER
+            )
+        } else if blocked.is_empty() {
             "other migrations use it".to_string()
         } else {
             format!(

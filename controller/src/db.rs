@@ -1,7 +1,10 @@
 //! A connection to one side, whose every error names that side.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
@@ -13,6 +16,11 @@ pub struct Db {
     dsn: Dsn,
     client: Client,
     version: i32,
+    /// While set, every statement runs under a `statement_timeout` of what is
+    /// left until then (the switchover's write pause has a ceiling).
+    deadline: Mutex<Option<Instant>>,
+    /// A `statement_timeout` is set on the session and must be reset.
+    timeout_set: AtomicBool,
 }
 
 impl Db {
@@ -38,6 +46,8 @@ impl Db {
             dsn: dsn.clone(),
             client,
             version: 0,
+            deadline: Mutex::new(None),
+            timeout_set: AtomicBool::new(false),
         };
         db.batch(
             "prepare the session",
@@ -92,16 +102,62 @@ impl Db {
         }
     }
 
+    /// Every statement from now on must end by `deadline` (`None`: no limit). The
+    /// limit is a `statement_timeout` sent in the same round trip as each
+    /// statement, so a lock wait or a slow server cannot outlast it.
+    pub fn set_deadline(&self, deadline: Option<Instant>) {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
+    }
+
+    /// The `SET` to send before the next statement, if any: the time left until
+    /// the deadline, or a reset once there is none.
+    fn timeout_prefix(&self, what: &str) -> Result<Option<String>, Error> {
+        let deadline = *self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+        match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Precondition(format!(
+                        "{} database: {what}: the pause budget (--max-pause) ran out before it could start",
+                        self.side()
+                    )));
+                }
+                self.timeout_set.store(true, Ordering::Relaxed);
+                Ok(Some(format!(
+                    "SET statement_timeout = {}",
+                    left.as_millis().max(1)
+                )))
+            }
+            None if self.timeout_set.swap(false, Ordering::Relaxed) => {
+                Ok(Some("SET statement_timeout = 0".into()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Runs `run` after the timeout prefix, pipelined with it in one round trip.
+    async fn bounded<T, Fut>(&self, what: &str, run: Fut) -> Result<T, Error>
+    where
+        Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        match self.timeout_prefix(what)? {
+            None => run.await.map_err(|e| self.err(what, e)),
+            Some(set) => {
+                // join! polls the SET first, so it is sent first.
+                let (set, out) = tokio::join!(self.client.batch_execute(&set), run);
+                set.map_err(|e| self.err(what, e))?;
+                out.map_err(|e| self.err(what, e))
+            }
+        }
+    }
+
     pub async fn query(
         &self,
         what: &str,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        self.client
-            .query(sql, params)
-            .await
-            .map_err(|e| self.err(what, e))
+        self.bounded(what, self.client.query(sql, params)).await
     }
 
     pub async fn query_one(
@@ -110,10 +166,7 @@ impl Db {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, Error> {
-        self.client
-            .query_one(sql, params)
-            .await
-            .map_err(|e| self.err(what, e))
+        self.bounded(what, self.client.query_one(sql, params)).await
     }
 
     pub async fn query_opt(
@@ -122,10 +175,7 @@ impl Db {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, Error> {
-        self.client
-            .query_opt(sql, params)
-            .await
-            .map_err(|e| self.err(what, e))
+        self.bounded(what, self.client.query_opt(sql, params)).await
     }
 
     pub async fn execute(
@@ -134,19 +184,13 @@ impl Db {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        self.client
-            .execute(sql, params)
-            .await
-            .map_err(|e| self.err(what, e))
+        self.bounded(what, self.client.execute(sql, params)).await
     }
 
     /// Runs statements with the simple protocol (no parameters); needed for
     /// commands such as `CREATE SUBSCRIPTION` that refuse to run in a transaction.
     pub async fn batch(&self, what: &str, sql: &str) -> Result<(), Error> {
-        self.client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| self.err(what, e))
+        self.bounded(what, self.client.batch_execute(sql)).await
     }
 
     /// A server setting as text.

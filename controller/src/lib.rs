@@ -13,6 +13,7 @@ pub mod cli;
 mod db;
 mod dsn;
 mod error;
+mod failpoint;
 mod heartbeat;
 mod link;
 mod observe;
@@ -21,7 +22,7 @@ mod proxy;
 pub mod rehearse;
 pub mod secrets;
 mod status;
-mod switchover;
+pub mod switchover;
 mod sync;
 mod verify;
 

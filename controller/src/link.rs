@@ -177,19 +177,21 @@ impl Link {
         Ok(Some(format!("added {} table(s)", missing.len())))
     }
 
-    /// Creates the subscription with its slot. `conninfo` is how the subscriber's
-    /// server reaches the publisher.
+    /// Creates the subscription, with its slot unless `create_slot` is false (the
+    /// slot was made beforehand under the link's name). `conninfo` is how the
+    /// subscriber's server reaches the publisher.
     pub async fn create_subscription(
         &self,
         sub: &Db,
         conninfo: &str,
         copy_data: bool,
+        create_slot: bool,
     ) -> Result<(), Error> {
         // Flushing each applied transaction lets the slot's confirmed_flush_lsn
         // follow at once, which is what the switchover waits on while writes are
         // held; `origin = none` (16+) keeps changes from echoing back.
         let mut with = format!(
-            "copy_data = {copy_data}, create_slot = true, slot_name = {}, synchronous_commit = 'on'",
+            "copy_data = {copy_data}, create_slot = {create_slot}, slot_name = {}, synchronous_commit = 'on'",
             literal(&self.name)
         );
         if sub.version() >= 160000 {

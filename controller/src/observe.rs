@@ -44,40 +44,42 @@ pub enum Phase {
     Hold,
     Drain,
     Block,
-    Flush,
+    Fence,
     Sequences,
     Reverse,
+    Prove,
     Drop,
     Release,
 }
 
 impl Phase {
-    /// The step's number in the list (reverse replication is set up
-    /// between 6 and 7).
+    /// The step's number (reverse replication is set up between 6 and 7).
     pub fn number(self) -> &'static str {
         match self {
             Phase::Lag => "1",
             Phase::Hold => "2",
             Phase::Drain => "3",
             Phase::Block => "4",
-            Phase::Flush => "5",
+            Phase::Fence => "5",
             Phase::Sequences => "6",
             Phase::Reverse => "6b",
-            Phase::Drop => "7",
-            Phase::Release => "8",
+            Phase::Prove => "7",
+            Phase::Drop => "8",
+            Phase::Release => "9",
         }
     }
 
     pub fn describe(self) -> &'static str {
         match self {
-            Phase::Lag => "check replication lag",
+            Phase::Lag => "check lag, arm the fence witness",
             Phase::Hold => "hold writes on every proxy",
             Phase::Drain => "wait for in-flight writes to finish",
-            Phase::Block => "block writes for application roles",
-            Phase::Flush => "wait for the subscription to flush",
-            Phase::Sequences => "copy sequences",
+            Phase::Block => "block every write on the old writer",
+            Phase::Fence => "record the fence, wait until applied",
+            Phase::Sequences => "sequences and materialized views",
             Phase::Reverse => "start reverse replication",
-            Phase::Drop => "drop the subscription and its slot",
+            Phase::Prove => "prove no write passed the fence",
+            Phase::Drop => "drop the subscription, open the new writer",
             Phase::Release => "release the hold with the new write side",
         }
     }

@@ -1,17 +1,23 @@
 //! The coordinated switchover, and the rollback that runs it the other way.
 //!
-//! Writes are held on every proxy, the old side is made read-only for the
-//! application roles, the subscriber catches up to the old side's last LSN, the
-//! sequences are copied, the subscription is dropped, and the hold is released with
-//! writes on the new side. Until the subscription is dropped every failure undoes
-//! what was done: write access on the old side comes back and the hold is released
-//! with writes where they were. Held writes see a pause, never an error.
+//! Writes are held on every proxy, every write on the old writer is blocked by
+//! triggers no session can lift (`block.rs`), a fence is read and the new writer
+//! applies through it (`fence.rs`), the sequences move forward, a witness slot
+//! proves no write got past the fence, and one transaction on the new writer drops
+//! the subscription, opens its tables and records the fence: the point of no
+//! return. Then the hold is released with writes on the new side. Until that
+//! transaction commits, every failure undoes what was done (`undo.rs`): the old
+//! writer takes writes again and the hold is released with writes where they
+//! were. Held writes see a pause, never an error.
 
+pub mod block;
+pub mod fence;
 mod fleet;
 mod prepare;
 mod roles;
 mod run;
 mod sequences;
+mod undo;
 
 use std::fmt;
 use std::time::Duration;
@@ -25,7 +31,7 @@ use crate::link::Link;
 use crate::observe::{Observer, Phase};
 use crate::proxy::Proxies;
 
-pub use roles::Blocked;
+pub use block::Blocked;
 
 /// How the switchover (or rollback) runs.
 #[derive(Debug, Clone)]
@@ -93,13 +99,15 @@ pub struct SwitchoverReport {
     pub released_ms: f64,
     /// Held requests the proxies let go.
     pub released_requests: u64,
-    /// The old side's WAL position the new side caught up to.
+    /// The fence: the old writer's WAL position once every writer was blocked,
+    /// which the new writer applied through before the point of no return.
     pub lsn: String,
+    /// Sequences moved forward on the new writer.
     pub sequences: usize,
     pub blocked: Blocked,
-    /// Roles whose write access was restored on the side writes went to (blocked
-    /// there by an earlier switchover).
-    pub reopened: Vec<String>,
+    /// Tables of the new writer that took writes again (blocked since the sync,
+    /// or since an earlier switchover).
+    pub reopened: usize,
     /// The reverse link started, if any.
     pub reverse: Option<Link>,
     pub warnings: Vec<String>,
@@ -211,24 +219,16 @@ impl fmt::Display for SwitchoverReport {
         }
         writeln!(
             f,
-            "caught up to {} on the {}; {} sequence(s) copied",
-            self.lsn, self.from, self.sequences
+            "fence {} on the {} applied on the {}; {} sequence(s) moved forward",
+            self.lsn, self.from, self.to, self.sequences
         )?;
-        if !self.blocked.roles.is_empty() {
-            writeln!(
-                f,
-                "the {} now rejects writes from: {}",
-                self.from,
-                self.blocked.roles.join(", ")
-            )?;
-        }
-        if !self.reopened.is_empty() {
-            writeln!(
-                f,
-                "the {} takes writes again from: {}",
-                self.to,
-                self.reopened.join(", ")
-            )?;
+        writeln!(
+            f,
+            "the {} refuses every write on {} table(s) until a rollback; the {} took writes again on {} table(s)",
+            self.from, self.blocked.tables, self.to, self.reopened
+        )?;
+        for s in &self.blocked.sessions_ended {
+            writeln!(f, "ended a session with a write in flight: {s}")?;
         }
         if let Some(l) = &self.reverse {
             let next = if self.operation == "rollback" {

@@ -17,6 +17,10 @@ use crate::error::Error;
 use crate::heartbeat::Heartbeat;
 use crate::link::Link;
 use crate::observe::{Observer, TableProgress, state_name};
+use crate::switchover::block;
+
+/// How long blocking the target's tables may wait for their locks.
+const BLOCK_WITHIN: Duration = Duration::from_secs(30);
 
 /// How `sync` runs.
 #[derive(Debug, Clone)]
@@ -117,6 +121,24 @@ pub async fn sync(
     let (outcome, detail) = copy_schema(src, tgt, subscription.is_some()).await?;
     step("schema", outcome, detail);
 
+    // The target refuses writes from here until its switchover, so a worker of
+    // the new cluster that starts early gets an error instead of writing into a
+    // replica. The subscription's workers are not affected.
+    let before = block::blocked_tables(tgt).await?.len();
+    let blocked = block::block(tgt, tokio::time::Instant::now() + BLOCK_WITHIN).await?;
+    step(
+        "target write block",
+        if blocked.tables > before {
+            Outcome::Created
+        } else {
+            Outcome::Unchanged
+        },
+        format!(
+            "the target refuses application writes on {} table(s) until the switchover",
+            blocked.tables
+        ),
+    );
+
     let tables = catalog::published_tables(src).await?;
     match link.ensure_publication(src, &tables).await? {
         Some(done) => step("publication", Outcome::Created, done),
@@ -141,7 +163,7 @@ pub async fn sync(
                 .unwrap_or(src.dsn())
                 .secret_conninfo()
                 .to_string();
-            link.create_subscription(tgt, &conninfo, true).await?;
+            link.create_subscription(tgt, &conninfo, true, true).await?;
             let mut detail = format!("created on the target with slot {name} on the source");
             if stale {
                 detail.push_str(" (an unused slot of that name was dropped first)");
@@ -229,7 +251,24 @@ async fn copy_schema(src: &Db, tgt: &Db, subscribed: bool) -> Result<(Outcome, S
             format!("the target already has all {} table(s)", want.len()),
         ));
     }
-    if missing.len() < want.len() || subscribed {
+    if subscribed {
+        // Tables created on the source since the first sync: their schema alone;
+        // the publication and the subscription pick them up next.
+        let new: Vec<Name> = want.difference(&have).cloned().collect();
+        let (s, t, list) = (src.dsn().clone(), tgt.dsn().clone(), new.clone());
+        tokio::task::spawn_blocking(move || schema::copy(&s, &t, &list))
+            .await
+            .map_err(|e| Error::Precondition(format!("the schema copy did not finish: {e}")))??;
+        return Ok((
+            Outcome::Updated,
+            format!(
+                "{} table(s) created on the source since the last sync copied: {}",
+                new.len(),
+                missing.join(", ")
+            ),
+        ));
+    }
+    if missing.len() < want.len() {
         return Err(Error::Precondition(format!(
             "target database ({}): it lacks {} of the source's tables ({}) but has others; \
              create them on the target (and run sync again), or start from an empty target",
@@ -239,7 +278,7 @@ async fn copy_schema(src: &Db, tgt: &Db, subscribed: bool) -> Result<(Outcome, S
         )));
     }
     let (s, t) = (src.dsn().clone(), tgt.dsn().clone());
-    tokio::task::spawn_blocking(move || schema::copy(&s, &t))
+    tokio::task::spawn_blocking(move || schema::copy(&s, &t, &[]))
         .await
         .map_err(|e| Error::Precondition(format!("the schema copy did not finish: {e}")))??;
     Ok((

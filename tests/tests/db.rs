@@ -3,6 +3,8 @@
 //! `cutover-proxy`; which write block holds against which bypass writer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "db/bypass.rs"]
+mod bypass;
 #[path = "db/blocks.rs"]
 mod blocks;
 #[path = "db/check.rs"]
@@ -17,6 +19,8 @@ mod errors;
 mod failure;
 #[path = "db/load.rs"]
 mod load;
+#[path = "db/refusals.rs"]
+mod refusals;
 #[path = "db/switchover.rs"]
 mod switchover;
 #[path = "db/sync.rs"]

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use super::SwitchoverOptions;
-use super::fleet;
-use super::roles;
+use tokio::time::Instant;
+
 use super::run::Plan;
-use crate::catalog;
+use super::{SwitchoverOptions, block, fence, fleet, roles};
+use crate::catalog::{self, Name};
 use crate::dsn::Side;
 use crate::error::Error;
 use crate::observe::Observer;
@@ -81,20 +81,70 @@ impl Plan<'_> {
             self.reverse_preconditions().await?;
         }
 
-        // An interrupted run may have left the old side blocked: undo that first,
-        // so that this run starts from a known state.
+        self.refuse_unreplicated().await?;
+        block::refuse_prepared(self.from).await?;
+
+        // An interrupted run may have left the old side blocked (the subscription
+        // still exists, so it never passed its point of no return): undo that
+        // first, so that this run starts from a known state. A block made by an
+        // earlier version (a role setting) is undone too.
+        let reopened = block::unblock(self.from, Instant::now() + Duration::from_secs(10)).await?;
         let restored = roles::unblock(self.from, self.name, Duration::from_secs(10)).await?;
-        if !restored.is_empty() {
+        if reopened > 0 || !restored.is_empty() {
             let msg = format!(
-                "an interrupted run had left the {} read-only for {}; write access was restored first",
+                "an interrupted run had left the {} refusing writes ({}); write access was restored first",
                 self.from.side(),
-                restored.join(", ")
+                if restored.is_empty() {
+                    format!("{reopened} table(s)")
+                } else {
+                    format!("roles {}", restored.join(", "))
+                }
             );
             obs.note(&msg);
             warnings.push(msg);
         }
+        for db in [self.from, self.to] {
+            fence::forget(db, self.name, self.operation).await?;
+        }
         fleet::preflight(proxies, &opts.routes, self.from_backend).await?;
         Ok(warnings)
+    }
+
+    /// Refuses when a table of the old writer would not reach the new one: created
+    /// after `sync`, so missing from the publication or from the subscription.
+    pub(super) async fn refuse_unreplicated(&self) -> Result<(), Error> {
+        let published = self.link.published(self.from).await?;
+        let subscribed: Vec<Name> = self
+            .link
+            .table_states(self.to)
+            .await?
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
+        let missing: Vec<String> = catalog::tables(self.from)
+            .await?
+            .into_iter()
+            .filter(|t| !t.unlogged)
+            .filter(|t| !published.contains(&t.name) || !subscribed.contains(&t.name))
+            .map(|t| t.name.to_string())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let fix = match self.link.publisher {
+            Side::Source => "run `cutover db sync` again: it copies their schema, adds them to the \
+                             publication and refreshes the subscription; then switch over",
+            Side::Target => "add them to the reverse publication and refresh the reverse \
+                             subscription (ALTER SUBSCRIPTION ... REFRESH PUBLICATION), then roll back",
+        };
+        Err(Error::Precondition(format!(
+            "{} table(s) on the {} are not replicated to the {} (created after the sync?): {}; \
+             their rows would be left behind; {fix}",
+            missing.len(),
+            self.from.side(),
+            self.to.side(),
+            missing.join(", ")
+        )))
     }
 
     async fn reverse_preconditions(&self) -> Result<(), Error> {

@@ -1,119 +1,15 @@
-//! Blocking writes on a database for its application roles, and undoing it.
-//!
-//! A blocked role gets `default_transaction_read_only = on` for this database only,
-//! and its sessions are ended so that every new one starts read-only: reads keep
-//! working, writes fail. What was set before is recorded in `_cutover.blocked` in
-//! the same transaction, so the undo restores it exactly, even from another run.
+//! Undoing the write block of earlier versions, which set
+//! `default_transaction_read_only = on` per role and database (a block a session
+//! can lift, hence replaced by `block.rs`). What was set before is recorded in
+//! `_cutover.blocked`, so the undo restores it exactly, even from another run.
 
 use std::time::Duration;
-
-use serde::Serialize;
 
 use crate::catalog::{ident, literal};
 use crate::db::{Db, poll};
 use crate::error::Error;
 
-/// What blocking did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Blocked {
-    /// Login roles that can write to an application table, now read-only.
-    pub roles: Vec<String>,
-    /// Superusers can write and cannot be blocked this way; no application should
-    /// connect as one.
-    pub superusers: Vec<String>,
-    pub sessions_ended: i64,
-}
-
-/// Login roles that can write to any application table, directly or through a
-/// role they belong to; split into (blockable, superusers).
-async fn writers(db: &Db) -> Result<(Vec<String>, Vec<String>), Error> {
-    let rows = db
-        .query(
-            "list roles that can write",
-            "WITH t AS (
-               SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE c.relkind IN ('r', 'p')
-                 AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_cutover')
-                 AND n.nspname NOT LIKE 'pg\\_%')
-             SELECT r.rolname::text, r.rolsuper FROM pg_roles r
-             WHERE r.rolcanlogin AND EXISTS (
-               SELECT 1 FROM t, pg_roles g
-               WHERE pg_has_role(r.oid, g.oid, 'MEMBER')
-                 AND has_table_privilege(g.oid, t.oid, 'INSERT, UPDATE, DELETE, TRUNCATE'))
-             ORDER BY 1",
-            &[],
-        )
-        .await?;
-    let mut roles = Vec::new();
-    let mut supers = Vec::new();
-    for r in rows {
-        let (name, sup): (String, bool) = (r.get(0), r.get(1));
-        if sup {
-            supers.push(name);
-        } else {
-            roles.push(name);
-        }
-    }
-    Ok((roles, supers))
-}
-
-/// Makes every writing role read-only on this database and ends its sessions.
-pub async fn block(db: &Db, name: &str, within: Duration) -> Result<Blocked, Error> {
-    let (roles, superusers) = writers(db).await?;
-    if roles.is_empty() {
-        return Ok(Blocked {
-            roles,
-            superusers,
-            sessions_ended: 0,
-        });
-    }
-    let dbname = ident(db.dsn().dbname());
-    let list = roles
-        .iter()
-        .map(|r| literal(r))
-        .collect::<Vec<_>>()
-        .join(", ");
-    // A lock held by someone else (a role being altered, a long transaction on
-    // pg_db_role_setting) must not stretch the write pause past its budget.
-    let lock_ms = within.as_millis().max(1);
-    let mut sql = format!(
-        "BEGIN;
-         SET LOCAL lock_timeout = '{lock_ms}ms';
-         INSERT INTO _cutover.blocked (name, role, previous)
-         SELECT {name}, r.rolname, (
-             SELECT substr(cfg, length('default_transaction_read_only=') + 1)
-             FROM pg_db_role_setting s, unnest(s.setconfig) cfg
-             WHERE s.setrole = r.oid
-               AND s.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
-               AND cfg LIKE 'default\\_transaction\\_read\\_only=%')
-         FROM pg_roles r WHERE r.rolname IN ({list})
-         ON CONFLICT (name, role) DO NOTHING;\n",
-        name = literal(name),
-    );
-    for r in &roles {
-        sql.push_str(&format!(
-            "ALTER ROLE {} IN DATABASE {dbname} SET default_transaction_read_only = on;\n",
-            ident(r)
-        ));
-    }
-    sql.push_str("COMMIT;");
-    if let Err(e) = db
-        .batch("block writes for the application roles", &sql)
-        .await
-    {
-        // The explicit transaction is left aborted: end it, nothing was changed.
-        let _ = db.batch("roll back", "ROLLBACK").await;
-        return Err(e);
-    }
-    let ended = end_sessions(db, &roles, within).await?;
-    Ok(Blocked {
-        roles,
-        superusers,
-        sessions_ended: ended,
-    })
-}
-
-/// Restores what [`block`] changed for migration `name` on this database and ends
+/// Restores what an earlier version's block changed for migration `name` on this database and ends
 /// the sessions that started read-only. Returns the roles restored.
 pub async fn unblock(db: &Db, name: &str, within: Duration) -> Result<Vec<String>, Error> {
     let exists: bool = db

@@ -1,17 +1,18 @@
-//! The switchover's steps in order, with the undo for every failure before the
-//! point of no return (the subscription dropped).
+//! The switchover's steps in order. Everything up to the point of no return (one
+//! transaction on the new writer that drops the subscription, opens its tables and
+//! records the fence as applied) is undone on failure by `undo.rs`.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::fence::{self, Fence, Witness};
 use super::fleet::{self, Held};
-use super::{
-    Blocked, PhaseTiming, Recovery, SwitchoverOptions, SwitchoverReport, roles, sequences,
-};
-use crate::catalog;
+use super::{PhaseTiming, SwitchoverOptions, SwitchoverReport, block, sequences};
+use crate::catalog::{self, ident, literal};
 use crate::db::Db;
 use crate::error::Error;
+use crate::failpoint::crash_point;
 use crate::heartbeat::Heartbeat;
 use crate::link::Link;
 use crate::observe::{Observer, Phase};
@@ -35,17 +36,17 @@ pub(super) struct Plan<'a> {
 
 /// What has been done and must be undone on failure.
 #[derive(Default)]
-struct Undo {
-    held: Vec<Held>,
-    blocked: bool,
-    opened_to: Vec<String>,
-    back_subscription: bool,
-    back_publication: bool,
-    subscription_disabled: bool,
+pub(super) struct Undo {
+    pub held: Vec<Held>,
+    /// `from` may carry this run's write block.
+    pub blocked: bool,
+    pub back_subscription: bool,
+    pub back_publication: bool,
+    pub back_slot: bool,
 }
 
 /// Phase timings as they happen, echoed to the observer.
-struct Timeline<'o> {
+pub(super) struct Timeline<'o> {
     obs: &'o dyn Observer,
     phases: Vec<PhaseTiming>,
     current: Option<(Phase, Instant)>,
@@ -93,6 +94,17 @@ fn budget_left(deadline: Instant) -> Result<Duration, Error> {
     Ok(left)
 }
 
+/// How long the witness slot may wait for open transactions before the hold.
+const ARM_WITHIN: Duration = Duration::from_secs(30);
+
+/// What the steps under the hold hand back.
+struct Passed {
+    fence: Fence,
+    sequences: usize,
+    blocked: block::Blocked,
+    reopened: usize,
+}
+
 impl Plan<'_> {
     pub async fn run(
         &self,
@@ -108,7 +120,8 @@ impl Plan<'_> {
             current: None,
         };
 
-        // 1. The lag must be under --max-lag before anything is held.
+        // 1. The lag must be under --max-lag before anything is held; what can
+        // be prepared outside the pause is prepared now.
         tl.begin(Phase::Lag);
         let lag = Heartbeat::new(self.name)
             .measure(self.from, self.to, opts.max_lag)
@@ -127,41 +140,70 @@ impl Plan<'_> {
             .and_then(|s| s.lag_bytes)
             .map(bytes)
             .unwrap_or_else(|| "?".into());
-        tl.end(format!("{lag} by heartbeat, {unflushed} unflushed"));
+        let witness = Witness::open(self.from, &self.link.name, ARM_WITHIN).await?;
+        let mut undo = Undo::default();
+        if opts.reverse
+            && let Err(e) = self.prepare_reverse(&mut undo).await
+        {
+            let undone = self.undo(proxies, &undo, Instant::now() + ARM_WITHIN).await;
+            return Err(Error::Aborted {
+                operation: self.operation,
+                phase: tl.failed_in(),
+                cause: Box::new(e),
+                undo: undone,
+            });
+        }
+        tl.end(format!(
+            "{lag} by heartbeat, {unflushed} unflushed; fence witness armed{}",
+            if opts.reverse {
+                format!("; reverse slot {} ready", self.back.name)
+            } else {
+                String::new()
+            }
+        ));
 
         // 2. Hold writes on every proxy; each must acknowledge.
         tl.begin(Phase::Hold);
         let hold_start = Instant::now();
         let deadline = hold_start + opts.max_pause - reserve(opts.max_pause);
-        let held = match fleet::hold_all(proxies, &opts.routes, opts.max_pause).await {
-            Ok(h) => h,
+        match fleet::hold_all(proxies, &opts.routes, opts.max_pause).await {
+            Ok(h) => undo.held = h,
             Err(e) => {
+                let undone = self.undo(proxies, &undo, hold_start + opts.max_pause).await;
                 return Err(Error::Aborted {
                     operation: self.operation,
                     phase: tl.failed_in(),
                     cause: Box::new(e),
-                    undo: "the holds taken were released; writes did not move".into(),
+                    undo: undone,
                 });
             }
-        };
+        }
         tl.end(format!(
             "{} hold(s) on {} proxy(ies)",
-            held.len(),
+            undo.held.len(),
             proxies.urls().len()
         ));
-        let mut undo = Undo {
-            held,
-            ..Undo::default()
-        };
 
-        let critical = self
-            .before_no_return(proxies, opts, deadline, &mut tl, &mut undo)
+        // Every database call under the hold ends by the deadline.
+        self.from.set_deadline(Some(deadline));
+        self.to.set_deadline(Some(deadline));
+        let passed = self
+            .before_no_return(proxies, opts, deadline, &mut tl, &mut undo, &witness)
             .await;
-        let (lsn, sequences, blocked) = match critical {
-            Ok(v) => v,
+        let passed = match passed {
+            Ok(p) => p,
             Err(e) => {
                 let phase = tl.failed_in();
-                let undone = self.undo(proxies, &undo, hold_start + opts.max_pause).await;
+                // The undo is not cut short by the pause budget: restoring write
+                // access matters more than the hold's own deadline.
+                self.from.set_deadline(None);
+                self.to.set_deadline(None);
+                let mut undone = self.undo(proxies, &undo, hold_start + opts.max_pause).await;
+                undone.push_str(&format!(
+                    "; writes were held {:.0} ms (--max-pause {})",
+                    hold_start.elapsed().as_secs_f64() * 1000.0,
+                    humantime::format_duration(opts.max_pause)
+                ));
                 return Err(Error::Aborted {
                     operation: self.operation,
                     phase,
@@ -170,28 +212,17 @@ impl Plan<'_> {
                 });
             }
         };
+        self.from.set_deadline(None);
+        self.to.set_deadline(None);
+        tl.end(format!(
+            "subscription {} dropped; the {} takes writes ({} table(s) opened)",
+            self.link.name,
+            self.to.side(),
+            passed.reopened
+        ));
+        crash_point("after-drop");
 
-        // 7. Past here there is no going back: the new side is the primary.
-        let left = budget_left(deadline).unwrap_or(Duration::from_millis(500));
-        match self
-            .link
-            .drop_slot(self.from, left.min(Duration::from_secs(5)))
-            .await
-        {
-            Ok(_) => tl.end(format!(
-                "subscription {} and its slot dropped",
-                self.link.name
-            )),
-            Err(e) => {
-                warnings.push(format!(
-                    "slot {} on the {} was not dropped ({e}); it retains WAL until `cutover db cleanup` drops it",
-                    self.link.name, self.link.publisher
-                ));
-                tl.end(format!("subscription {} dropped", self.link.name));
-            }
-        }
-
-        // 8. Release with writes on the new side.
+        // 9. Release with writes on the new side.
         tl.begin(Phase::Release);
         let released = fleet::release_all(
             proxies,
@@ -214,6 +245,31 @@ impl Plan<'_> {
             self.to_backend
         ));
 
+        // After the pause: the old slot, and a last look through the witness for
+        // a write that bypassed the block after the proof.
+        if let Err(e) = self.link.drop_slot(self.from, Duration::from_secs(5)).await {
+            warnings.push(format!(
+                "slot {} on the {} was not dropped ({e}); it retains WAL until `cutover db cleanup` drops it",
+                self.link.name, self.link.publisher
+            ));
+        }
+        match witness
+            .late_writes(&passed.fence.lsn, Duration::from_secs(10))
+            .await
+        {
+            Ok(late) if !late.is_empty() => warnings.push(format!(
+                "after the point of no return, {} transaction(s) wrote to the {} past its block \
+                 (a superuser with session_replication_role = replica, or a disabled trigger): {}; \
+                 those rows are not on the {}",
+                late.len(),
+                self.from.side(),
+                describe_late(&late),
+                self.to.side()
+            )),
+            Ok(_) => {}
+            Err(e) => warnings.push(format!("the fence witness could not be read again: {e}")),
+        }
+
         Ok(SwitchoverReport {
             operation: self.operation,
             from: self.from.side(),
@@ -224,16 +280,17 @@ impl Plan<'_> {
             hold_started_ms: (hold_start - start).as_secs_f64() * 1000.0,
             released_ms: start.elapsed().as_secs_f64() * 1000.0,
             released_requests: released,
-            lsn,
-            sequences,
-            blocked,
-            reopened: undo.opened_to.clone(),
+            lsn: passed.fence.lsn,
+            sequences: passed.sequences,
+            blocked: passed.blocked,
+            reopened: passed.reopened,
             reverse: opts.reverse.then(|| self.back.clone()),
             warnings,
         })
     }
 
-    /// Steps 3 to 7's drop of the subscription: every failure here is undone.
+    /// Steps 3 to 8: every failure here is undone. Returns with the point of no
+    /// return passed.
     async fn before_no_return(
         &self,
         proxies: &Proxies,
@@ -241,260 +298,160 @@ impl Plan<'_> {
         deadline: Instant,
         tl: &mut Timeline<'_>,
         undo: &mut Undo,
-    ) -> Result<(String, usize, Blocked), Error> {
+        witness: &Witness,
+    ) -> Result<Passed, Error> {
         // 3. No write may still be on its way to the old side.
         tl.begin(Phase::Drain);
         fleet::drain(proxies, &opts.routes, self.from_backend, deadline).await?;
         tl.end(format!("no write in flight to {:?}", self.from_backend));
 
-        // 4. Block writes on the old side for every application role.
+        // 4. Block every write on the old writer, whoever sends it.
         tl.begin(Phase::Block);
         undo.blocked = true;
-        let blocked = roles::block(self.from, self.name, budget_left(deadline)?).await?;
-        let mut detail = format!(
-            "{} role(s) read-only ({}), {} session(s) ended",
-            blocked.roles.len(),
-            blocked.roles.join(", "),
-            blocked.sessions_ended
-        );
-        if !blocked.superusers.is_empty() {
+        let blocked = block::block(self.from, deadline).await?;
+        let mut detail = format!("{} table(s) refuse writes", blocked.tables);
+        if !blocked.sessions_ended.is_empty() {
             detail.push_str(&format!(
-                "; superusers not blocked: {}",
-                blocked.superusers.join(", ")
+                "; {} session(s) with a write in flight ended",
+                blocked.sessions_ended.len()
             ));
         }
         tl.end(detail);
+        crash_point("before-fence");
 
-        // 5. Catch up to the old side's current position. The beat written after
-        // reading it puts a commit past that position, so the subscriber's flush
-        // report must cross it.
-        tl.begin(Phase::Flush);
-        let lsn: String = self
-            .from
-            .query_one(
-                "read the current WAL position",
-                "SELECT pg_current_wal_lsn()::text",
-                &[],
-            )
-            .await?
-            .get(0);
-        Heartbeat::new(self.name).beat(self.from).await?;
-        self.link
-            .wait_flushed(self.from, &lsn, budget_left(deadline)?)
-            .await?;
-        tl.end(format!("flushed past {lsn}"));
+        // 5. The fence, and the new writer applying through it.
+        tl.begin(Phase::Fence);
+        self.refuse_unreplicated().await?;
+        let run = format!("{}-{}", std::process::id(), now_ms());
+        let fence = fence::record(self.from, self.name, self.operation, &run).await?;
+        fence::wait_applied(self.to, self.name, &fence, budget_left(deadline)?).await?;
+        tl.end(format!("applied through {} (beat {})", fence.lsn, fence.beat));
+        crash_point("after-fence");
 
-        // 6. Sequences.
+        // 6. Sequences forward, materialized views refreshed.
         tl.begin(Phase::Sequences);
-        let sequences = sequences::copy(self.from, self.to).await?;
-        tl.end(format!("{sequences} sequence(s)"));
-
-        // The new side may carry blocks from an earlier rollback: lift them while
-        // writes are still held.
-        undo.opened_to = roles::unblock(self.to, self.name, budget_left(deadline)?).await?;
-        if !undo.opened_to.is_empty() {
-            tl.obs.note(&format!(
-                "write access restored on the {} for {} (blocked by an earlier switchover)",
-                self.to.side(),
-                undo.opened_to.join(", ")
-            ));
+        let (moved, compared) = sequences::bring_forward(self.from, self.to).await?;
+        let views = catalog::materialized_views(self.to).await?;
+        for v in &views {
+            self.to
+                .batch(
+                    &format!("refresh materialized view {v}"),
+                    &format!("REFRESH MATERIALIZED VIEW {}", v.sql()),
+                )
+                .await?;
         }
+        tl.end(format!(
+            "{moved} of {compared} sequence(s) moved forward; {} materialized view(s) refreshed",
+            views.len()
+        ));
 
-        // 6b. Reverse replication, before any write reaches the new side.
+        // 6b. Reverse replication from where the new writer is now.
         if opts.reverse {
             tl.begin(Phase::Reverse);
-            let tables = catalog::published_tables(self.to).await?;
-            undo.back_publication = !self.back.publication_exists(self.to).await?;
-            self.back.ensure_publication(self.to, &tables).await?;
-            undo.back_subscription = true;
-            self.back
-                .create_subscription(self.from, self.back_conninfo, false)
-                .await?;
+            self.start_reverse(undo).await?;
             tl.end(format!(
                 "subscription {} on the {} from the {} (copy_data = false)",
                 self.back.name, self.back.subscriber, self.back.publisher
             ));
         }
 
-        // 7. Drop the subscription; its success is the point of no return.
+        // 7. Nothing got past the block.
+        tl.begin(Phase::Prove);
+        let late = witness
+            .late_writes(&fence.lsn, budget_left(deadline)?)
+            .await?;
+        if !late.is_empty() {
+            return Err(Error::Precondition(format!(
+                "{} transaction(s) committed on the {} after the fence despite the block: {}; a session \
+                 got past the triggers (a superuser with session_replication_role = replica, or a \
+                 table owner who disabled {}); find and stop that job, then run this again",
+                late.len(),
+                self.from.side(),
+                describe_late(&late),
+                block::TRIGGER
+            )));
+        }
+        tl.end(format!("no application write committed past {}", fence.lsn));
+
+        // 8. The point of no return, in one transaction on the new writer.
         tl.begin(Phase::Drop);
         budget_left(deadline)?;
-        undo.subscription_disabled = true;
-        self.link.drop_subscription(self.to).await?;
-        Ok((lsn, sequences, blocked))
-    }
-
-    /// Puts back what was done, newest first, and says what happened.
-    async fn undo(&self, proxies: &Proxies, undo: &Undo, hold_deadline: Instant) -> String {
-        let mut done = Vec::new();
-        let mut failed = Vec::new();
-        let quick = Duration::from_secs(5);
-        if undo.subscription_disabled {
-            let n = catalog::ident(&self.link.name);
-            let restore = format!(
-                "ALTER SUBSCRIPTION {n} SET (slot_name = {}); ALTER SUBSCRIPTION {n} ENABLE",
-                catalog::literal(&self.link.name)
-            );
-            if let Ok(Some(_)) = self.link.subscription(self.to).await {
-                match self.to.batch("re-enable the subscription", &restore).await {
-                    Ok(()) => done.push(format!("subscription {} re-enabled", self.link.name)),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-        }
-        if undo.back_subscription {
-            match self.back.drop_subscription(self.from).await {
-                Ok(_) => done.push(format!("reverse subscription {} dropped", self.back.name)),
-                Err(e) => failed.push(e.to_string()),
-            }
-            if let Err(e) = self.back.drop_slot(self.to, quick).await {
-                failed.push(e.to_string());
-            }
-        }
-        if undo.back_publication
-            && let Err(e) = self.back.drop_publication(self.to).await
-        {
-            failed.push(e.to_string());
-        }
-        if !undo.opened_to.is_empty() {
-            match roles::block(self.to, self.name, quick).await {
-                Ok(_) => done.push(format!("the {} is read-only again", self.to.side())),
-                Err(e) => failed.push(e.to_string()),
-            }
-        }
-        if undo.blocked {
-            match roles::unblock(self.from, self.name, quick).await {
-                Ok(_) => done.push(format!("write access restored on the {}", self.from.side())),
-                Err(e) => failed.push(format!(
-                    "{e} (run the same command again: it restores write access first)"
-                )),
-            }
-        }
-        match fleet::release_all(proxies, &undo.held, Some(self.from_backend), hold_deadline).await
-        {
-            Ok(n) => done.push(format!(
-                "holds released with writes on {:?} ({n} held request(s) let go)",
-                self.from_backend
-            )),
-            Err(e) => failed.push(e.to_string()),
-        }
-        let mut s = format!("undone: {}", done.join("; "));
-        if !failed.is_empty() {
-            s.push_str(&format!("; NOT undone: {}", failed.join("; ")));
-        }
-        s
-    }
-}
-
-impl Plan<'_> {
-    /// Finishes or undoes a switchover whose controller stopped mid-way, judged by
-    /// the point of no return: while the subscription exists, everything is undone
-    /// (writes stay on `from`); once it is gone, the sequences are copied again and
-    /// the holds are released with writes on `to`. Every action is safe to repeat.
-    pub async fn recover(
-        &self,
-        proxies: &Proxies,
-        opts: &SwitchoverOptions,
-    ) -> Result<Recovery, Error> {
-        // Release is harmless where no hold is left, so every route is covered.
-        let held = fleet::every(proxies, &opts.routes);
-        let deadline = Instant::now() + opts.max_pause.max(Duration::from_secs(5));
-        match self.link.subscription(self.to).await? {
-            Some(sub) => {
-                let undo = Undo {
-                    held,
-                    blocked: true,
-                    back_subscription: opts.reverse,
-                    back_publication: opts.reverse,
-                    subscription_disabled: !sub.enabled,
-                    opened_to: Vec::new(),
-                };
-                let said = self.undo(proxies, &undo, deadline).await;
-                if said.contains("NOT undone") {
-                    return Err(Error::Precondition(said));
-                }
-                Ok(Recovery::Undone(said))
-            }
-            None => {
-                // Step 6 copied the sequences before the subscription was dropped,
-                // but the run may have got as far as the release: then `to` has
-                // been taking writes, and copying the frozen values again would
-                // set its sequences back onto ids already used. Only a sequence
-                // still behind on `to` is moved.
-                let n = copy_sequences_behind(self.from, self.to).await?;
-                let released =
-                    fleet::release_all(proxies, &held, Some(self.to_backend), deadline).await?;
-                Ok(Recovery::Completed(format!(
-                    "the subscription was already dropped: {n} sequence(s) behind on the {} \
-                     brought forward, holds released with writes on {:?} ({released} held \
-                     request(s) let go)",
-                    self.to.side(),
-                    self.to_backend
-                )))
-            }
-        }
-    }
-}
-
-/// Sets every sequence of `to` that is behind the same sequence on `from` to
-/// `from`'s value; one already past it (it has handed out values since) is left
-/// alone. Returns how many were set.
-async fn copy_sequences_behind(from: &Db, to: &Db) -> Result<usize, Error> {
-    let mut set = 0;
-    for seq in catalog::sequences(from).await? {
-        let exists: bool = to
-            .query_one(
-                &format!("look for sequence {seq}"),
-                "SELECT to_regclass($1::text) IS NOT NULL",
-                &[&seq.sql()],
-            )
-            .await?
-            .get(0);
-        if !exists {
-            // Dropped on `to` since: nothing to move.
-            continue;
-        }
-        let (last, called, step, src_next) = sequence_state(from, &seq).await?;
-        let (_, _, _, tgt_next) = sequence_state(to, &seq).await?;
-        let behind = if step >= 0 {
-            tgt_next < src_next
-        } else {
-            tgt_next > src_next
-        };
-        if behind {
-            let qualified = seq.sql();
-            to.execute(
-                &format!("set sequence {seq}"),
-                "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
-                &[&qualified, &last, &called],
-            )
-            .await?;
-            set += 1;
-        }
-    }
-    Ok(set)
-}
-
-/// A sequence's `last_value`, `is_called`, increment, and the value the next
-/// `nextval()` returns.
-async fn sequence_state(db: &Db, seq: &catalog::Name) -> Result<(i64, bool, i64, i64), Error> {
-    let qualified = seq.sql();
-    let row = db
-        .query_one(
-            &format!("read sequence {seq}"),
-            &format!(
-                "SELECT s.last_value, s.is_called, p.seqincrement \
-                 FROM {qualified} s, pg_catalog.pg_sequence p \
-                 WHERE p.seqrelid = $1::text::regclass"
-            ),
-            &[&qualified],
+        let n = ident(&self.link.name);
+        let opened = block::blocked_tables(self.to).await?;
+        let sql = format!(
+            "ALTER SUBSCRIPTION {n} DISABLE;\nALTER SUBSCRIPTION {n} SET (slot_name = NONE);\n\
+             DROP SUBSCRIPTION {n};\n{}{}",
+            block::disable_sql(&opened),
+            fence::record_applied_sql(self.name, self.operation, &fence)
+        );
+        block::with_table_locks(
+            self.to,
+            &opened,
+            &sql,
+            "drop the subscription and open the tables",
+            deadline,
         )
         .await?;
-    let (last, called, step): (i64, bool, i64) = (row.get(0), row.get(1), row.get(2));
-    let next = if called {
-        last.saturating_add(step)
-    } else {
-        last
-    };
-    Ok((last, called, step, next))
+        Ok(Passed {
+            fence,
+            sequences: moved,
+            blocked,
+            reopened: opened.len(),
+        })
+    }
+
+    /// Before the hold: the reverse publication and its slot on `to`, so that no
+    /// slot is created (which waits for open transactions) inside the pause.
+    async fn prepare_reverse(&self, undo: &mut Undo) -> Result<(), Error> {
+        let tables = catalog::published_tables(self.to).await?;
+        undo.back_publication = !self.back.publication_exists(self.to).await?;
+        self.back.ensure_publication(self.to, &tables).await?;
+        undo.back_slot = true;
+        self.to
+            .batch(
+                "create the reverse replication slot",
+                &format!(
+                    "SET statement_timeout = {}; \
+                     SELECT pg_create_logical_replication_slot({}, 'pgoutput')",
+                    ARM_WITHIN.as_millis(),
+                    literal(&self.back.name)
+                ),
+            )
+            .await?;
+        self.to
+            .batch("reset the statement timeout", "SET statement_timeout = 0")
+            .await
+    }
+
+    /// Under the hold, once `to` has applied through the fence: the reverse slot
+    /// skips what `to` received from `from` (it would echo back), and the reverse
+    /// subscription starts from there.
+    async fn start_reverse(&self, undo: &mut Undo) -> Result<(), Error> {
+        self.to
+            .execute(
+                "move the reverse slot past the forward changes",
+                "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
+                &[&self.back.name],
+            )
+            .await?;
+        undo.back_subscription = true;
+        self.back
+            .create_subscription(self.from, self.back_conninfo, false, false)
+            .await
+    }
+}
+
+fn describe_late(late: &[fence::LateWrite]) -> String {
+    late.iter()
+        .take(10)
+        .map(|l| format!("xid {} changed {} ({} row(s))", l.xid, l.table, l.changes))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }

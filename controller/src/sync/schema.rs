@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use crate::catalog::Name;
 use crate::dsn::{Dsn, Side};
 use crate::error::Error;
 
@@ -37,16 +38,22 @@ fn tool_error(dsn: &Dsn, program: &'static str, detail: String) -> Error {
 }
 
 /// Copies the schema (without publications, subscriptions or the controller's own
-/// schema). Blocking: run it off the async runtime.
-pub fn copy(source: &Dsn, target: &Dsn) -> Result<(), Error> {
+/// schema), or only `tables` (with their indexes, constraints and owned sequences)
+/// when given. Blocking: run it off the async runtime.
+pub fn copy(source: &Dsn, target: &Dsn, tables: &[Name]) -> Result<(), Error> {
     debug_assert_eq!(source.side(), Side::Source);
-    let mut dump = command("pg_dump", source)
-        .args([
-            "--schema-only",
-            "--no-publications",
-            "--no-subscriptions",
-            "--exclude-schema=_cutover",
-        ])
+    let mut dump = command("pg_dump", source);
+    dump.args([
+        "--schema-only",
+        "--no-publications",
+        "--no-subscriptions",
+        "--exclude-schema=_cutover",
+    ]);
+    for t in tables {
+        // pg_dump's patterns take double-quoted names literally.
+        dump.arg(format!("--table={}", t.sql()));
+    }
+    let mut dump = dump
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,0 +1,143 @@
+//! What makes the switchover refuse, and how it comes back: a table created on
+//! the source after the sync (its rows would be left behind), and a session that
+//! holds a lock the block needs (the write pause would outlast its budget). Each
+//! time nothing moves, the source takes writes again, no hold is left, and after
+//! the cause is gone the switchover goes through.
+
+use std::time::{Duration, Instant};
+
+use cutover_tests::{Backend, Pair, Proxy, ProxyBuilder, two_backend_config};
+
+use crate::common::cutover;
+
+const HOST: &str = "shop.test";
+
+async fn site() -> (Pair, Proxy, (Backend, Backend)) {
+    let pair = Pair::start_seeded(50).await;
+    cutover(&["db", "sync"], &pair.env()).await.ok();
+    let backends = (Backend::start("old"), Backend::start("new"));
+    let cfg = two_backend_config(
+        backends.0.addr,
+        backends.1.addr,
+        &[HOST],
+        (100.0, 0.0),
+        "writes = \"old\"",
+    );
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    (pair, proxy, backends)
+}
+
+async fn switchover(pair: &Pair, proxy: &Proxy, max_pause: &str) -> cutover_tests::Run {
+    let admin = format!("http://{}", proxy.admin);
+    cutover(
+        &[
+            "db",
+            "switchover",
+            "--proxy",
+            &admin,
+            "--route",
+            HOST,
+            "--max-pause",
+            max_pause,
+        ],
+        &pair.env(),
+    )
+    .await
+}
+
+/// Writes still on old, nothing held, and the application can write to the
+/// source.
+async fn assert_nothing_moved(pair: &Pair, proxy: &Proxy) {
+    let route = proxy.status().await["routes"][0].clone();
+    assert_eq!(route["writes"], "old", "{route:#}");
+    assert_eq!(route["hold"], serde_json::Value::Null, "{route:#}");
+    let app = pair
+        .old
+        .connect_as("app", cutover_tests::APP_PASSWORD, "app")
+        .await
+        .unwrap();
+    app.execute("INSERT INTO items (body) VALUES ('writable')", &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_created_after_the_sync_is_named_and_sync_adds_it() {
+    let (pair, proxy, _b) = site().await;
+    pair.old
+        .sql(
+            "app",
+            "CREATE TABLE audit (id bigserial PRIMARY KEY, what text NOT NULL);
+             GRANT INSERT, SELECT ON audit TO app; GRANT USAGE ON SEQUENCE audit_id_seq TO app;
+             INSERT INTO audit (what) SELECT 'row ' || g FROM generate_series(1, 25) g;",
+        )
+        .await;
+    let run = switchover(&pair, &proxy, "10s").await.fails();
+    assert!(run.all().contains("public.audit"), "{}", run.all());
+    assert!(run.all().contains("cutover db sync"), "{}", run.all());
+    assert_nothing_moved(&pair, &proxy).await;
+
+    // sync copies its schema, publishes it and copies its rows; it is blocked on
+    // the target like the others until the switchover.
+    let sync = cutover(&["db", "sync"], &pair.env()).await.ok();
+    assert!(sync.all().contains("audit"), "{}", sync.all());
+    switchover(&pair, &proxy, "10s").await.ok();
+    let n: i64 = pair
+        .new
+        .connect("app")
+        .await
+        .query_one("SELECT count(*) FROM audit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_the_block_needs_keeps_the_pause_under_its_ceiling_and_is_undone() {
+    let (pair, proxy, _b) = site().await;
+    pair.old
+        .sql("app", "CREATE TABLE notes (id int PRIMARY KEY)")
+        .await;
+    pair.new
+        .sql("app", "CREATE TABLE notes (id int PRIMARY KEY)")
+        .await;
+    cutover(&["db", "sync"], &pair.env()).await.ok();
+    // A maintenance session holds a lock that lets readers in but not the
+    // trigger (nor writers): it is not a write in flight, so the block may not
+    // end it, and must give up within the budget.
+    let locker = pair.old.connect("app").await;
+    locker
+        .batch_execute(
+            "SET application_name = 'nightly-reindex'; BEGIN; LOCK TABLE notes IN SHARE MODE",
+        )
+        .await
+        .unwrap();
+    let pid: i32 = locker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let t = Instant::now();
+    let run = switchover(&pair, &proxy, "3s").await.fails();
+    let took = t.elapsed();
+    let out = run.all();
+    assert!(out.contains("nightly-reindex"), "{out}");
+    assert!(out.contains(&format!("pid {pid}")), "{out}");
+    assert!(out.contains("undone"), "{out}");
+    // The whole command, preparation included, stays near the budget; the hold
+    // itself is under it (the proxies would answer 503 past it).
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let held_ms: f64 = out
+        .split("writes were held ")
+        .nth(1)
+        .and_then(|s| s.split(" ms").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no pause in: {out}"));
+    eprintln!("refused after holding writes {held_ms:.0} ms (budget 3 s), command took {took:?}");
+    assert!(held_ms < 3000.0, "held {held_ms} ms: {out}");
+    assert_nothing_moved(&pair, &proxy).await;
+
+    locker.batch_execute("COMMIT").await.unwrap();
+    switchover(&pair, &proxy, "3s").await.ok();
+}
