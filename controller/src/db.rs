@@ -193,6 +193,25 @@ impl Db {
         self.bounded(what, self.client.batch_execute(sql)).await
     }
 
+    /// Ends the open transaction, whatever the deadline: an aborted transaction
+    /// must not outlive a failed step. Errors are ignored (there may be none open).
+    pub async fn rollback(&self) {
+        let _ = self.client.batch_execute("ROLLBACK").await;
+    }
+
+    /// [`Db::query`] outside the deadline, for what explains a failure after it.
+    pub async fn query_unbounded(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        self.client
+            .query(sql, params)
+            .await
+            .map_err(|e| self.err(what, e))
+    }
+
     /// A server setting as text.
     pub async fn setting(&self, name: &str) -> Result<String, Error> {
         let row = self

@@ -264,23 +264,29 @@ pub(super) async fn with_table_locks(
         match db.batch(what, &batch).await {
             Ok(()) => return Ok(ended),
             Err(e) => {
-                let _ = db.batch("roll back", "ROLLBACK").await;
+                db.rollback().await;
                 if !is_lock_timeout(&e) {
                     return Err(e);
                 }
             }
         }
         first = false;
+        if Instant::now() >= deadline {
+            return Err(lock_refusal(db, &names, what).await);
+        }
         ended.extend(end_writers(db, &names).await?);
     }
 }
 
+/// A lock wait that ran out: `lock_timeout`, or the pause budget's
+/// `statement_timeout` while waiting.
 fn is_lock_timeout(e: &Error) -> bool {
     use std::error::Error as _;
+    use tokio_postgres::error::SqlState;
     e.source()
         .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
         .and_then(|e| e.code())
-        .is_some_and(|c| *c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+        .is_some_and(|c| *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::QUERY_CANCELED)
 }
 
 /// Ends every client session of this database that holds a write lock on one of
@@ -338,7 +344,10 @@ async fn lock_refusal(db: &Db, tables: &[String], what: &str) -> Error {
                           'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock') \
          ORDER BY a.pid"
     );
-    let holders = match db.query("list the sessions in the way", &sql, &[&tables]).await {
+    let holders = match db
+        .query_unbounded("list the sessions in the way", &sql, &[&tables])
+        .await
+    {
         Ok(rows) => rows
             .iter()
             .map(|r| session(r, r.get(5)).to_string())

@@ -78,7 +78,7 @@ pub async fn bring_forward(from: &Db, to: &Db) -> Result<(usize, usize), Error> 
     }))
     .await;
     if let Err(e) = set {
-        let _ = to.batch("roll back", "ROLLBACK").await;
+        to.rollback().await;
         return Err(e);
     }
     to.batch("commit the sequence update", "COMMIT").await?;

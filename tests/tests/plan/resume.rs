@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use cutover_tests::{App, Backend, Client, Proxy, ProxyBuilder, eventually};
+use cutover_tests::{App, Backend, Client, Proxy, ProxyBuilder};
 use http::Method;
 use serde_json::Value;
 
@@ -271,91 +271,81 @@ async fn kill_and_resume() {
     site.assert_all_on_new().await;
 }
 
-/// The switchover is made to stop at a known point: a test session holds the row
-/// `ALTER ROLE … IN DATABASE … SET` needs (taken during the step's bake), so step
-/// 4 (block writes on the source) waits with writes held on the proxy. The
-/// controller is killed there; the resume undoes the half-done switchover and runs
-/// it again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kill_during_switchover() {
+/// The controller dies at a known point of the switchover (`CUTOVER_CRASH_AT`
+/// exits at once, as SIGKILL would), with writes through the proxy and a
+/// superuser job writing straight into the old database every 5 ms. The resume
+/// finishes or undoes the switchover from what the databases say; every write
+/// either side acknowledged ends up on the new database, nothing stays held, and
+/// the old database refuses writes at the end.
+async fn crash_and_resume(point: &str, outcome: &str) {
     binaries().await;
     let _db = DATABASES.acquire().await.unwrap();
     let site = Site::start().await;
-    let pd = site.plan("\n[[steps]]\nweights = { old = 50, new = 50 }\nbake = \"2s\"\n");
+    let job = cutover_tests::WriterKind::Superuser
+        .prepare(&site.pair.old)
+        .await;
+    let mut pd = site.plan("\n[[steps]]\nweights = { old = 50, new = 50 }\nbake = \"2s\"\n");
     let (writes, reads) = site.traffic();
     writes.until_sent(20).await;
+    let mut job = job.start(cutover_tests::WriterOptions {
+        interval: Duration::from_millis(5),
+        max_duration: Duration::from_secs(150),
+        ..Default::default()
+    });
 
-    let mut first = pd.spawn_run(&[]);
-    // Not before the sync: creating the replication slot waits for every open
-    // transaction.
-    pd.until_state("the steps", Duration::from_secs(60), |s| {
-        s["phase"] == "steps"
-    })
-    .await;
-    let lock = connect(&site.pair.old).await;
-    lock.batch_execute(
-        "BEGIN; ALTER ROLE app IN DATABASE app SET default_transaction_read_only = off",
-    )
-    .await
-    .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while route(&site.proxy.status().await, SHOP)["hold"] == Value::Null {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no hold within 60s; cutover run printed:\n{}",
-            first.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let waiting = "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                   AND datname = 'app' AND pid <> pg_backend_pid()";
-    let pids: Vec<i32> = eventually(
-        Duration::from_secs(10),
-        "step 4 to wait on the role setting",
-        || async {
-            let rows = lock.query(waiting, &[]).await.unwrap();
-            (!rows.is_empty()).then(|| rows.iter().map(|r| r.get(0)).collect())
-        },
-    )
-    .await;
-    first.kill();
+    pd.env
+        .push(("CUTOVER_CRASH_AT".into(), point.to_string()));
+    let first = pd.spawn_run(&[]).wait(Duration::from_secs(120)).await;
+    pd.env.retain(|(k, _)| k != "CUTOVER_CRASH_AT");
+    assert_eq!(first.code, 137, "{}", first.stderr);
+    assert!(
+        first.stderr.contains(&format!("crash point {point} reached")),
+        "{}",
+        first.stderr
+    );
     let state = pd.state().unwrap();
     assert_eq!(state["switching"], "shop", "{state:#}");
-    // The dead controller's session would still apply its statement once the row
-    // is free: end it first, then let go of the row.
-    for pid in pids {
-        lock.execute("SELECT pg_terminate_backend($1, 5000)", &[&pid])
-            .await
-            .unwrap();
-    }
-    lock.batch_execute("ROLLBACK").await.unwrap();
-    // Writes are still held by the proxy (the dead controller's hold).
-    let status = site.proxy.status().await;
-    assert_ne!(route(&status, SHOP)["hold"], Value::Null);
 
     let run = pd.cutover("run", &[]).await;
-    assert_eq!(run.code, 0, "{}\n{}", run.stderr, first.stderr());
-    assert!(
-        run.stderr
-            .contains("resuming resume at the switchover of shop (interrupted)"),
-        "{}",
-        run.stderr
-    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
     let report = pd.report();
     assert_eq!(report["outcome"], "succeeded", "{report:#}");
     assert!(
-        timeline_has(&report, "the interrupted switchover was undone"),
+        timeline_has(&report, &format!("the interrupted switchover was {outcome}")),
         "{:#}",
         report["timeline"]
     );
     writes.until_sent(20).await;
     let writes = writes.stop().await;
     let _ = reads.stop().await;
-    eprintln!("writes during the test: {:?}", writes.codes);
+    job.stop().await;
+    eprintln!("{point}: proxy writes {:?}; {}", writes.codes, job.summary());
     site.assert_acked_on_new(&writes).await;
+    cutover_tests::assert_all_on(&site.pair.new, &job.acked(), "the superuser job").await;
     site.assert_all_on_new().await;
-    // The source is read-only for the app now; the target takes its writes.
+    // The source refuses every write now, the superuser's too.
     Pair::assert_app_read_only(&site.pair.old).await;
+    let su = connect(&site.pair.old).await;
+    let err = su
+        .execute("INSERT INTO items (body) VALUES ('late')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("25006"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_after_the_block_before_the_fence() {
+    crash_and_resume("before-fence", "undone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_after_the_fence_before_the_point_of_no_return() {
+    crash_and_resume("after-fence", "undone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_after_the_point_of_no_return_before_the_release() {
+    crash_and_resume("after-drop", "completed").await;
 }
 
 /// `cutover abort` after the switchover: writes go back to the old database through
