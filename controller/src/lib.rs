@@ -42,4 +42,7 @@ pub use switchover::{
     switchover,
 };
 pub use sync::{Outcome, SyncOptions, SyncReport, SyncStep, sync};
-pub use verify::{TableVerdict, VerifyReport, verify, verify_contains};
+pub use verify::{
+    FenceCheck, FenceMethod, FenceOptions, FenceTable, TableVerdict, VerifyReport,
+    close_fence_snapshot, compare_at_fence, open_fence_snapshot, verify, verify_contains,
+};

@@ -3,7 +3,9 @@
 //! the table and the first key that differs.
 //!
 //! [`verify_contains`] is the check for after a switchover, when the frozen source
-//! can only be contained in a target that kept taking writes.
+//! can only be contained in a target that kept taking writes. [`compare_at_fence`]
+//! is the check inside two snapshots opened at the switchover's fence, where the
+//! sides must be equal, in key ranges and bounded memory.
 
 use std::fmt;
 
@@ -15,8 +17,13 @@ use crate::db::Db;
 use crate::error::Error;
 
 mod contains;
+mod fence;
 
 pub use contains::verify_contains;
+pub use fence::{
+    FenceCheck, FenceMethod, FenceOptions, FenceTable, close_fence_snapshot, compare_at_fence,
+    open_fence_snapshot,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TableVerdict {

@@ -17,6 +17,8 @@ mod contains;
 mod errors;
 #[path = "db/failure.rs"]
 mod failure;
+#[path = "db/fence.rs"]
+mod fence;
 #[path = "db/load.rs"]
 mod load;
 #[path = "db/refusals.rs"]
