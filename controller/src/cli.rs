@@ -210,6 +210,11 @@ pub struct SwitchArgs {
     #[arg(long, default_value = "new", value_name = "BACKEND")]
     pub new_backend: String,
 
+    /// Skip the comparison of both sides as of the fence after the release (it
+    /// reads every table by primary-key ranges; exit 1 if anything differs).
+    #[arg(long)]
+    pub no_verify: bool,
+
     /// File holding the proxies' admin bearer token (or set CUTOVER_ADMIN_TOKEN).
     #[arg(long, value_name = "PATH")]
     pub proxy_token_file: Option<PathBuf>,

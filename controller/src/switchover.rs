@@ -30,6 +30,7 @@ use crate::error::Error;
 use crate::link::Link;
 use crate::observe::{Observer, Phase};
 use crate::proxy::Proxies;
+use crate::verify::FenceCheck;
 
 pub use block::Blocked;
 
@@ -55,6 +56,9 @@ pub struct SwitchoverOptions {
     /// How the target server reaches the source (for the forward subscription a
     /// rollback with `reverse` recreates), when that differs from `--source`.
     pub source_for_target: Option<Dsn>,
+    /// Compare both sides as of the fence after the release (snapshots taken
+    /// under the hold), by primary-key ranges.
+    pub verify: bool,
 }
 
 impl Default for SwitchoverOptions {
@@ -68,6 +72,7 @@ impl Default for SwitchoverOptions {
             reverse: false,
             target_for_source: None,
             source_for_target: None,
+            verify: true,
         }
     }
 }
@@ -110,6 +115,8 @@ pub struct SwitchoverReport {
     pub reopened: usize,
     /// The reverse link started, if any.
     pub reverse: Option<Link>,
+    /// Both sides compared as of the fence, after the release.
+    pub verify: Option<FenceCheck>,
     pub warnings: Vec<String>,
 }
 
@@ -241,6 +248,29 @@ impl fmt::Display for SwitchoverReport {
                 "replication {} runs {} → {}: {next}",
                 l.name, l.publisher, l.subscriber
             )?;
+        }
+        if let Some(v) = &self.verify {
+            writeln!(
+                f,
+                "verified at the fence: {} row(s) in {} table(s), {} range(s), {:.0} ms: {}",
+                v.rows_checked,
+                v.tables.len(),
+                v.chunks,
+                v.took_ms,
+                if v.passed {
+                    "both sides equal"
+                } else {
+                    "DIFFERENCES FOUND"
+                }
+            )?;
+            for t in v.tables.iter().filter(|t| !t.check.passed) {
+                writeln!(
+                    f,
+                    "  {}: {}",
+                    t.check.table,
+                    t.check.problem.as_deref().unwrap_or("differs")
+                )?;
+            }
         }
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;

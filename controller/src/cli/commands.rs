@@ -172,6 +172,7 @@ async fn run_switch(a: SwitchArgs, back: bool) -> Result<u8, Error> {
         reverse: a.reverse,
         target_for_source: parse(Side::Target, &a.target_for_source)?,
         source_for_target: parse(Side::Source, &a.source_for_target)?,
+        verify: !a.no_verify,
     };
     let term = Term::new();
     let report = if back {
@@ -180,5 +181,10 @@ async fn run_switch(a: SwitchArgs, back: bool) -> Result<u8, Error> {
         switchover(&src, &tgt, &proxies, &a.db.name, &opts, &term).await?
     };
     print(&a.db, &report, &report);
-    Ok(0)
+    // Writes have moved either way; a difference at the fence is a lost write
+    // and must not pass for success.
+    Ok(match &report.verify {
+        Some(v) if !v.passed => 1,
+        _ => 0,
+    })
 }

@@ -18,6 +18,7 @@ use crate::link::Link;
 use crate::observe::{Observer, Phase};
 use crate::proxy::Proxies;
 use crate::status::bytes;
+use crate::verify::{FenceOptions, close_fence_snapshot, compare_at_fence, open_fence_snapshot};
 
 /// One direction of the protocol: writes move `from` → `to`; `link` replicates
 /// `from` → `to` and is retired; `back` is the reverse link `--reverse` starts.
@@ -141,6 +142,13 @@ impl Plan<'_> {
             .map(bytes)
             .unwrap_or_else(|| "?".into());
         let witness = Witness::open(self.from, &self.link.name, ARM_WITHIN).await?;
+        // Idle connections for the snapshots the verification reads at the fence.
+        let snapshots = if opts.verify {
+            let (a, b) = tokio::join!(Db::connect(self.from.dsn()), Db::connect(self.to.dsn()));
+            Some((a?, b?))
+        } else {
+            None
+        };
         let mut undo = Undo::default();
         if opts.reverse
             && let Err(e) = self.prepare_reverse(&mut undo).await
@@ -188,7 +196,15 @@ impl Plan<'_> {
         self.from.set_deadline(Some(deadline));
         self.to.set_deadline(Some(deadline));
         let passed = self
-            .before_no_return(proxies, opts, deadline, &mut tl, &mut undo, &witness)
+            .before_no_return(
+                proxies,
+                opts,
+                deadline,
+                &mut tl,
+                &mut undo,
+                &witness,
+                snapshots.as_ref(),
+            )
             .await;
         let passed = match passed {
             Ok(p) => p,
@@ -270,6 +286,21 @@ impl Plan<'_> {
             Err(e) => warnings.push(format!("the fence witness could not be read again: {e}")),
         }
 
+        let verify = match &snapshots {
+            None => None,
+            Some((a, b)) => {
+                let checked = compare_at_fence(a, b, &FenceOptions::default()).await;
+                tokio::join!(close_fence_snapshot(a), close_fence_snapshot(b));
+                match checked {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        warnings.push(format!("the verification at the fence failed: {e}"));
+                        None
+                    }
+                }
+            }
+        };
+
         Ok(SwitchoverReport {
             operation: self.operation,
             from: self.from.side(),
@@ -285,6 +316,7 @@ impl Plan<'_> {
             blocked: passed.blocked,
             reopened: passed.reopened,
             reverse: opts.reverse.then(|| self.back.clone()),
+            verify,
             warnings,
         })
     }
@@ -299,6 +331,7 @@ impl Plan<'_> {
         tl: &mut Timeline<'_>,
         undo: &mut Undo,
         witness: &Witness,
+        snapshots: Option<&(Db, Db)>,
     ) -> Result<Passed, Error> {
         // 3. No write may still be on its way to the old side.
         tl.begin(Phase::Drain);
@@ -325,6 +358,13 @@ impl Plan<'_> {
         let run = format!("{}-{}", std::process::id(), now_ms());
         let fence = fence::record(self.from, self.name, self.operation, &run).await?;
         fence::wait_applied(self.to, self.name, &fence, budget_left(deadline)?).await?;
+        if let Some((a, b)) = snapshots {
+            // Both sides are still: the old writer is blocked, the new one has
+            // applied through the fence and takes no other write yet.
+            let (a, b) = tokio::join!(open_fence_snapshot(a), open_fence_snapshot(b));
+            a?;
+            b?;
+        }
         tl.end(format!("applied through {} (beat {})", fence.lsn, fence.beat));
         crash_point("after-fence");
 

@@ -48,6 +48,7 @@ impl Runner<'_> {
             reverse: self.plan.reverse,
             target_for_source: d.target_for_source.clone(),
             source_for_target: d.source_for_target.clone(),
+            verify: true,
         }
     }
 
@@ -77,7 +78,7 @@ impl Runner<'_> {
                     .is_some_and(|v| !v.passed);
                 if failed {
                     let pair = self.db(&app.name, d).await?;
-                    self.verify(app, &pair.0, &pair.1).await?;
+                    self.verify(app, &pair.0, &pair.1, None).await?;
                     self.save()?;
                 }
                 continue;
@@ -164,7 +165,8 @@ impl Runner<'_> {
             );
         }
         self.save()?;
-        self.verify(app, src, tgt).await?;
+        let fenced = report.verify.as_ref().map(|v| v.table_checks());
+        self.verify(app, src, tgt, fenced).await?;
         let b = self.scrape(&proxies).await?;
         self.span(
             format!("switchover {}", app.name),
@@ -181,8 +183,15 @@ impl Runner<'_> {
         app: &App,
         src: &crate::db::Db,
         tgt: &crate::db::Db,
+        fenced: Option<Vec<crate::plan::record::TableCheck>>,
     ) -> Result<(), Error> {
-        let tables = verify_contains(src, tgt).await?;
+        // The switchover compared both sides as of its fence; without that (a
+        // resumed run), the frozen source must be contained in the target.
+        let at_fence = fenced.is_some();
+        let tables = match fenced {
+            Some(t) => t,
+            None => verify_contains(src, tgt).await?,
+        };
         let passed = tables.iter().all(|t| t.passed);
         let rows: u64 = tables.iter().map(|t| t.source_rows).sum();
         let missing: u64 = tables.iter().map(|t| t.missing).sum();
@@ -201,7 +210,11 @@ impl Runner<'_> {
                 PhaseName::Switchover,
                 None,
                 Some(&app.name),
-                format!("verified: all {rows} source row(s) are on the target, unchanged or updated since"),
+                if at_fence {
+                    format!("verified at the fence: all {rows} source row(s) are on the target, both sides equal")
+                } else {
+                    format!("verified: all {rows} source row(s) are on the target, unchanged or updated since")
+                },
                 true,
             );
             Ok(())
@@ -251,7 +264,7 @@ impl Runner<'_> {
                     true,
                 );
                 self.save()?;
-                self.verify(&app, src, tgt).await?;
+                self.verify(&app, src, tgt, None).await?;
             }
         }
         self.save()
