@@ -17,6 +17,7 @@
 //! trigger), and the switchover refuses. The slot lives in its own session, so a
 //! controller that dies takes it along.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -168,7 +169,15 @@ impl Witness {
     /// that wait.
     pub async fn open(from: &Db, publication: &str, within: Duration) -> Result<Witness, Error> {
         let db = Db::connect(from.dsn()).await?;
-        let slot = format!("cutover_fence_{}", std::process::id());
+        // Unique per witness: a plan switches several databases, possibly on one
+        // server, and a closed session's temporary slot goes away only once its
+        // backend has exited.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let slot = format!(
+            "cutover_fence_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let created = db
             .batch(
                 "create the fence witness slot",

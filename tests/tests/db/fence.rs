@@ -157,8 +157,12 @@ async fn a_synced_copy_is_equal_at_the_fence_range_by_range() {
     pair.new
         .sql(
             "app",
-            "INSERT INTO items (id, body) VALUES (900001, 'on the target'); \
-             UPDATE items SET body = 'edited' WHERE id = 7; DELETE FROM items WHERE id = 8;",
+            // The sync blocks the target's writes until a switchover; a
+            // replication-role session writes the way replication does.
+            "SET session_replication_role = replica; \
+             INSERT INTO items (id, body) VALUES (900001, 'on the target'); \
+             UPDATE items SET body = 'edited' WHERE id = 7; DELETE FROM items WHERE id = 8; \
+             RESET session_replication_role;",
         )
         .await;
     eventually(
