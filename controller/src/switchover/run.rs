@@ -177,7 +177,8 @@ impl Plan<'_> {
         match fleet::hold_all(proxies, &opts.routes, opts.max_pause).await {
             Ok(h) => undo.held = h,
             Err(e) => {
-                let undone = self.undo(proxies, &undo, hold_start + opts.max_pause).await;
+                let mut undone = self.undo(proxies, &undo, hold_start + opts.max_pause).await;
+                undone.push_str("; the holds taken were released; writes did not move");
                 return Err(Error::Aborted {
                     operation: self.operation,
                     phase: tl.failed_in(),

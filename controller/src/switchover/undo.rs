@@ -61,7 +61,11 @@ impl Plan<'_> {
                 Err(e) => failed.push(e.to_string()),
             }
         }
-        let mut s = format!("undone: {}", done.join("; "));
+        let mut s = if done.is_empty() {
+            "nothing to undo on the databases".to_string()
+        } else {
+            format!("undone: {}", done.join("; "))
+        };
         if !failed.is_empty() {
             s.push_str(&format!("; NOT undone: {}", failed.join("; ")));
         }

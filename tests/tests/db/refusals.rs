@@ -12,8 +12,11 @@ use crate::common::cutover;
 
 const HOST: &str = "shop.test";
 
-async fn site() -> (Pair, Proxy, (Backend, Backend)) {
+async fn site(setup: &str) -> (Pair, Proxy, (Backend, Backend)) {
     let pair = Pair::start_seeded(50).await;
+    if !setup.is_empty() {
+        pair.old.sql("app", setup).await;
+    }
     cutover(&["db", "sync"], &pair.env()).await.ok();
     let backends = (Backend::start("old"), Backend::start("new"));
     let cfg = two_backend_config(
@@ -63,7 +66,12 @@ async fn assert_nothing_moved(pair: &Pair, proxy: &Proxy) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_created_after_the_sync_is_named_and_sync_adds_it() {
-    let (pair, proxy, _b) = site().await;
+    // A materialized view: replication does not carry it, the switchover
+    // refreshes it on the target.
+    let (pair, proxy, _b) = site(
+        "CREATE MATERIALIZED VIEW item_count AS SELECT count(*) AS n FROM items",
+    )
+    .await;
     pair.old
         .sql(
             "app",
@@ -91,11 +99,23 @@ async fn a_table_created_after_the_sync_is_named_and_sync_adds_it() {
         .unwrap()
         .get(0);
     assert_eq!(n, 25);
+    let target = pair.new.connect("app").await;
+    let (view, rows): (i64, i64) = {
+        let r = target
+            .query_one(
+                "SELECT (SELECT n FROM item_count), (SELECT count(*) FROM items)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(view, rows, "the materialized view was refreshed on the target");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_the_block_needs_keeps_the_pause_under_its_ceiling_and_is_undone() {
-    let (pair, proxy, _b) = site().await;
+    let (pair, proxy, _b) = site("").await;
     pair.old
         .sql("app", "CREATE TABLE notes (id int PRIMARY KEY)")
         .await;
