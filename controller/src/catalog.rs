@@ -126,6 +126,22 @@ pub async fn sequences(db: &Db) -> Result<Vec<Name>, Error> {
     Ok(rows.iter().map(|r| Name::new(r.get(0), r.get(1))).collect())
 }
 
+/// Every application materialized view with the planner's row estimate (-1 when
+/// never analyzed). Logical replication does not carry them: the switchover
+/// refreshes them on the target.
+pub async fn materialized_views(db: &Db) -> Result<Vec<(Name, i64)>, Error> {
+    let sql = format!(
+        "SELECT n.nspname, c.relname, c.reltuples::bigint \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'm' AND {SYSTEM_SCHEMAS} AND {NOT_EXTENSION_MEMBER} ORDER BY 1, 2"
+    );
+    let rows = db.query("list materialized views", &sql, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (Name::new(r.get(0), r.get(1)), r.get(2)))
+        .collect())
+}
+
 /// What [`ensure_own_schema`] creates: the heartbeat, the legacy record of blocked
 /// roles (read only to undo a block an earlier version made), the fence of each
 /// switchover, and the function the write-block triggers call.
@@ -192,20 +208,6 @@ pub async fn writable_tables(db: &Db) -> Result<Vec<Name>, Error> {
            AND {NOT_EXTENSION_MEMBER} ORDER BY 1, 2"
     );
     let rows = db.query("list writable tables", &sql, &[]).await?;
-    Ok(rows.iter().map(|r| Name::new(r.get(0), r.get(1))).collect())
-}
-
-/// Materialized views: logical replication does not carry them, so the target's
-/// are refreshed during the switchover.
-pub async fn materialized_views(db: &Db) -> Result<Vec<Name>, Error> {
-    let rows = db
-        .query(
-            "list materialized views",
-            "SELECT schemaname::text, matviewname::text FROM pg_matviews \
-             WHERE schemaname NOT IN ('pg_catalog', 'information_schema', '_cutover') ORDER BY 1, 2",
-            &[],
-        )
-        .await?;
     Ok(rows.iter().map(|r| Name::new(r.get(0), r.get(1))).collect())
 }
 

@@ -1,7 +1,10 @@
 //! The preflight: everything that would make replication or the switchover fail, or
 //! lose data, found before anything is created. Each finding names the object and
-//! the fix. Blockers make `cutover db check` exit 1 and stop `sync`.
+//! the fix. Blockers make `cutover db check` exit 1 and stop `sync`. The source's
+//! and the target's own checks are in `source` and `target`; what the switchover's
+//! write block must survive (on either side) is in `risks`.
 
+mod risks;
 mod source;
 mod target;
 
@@ -106,7 +109,14 @@ pub(crate) struct Ctx<'a> {
     pub fixed: Vec<String>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    pub fn db(&self, side: Side) -> &'a Db {
+        match side {
+            Side::Source => self.src,
+            Side::Target => self.tgt,
+        }
+    }
+
     pub fn add(&mut self, level: Level, side: Side, object: String, problem: String, fix: String) {
         self.findings.push(Finding {
             level,
@@ -145,6 +155,14 @@ pub async fn check(
     target::roles(&mut ctx).await?;
     target::permissions(&mut ctx).await?;
     target::contents(&mut ctx).await?;
+    risks::prepared_transactions(&mut ctx, Side::Source).await?;
+    risks::prepared_transactions(&mut ctx, Side::Target).await?;
+    risks::trigger_privilege(&mut ctx, Side::Source).await?;
+    risks::trigger_privilege(&mut ctx, Side::Target).await?;
+    risks::lifters(&mut ctx).await?;
+    risks::materialized_views(&mut ctx).await?;
+    risks::other_controllers(&mut ctx).await?;
+    risks::superuser_sessions(&mut ctx).await?;
     ctx.findings.sort_by_key(|f| f.level);
     Ok(CheckReport {
         source: src.dsn().redacted(),
@@ -156,6 +174,15 @@ pub async fn check(
         findings: ctx.findings,
         fixed: ctx.fixed,
     })
+}
+
+/// The first few names of a list.
+pub(crate) fn preview(names: &[String]) -> String {
+    let mut s = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > 5 {
+        s.push_str(&format!(", and {} more", names.len() - 5));
+    }
+    s
 }
 
 /// `150018` → `15.18`.

@@ -1,7 +1,9 @@
-//! A connection to one side, whose every error names that side.
+//! A connection to one side, whose every error names that side, and the
+//! `application_name` that makes the controller's sessions recognisable.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -26,18 +28,21 @@ pub struct Db {
 impl Db {
     /// Connects and reads the server version. The session opts out of
     /// `default_transaction_read_only`, so the controller can still write its own
-    /// bookkeeping on a side whose application roles it has blocked.
+    /// bookkeeping on a side whose application roles it has blocked. Unless the
+    /// DSN names one, the session's `application_name` is
+    /// `cutover <command> (<host> pid <pid>)`, so that an operator (and another
+    /// controller refused by [`crate::lock`]) can tell which process holds it.
     pub async fn connect(dsn: &Dsn) -> Result<Db, Error> {
-        let (client, conn) = dsn
-            .config()
-            .connect(NoTls)
-            .await
-            .map_err(|e| Error::Connect {
-                side: dsn.side(),
-                dsn: dsn.redacted(),
-                detail: pg_detail(&e),
-                source: e,
-            })?;
+        let mut config = dsn.config().clone();
+        if config.get_application_name().is_none() {
+            config.application_name(application_name(&hostname(), std::process::id()));
+        }
+        let (client, conn) = config.connect(NoTls).await.map_err(|e| Error::Connect {
+            side: dsn.side(),
+            dsn: dsn.redacted(),
+            detail: pg_detail(&e),
+            source: e,
+        })?;
         tokio::spawn(async move {
             // Errors on the connection surface as errors of the next query.
             let _ = conn.await;
@@ -236,6 +241,47 @@ impl Db {
     }
 }
 
+/// The command this process runs (`db sync`, `run`, …), set once by the CLI.
+static COMMAND: OnceLock<String> = OnceLock::new();
+
+/// Names the command this process runs, for the `application_name` of every
+/// connection it makes from now on. The first call wins; later ones are ignored
+/// (one process runs one command).
+pub fn set_command(command: &str) {
+    let _ = COMMAND.set(command.to_string());
+}
+
+/// PostgreSQL keeps the first 63 bytes of an `application_name` (NAMEDATALEN - 1).
+const APPLICATION_NAME_MAX: usize = 63;
+
+/// `cutover db sync (pod-7f9c pid 4242)`; `cutover (…)` before a command is set.
+/// A long host name is shortened rather than the pid, which is what tells two
+/// controllers on one host apart.
+fn application_name(host: &str, pid: u32) -> String {
+    let program = match COMMAND.get() {
+        Some(c) if !c.is_empty() => format!("cutover {c}"),
+        _ => "cutover".to_string(),
+    };
+    let tail = format!(" pid {pid})");
+    let room = APPLICATION_NAME_MAX.saturating_sub(program.len() + 2 + tail.len());
+    let mut host: String = host.chars().filter(|c| c.is_ascii_graphic()).collect();
+    if host.len() > room {
+        // ASCII only (filtered above), so any byte index is a char boundary.
+        host.truncate(room);
+    }
+    format!("{program} ({host}{tail}")
+}
+
+/// This machine's (or pod's) name, without a crate: the kernel's, else `$HOSTNAME`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "unknown-host".to_string())
+}
+
 /// Polls `check` every `every` until it yields `Some`, or fails with a timeout that
 /// names `what`.
 pub(crate) async fn poll<T, F, Fut>(
@@ -260,5 +306,20 @@ where
             });
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_names_fit_and_keep_the_pid() {
+        let short = application_name("box", 42);
+        assert!(short.starts_with("cutover"), "{short}");
+        assert!(short.ends_with("(box pid 42)"), "{short}");
+        let long = application_name(&"h".repeat(100), 4_194_304);
+        assert!(long.len() <= APPLICATION_NAME_MAX, "{long}");
+        assert!(long.ends_with("hh pid 4194304)"), "{long}");
     }
 }

@@ -77,7 +77,8 @@ impl Dsn {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
-        config.application_name("cutover");
+        // The application_name is chosen at connect time (`Db::connect`), unless
+        // the DSN sets one.
         Ok(Dsn {
             side,
             raw: raw.to_string(),

@@ -4,6 +4,7 @@
 //! admin API and its rollback, verification and cleanup. The proxies' data plane is
 //! `cutover-proxy`'s; this crate only talks to their admin API. Each operation is a
 //! function over two connected [`Db`]s, so the plan runner can call them directly.
+//! [`lock`] keeps a second controller off a database another one is working on.
 //! [`secrets`] moves Kubernetes Secrets into a secrets store (`cutover secrets …`).
 
 mod catalog;
@@ -16,6 +17,7 @@ mod error;
 mod failpoint;
 mod heartbeat;
 mod link;
+pub mod lock;
 mod observe;
 pub mod plan;
 mod proxy;

@@ -28,6 +28,7 @@ use crate::db::Db;
 use crate::dsn::{Dsn, Side};
 use crate::error::Error;
 use crate::link::Link;
+use crate::lock;
 use crate::observe::{Observer, Phase};
 use crate::proxy::Proxies;
 use crate::verify::FenceCheck;
@@ -144,7 +145,26 @@ fn forward<'a>(
     }
 }
 
-/// Moves writes from the source to the target: issue steps 1 to 9.
+/// Runs `work` holding the one-controller lock on both databases (source first, so
+/// two controllers never hold one side each). Session-level advisory locks stack,
+/// so a plan run that holds them already keeps them after.
+async fn locked<T>(
+    src: &Db,
+    tgt: &Db,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    lock::acquire(src).await?;
+    if let Err(e) = lock::acquire(tgt).await {
+        lock::release(src).await;
+        return Err(e);
+    }
+    let out = work.await;
+    lock::release(tgt).await;
+    lock::release(src).await;
+    out
+}
+
+/// Moves writes from the source to the target.
 pub async fn switchover(
     src: &Db,
     tgt: &Db,
@@ -153,7 +173,7 @@ pub async fn switchover(
     opts: &SwitchoverOptions,
     obs: &dyn Observer,
 ) -> Result<SwitchoverReport, Error> {
-    forward(src, tgt, name, opts).run(proxies, opts, obs).await
+    locked(src, tgt, forward(src, tgt, name, opts).run(proxies, opts, obs)).await
 }
 
 /// Moves writes back from the target to the source after a switchover with
@@ -181,7 +201,7 @@ pub async fn rollback(
             .unwrap_or(src.dsn())
             .secret_conninfo(),
     };
-    plan.run(proxies, opts, obs).await
+    locked(src, tgt, plan.run(proxies, opts, obs)).await
 }
 
 /// What [`recover`] found and did.
@@ -204,7 +224,7 @@ pub async fn recover(
     name: &str,
     opts: &SwitchoverOptions,
 ) -> Result<Recovery, Error> {
-    forward(src, tgt, name, opts).recover(proxies, opts).await
+    locked(src, tgt, forward(src, tgt, name, opts).recover(proxies, opts)).await
 }
 
 impl fmt::Display for SwitchoverReport {

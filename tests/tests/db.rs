@@ -21,6 +21,8 @@ mod failure;
 mod fence;
 #[path = "db/load.rs"]
 mod load;
+#[path = "db/lock.rs"]
+mod lock;
 #[path = "db/refusals.rs"]
 mod refusals;
 #[path = "db/switchover.rs"]

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::catalog::{self, ident};
-use crate::check::{Ctx, Level, version_text};
+use crate::check::{Ctx, Level, preview, version_text};
 use crate::dsn::Side;
 use crate::error::Error;
 
@@ -356,13 +356,4 @@ pub async fn contents(ctx: &mut Ctx<'_>) -> Result<(), Error> {
         "migrate into an empty database, or TRUNCATE the tables on the target first".into(),
     );
     Ok(())
-}
-
-/// The first few names of a list.
-fn preview(names: &[String]) -> String {
-    let mut s = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
-    if names.len() > 5 {
-        s.push_str(&format!(", and {} more", names.len() - 5));
-    }
-    s
 }

@@ -12,6 +12,7 @@ use crate::cleanup::cleanup;
 use crate::db::Db;
 use crate::dsn::{Dsn, Side};
 use crate::error::Error;
+use crate::lock;
 use crate::proxy::Proxies;
 use crate::status::status;
 use crate::switchover::{SwitchoverOptions, rollback, switchover};
@@ -20,6 +21,7 @@ use crate::verify::verify;
 
 /// Runs the command and returns the process exit code.
 pub async fn run(cli: Cli) -> u8 {
+    crate::db::set_command(label(&cli.command));
     let cmd = match cli.command {
         Command::Db(cmd) => cmd,
         Command::Secrets(cmd) => return crate::secrets::cli::run(cmd).await,
@@ -47,6 +49,26 @@ pub async fn run(cli: Cli) -> u8 {
             eprintln!("cutover: {e}");
             1
         }
+    }
+}
+
+/// The command as typed, for the `application_name` of the sessions it opens.
+fn label(cmd: &Command) -> &'static str {
+    match cmd {
+        Command::Db(c) => match c {
+            DbCommand::Check(_) => "db check",
+            DbCommand::Sync(_) => "db sync",
+            DbCommand::Status(_) => "db status",
+            DbCommand::Switchover(_) => "db switchover",
+            DbCommand::Verify(_) => "db verify",
+            DbCommand::Cleanup(_) => "db cleanup",
+            DbCommand::Rollback(_) => "db rollback",
+        },
+        Command::Secrets(_) => "secrets",
+        Command::Run(_) => "run",
+        Command::Status(_) => "status",
+        Command::Abort(_) => "abort",
+        Command::Rehearse(_) => "rehearse",
     }
 }
 
@@ -103,6 +125,10 @@ async fn run_check(a: CheckArgs) -> Result<u8, Error> {
 
 async fn run_sync(a: SyncArgs) -> Result<u8, Error> {
     let (src, tgt) = connect(&a.db).await?;
+    // Before anything changes, source first; held until the process exits, which
+    // releases it with the sessions.
+    lock::acquire(&src).await?;
+    lock::acquire(&tgt).await?;
     let opts = SyncOptions {
         wait: !a.no_wait,
         timeout: a.timeout,

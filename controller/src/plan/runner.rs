@@ -38,6 +38,7 @@ use super::report;
 use super::state::{self, StateFile};
 use crate::db::Db;
 use crate::error::Error;
+use crate::lock;
 use crate::proxy::Proxies;
 use sampler::Sampler;
 use ui::Ui;
@@ -371,7 +372,11 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// A connected pair for `app` (kept for the run; reconnected when closed).
+    /// A connected pair for `app` (kept for the run; reconnected when closed). Each
+    /// new pair takes the controller lock on both sides, source first, and keeps it
+    /// for as long as the pair lives: no other controller works on these databases
+    /// during the run. The switchover takes it again on the same sessions (it
+    /// stacks) and gives that back when it ends.
     async fn db(&mut self, app: &str, d: &Database) -> Result<Arc<(Db, Db)>, Error> {
         if let Some(pair) = self.dbs.get(app)
             && !pair.0.is_closed()
@@ -379,7 +384,14 @@ impl<'a> Runner<'a> {
         {
             return Ok(pair.clone());
         }
-        let pair = Arc::new(Db::connect_pair(&d.source, &d.target).await?);
+        // A pair with one side closed still holds the lock on the other: drop it
+        // first, so that its session ends (acquire's grace covers the moment that
+        // takes).
+        drop(self.dbs.remove(app));
+        let (src, tgt) = Db::connect_pair(&d.source, &d.target).await?;
+        lock::acquire(&src).await?;
+        lock::acquire(&tgt).await?;
+        let pair = Arc::new((src, tgt));
         self.dbs.insert(app.to_string(), pair.clone());
         Ok(pair)
     }

@@ -373,7 +373,7 @@ impl Plan<'_> {
         tl.begin(Phase::Sequences);
         let (moved, compared) = sequences::bring_forward(self.from, self.to).await?;
         let views = catalog::materialized_views(self.to).await?;
-        for v in &views {
+        for (v, _) in &views {
             self.to
                 .batch(
                     &format!("refresh materialized view {v}"),
