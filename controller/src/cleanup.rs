@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::db::Db;
 use crate::dsn::Side;
 use crate::error::Error;
-use crate::switchover::block;
 use crate::link::Link;
+use crate::switchover::block;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -173,7 +173,12 @@ pub async fn switchover(
     opts: &SwitchoverOptions,
     obs: &dyn Observer,
 ) -> Result<SwitchoverReport, Error> {
-    locked(src, tgt, forward(src, tgt, name, opts).run(proxies, opts, obs)).await
+    locked(
+        src,
+        tgt,
+        forward(src, tgt, name, opts).run(proxies, opts, obs),
+    )
+    .await
 }
 
 /// Moves writes back from the target to the source after a switchover with
@@ -224,7 +229,12 @@ pub async fn recover(
     name: &str,
     opts: &SwitchoverOptions,
 ) -> Result<Recovery, Error> {
-    locked(src, tgt, forward(src, tgt, name, opts).recover(proxies, opts)).await
+    locked(
+        src,
+        tgt,
+        forward(src, tgt, name, opts).recover(proxies, opts),
+    )
+    .await
 }
 
 impl fmt::Display for SwitchoverReport {

@@ -3,10 +3,10 @@
 //! `cutover-proxy`; which write block holds against which bypass writer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "db/bypass.rs"]
-mod bypass;
 #[path = "db/blocks.rs"]
 mod blocks;
+#[path = "db/bypass.rs"]
+mod bypass;
 #[path = "db/check.rs"]
 mod check;
 #[path = "db/common.rs"]

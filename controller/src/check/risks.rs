@@ -137,12 +137,11 @@ pub async fn superuser_sessions(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             (
                 Level::Warning,
                 format!(
-                    "{about}: a superuser can lift the write block (SET session_replication_role = replica), \
-                     so the switchover ends this session"
+                    "{about}: a superuser can lift the write block (SET session_replication_role = replica); \
+                     the switchover ends it if it has a write in flight, and refuses if a write of it gets past the fence"
                 ),
                 format!(
-                    "let it finish or stop it before the switchover (SELECT pg_terminate_backend({pid})); \
-                     the switchover ends it otherwise"
+                    "let it finish or stop it before the switchover (SELECT pg_terminate_backend({pid}))"
                 ),
             )
         } else {

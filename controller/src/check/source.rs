@@ -161,13 +161,13 @@ pub async fn large_objects(ctx: &mut Ctx<'_>) -> Result<(), Error> {
 }
 
 /// The source user must create a publication and a slot, read every table, and
-/// (for the switchover) change other roles' settings and end their sessions.
+/// (for the switchover) end other roles' sessions that have a write in flight.
 pub async fn permissions(ctx: &mut Ctx<'_>) -> Result<(), Error> {
     let row = ctx
         .src
         .query_one(
             "read the source user's privileges",
-            "SELECT current_user::text, rolsuper, rolreplication, rolcreaterole, \
+            "SELECT current_user::text, rolsuper, rolreplication, \
                     has_database_privilege(current_database(), 'CREATE'), \
                     pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') \
              FROM pg_roles WHERE rolname = current_user",
@@ -175,8 +175,8 @@ pub async fn permissions(ctx: &mut Ctx<'_>) -> Result<(), Error> {
         )
         .await?;
     let user: String = row.get(0);
-    let (superuser, replication, createrole, create_db, signal): (bool, bool, bool, bool, bool) =
-        (row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+    let (superuser, replication, create_db, signal): (bool, bool, bool, bool) =
+        (row.get(1), row.get(2), row.get(3), row.get(4));
     if superuser {
         return Ok(());
     }
@@ -203,15 +203,17 @@ pub async fn permissions(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             ),
         );
     }
-    if !(createrole && signal) {
+    if !signal {
         ctx.add(
             Level::Blocker,
             Side::Source,
             who.clone(),
-            "the switchover blocks writes for every application role and ends their sessions, which needs CREATEROLE and pg_signal_backend".into(),
+            "the switchover ends the sessions of other roles that have a write in flight when it \
+             blocks writes, which needs pg_signal_backend"
+                .into(),
             format!(
-                "connect as a superuser, or ALTER ROLE {u} CREATEROLE; GRANT pg_signal_backend TO {u}",
-                u = ident(&user)
+                "connect as a superuser, or GRANT pg_signal_backend TO {}",
+                ident(&user)
             ),
         );
     }

@@ -173,8 +173,14 @@ pub async fn unblock(db: &Db, deadline: Instant) -> Result<usize, Error> {
     if tables.is_empty() {
         return Ok(0);
     }
-    with_table_locks(db, &tables, &disable_sql(&tables), "restore write access", deadline)
-        .await?;
+    with_table_locks(
+        db,
+        &tables,
+        &disable_sql(&tables),
+        "restore write access",
+        deadline,
+    )
+    .await?;
     Ok(tables.len())
 }
 
@@ -193,7 +199,13 @@ pub async fn blocked_tables(db: &Db) -> Result<Vec<Name>, Error> {
 pub fn disable_sql(tables: &[Name]) -> String {
     tables
         .iter()
-        .map(|t| format!("ALTER TABLE {} DISABLE TRIGGER {};\n", t.sql(), ident(TRIGGER)))
+        .map(|t| {
+            format!(
+                "ALTER TABLE {} DISABLE TRIGGER {};\n",
+                t.sql(),
+                ident(TRIGGER)
+            )
+        })
         .collect()
 }
 

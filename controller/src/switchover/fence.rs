@@ -85,7 +85,12 @@ pub async fn record(from: &Db, name: &str, direction: &str, run: &str) -> Result
 
 /// Waits until the subscriber `to` has applied the fence's heartbeat, and with it
 /// every transaction the writer committed before the fence.
-pub async fn wait_applied(to: &Db, name: &str, fence: &Fence, within: Duration) -> Result<(), Error> {
+pub async fn wait_applied(
+    to: &Db,
+    name: &str,
+    fence: &Fence,
+    within: Duration,
+) -> Result<(), Error> {
     let hb = Heartbeat::new(name);
     poll(
         &format!(
@@ -210,7 +215,11 @@ impl Witness {
     /// Every transaction since the slot was created that committed at or past
     /// `fence` and changed an application table. Reads the changes without
     /// consuming them, so it can be asked again.
-    pub async fn late_writes(&self, fence: &str, within: Duration) -> Result<Vec<LateWrite>, Error> {
+    pub async fn late_writes(
+        &self,
+        fence: &str,
+        within: Duration,
+    ) -> Result<Vec<LateWrite>, Error> {
         self.db
             .set_deadline(Some(tokio::time::Instant::now() + within));
         // pgoutput messages: 'B'egin carries the commit's LSN (bytes 2..9);

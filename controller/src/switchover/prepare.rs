@@ -132,10 +132,14 @@ impl Plan<'_> {
             return Ok(());
         }
         let fix = match self.link.publisher {
-            Side::Source => "run `cutover db sync` again: it copies their schema, adds them to the \
-                             publication and refreshes the subscription; then switch over",
-            Side::Target => "add them to the reverse publication and refresh the reverse \
-                             subscription (ALTER SUBSCRIPTION ... REFRESH PUBLICATION), then roll back",
+            Side::Source => {
+                "run `cutover db sync` again: it copies their schema, adds them to the \
+                             publication and refreshes the subscription; then switch over"
+            }
+            Side::Target => {
+                "add them to the reverse publication and refresh the reverse \
+                             subscription (ALTER SUBSCRIPTION ... REFRESH PUBLICATION), then roll back"
+            }
         };
         Err(Error::Precondition(format!(
             "{} table(s) on the {} are not replicated to the {} (created after the sync?): {}; \

@@ -366,7 +366,10 @@ impl Plan<'_> {
             a?;
             b?;
         }
-        tl.end(format!("applied through {} (beat {})", fence.lsn, fence.beat));
+        tl.end(format!(
+            "applied through {} (beat {})",
+            fence.lsn, fence.beat
+        ));
         crash_point("after-fence");
 
         // 6. Sequences forward, materialized views refreshed.

@@ -22,7 +22,12 @@ impl Plan<'_> {
     /// Puts back what was done, newest first, and says what happened. Database
     /// calls end by the callers' deadline; the proxies are retried until
     /// `hold_deadline`.
-    pub(super) async fn undo(&self, proxies: &Proxies, undo: &Undo, hold_deadline: Instant) -> String {
+    pub(super) async fn undo(
+        &self,
+        proxies: &Proxies,
+        undo: &Undo,
+        hold_deadline: Instant,
+    ) -> String {
         let mut done = Vec::new();
         let mut failed = Vec::new();
         let quick = Duration::from_secs(5);

@@ -93,11 +93,9 @@ fn start(prepared: &[cutover_tests::Prepared]) -> Vec<Writer> {
 }
 
 async fn until_each_acked(writers: &[Writer], n: usize) {
-    eventually(
-        Duration::from_secs(30),
-        "every writer to write",
-        || async { writers.iter().all(|w| w.acked().len() >= n).then_some(()) },
-    )
+    eventually(Duration::from_secs(30), "every writer to write", || async {
+        writers.iter().all(|w| w.acked().len() >= n).then_some(())
+    })
     .await;
 }
 
@@ -190,7 +188,12 @@ async fn a_prepared_transaction_makes_the_switchover_refuse_until_it_is_finished
     // Once committed, its row replicates and the switchover goes through.
     conn.commit_prepared("nightly-42").await.unwrap();
     site.switchover(&[]).await.ok();
-    assert_all_on(&site.pair.new, &[(id, "prepared".into())], "the prepared write").await;
+    assert_all_on(
+        &site.pair.new,
+        &[(id, "prepared".into())],
+        "the prepared write",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -228,7 +231,8 @@ async fn a_superuser_past_the_triggers_is_caught_by_the_fence_and_nothing_is_los
     .await;
     let run = site.switchover(&[]).await.fails();
     assert!(
-        run.all().contains("committed on the source after the fence"),
+        run.all()
+            .contains("committed on the source after the fence"),
         "{}",
         run.all()
     );

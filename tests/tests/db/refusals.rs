@@ -68,10 +68,8 @@ async fn assert_nothing_moved(pair: &Pair, proxy: &Proxy) {
 async fn a_table_created_after_the_sync_is_named_and_sync_adds_it() {
     // A materialized view: replication does not carry it, the switchover
     // refreshes it on the target.
-    let (pair, proxy, _b) = site(
-        "CREATE MATERIALIZED VIEW item_count AS SELECT count(*) AS n FROM items",
-    )
-    .await;
+    let (pair, proxy, _b) =
+        site("CREATE MATERIALIZED VIEW item_count AS SELECT count(*) AS n FROM items").await;
     pair.old
         .sql(
             "app",
@@ -110,7 +108,10 @@ async fn a_table_created_after_the_sync_is_named_and_sync_adds_it() {
             .unwrap();
         (r.get(0), r.get(1))
     };
-    assert_eq!(view, rows, "the materialized view was refreshed on the target");
+    assert_eq!(
+        view, rows,
+        "the materialized view was refreshed on the target"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

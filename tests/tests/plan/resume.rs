@@ -293,13 +293,14 @@ async fn crash_and_resume(point: &str, outcome: &str) {
         ..Default::default()
     });
 
-    pd.env
-        .push(("CUTOVER_CRASH_AT".into(), point.to_string()));
+    pd.env.push(("CUTOVER_CRASH_AT".into(), point.to_string()));
     let first = pd.spawn_run(&[]).wait(Duration::from_secs(120)).await;
     pd.env.retain(|(k, _)| k != "CUTOVER_CRASH_AT");
     assert_eq!(first.code, 137, "{}", first.stderr);
     assert!(
-        first.stderr.contains(&format!("crash point {point} reached")),
+        first
+            .stderr
+            .contains(&format!("crash point {point} reached")),
         "{}",
         first.stderr
     );
@@ -311,7 +312,10 @@ async fn crash_and_resume(point: &str, outcome: &str) {
     let report = pd.report();
     assert_eq!(report["outcome"], "succeeded", "{report:#}");
     assert!(
-        timeline_has(&report, &format!("the interrupted switchover was {outcome}")),
+        timeline_has(
+            &report,
+            &format!("the interrupted switchover was {outcome}")
+        ),
         "{:#}",
         report["timeline"]
     );
@@ -319,7 +323,11 @@ async fn crash_and_resume(point: &str, outcome: &str) {
     let writes = writes.stop().await;
     let _ = reads.stop().await;
     job.stop().await;
-    eprintln!("{point}: proxy writes {:?}; {}", writes.codes, job.summary());
+    eprintln!(
+        "{point}: proxy writes {:?}; {}",
+        writes.codes,
+        job.summary()
+    );
     site.assert_acked_on_new(&writes).await;
     cutover_tests::assert_all_on(&site.pair.new, &job.acked(), "the superuser job").await;
     site.assert_all_on_new().await;
