@@ -98,6 +98,13 @@ fn budget_left(deadline: Instant) -> Result<Duration, Error> {
 /// How long the witness slot may wait for open transactions before the hold.
 const ARM_WITHIN: Duration = Duration::from_secs(30);
 
+/// What phase 1 prepares outside the pause for the steps under the hold.
+struct Armed {
+    witness: Witness,
+    /// Idle connections to `from` and `to` for the verification's snapshots.
+    snapshots: Option<(Db, Db)>,
+}
+
 /// What the steps under the hold hand back.
 struct Passed {
     fence: Fence,
@@ -141,13 +148,14 @@ impl Plan<'_> {
             .and_then(|s| s.lag_bytes)
             .map(bytes)
             .unwrap_or_else(|| "?".into());
-        let witness = Witness::open(self.from, &self.link.name, ARM_WITHIN).await?;
-        // Idle connections for the snapshots the verification reads at the fence.
-        let snapshots = if opts.verify {
-            let (a, b) = tokio::join!(Db::connect(self.from.dsn()), Db::connect(self.to.dsn()));
-            Some((a?, b?))
-        } else {
-            None
+        let armed = Armed {
+            witness: Witness::open(self.from, &self.link.name, ARM_WITHIN).await?,
+            snapshots: if opts.verify {
+                let (a, b) = tokio::join!(Db::connect(self.from.dsn()), Db::connect(self.to.dsn()));
+                Some((a?, b?))
+            } else {
+                None
+            },
         };
         let mut undo = Undo::default();
         if opts.reverse
@@ -197,15 +205,7 @@ impl Plan<'_> {
         self.from.set_deadline(Some(deadline));
         self.to.set_deadline(Some(deadline));
         let passed = self
-            .before_no_return(
-                proxies,
-                opts,
-                deadline,
-                &mut tl,
-                &mut undo,
-                &witness,
-                snapshots.as_ref(),
-            )
+            .before_no_return(proxies, opts, deadline, &mut tl, &mut undo, &armed)
             .await;
         let passed = match passed {
             Ok(p) => p,
@@ -270,7 +270,8 @@ impl Plan<'_> {
                 self.link.name, self.link.publisher
             ));
         }
-        match witness
+        match armed
+            .witness
             .late_writes(&passed.fence.lsn, Duration::from_secs(10))
             .await
         {
@@ -287,7 +288,7 @@ impl Plan<'_> {
             Err(e) => warnings.push(format!("the fence witness could not be read again: {e}")),
         }
 
-        let verify = match &snapshots {
+        let verify = match &armed.snapshots {
             None => None,
             Some((a, b)) => {
                 let checked = compare_at_fence(a, b, &FenceOptions::default()).await;
@@ -331,8 +332,7 @@ impl Plan<'_> {
         deadline: Instant,
         tl: &mut Timeline<'_>,
         undo: &mut Undo,
-        witness: &Witness,
-        snapshots: Option<&(Db, Db)>,
+        armed: &Armed,
     ) -> Result<Passed, Error> {
         // 3. No write may still be on its way to the old side.
         tl.begin(Phase::Drain);
@@ -359,7 +359,7 @@ impl Plan<'_> {
         let run = format!("{}-{}", std::process::id(), now_ms());
         let fence = fence::record(self.from, self.name, self.operation, &run).await?;
         fence::wait_applied(self.to, self.name, &fence, budget_left(deadline)?).await?;
-        if let Some((a, b)) = snapshots {
+        if let Some((a, b)) = &armed.snapshots {
             // Both sides are still: the old writer is blocked, the new one has
             // applied through the fence and takes no other write yet.
             let (a, b) = tokio::join!(open_fence_snapshot(a), open_fence_snapshot(b));
@@ -401,7 +401,8 @@ impl Plan<'_> {
 
         // 7. Nothing got past the block.
         tl.begin(Phase::Prove);
-        let late = witness
+        let late = armed
+            .witness
             .late_writes(&fence.lsn, budget_left(deadline)?)
             .await?;
         if !late.is_empty() {
