@@ -134,9 +134,13 @@ async fn attempt<T>(
     }
 }
 
+/// "wrote", or the SQLSTATE the client got. A session ended by the server shows
+/// as 57P01 even when only the closed socket reached the client (the FATAL
+/// message and the close race).
 fn outcome<T>(r: Result<T, WriteError>) -> String {
     match r {
         Ok(_) => "wrote".into(),
+        Err(e) if e.code() == "closed" => "57P01".into(),
         Err(e) => e.code().into(),
     }
 }

@@ -139,7 +139,12 @@ async fn sync_twice_then_status_under_writes_then_verify_and_cleanup() {
 
     // A row missing on the target is named with its table and key.
     target
-        .batch_execute("ALTER SUBSCRIPTION cutover DISABLE; DELETE FROM items WHERE id = 42")
+        // The target refuses application writes until a switchover; a
+        // replication-role session deletes the way a stray replication change would.
+        .batch_execute(
+            "ALTER SUBSCRIPTION cutover DISABLE; SET session_replication_role = replica; \
+             DELETE FROM items WHERE id = 42; RESET session_replication_role",
+        )
         .await
         .unwrap();
     let bad = run(args("verify")).await;
