@@ -161,13 +161,11 @@ impl Plan<'_> {
         if opts.reverse
             && let Err(e) = self.prepare_reverse(&mut undo).await
         {
-            let undone = self.undo(proxies, &undo, Instant::now() + ARM_WITHIN).await;
-            return Err(Error::Aborted {
-                operation: self.operation,
-                phase: tl.failed_in(),
-                cause: Box::new(e),
-                undo: undone,
-            });
+            let phase = tl.failed_in();
+            let until = Instant::now() + ARM_WITHIN;
+            return Err(self
+                .abort(proxies, &undo, until, phase, e, String::new)
+                .await);
         }
         tl.end(format!(
             "{lag} by heartbeat, {unflushed} unflushed; fence witness armed{}",
@@ -185,14 +183,9 @@ impl Plan<'_> {
         match fleet::hold_all(proxies, &opts.routes, opts.max_pause).await {
             Ok(h) => undo.held = h,
             Err(e) => {
-                let mut undone = self.undo(proxies, &undo, hold_start + opts.max_pause).await;
-                undone.push_str("; the holds taken were released; writes did not move");
-                return Err(Error::Aborted {
-                    operation: self.operation,
-                    phase: tl.failed_in(),
-                    cause: Box::new(e),
-                    undo: undone,
-                });
+                let (phase, until) = (tl.failed_in(), hold_start + opts.max_pause);
+                let said = || "; the holds taken were released; writes did not move".to_string();
+                return Err(self.abort(proxies, &undo, until, phase, e, said).await);
             }
         }
         tl.end(format!(
@@ -215,18 +208,16 @@ impl Plan<'_> {
                 // access matters more than the hold's own deadline.
                 self.from.set_deadline(None);
                 self.to.set_deadline(None);
-                let mut undone = self.undo(proxies, &undo, hold_start + opts.max_pause).await;
-                undone.push_str(&format!(
-                    "; writes were held {:.0} ms (--max-pause {})",
-                    hold_start.elapsed().as_secs_f64() * 1000.0,
-                    humantime::format_duration(opts.max_pause)
-                ));
-                return Err(Error::Aborted {
-                    operation: self.operation,
-                    phase,
-                    cause: Box::new(e),
-                    undo: undone,
-                });
+                // Measured once the undo has released the hold.
+                let held = || {
+                    format!(
+                        "; writes were held {:.0} ms (--max-pause {})",
+                        hold_start.elapsed().as_secs_f64() * 1000.0,
+                        humantime::format_duration(opts.max_pause)
+                    )
+                };
+                let until = hold_start + opts.max_pause;
+                return Err(self.abort(proxies, &undo, until, phase, e, held).await);
             }
         };
         self.from.set_deadline(None);
@@ -443,6 +434,27 @@ impl Plan<'_> {
             blocked,
             reopened: opened.len(),
         })
+    }
+
+    /// Undoes `undo` and says so in the error for a failure in `phase`, with
+    /// `more()` (asked after the undo) appended to what the undo reports.
+    async fn abort(
+        &self,
+        proxies: &Proxies,
+        undo: &Undo,
+        until: Instant,
+        phase: String,
+        cause: Error,
+        more: impl FnOnce() -> String,
+    ) -> Error {
+        let mut undone = self.undo(proxies, undo, until).await;
+        undone.push_str(&more());
+        Error::Aborted {
+            operation: self.operation,
+            phase,
+            cause: Box::new(cause),
+            undo: undone,
+        }
     }
 
     /// Before the hold: the reverse publication and its slot on `to`, so that no

@@ -11,72 +11,21 @@
 use std::time::{Duration, Instant};
 
 use cutover_tests::{
-    Backend, Pair, Proxy, ProxyBuilder, Writer, WriterKind, WriterOptions, assert_all_on,
-    create_roles, eventually, two_backend_config,
+    Pair, Writer, WriterKind, WriterOptions, assert_all_on, create_roles, eventually,
 };
 
-use crate::common::{HEAVY, cutover};
+use crate::common::{HEAVY, SwitchSite, app_insert};
 
-const HOST: &str = "jobs.test";
-
-/// A pair synced with the writers' roles and grants on both sides, and a proxy
-/// whose route the switchover holds (the writers never go through it).
-struct Site {
-    pair: Pair,
-    proxy: Proxy,
-    _backends: (Backend, Backend),
-}
-
-impl Site {
-    async fn start(kinds: &[WriterKind]) -> (Site, Vec<cutover_tests::Prepared>) {
-        let pair = Pair::start_seeded(100).await;
-        // The grants and the definer function are copied by the sync: their
-        // roles must exist on the target first.
-        create_roles(&pair.new).await;
-        let mut prepared = Vec::new();
-        for k in kinds {
-            prepared.push(k.prepare(&pair.old).await);
-        }
-        cutover(&["db", "sync"], &pair.env()).await.ok();
-        let backends = (Backend::start("jobs-old"), Backend::start("jobs-new"));
-        let cfg = two_backend_config(
-            backends.0.addr,
-            backends.1.addr,
-            &[HOST],
-            (100.0, 0.0),
-            "writes = \"old\"",
-        );
-        let proxy = ProxyBuilder::new(cfg).start().unwrap();
-        (
-            Site {
-                pair,
-                proxy,
-                _backends: backends,
-            },
-            prepared,
-        )
+/// Prepares `kinds` on the source (their roles exist on both sides: the sync
+/// copies their grants and the definer function), then syncs.
+async fn site(kinds: &[WriterKind]) -> (SwitchSite, Vec<cutover_tests::Prepared>) {
+    let pair = Pair::start_seeded(100).await;
+    create_roles(&pair.new).await;
+    let mut prepared = Vec::new();
+    for k in kinds {
+        prepared.push(k.prepare(&pair.old).await);
     }
-
-    async fn switchover(&self, extra: &[&str]) -> cutover_tests::Run {
-        let admin = format!("http://{}", self.proxy.admin);
-        let mut args = vec![
-            "db",
-            "switchover",
-            "--proxy",
-            admin.as_str(),
-            "--route",
-            HOST,
-            "--max-pause",
-            "10s",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        cutover(&args, &self.pair.env()).await
-    }
-
-    async fn route(&self) -> serde_json::Value {
-        self.proxy.status().await["routes"][0].clone()
-    }
+    (Switchsite(pair).await, prepared)
 }
 
 fn start(prepared: &[cutover_tests::Prepared]) -> Vec<Writer> {
@@ -102,13 +51,13 @@ async fn until_each_acked(writers: &[Writer], n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_writer_past_the_proxy_loses_nothing_and_the_old_side_refuses_after() {
     let _heavy = HEAVY.acquire().await.unwrap();
-    let (site, prepared) = Site::start(&WriterKind::ALL).await;
+    let (site, prepared) = site(&WriterKind::ALL).await;
     // From the sync on, the target refuses the application's writes.
     Pair::assert_app_read_only(&site.pair.new).await;
     let mut writers = start(&prepared);
     until_each_acked(&writers, 20).await;
 
-    let run = site.switchover(&[]).await.ok();
+    let run = site.switchover("10s", &["--json"]).await.ok();
     let done = Instant::now();
     let v = run.json();
     // The writers go on against the old database for a moment: every attempt
@@ -157,37 +106,26 @@ async fn every_writer_past_the_proxy_loses_nothing_and_the_old_side_refuses_afte
     );
     assert_eq!(site.route().await["writes"], "new");
     // The target takes the application's writes now.
-    let app = site
-        .pair
-        .new
-        .connect_as("app", cutover_tests::APP_PASSWORD, "app")
-        .await
-        .unwrap();
-    app.execute("INSERT INTO items (body) VALUES ('after')", &[])
-        .await
-        .unwrap();
+    app_insert(&site.pair.new, "after").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_prepared_transaction_makes_the_switchover_refuse_until_it_is_finished() {
-    let (site, prepared) = Site::start(&[WriterKind::AppRole]).await;
+    let (site, prepared) = site(&[WriterKind::AppRole]).await;
     let conn = prepared[0].connect().await.unwrap();
     let id = conn
         .prepare_pending("nightly-42", "prepared")
         .await
         .unwrap();
-    let run = site.switchover(&[]).await.fails();
+    let run = site.switchover("10s", &["--json"]).await.fails();
     assert!(run.all().contains("nightly-42"), "{}", run.all());
     assert!(run.all().contains("prepared transaction"), "{}", run.all());
     // Nothing moved: writes on old, no hold, the source takes writes.
-    let route = site.route().await;
-    assert_eq!(route["writes"], "old", "{route:#}");
-    assert_eq!(route["hold"], serde_json::Value::Null, "{route:#}");
-    prepared[0].write_once("still writable").await.unwrap();
+    site.assert_nothing_moved().await;
 
     // Once committed, its row replicates and the switchover goes through.
     conn.commit_prepared("nightly-42").await.unwrap();
-    site.switchover(&[]).await.ok();
+    site.switchover("10s", &["--json"]).await.ok();
     assert_all_on(
         &site.pair.new,
         &[(id, "prepared".into())],
@@ -198,7 +136,7 @@ async fn a_prepared_transaction_makes_the_switchover_refuse_until_it_is_finished
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_superuser_past_the_triggers_is_caught_by_the_fence_and_nothing_is_lost() {
-    let (site, prepared) = Site::start(&[WriterKind::Superuser]).await;
+    let (site, prepared) = site(&[WriterKind::Superuser]).await;
     // A superuser job that turns triggers off for its session: the one writer a
     // trigger cannot stop. It writes every millisecond through the whole
     // switchover.
@@ -229,7 +167,7 @@ async fn a_superuser_past_the_triggers_is_caught_by_the_fence_and_nothing_is_los
         (acked.lock().unwrap().len() >= 10).then_some(())
     })
     .await;
-    let run = site.switchover(&[]).await.fails();
+    let run = site.switchover("10s", &["--json"]).await.fails();
     assert!(
         run.all()
             .contains("committed on the source after the fence"),
@@ -238,9 +176,7 @@ async fn a_superuser_past_the_triggers_is_caught_by_the_fence_and_nothing_is_los
     );
     assert!(run.all().contains("items"), "{}", run.all());
     assert!(run.all().contains("undone"), "{}", run.all());
-    let route = site.route().await;
-    assert_eq!(route["writes"], "old", "{route:#}");
-    assert_eq!(route["hold"], serde_json::Value::Null, "{route:#}");
+    site.assert_nothing_moved().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(job.await.unwrap());
     // Every row it was told was committed is still where writes are: the source.
@@ -248,6 +184,6 @@ async fn a_superuser_past_the_triggers_is_caught_by_the_fence_and_nothing_is_los
     assert_all_on(&site.pair.old, &acked, "the superuser job").await;
 
     // With the job stopped, the switchover goes through and takes them along.
-    site.switchover(&[]).await.ok();
+    site.switchover("10s", &["--json"]).await.ok();
     assert_all_on(&site.pair.new, &acked, "the superuser job").await;
 }

@@ -56,3 +56,76 @@ pub async fn items(pg: &Postgres) -> std::collections::HashMap<i64, String> {
         .map(|r| (r.get(0), r.get(1)))
         .collect()
 }
+
+/// A synced pair and a proxy whose route `HOST` the switchover holds, with plain
+/// backends behind it: for the tests whose writers go straight to the databases.
+pub struct SwitchSite {
+    pub pair: Pair,
+    pub proxy: cutover_tests::Proxy,
+    _backends: (cutover_tests::Backend, cutover_tests::Backend),
+}
+
+impl SwitchSite {
+    pub const HOST: &'static str = "jobs.test";
+
+    /// Syncs `pair` and starts the proxy (writes on old).
+    pub async fn start(pair: Pair) -> SwitchSite {
+        cutover(&["db", "sync"], &pair.env()).await.ok();
+        let backends = (
+            cutover_tests::Backend::start("jobs-old"),
+            cutover_tests::Backend::start("jobs-new"),
+        );
+        let cfg = cutover_tests::two_backend_config(
+            backends.0.addr,
+            backends.1.addr,
+            &[Self::HOST],
+            (100.0, 0.0),
+            "writes = \"old\"",
+        );
+        let proxy = cutover_tests::ProxyBuilder::new(cfg).start().unwrap();
+        SwitchSite {
+            pair,
+            proxy,
+            _backends: backends,
+        }
+    }
+
+    /// `cutover db switchover` of the route with `--max-pause` and `extra` flags.
+    pub async fn switchover(&self, max_pause: &str, extra: &[&str]) -> Run {
+        let admin = format!("http://{}", self.proxy.admin);
+        let mut args = vec![
+            "db",
+            "switchover",
+            "--proxy",
+            admin.as_str(),
+            "--route",
+            Self::HOST,
+            "--max-pause",
+            max_pause,
+        ];
+        args.extend_from_slice(extra);
+        cutover(&args, &self.pair.env()).await
+    }
+
+    /// The route as the proxy reports it.
+    pub async fn route(&self) -> serde_json::Value {
+        self.proxy.status().await["routes"][0].clone()
+    }
+
+    /// Writes still on old, nothing held, and the application can write to the
+    /// source: what a refused switchover leaves.
+    pub async fn assert_nothing_moved(&self) {
+        let route = self.route().await;
+        assert_eq!(route["writes"], "old", "{route:#}");
+        assert_eq!(route["hold"], serde_json::Value::Null, "{route:#}");
+        app_insert(&self.pair.old, "writable").await;
+    }
+}
+
+/// Inserts a row into `items` on `pg` as the application role; panics if refused.
+pub async fn app_insert(pg: &Postgres, body: &str) {
+    let app = pg.connect_as("app", APP_PASSWORD, "app").await.unwrap();
+    app.execute("INSERT INTO items (body) VALUES ($1)", &[&body])
+        .await
+        .unwrap();
+}

@@ -6,71 +6,25 @@
 
 use std::time::{Duration, Instant};
 
-use cutover_tests::{Backend, Pair, Proxy, ProxyBuilder, two_backend_config};
+use cutover_tests::Pair;
 
-use crate::common::cutover;
+use crate::common::{SwitchSite, cutover};
 
-const HOST: &str = "shop.test";
-
-async fn site(setup: &str) -> (Pair, Proxy, (Backend, Backend)) {
+async fn site(setup: &str) -> SwitchSite {
     let pair = Pair::start_seeded(50).await;
     if !setup.is_empty() {
         pair.old.sql("app", setup).await;
     }
-    cutover(&["db", "sync"], &pair.env()).await.ok();
-    let backends = (Backend::start("old"), Backend::start("new"));
-    let cfg = two_backend_config(
-        backends.0.addr,
-        backends.1.addr,
-        &[HOST],
-        (100.0, 0.0),
-        "writes = \"old\"",
-    );
-    let proxy = ProxyBuilder::new(cfg).start().unwrap();
-    (pair, proxy, backends)
-}
-
-async fn switchover(pair: &Pair, proxy: &Proxy, max_pause: &str) -> cutover_tests::Run {
-    let admin = format!("http://{}", proxy.admin);
-    cutover(
-        &[
-            "db",
-            "switchover",
-            "--proxy",
-            &admin,
-            "--route",
-            HOST,
-            "--max-pause",
-            max_pause,
-        ],
-        &pair.env(),
-    )
-    .await
-}
-
-/// Writes still on old, nothing held, and the application can write to the
-/// source.
-async fn assert_nothing_moved(pair: &Pair, proxy: &Proxy) {
-    let route = proxy.status().await["routes"][0].clone();
-    assert_eq!(route["writes"], "old", "{route:#}");
-    assert_eq!(route["hold"], serde_json::Value::Null, "{route:#}");
-    let app = pair
-        .old
-        .connect_as("app", cutover_tests::APP_PASSWORD, "app")
-        .await
-        .unwrap();
-    app.execute("INSERT INTO items (body) VALUES ('writable')", &[])
-        .await
-        .unwrap();
+    SwitchSite::start(pair).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_created_after_the_sync_is_named_and_sync_adds_it() {
     // A materialized view: replication does not carry it, the switchover
     // refreshes it on the target.
-    let (pair, proxy, _b) =
-        site("CREATE MATERIALIZED VIEW item_count AS SELECT count(*) AS n FROM items").await;
-    pair.old
+    let site = site("CREATE MATERIALIZED VIEW item_count AS SELECT count(*) AS n FROM items").await;
+    site.pair
+        .old
         .sql(
             "app",
             "CREATE TABLE audit (id bigserial PRIMARY KEY, what text NOT NULL);
@@ -78,17 +32,18 @@ async fn a_table_created_after_the_sync_is_named_and_sync_adds_it() {
              INSERT INTO audit (what) SELECT 'row ' || g FROM generate_series(1, 25) g;",
         )
         .await;
-    let run = switchover(&pair, &proxy, "10s").await.fails();
+    let run = site.switchover("10s", &[]).await.fails();
     assert!(run.all().contains("public.audit"), "{}", run.all());
     assert!(run.all().contains("cutover db sync"), "{}", run.all());
-    assert_nothing_moved(&pair, &proxy).await;
+    site.assert_nothing_moved().await;
 
     // sync copies its schema, publishes it and copies its rows; it is blocked on
     // the target like the others until the switchover.
-    let sync = cutover(&["db", "sync"], &pair.env()).await.ok();
+    let sync = cutover(&["db", "sync"], &site.pair.env()).await.ok();
     assert!(sync.all().contains("audit"), "{}", sync.all());
-    switchover(&pair, &proxy, "10s").await.ok();
-    let n: i64 = pair
+    site.switchover("10s", &[]).await.ok();
+    let n: i64 = site
+        .pair
         .new
         .connect("app")
         .await
@@ -97,7 +52,7 @@ async fn a_table_created_after_the_sync_is_named_and_sync_adds_it() {
         .unwrap()
         .get(0);
     assert_eq!(n, 25);
-    let target = pair.new.connect("app").await;
+    let target = site.pair.new.connect("app").await;
     let (view, rows): (i64, i64) = {
         let r = target
             .query_one(
@@ -116,18 +71,20 @@ async fn a_table_created_after_the_sync_is_named_and_sync_adds_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_the_block_needs_keeps_the_pause_under_its_ceiling_and_is_undone() {
-    let (pair, proxy, _b) = site("").await;
-    pair.old
+    let site = site("").await;
+    site.pair
+        .old
         .sql("app", "CREATE TABLE notes (id int PRIMARY KEY)")
         .await;
-    pair.new
+    site.pair
+        .new
         .sql("app", "CREATE TABLE notes (id int PRIMARY KEY)")
         .await;
-    cutover(&["db", "sync"], &pair.env()).await.ok();
+    cutover(&["db", "sync"], &site.pair.env()).await.ok();
     // A maintenance session holds a lock that lets readers in but not the
     // trigger (nor writers): it is not a write in flight, so the block may not
     // end it, and must give up within the budget.
-    let locker = pair.old.connect("app").await;
+    let locker = site.pair.old.connect("app").await;
     locker
         .batch_execute(
             "SET application_name = 'nightly-reindex'; BEGIN; LOCK TABLE notes IN SHARE MODE",
@@ -140,7 +97,7 @@ async fn a_lock_the_block_needs_keeps_the_pause_under_its_ceiling_and_is_undone(
         .unwrap()
         .get(0);
     let t = Instant::now();
-    let run = switchover(&pair, &proxy, "3s").await.fails();
+    let run = site.switchover("3s", &[]).await.fails();
     let took = t.elapsed();
     let out = run.all();
     assert!(out.contains("nightly-reindex"), "{out}");
@@ -157,8 +114,8 @@ async fn a_lock_the_block_needs_keeps_the_pause_under_its_ceiling_and_is_undone(
         .unwrap_or_else(|| panic!("no pause in: {out}"));
     eprintln!("refused after holding writes {held_ms:.0} ms (budget 3 s), command took {took:?}");
     assert!(held_ms < 3000.0, "held {held_ms} ms: {out}");
-    assert_nothing_moved(&pair, &proxy).await;
+    site.assert_nothing_moved().await;
 
     locker.batch_execute("COMMIT").await.unwrap();
-    switchover(&pair, &proxy, "3s").await.ok();
+    site.switchover("3s", &[]).await.ok();
 }
