@@ -25,7 +25,7 @@ async fn site(kinds: &[WriterKind]) -> (SwitchSite, Vec<cutover_tests::Prepared>
     for k in kinds {
         prepared.push(k.prepare(&pair.old).await);
     }
-    (Switchsite(pair).await, prepared)
+    (SwitchSite::start(pair).await, prepared)
 }
 
 fn start(prepared: &[cutover_tests::Prepared]) -> Vec<Writer> {
