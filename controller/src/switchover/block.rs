@@ -246,6 +246,31 @@ async fn can_lift(db: &Db) -> Result<Vec<String>, Error> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// The client sessions of this database that could lift the block: superusers'
+/// and the blocked tables' owners', for an error that must name who wrote past it.
+pub async fn lifters_connected(db: &Db) -> String {
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid \
+         WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() \
+           AND a.backend_type = 'client backend' \
+           AND (r.rolsuper OR EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+                WHERE t.tgname = $1 AND pg_has_role(a.usesysid, c.relowner, 'MEMBER'))) \
+         ORDER BY a.backend_start LIMIT 10"
+    );
+    match db
+        .query_unbounded("list sessions that could lift the block", &sql, &[&TRIGGER])
+        .await
+    {
+        Ok(rows) if rows.is_empty() => "none connected now".into(),
+        Ok(rows) => rows
+            .iter()
+            .map(|r| session(r, None).to_string())
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => format!("(could not list them: {e})"),
+    }
+}
+
 /// Runs `sql` (statements that need `SHARE ROW EXCLUSIVE` on `tables`) in one
 /// transaction, ending the sessions whose writes are in flight on those tables
 /// first and again after every lock timeout, until `deadline`. Returns the

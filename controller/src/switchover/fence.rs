@@ -224,7 +224,9 @@ impl Witness {
             .set_deadline(Some(tokio::time::Instant::now() + within));
         // pgoutput messages: 'B'egin carries the commit's LSN (bytes 2..9);
         // 'I'nsert, 'U'pdate and 'D'elete the relation's OID (bytes 2..5);
-        // 'T'runcate a list of them.
+        // 'T'runcate a list of them; 'O'rigin marks a transaction a
+        // subscription applied (the reverse link, after the release), which is
+        // replication, not a writer getting past the block.
         let rows = self
             .db
             .query(
@@ -236,7 +238,8 @@ impl Witness {
                  late AS (
                    SELECT xid FROM m WHERE k = 66
                      AND ('x' || encode(substring(data FROM 2 FOR 8), 'hex'))::bit(64)::bigint
-                         >= ($3::text::pg_lsn - '0/0'::pg_lsn)::bigint),
+                         >= ($3::text::pg_lsn - '0/0'::pg_lsn)::bigint
+                     AND xid NOT IN (SELECT xid FROM m WHERE k = 79)),
                  w AS (
                    SELECT m.xid, CASE WHEN m.k = 84 THEN NULL
                      ELSE ('x' || encode(substring(m.data FROM 2 FOR 4), 'hex'))::bit(32)::bigint END AS rel

@@ -400,11 +400,13 @@ impl Plan<'_> {
             return Err(Error::Precondition(format!(
                 "{} transaction(s) committed on the {} after the fence despite the block: {}; a session \
                  got past the triggers (a superuser with session_replication_role = replica, or a \
-                 table owner who disabled {}); find and stop that job, then run this again",
+                 table owner who disabled {}); sessions connected now that could: {}; stop that \
+                 job, then run this again",
                 late.len(),
                 self.from.side(),
                 describe_late(&late),
-                block::TRIGGER
+                block::TRIGGER,
+                block::lifters_connected(self.from).await
             )));
         }
         tl.end(format!("no application write committed past {}", fence.lsn));

@@ -145,6 +145,12 @@ async fn a_superuser_past_the_triggers_is_caught_by_the_fence_and_nothing_is_los
         .simple("SET session_replication_role = replica")
         .await
         .unwrap();
+    let sneaky_pid: i32 = sneaky
+        .client()
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let job = {
@@ -175,6 +181,12 @@ async fn a_superuser_past_the_triggers_is_caught_by_the_fence_and_nothing_is_los
         run.all()
     );
     assert!(run.all().contains("items"), "{}", run.all());
+    // The session that did it is among those named.
+    assert!(
+        run.all().contains(&format!("pid {sneaky_pid} ")),
+        "{}",
+        run.all()
+    );
     assert!(run.all().contains("undone"), "{}", run.all());
     site.assert_nothing_moved().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

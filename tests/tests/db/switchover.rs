@@ -140,6 +140,14 @@ async fn switchover_and_rollback_under_load_lose_nothing_and_fail_nothing() {
     );
     assert!(pause < 10_000.0);
     assert_eq!(v["writes"], "new");
+    // The reverse link applies the target's writes to the source right after the
+    // release: replication, which the fence witness must not take for a writer
+    // that got past the block.
+    assert!(
+        !v["warnings"].to_string().contains("past its block"),
+        "{:#}",
+        v["warnings"]
+    );
     // Every table of the source refuses writes now, and the target's (blocked
     // since the sync) take them.
     let tables = v["blocked"]["tables"].as_u64().unwrap();

@@ -289,9 +289,12 @@ fn verification(out: &mut String, list: &[VerifyRecord]) {
         return;
     }
     out.push_str(
-        "Every row the frozen source had must be on the target, unchanged. Rows only on \
-         the target are writes made after the switchover; changed rows were updated on the \
-         target since, and are reported, not failures.\n\n",
+        "Each switchover compares both sides as of its fence (snapshots taken while writes \
+         were held, read by primary-key ranges after the release): they must be equal, and a \
+         missing, changed or extra row fails the table. A switchover finished by a resumed run \
+         is checked after the fact instead: every row the frozen source had must be on the \
+         target, unchanged; rows only on the target are writes made since, and changed rows \
+         are reported, not failures.\n\n",
     );
     for v in list {
         // A failed table fails its app even if the record says otherwise.
