@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use cutover_tests::{App, ProxyBuilder, eventually, two_backend_config};
+use cutover_tests::{App, ProxyBuilder, assert_all_on, eventually, two_backend_config};
 
-use crate::common::{APP_PASSWORD, HEAVY, Pair, cutover, items};
+use crate::common::{APP_PASSWORD, HEAVY, Pair, cutover};
 use crate::load::{Ledger, Load};
 
 const HOST: &str = "shop.test";
@@ -23,23 +23,6 @@ async fn until_acked(load: &Load, from: usize, more: usize) {
         || async { (load.acked() >= from + more).then_some(()) },
     )
     .await;
-}
-
-/// The source of truth for the checks below: every acknowledged id is on `pg`
-/// with its body.
-async fn assert_all_present(pg: &cutover_tests::Postgres, ledger: &[(i64, String)], side: &str) {
-    let rows = items(pg).await;
-    let missing: Vec<&(i64, String)> = ledger
-        .iter()
-        .filter(|(id, body)| rows.get(id) != Some(body))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged writes missing on {side}, e.g. {:?}",
-        missing.len(),
-        ledger.len(),
-        &missing[..missing.len().min(5)]
-    );
 }
 
 fn report(what: &str, ledger: &Ledger, t0: Instant, v: &serde_json::Value) -> f64 {
@@ -155,7 +138,7 @@ async fn switchover_and_rollback_under_load_lose_nothing_and_fail_nothing() {
     assert_eq!(v["reopened"].as_u64(), Some(tables), "{v:#}");
     assert_eq!(v["sequences"], 2);
     assert_eq!(proxy.status().await["routes"][0]["writes"], "new");
-    assert_all_present(&pair.new, &ledger.acked, "the target").await;
+    assert_all_on(&pair.new, &ledger.acked, "the switchover's load").await;
 
     // The source rejects the application's writes; the target takes them, with
     // ids past every one acknowledged (the sequences were copied).
@@ -265,7 +248,7 @@ async fn switchover_and_rollback_under_load_lose_nothing_and_fail_nothing() {
     assert_eq!(proxy.status().await["routes"][0]["writes"], "old");
     let mut everything = ledger.acked.clone();
     everything.extend(back.acked.iter().cloned());
-    assert_all_present(&pair.old, &everything, "the source after the rollback").await;
+    assert_all_on(&pair.old, &everything, "the source after the rollback").await;
     let app_old = pair
         .old
         .connect_as("app", APP_PASSWORD, "app")
