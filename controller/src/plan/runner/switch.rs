@@ -165,7 +165,10 @@ impl Runner<'_> {
             );
         }
         self.save()?;
-        let fenced = report.verify.as_ref().map(|v| v.table_checks());
+        let fenced = report
+            .verify
+            .as_ref()
+            .map(|v| (v.table_checks(), v.chunks, v.took_ms));
         self.verify(app, src, tgt, fenced).await?;
         let b = self.scrape(&proxies).await?;
         self.span(
@@ -183,14 +186,13 @@ impl Runner<'_> {
         app: &App,
         src: &crate::db::Db,
         tgt: &crate::db::Db,
-        fenced: Option<Vec<crate::plan::record::TableCheck>>,
+        fenced: Option<(Vec<crate::plan::record::TableCheck>, u64, f64)>,
     ) -> Result<(), Error> {
         // The switchover compared both sides as of its fence; without that (a
         // resumed run), the frozen source must be contained in the target.
-        let at_fence = fenced.is_some();
-        let tables = match fenced {
-            Some(t) => t,
-            None => verify_contains(src, tgt).await?,
+        let (tables, at_fence) = match fenced {
+            Some((t, ranges, ms)) => (t, Some((ranges, ms))),
+            None => (verify_contains(src, tgt).await?, None),
         };
         let passed = tables.iter().all(|t| t.passed);
         let rows: u64 = tables.iter().map(|t| t.source_rows).sum();
@@ -210,8 +212,11 @@ impl Runner<'_> {
                 PhaseName::Switchover,
                 None,
                 Some(&app.name),
-                if at_fence {
-                    format!("verified at the fence: all {rows} source row(s) are on the target, both sides equal")
+                if let Some((ranges, ms)) = at_fence {
+                    format!(
+                        "verified at the fence: all {rows} source row(s) are on the target, both sides \
+                         equal ({ranges} key range(s) compared in {ms:.0} ms)"
+                    )
                 } else {
                     format!("verified: all {rows} source row(s) are on the target, unchanged or updated since")
                 },
