@@ -96,11 +96,9 @@ async fn decide(
     parts: &Parts,
     peer: SocketAddr,
 ) -> Result<Decision, Response<ProxyBody>> {
-    let Some(raw_host) = request_host(parts) else {
-        return Err(local(
-            StatusCode::BAD_REQUEST,
-            "missing Host header\n".to_string(),
-        ));
+    let raw_host = match request_host(parts) {
+        Ok(h) => h,
+        Err(why) => return Err(local(StatusCode::BAD_REQUEST, why.to_string())),
     };
     let host = RouteTable::normalize(raw_host);
     let is_write = is_write(&parts.method);
@@ -176,16 +174,29 @@ fn is_idempotent(m: &Method, headers: &HeaderMap) -> bool {
 }
 
 /// The host a request is for: the absolute URI's authority (HTTP/2, absolute-form),
-/// else the Host header.
-fn request_host(parts: &Parts) -> Option<&str> {
-    if let Some(a) = parts.uri.authority() {
-        return Some(a.as_str());
+/// else the Host header. The host routed must be the host the backend sees, so a
+/// request that names two hosts (an authority that disagrees with its Host header,
+/// or two Host headers) is refused: routed by one and served as the other, a write
+/// held for one route could reach another route's backend.
+fn request_host(parts: &Parts) -> Result<&str, &'static str> {
+    let mut all = parts.headers.get_all(HOST).iter();
+    let header = all.next();
+    if all.next().is_some() {
+        return Err("more than one Host header\n");
     }
-    parts
-        .headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
+    let header = match header.map(|h| h.to_str()) {
+        Some(Ok(h)) if !h.is_empty() => Some(h),
+        Some(Err(_)) => return Err("the Host header is not valid\n"),
+        _ => None,
+    };
+    match (parts.uri.authority(), header) {
+        (Some(a), Some(h)) if RouteTable::normalize(a.host()) != RouteTable::normalize(h) => {
+            Err("the request target's host and the Host header differ\n")
+        }
+        (Some(a), _) => Ok(a.as_str()),
+        (None, Some(h)) => Ok(h),
+        (None, None) => Err("missing Host header\n"),
+    }
 }
 
 /// A short plain-text answer from the proxy itself.

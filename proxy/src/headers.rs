@@ -70,6 +70,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .unwrap_or("")
             .split(',')
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            // `Connection: host` must not take away the host the request was
+            // routed by.
+            .filter(|n| n != HOST)
             .collect();
         for n in named {
             headers.remove(n);

@@ -157,3 +157,80 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
     assert_eq!(status.code(), Some(0), "{}", proxy.logs());
     proxy.wait_for_log("all connections finished").await;
 }
+
+/// Sends one raw HTTP/1.1 request to `addr` and returns the whole answer.
+fn raw_exchange(addr: std::net::SocketAddr, request: &'static [u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+/// The host a request is routed by is the host its backend sees. A request that
+/// names two hosts could be routed (and held, or not) as one route and served as
+/// the other: with writes held on `shop.test` for a database promotion, a write
+/// routed as `weather.test` but carrying `Host: shop.test` would reach shop's
+/// code at once. It is refused, and `Connection: host` cannot strip the host.
+#[tokio::test]
+async fn a_request_naming_two_hosts_is_refused_and_the_routed_host_is_forwarded() {
+    let (shop, weather) = (Backend::start("shop"), Backend::start("weather"));
+    let cfg = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [backends.shop]\naddrs = [\"{}\"]\n\n[backends.weather]\naddrs = [\"{}\"]\n\n\
+         [[routes]]\nhosts = [\"shop.test\"]\nweights = {{ shop = 100 }}\n\n\
+         [[routes]]\nhosts = [\"weather.test\"]\nweights = {{ weather = 100 }}\n",
+        shop.addr, weather.addr
+    );
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let held = proxy
+        .admin_call(
+            http::Method::POST,
+            "/routes/shop.test/hold",
+            r#"{"scope":"writes","max":"30s"}"#,
+        )
+        .await;
+    assert_eq!(held.status, 200, "{}", held.body);
+    let addr = proxy.http;
+    let answers = tokio::task::spawn_blocking(move || {
+        [
+            // Absolute form for weather, Host for the held shop.
+            raw_exchange(
+                addr,
+                b"POST http://weather.test/echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+            ),
+            // Two Host headers.
+            raw_exchange(
+                addr,
+                b"POST /echo HTTP/1.1\r\nHost: weather.test\r\nHost: shop.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+            ),
+            // Absolute form and Host agree (port and case aside): served.
+            raw_exchange(
+                addr,
+                b"GET http://Weather.test:80/x HTTP/1.1\r\nHost: weather.test\r\nConnection: close\r\n\r\n",
+            ),
+            // Connection: host must not remove the Host the request was routed by.
+            raw_exchange(
+                addr,
+                b"GET /x HTTP/1.1\r\nHost: weather.test\r\nConnection: close, host\r\n\r\n",
+            ),
+        ]
+    })
+    .await
+    .unwrap();
+    for a in &answers[..2] {
+        assert!(a.starts_with("HTTP/1.1 400"), "{a}");
+    }
+    assert!(answers[0].contains("differ"), "{}", answers[0]);
+    assert!(answers[1].contains("more than one Host"), "{}", answers[1]);
+    assert_eq!(
+        (shop.requests(), weather.requests()),
+        (0, 2),
+        "{answers:#?}"
+    );
+    for a in &answers[2..] {
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+        assert!(a.contains("x-seen-host: weather.test"), "{a}");
+    }
+}
