@@ -182,6 +182,13 @@ async fn sync_twice_then_status_under_writes_then_verify_and_cleanup() {
         "{}",
         clean.stdout
     );
+    // The target refused writes since the sync and never became the writer: its
+    // block stays, and the report says how to lift it.
+    assert!(
+        clean.stdout.contains("still refuse writes"),
+        "{}",
+        clean.stdout
+    );
     let again = run(args("cleanup")).await.ok();
     assert!(
         again.stdout.contains("nothing to clean up"),
