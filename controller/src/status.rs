@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::heartbeat::{Heartbeat, LagSeconds};
 use crate::link::{Link, Slot, Subscription};
 use crate::observe::{TableProgress, state_name};
+use crate::switchover::block;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -27,6 +28,11 @@ pub struct Status {
     pub tables: Vec<TableProgress>,
     pub sync_errors: i64,
     pub apply_errors: i64,
+    /// Tables of the source that refuse writes (the write block).
+    pub source_refusing: usize,
+    /// Tables of the target that refuse writes (blocked from the sync until the
+    /// switchover).
+    pub target_refusing: usize,
 }
 
 impl Status {
@@ -86,7 +92,13 @@ pub async fn status(src: &Db, tgt: &Db, name: &str, lag_within: Duration) -> Res
         })
         .collect();
     let (sync_errors, apply_errors) = link.error_counts(subscriber).await?;
+    let (source_refusing, target_refusing) = (
+        block::blocked_tables(src).await?.len(),
+        block::blocked_tables(tgt).await?.len(),
+    );
     Ok(Status {
+        source_refusing,
+        target_refusing,
         lag_bytes: slot.as_ref().and_then(|s| s.lag_bytes),
         link,
         subscription,
@@ -160,10 +172,23 @@ impl fmt::Display for Status {
                 None => writeln!(f, "         {} {}", t.table, state_name(t.state))?,
             }
         }
-        write!(
+        writeln!(
             f,
             "errors:  {} table copy, {} apply",
             self.sync_errors, self.apply_errors
+        )?;
+        let refusing = |n: usize| {
+            if n == 0 {
+                "takes writes".to_string()
+            } else {
+                format!("refuses writes on {n} table(s)")
+            }
+        };
+        write!(
+            f,
+            "writes:  the source {}; the target {}",
+            refusing(self.source_refusing),
+            refusing(self.target_refusing)
         )
     }
 }

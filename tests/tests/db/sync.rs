@@ -128,6 +128,10 @@ async fn sync_twice_then_status_under_writes_then_verify_and_cleanup() {
         "{human}"
     );
     assert!(human.contains("tables:  3/3 ready"), "{human}");
+    assert!(
+        human.contains("writes:  the source takes writes; the target refuses writes on 2 table(s)"),
+        "{human}"
+    );
 
     // Once the writer stopped, verify passes (after the last rows arrive).
     let verify_args = args("verify");
