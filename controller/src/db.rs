@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 use crate::dsn::{Dsn, Side};
 use crate::error::{Error, pg_detail};
@@ -26,7 +26,8 @@ pub struct Db {
 }
 
 impl Db {
-    /// Connects and reads the server version. The session opts out of
+    /// Connects (over TLS as the DSN's `sslmode` says: [`crate::pgtls`]) and reads
+    /// the server version. The session opts out of
     /// `default_transaction_read_only`, so the controller can still write its own
     /// bookkeeping on a side whose application roles it has blocked. Unless the
     /// DSN names one, the session's `application_name` is
@@ -37,7 +38,12 @@ impl Db {
         if config.get_application_name().is_none() {
             config.application_name(application_name(&hostname(), std::process::id()));
         }
-        let (client, conn) = config.connect(NoTls).await.map_err(|e| Error::Connect {
+        let tls = crate::pgtls::MakePgTls::new(dsn.tls()).map_err(|detail| Error::TlsSetup {
+            side: dsn.side(),
+            dsn: dsn.redacted(),
+            detail,
+        })?;
+        let (client, conn) = config.connect(tls).await.map_err(|e| Error::Connect {
             side: dsn.side(),
             dsn: dsn.redacted(),
             detail: pg_detail(&e),

@@ -1,15 +1,21 @@
 //! Connection strings: parsing, redaction for display, and the two sides.
 //!
 //! A DSN may carry a password. It is kept only inside [`Dsn`], whose `Display` and
-//! `Debug` show host, port, database and user, never the password or other options.
+//! `Debug` show host, port, database, user and a given `sslmode`, never the password
+//! or other options. The TLS keys tokio-postgres does not know are read in
+//! [`tls`]; [`crate::pgtls`] acts on them.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 
 use crate::error::Error;
+
+mod tls;
+
+pub use tls::{TlsMode, TlsOptions};
 
 /// Which database a value or an error belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -46,6 +52,7 @@ pub struct Dsn {
     side: Side,
     raw: String,
     config: tokio_postgres::Config,
+    tls: TlsOptions,
 }
 
 impl Dsn {
@@ -58,10 +65,12 @@ impl Dsn {
                 reason: "it is empty".into(),
             });
         }
-        let mut config: tokio_postgres::Config = raw.parse().map_err(|e| Error::Dsn {
+        let (tls, rest) = TlsOptions::take(raw).map_err(|reason| Error::Dsn { side, reason })?;
+        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| Error::Dsn {
             side,
             reason: parse_reason(&e),
         })?;
+        config.ssl_mode(tls.mode.driver_mode());
         if config.get_hosts().is_empty() {
             return Err(Error::Dsn {
                 side,
@@ -83,6 +92,7 @@ impl Dsn {
             side,
             raw: raw.to_string(),
             config,
+            tls,
         })
     }
 
@@ -90,12 +100,24 @@ impl Dsn {
         self.side
     }
 
+    /// The driver's settings: `sslmode` only as `disable`, `prefer` or `require`;
+    /// what to verify is in [`Dsn::tls`].
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
     }
 
+    /// `sslmode` and the certificate files, as the DSN gives them.
+    pub fn tls(&self) -> &TlsOptions {
+        &self.tls
+    }
+
     /// The string as given, password included: only for the subscription's
-    /// `CONNECTION`, which the target server itself must use.
+    /// `CONNECTION`, which the target server itself must use. It carries the DSN's
+    /// `sslmode`, `sslrootcert`, `sslcert` and `sslkey` unchanged, so the
+    /// replication stream is as protected as the controller's own connections;
+    /// the file paths are read by the subscriber's server, so they must be valid
+    /// there (on that machine, readable by its OS user), not only where the
+    /// controller runs.
     pub(crate) fn secret_conninfo(&self) -> &str {
         &self.raw
     }
@@ -121,6 +143,9 @@ impl Dsn {
         if let Some(u) = self.config.get_user() {
             s.push_str(&format!(" user={u}"));
         }
+        if self.tls.mode_given {
+            s.push_str(&format!(" sslmode={}", self.tls.mode.as_str()));
+        }
         s
     }
 
@@ -133,7 +158,8 @@ impl Dsn {
     }
 
     /// Arguments and environment for `pg_dump`/`psql`: a conninfo without the
-    /// password, which travels in `PGPASSWORD` so that it never shows in `ps`.
+    /// password, which travels in `PGPASSWORD` so that it never shows in `ps`, with
+    /// the TLS keys as libpq reads them.
     pub(crate) fn tool_conninfo(&self) -> (String, Option<String>) {
         let c = &self.config;
         let mut parts = Vec::new();
@@ -155,12 +181,7 @@ impl Dsn {
         if let Some(u) = c.get_user() {
             parts.push(format!("user={}", quote_conninfo(u)));
         }
-        let ssl = match c.get_ssl_mode() {
-            SslMode::Disable => "disable",
-            SslMode::Require => "require",
-            _ => "prefer",
-        };
-        parts.push(format!("sslmode={ssl}"));
+        parts.extend(self.tls.conninfo_parts(quote_conninfo));
         let password = c
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned());

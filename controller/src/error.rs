@@ -20,6 +20,14 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// The DSN's certificate files cannot be used.
+    #[error("{side} database ({dsn}): cannot set up TLS: {detail}")]
+    TlsSetup {
+        side: Side,
+        dsn: String,
+        detail: String,
+    },
+
     #[error("{side} database ({dsn}): {what}: {detail}")]
     Query {
         side: Side,
@@ -93,6 +101,7 @@ impl Error {
         match self {
             Error::Dsn { side, .. }
             | Error::Connect { side, .. }
+            | Error::TlsSetup { side, .. }
             | Error::Query { side, .. }
             | Error::Tool { side, .. } => Some(*side),
             Error::Aborted { cause, .. } => cause.side(),

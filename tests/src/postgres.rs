@@ -86,6 +86,51 @@ impl Postgres {
             .unwrap_or_else(|e| panic!("{e}: {sql}"));
     }
 
+    /// Turns TLS on with `cert_pem`/`key_pem` as `server.crt`/`server.key` and
+    /// rewrites `pg_hba.conf` so that TCP connections must use TLS (`hostssl`;
+    /// `hostnossl … reject`), then reloads. The unix socket stays open (trust), but
+    /// this harness's own [`Postgres::connect`] uses TCP without TLS: do the setup
+    /// that needs it first. Returns once a plain connection is refused.
+    pub async fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let data = self.inner.data_dir();
+        let owner = std::fs::metadata(&data).expect("stat the data dir");
+        for (file, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(file);
+            std::fs::write(&path, text).expect("write a server TLS file");
+            // The server refuses a key others can read, or one it does not own.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(
+            &mut conf,
+            b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256\n\
+             hostnossl all all 127.0.0.1/32 reject\n\
+             hostnossl all all ::1/128 reject\n",
+        )
+        .unwrap();
+        self.sql("postgres", "SELECT pg_reload_conf()").await;
+        crate::eventually(
+            std::time::Duration::from_secs(10),
+            "the server to refuse plain TCP",
+            || async {
+                let plain = self.connect_as("postgres", SUPERUSER_PASSWORD, "postgres");
+                plain.await.is_err().then_some(())
+            },
+        )
+        .await;
+    }
+
     /// The server log so far.
     pub fn log(&self) -> String {
         self.inner.log()

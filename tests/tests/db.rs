@@ -29,5 +29,7 @@ mod refusals;
 mod switchover;
 #[path = "db/sync.rs"]
 mod sync;
+#[path = "db/tls.rs"]
+mod tls;
 #[path = "db/writers.rs"]
 mod writers;
