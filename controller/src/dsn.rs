@@ -71,6 +71,16 @@ impl Dsn {
             reason: parse_reason(&e),
         })?;
         config.ssl_mode(tls.mode.driver_mode());
+        // As in libpq, a unix socket never uses TLS: the server would refuse it,
+        // and `require` would then fail where libpq connects.
+        #[cfg(unix)]
+        if config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)))
+        {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        }
         if config.get_hosts().is_empty() {
             return Err(Error::Dsn {
                 side,

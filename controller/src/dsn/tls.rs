@@ -343,6 +343,15 @@ mod tests {
     }
 
     #[test]
+    fn a_unix_socket_never_uses_tls() {
+        let d = parse("host=/run/postgresql user=u sslmode=verify-full");
+        assert_eq!(d.tls().mode, TlsMode::VerifyFull);
+        assert_eq!(d.config().get_ssl_mode(), SslMode::Disable);
+        let d = parse("host=/run/postgresql,db.internal user=u sslmode=require");
+        assert_eq!(d.config().get_ssl_mode(), SslMode::Require);
+    }
+
+    #[test]
     fn bad_tls_keys_are_refused_without_echoing_the_password() {
         for (raw, want) in [
             (

@@ -85,6 +85,11 @@ async fn each_sslmode_connects_or_fails_as_libpq_would() {
     let ca = root(&certs.ca());
     let ok = [
         ("localhost", format!("sslmode=verify-full {ca}")),
+        // SCRAM bound to the TLS session, or no connection.
+        (
+            "localhost",
+            format!("sslmode=verify-full {ca} channel_binding=require"),
+        ),
         ("localhost", "sslmode=require".to_string()),
         ("127.0.0.1", "sslmode=require".to_string()),
         // The default (prefer) tries TLS first.
