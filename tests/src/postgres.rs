@@ -87,15 +87,21 @@ impl Postgres {
     }
 
     /// Turns TLS on with `cert_pem`/`key_pem` as `server.crt`/`server.key` and
-    /// rewrites `pg_hba.conf` so that TCP connections must use TLS (`hostssl`;
-    /// `hostnossl … reject`), then reloads. The unix socket stays open (trust), but
+    /// `ca_pem` as the CA of client certificates (`root.crt`), and rewrites
+    /// `pg_hba.conf` so that TCP connections must use TLS (`hostssl`;
+    /// `hostnossl … reject`) and role `certuser` must log in with a client
+    /// certificate whose CN is its name (`cert`), then reloads. The unix socket stays open (trust), but
     /// this harness's own [`Postgres::connect`] uses TCP without TLS: do the setup
     /// that needs it first. Returns once a plain connection is refused.
-    pub async fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+    pub async fn enable_tls(&self, cert_pem: &str, key_pem: &str, ca_pem: &str) {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let data = self.inner.data_dir();
         let owner = std::fs::metadata(&data).expect("stat the data dir");
-        for (file, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+        for (file, text) in [
+            ("server.crt", cert_pem),
+            ("server.key", key_pem),
+            ("root.crt", ca_pem),
+        ] {
             let path = data.join(file);
             std::fs::write(&path, text).expect("write a server TLS file");
             // The server refuses a key others can read, or one it does not own.
@@ -108,12 +114,14 @@ impl Postgres {
             .unwrap();
         std::io::Write::write_all(
             &mut conf,
-            b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+              ssl_ca_file = 'root.crt'\n",
         )
         .unwrap();
         std::fs::write(
             data.join("pg_hba.conf"),
             "local all all trust\n\
+             hostssl all certuser 127.0.0.1/32 cert\n\
              hostssl all all 127.0.0.1/32 scram-sha-256\n\
              hostnossl all all 127.0.0.1/32 reject\n\
              hostnossl all all ::1/128 reject\n",

@@ -25,6 +25,14 @@ impl Certs {
     fn other_ca(&self) -> PathBuf {
         self.dir.path().join("other-ca.pem")
     }
+
+    fn client_cert(&self) -> PathBuf {
+        self.dir.path().join("client.pem")
+    }
+
+    fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client.key")
+    }
 }
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -51,7 +59,22 @@ async fn tls_pair() -> (Pair, Certs) {
     let certs = Certs { dir };
     std::fs::write(certs.ca(), issuer.pem()).unwrap();
     std::fs::write(certs.other_ca(), ca("someone else's CA").pem()).unwrap();
-    pair.old.enable_tls(&cert.pem(), &key.serialize_pem()).await;
+    // A client certificate for role certuser, which may log in only with it.
+    let client_key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "certuser");
+    let client = client.signed_by(&client_key, &issuer).unwrap();
+    std::fs::write(certs.client_cert(), client.pem()).unwrap();
+    std::fs::write(certs.client_key(), client_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(certs.client_key(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    pair.old
+        .sql("postgres", "CREATE ROLE certuser LOGIN SUPERUSER")
+        .await;
+    pair.old
+        .enable_tls(&cert.pem(), &key.serialize_pem(), &issuer.pem())
+        .await;
     (pair, certs)
 }
 
@@ -105,6 +128,21 @@ async fn each_sslmode_connects_or_fails_as_libpq_would() {
             run.all()
         );
     }
+
+    // A client certificate instead of a password.
+    let cert_login = format!(
+        "host=localhost port={} user=certuser dbname=app sslmode=verify-full {ca} \
+         sslcert={} sslkey={}",
+        pair.old.port,
+        certs.client_cert().display(),
+        certs.client_key().display()
+    );
+    let run = check(&pair, cert_login).await;
+    assert!(
+        run.code == 0 && run.stdout.contains("ready: no blockers"),
+        "client certificate: {}",
+        run.all()
+    );
 
     let refused = |run: &cutover_tests::Run| {
         assert_eq!(run.code, 1, "{}", run.all());
