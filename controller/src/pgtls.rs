@@ -43,9 +43,10 @@ impl MakePgTls {
     /// Reads the DSN's certificate files; the error names the file and the key.
     pub fn new(o: &TlsOptions) -> Result<MakePgTls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verify = match o.mode {
-            TlsMode::Disable | TlsMode::Prefer | TlsMode::Require if o.root_cert.is_none() => None,
-            TlsMode::VerifyFull => Some(true),
+        // Disable never reaches the handshake: no file is read for it.
+        let verify = match (o.mode, &o.root_cert) {
+            (TlsMode::Disable, _) | (TlsMode::Prefer | TlsMode::Require, None) => None,
+            (TlsMode::VerifyFull, _) => Some(true),
             _ => Some(false),
         };
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -57,7 +58,7 @@ impl MakePgTls {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoCheck(algs))),
             Some(full) => {
-                let roots = Arc::new(roots(o.root_cert.as_deref())?);
+                let roots = Arc::new(roots(o.root_cert.as_deref(), "sslrootcert")?);
                 let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                     .build()
                     .map_err(|e| format!("sslrootcert: {e}"))?;
@@ -72,7 +73,7 @@ impl MakePgTls {
             }
         };
         let mut config = match (&o.cert, &o.key) {
-            (Some(cert), Some(key)) => {
+            (Some(cert), Some(key)) if o.mode != TlsMode::Disable => {
                 let chain = CertificateDer::pem_file_iter(cert)
                     .and_then(|i| i.collect::<Result<Vec<_>, _>>())
                     .map_err(|e| format!("sslcert {}: {e}", cert.display()))?;
@@ -97,21 +98,23 @@ impl MakePgTls {
     }
 }
 
-/// `sslrootcert`'s certificates, or the system's when it is not given.
-fn roots(file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+/// The certificates in `file` (PEM), or the system's when it is not given; an
+/// error names the file as `label` (`sslrootcert`, `CA file`). The one root store
+/// builder of the controller: the secret stores' HTTP client uses it too.
+pub(crate) fn roots(file: Option<&Path>, label: &str) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     match file {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                .map_err(|e| format!("{label} {}: {e}", path.display()))?;
             for c in certs {
                 roots
                     .add(c)
-                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                    .map_err(|e| format!("{label} {}: {e}", path.display()))?;
             }
         }
-        // None found: the handshake fails with "unknown issuer", which says so.
+        // None found: a handshake then fails with "unknown issuer", which says so.
         None => {
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
         }
@@ -404,6 +407,28 @@ mod tests {
         let mut c = vec![0x30, 0x81, body.len() as u8];
         c.extend(body);
         c
+    }
+
+    #[test]
+    fn setup_reads_only_the_files_the_mode_uses() {
+        let missing = |mode| TlsOptions {
+            mode,
+            mode_given: true,
+            root_cert: Some("/nonexistent/ca.pem".into()),
+            cert: Some("/nonexistent/c.pem".into()),
+            key: Some("/nonexistent/c.key".into()),
+        };
+        assert!(MakePgTls::new(&missing(TlsMode::Disable)).is_ok());
+        let e = MakePgTls::new(&missing(TlsMode::VerifyFull)).err().unwrap();
+        assert!(e.starts_with("sslrootcert /nonexistent/ca.pem"), "{e}");
+        let e = MakePgTls::new(&TlsOptions {
+            root_cert: None,
+            ..missing(TlsMode::Require)
+        })
+        .err()
+        .unwrap();
+        assert!(e.starts_with("sslcert /nonexistent/c.pem"), "{e}");
+        assert!(MakePgTls::new(&TlsOptions::default()).is_ok());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The HTTP client both stores use: hyper-util's pooled client over plain TCP or
-//! rustls (ring), verifying against the system's roots or a CA file. Errors come
-//! back as a one-line detail; the caller adds the store and the entry.
+//! rustls (ring), verifying against the system's roots or a CA file (the root
+//! store is [`crate::pgtls::roots`], shared with the database connections).
+//! Errors come back as a one-line detail; the caller adds the store and the entry.
 
 use std::future::Future;
 use std::io;
@@ -17,8 +18,7 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -91,25 +91,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("CA file {}: {e}", path.display()))?;
-            }
-        }
-        None => {
-            // Missing system roots only matter for https URLs; the handshake then
-            // fails with "unknown issuer", which names the problem.
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
-        }
-    }
+    let roots = crate::pgtls::roots(ca_file, "CA file")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
