@@ -12,6 +12,12 @@ use crate::db::{Db, poll};
 use crate::dsn::Side;
 use crate::error::Error;
 
+/// Session settings that keep a statement's text out of the server log.
+const QUIET_LOG: &str = "SET log_min_error_statement = panic; SET log_statement = 'none'; \
+     SET log_min_duration_statement = -1";
+const RESTORE_LOG: &str =
+    "RESET log_min_error_statement; RESET log_statement; RESET log_min_duration_statement";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Link {
     /// The publication, slot and subscription name.
@@ -197,16 +203,30 @@ impl Link {
         if sub.version() >= 160000 {
             with.push_str(", origin = none");
         }
-        sub.batch(
-            "create the subscription",
-            &format!(
-                "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH ({with})",
-                ident(&self.name),
-                literal(conninfo),
-                ident(&self.name)
-            ),
-        )
-        .await
+        // The statement carries the publisher's password. PostgreSQL logs a
+        // failed statement's text (`log_min_error_statement`) and may log slow or
+        // all statements: this session turns those off around it. They are
+        // superuser settings; a controller that may not change them gets the
+        // server's own (and the README says so).
+        let quiet = sub
+            .batch("keep the statement out of the server log", QUIET_LOG)
+            .await
+            .is_ok();
+        let created = sub
+            .batch(
+                "create the subscription",
+                &format!(
+                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH ({with})",
+                    ident(&self.name),
+                    literal(conninfo),
+                    ident(&self.name)
+                ),
+            )
+            .await;
+        if quiet {
+            let _ = sub.batch("restore the log settings", RESTORE_LOG).await;
+        }
+        created
     }
 
     /// Disables and drops the subscription, leaving the slot on the publisher to

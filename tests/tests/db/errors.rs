@@ -111,3 +111,32 @@ async fn errors_name_the_side_and_never_show_a_password() {
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(run.stderr.contains("--source"), "{}", run.stderr);
 }
+
+/// `CREATE SUBSCRIPTION` carries the publisher's password in its text. When it
+/// fails (here the target server cannot reach the source it was given), the
+/// server would log the statement with it; the controller's session keeps it out
+/// of the log.
+#[tokio::test]
+async fn a_failed_subscription_leaves_no_password_in_the_server_log() {
+    let pair = crate::common::Pair::start().await;
+    let port = closed_port();
+    let unreachable = format!(
+        "host=127.0.0.1 port={port} user=postgres password={SUPERUSER_PASSWORD} dbname=app"
+    );
+    let run = cutover(
+        &["db", "sync", "--source-for-target", &unreachable],
+        &pair.env(),
+    )
+    .await;
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.all().contains("subscription"), "{}", run.all());
+    let log = pair.new.log();
+    assert!(
+        log.contains("could not connect to the publisher"),
+        "the failure is in the target's log:\n{log}"
+    );
+    assert!(
+        !log.contains(SUPERUSER_PASSWORD),
+        "the target's server log shows the password:\n{log}"
+    );
+}
