@@ -307,45 +307,6 @@ impl Link {
         Ok(true)
     }
 
-    /// Waits until the subscriber has confirmed as flushed every change up to
-    /// `lsn` on the publisher.
-    pub async fn wait_flushed(
-        &self,
-        publisher: &Db,
-        lsn: &str,
-        within: Duration,
-    ) -> Result<(), Error> {
-        poll(
-            &format!(
-                "the {}'s subscription to flush past {lsn} (is the {} up and applying?)",
-                self.subscriber, self.subscriber
-            ),
-            within,
-            Duration::from_millis(5),
-            || async {
-                let done: Option<bool> = publisher
-                    .query_one(
-                        "read the slot's flushed position",
-                        "SELECT (SELECT confirmed_flush_lsn >= $2::text::pg_lsn \
-                                 FROM pg_replication_slots WHERE slot_name = $1)",
-                        &[&self.name, &lsn],
-                    )
-                    .await?
-                    .get(0);
-                match done {
-                    None => Err(Error::Precondition(format!(
-                        "{} database: replication slot {} disappeared",
-                        publisher.side(),
-                        self.name
-                    ))),
-                    Some(true) => Ok(Some(())),
-                    Some(false) => Ok(None),
-                }
-            },
-        )
-        .await
-    }
-
     /// Every table of the subscription with its `srsubstate`, plus rows copied so
     /// far for tables being copied.
     pub async fn table_states(&self, sub: &Db) -> Result<Vec<(Name, char, Option<i64>)>, Error> {

@@ -209,11 +209,6 @@ pub fn disable_sql(tables: &[Name]) -> String {
         .collect()
 }
 
-/// Whether any table of `db` refuses writes now.
-pub async fn is_blocked(db: &Db) -> Result<bool, Error> {
-    Ok(!blocked_tables(db).await?.is_empty())
-}
-
 /// Every table with a block trigger, and whether it is enabled.
 async fn triggers(db: &Db) -> Result<Vec<(Name, bool)>, Error> {
     let rows = db
