@@ -1,6 +1,7 @@
 //! What the controller reads from the system catalogs: the tables and sequences it
 //! migrates, and SQL quoting for the names it builds statements from.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -96,6 +97,20 @@ pub async fn tables(db: &Db) -> Result<Vec<Table>, Error> {
                 estimated_rows: r.get(6),
             }
         })
+        .collect())
+}
+
+/// Every table's size on disk (heap and TOAST, without indexes).
+pub async fn table_sizes(db: &Db) -> Result<HashMap<Name, i64>, Error> {
+    let sql = format!(
+        "SELECT n.nspname, c.relname, pg_table_size(c.oid) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND {SYSTEM_SCHEMAS}"
+    );
+    let rows = db.query("read table sizes", &sql, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (Name::new(r.get(0), r.get(1)), r.get(2)))
         .collect())
 }
 

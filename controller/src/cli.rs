@@ -152,6 +152,12 @@ pub struct SyncArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
+    /// Sessions on the target that build the indexes, constraints and triggers
+    /// after the initial copy (pg_restore --jobs). Each index build uses one of
+    /// the target's cores and maintenance_work_mem.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+    pub jobs: u16,
+
     /// The source as the target *server* reaches it, when that differs from
     /// --source (e.g. an in-cluster host name).
     #[arg(

@@ -84,7 +84,8 @@ impl Heartbeat {
 
     /// Writes a beat and waits up to `within` for the subscriber to apply it. The
     /// lag is how long that took; if it does not arrive, the lag is at least
-    /// `within`.
+    /// `within`. A server that does not answer in time (a lock, a stalled
+    /// session) reads the same way: the reading never waits past `within`.
     pub async fn measure(
         &self,
         publisher: &Db,
@@ -93,19 +94,29 @@ impl Heartbeat {
     ) -> Result<LagSeconds, Error> {
         // Timed from before the write: the lag includes the commit on the source.
         let start = Instant::now();
-        let seq = self.beat(publisher).await?;
+        let deadline = tokio::time::Instant::from_std(start + within);
+        let gave_up = || LagSeconds {
+            seconds: start.elapsed().as_secs_f64(),
+            at_least: true,
+        };
+        let Ok(seq) = tokio::time::timeout_at(deadline, self.beat(publisher)).await else {
+            return Ok(gave_up());
+        };
+        let seq = seq?;
         loop {
-            if self.seen(subscriber).await?.is_some_and(|s| s >= seq) {
-                return Ok(LagSeconds {
-                    seconds: start.elapsed().as_secs_f64(),
-                    at_least: false,
-                });
+            match tokio::time::timeout_at(deadline, self.seen(subscriber)).await {
+                Err(_) => return Ok(gave_up()),
+                Ok(seen) => {
+                    if seen?.is_some_and(|s| s >= seq) {
+                        return Ok(LagSeconds {
+                            seconds: start.elapsed().as_secs_f64(),
+                            at_least: false,
+                        });
+                    }
+                }
             }
             if start.elapsed() >= within {
-                return Ok(LagSeconds {
-                    seconds: start.elapsed().as_secs_f64(),
-                    at_least: true,
-                });
+                return Ok(gave_up());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -55,6 +55,44 @@ impl Link {
     }
 }
 
+/// What the subscription asks of the servers beyond the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SubscriptionOptions {
+    /// Rows travel in binary form (14+): less to format and parse on both sides.
+    pub binary: bool,
+    /// Large transactions are streamed while they run (14+) instead of spilled to
+    /// disk on the publisher and sent at commit.
+    pub streaming: bool,
+}
+
+impl SubscriptionOptions {
+    pub fn describe(&self) -> String {
+        let mut on = Vec::new();
+        if self.binary {
+            on.push("binary");
+        }
+        if self.streaming {
+            on.push("streaming");
+        }
+        if on.is_empty() {
+            "text transfer, no streaming (a server older than 14)".into()
+        } else {
+            format!("options {}", on.join(", "))
+        }
+    }
+}
+
+/// One table of a subscription.
+#[derive(Debug, Clone)]
+pub struct TableState {
+    pub name: Name,
+    /// `srsubstate`: `i` init, `d` copying, `f`/`s` catching up, `r` ready.
+    pub state: char,
+    /// While the copy runs (`pg_stat_progress_copy`).
+    pub rows_copied: Option<i64>,
+    pub bytes_copied: Option<i64>,
+}
+
 /// The subscription as the subscriber sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Subscription {
@@ -183,6 +221,33 @@ impl Link {
         Ok(Some(format!("added {} table(s)", missing.len())))
     }
 
+    /// The options this pair of servers supports. Binary transfer needs both
+    /// servers on 14 or later and of one major version (a type's binary form may
+    /// change between versions), and every column's type with binary send and
+    /// receive functions (types without them fail the copy on 16 and later).
+    pub async fn options(&self, publisher: &Db, subscriber: &Db) -> Result<SubscriptionOptions, Error> {
+        let both = publisher.version().min(subscriber.version());
+        let same_major = publisher.version() / 10000 == subscriber.version() / 10000;
+        let textual: i64 = publisher
+            .query_one(
+                "look for column types without a binary form",
+                "SELECT count(*) FROM pg_attribute a \
+                 JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_type t ON t.oid = a.atttypid \
+                 WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') \
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                   AND n.nspname NOT LIKE 'pg\\_%' \
+                   AND (t.typsend = 0 OR t.typreceive = 0)",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(SubscriptionOptions {
+            binary: both >= 140000 && same_major && textual == 0,
+            streaming: both >= 140000,
+        })
+    }
+
     /// Creates the subscription, with its slot unless `create_slot` is false (the
     /// slot was made beforehand under the link's name). `conninfo` is how the
     /// subscriber's server reaches the publisher.
@@ -192,6 +257,7 @@ impl Link {
         conninfo: &str,
         copy_data: bool,
         create_slot: bool,
+        options: SubscriptionOptions,
     ) -> Result<(), Error> {
         // Flushing each applied transaction lets the slot's confirmed_flush_lsn
         // follow at once, which is what the switchover waits on while writes are
@@ -202,6 +268,12 @@ impl Link {
         );
         if sub.version() >= 160000 {
             with.push_str(", origin = none");
+        }
+        if options.binary {
+            with.push_str(", binary = true");
+        }
+        if options.streaming {
+            with.push_str(", streaming = on");
         }
         // The statement carries the publisher's password. PostgreSQL logs a
         // failed statement's text (`log_min_error_statement`) and may log slow or
@@ -307,13 +379,14 @@ impl Link {
         Ok(true)
     }
 
-    /// Every table of the subscription with its `srsubstate`, plus rows copied so
-    /// far for tables being copied.
-    pub async fn table_states(&self, sub: &Db) -> Result<Vec<(Name, char, Option<i64>)>, Error> {
+    /// Every table of the subscription with its `srsubstate`, plus rows and bytes
+    /// copied so far for tables being copied.
+    pub async fn table_states(&self, sub: &Db) -> Result<Vec<TableState>, Error> {
         let rows = sub
             .query(
                 "read the subscription's table states",
-                "SELECT n.nspname::text, c.relname::text, sr.srsubstate::text, p.tuples_processed \
+                "SELECT n.nspname::text, c.relname::text, sr.srsubstate::text, p.tuples_processed, \
+                        p.bytes_processed \
                  FROM pg_subscription_rel sr \
                  JOIN pg_subscription s ON s.oid = sr.srsubid \
                  JOIN pg_class c ON c.oid = sr.srrelid \
@@ -327,11 +400,12 @@ impl Link {
             .iter()
             .map(|r| {
                 let state: String = r.get(2);
-                (
-                    Name::new(r.get(0), r.get(1)),
-                    state.chars().next().unwrap_or('?'),
-                    r.get(3),
-                )
+                TableState {
+                    name: Name::new(r.get(0), r.get(1)),
+                    state: state.chars().next().unwrap_or('?'),
+                    rows_copied: r.get(3),
+                    bytes_copied: r.get(4),
+                }
             })
             .collect())
     }

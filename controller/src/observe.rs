@@ -15,6 +15,18 @@ pub struct TableProgress {
     pub rows_copied: Option<i64>,
     /// The source's estimate of the table's rows; `None` when never analyzed.
     pub rows_estimated: Option<i64>,
+    /// Bytes of COPY data received so far, while the copy runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_copied: Option<i64>,
+    /// The table's size on the source's disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_on_source: Option<i64>,
+    /// Rows per second over the last readings, while the copy runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_per_second: Option<f64>,
+    /// Seconds left at that rate, when the source's row estimate is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
 }
 
 impl TableProgress {

@@ -25,6 +25,9 @@ pub struct Status {
     pub lag_bytes: Option<i64>,
     /// From the heartbeat; `None` while the subscription is disabled.
     pub lag_seconds: Option<LagSeconds>,
+    /// Every slot of this migration on either side (the forward one on the
+    /// source, the reverse one on the target), with the WAL each holds back.
+    pub slots: Vec<SlotRetention>,
     pub tables: Vec<TableProgress>,
     pub sync_errors: i64,
     pub apply_errors: i64,
@@ -33,6 +36,38 @@ pub struct Status {
     /// Tables of the target that refuse writes (blocked from the sync until the
     /// switchover).
     pub target_refusing: usize,
+}
+
+/// One replication slot of the migration and what it costs its server: the WAL
+/// it keeps from being recycled grows without bound while nothing consumes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotRetention {
+    pub side: Side,
+    pub slot: String,
+    pub active: bool,
+    pub retained_bytes: Option<i64>,
+    pub wal_status: Option<String>,
+}
+
+/// The slots of migration `name` on both sides.
+pub async fn slots(src: &Db, tgt: &Db, name: &str) -> Result<Vec<SlotRetention>, Error> {
+    let mut out = Vec::new();
+    for link in [Link::forward(name), Link::reverse(name)] {
+        let publisher = match link.publisher {
+            Side::Source => src,
+            Side::Target => tgt,
+        };
+        if let Some(s) = link.slot(publisher).await? {
+            out.push(SlotRetention {
+                side: link.publisher,
+                slot: link.name.clone(),
+                active: s.active,
+                retained_bytes: s.retained_bytes,
+                wal_status: s.wal_status,
+            });
+        }
+    }
+    Ok(out)
 }
 
 impl Status {
@@ -84,14 +119,19 @@ pub async fn status(src: &Db, tgt: &Db, name: &str, lag_within: Duration) -> Res
         .table_states(subscriber)
         .await?
         .into_iter()
-        .map(|(n, state, copied)| TableProgress {
-            table: n.to_string(),
-            state,
-            rows_copied: copied,
+        .map(|t| TableProgress {
+            table: t.name.to_string(),
+            state: t.state,
+            rows_copied: t.rows_copied,
             rows_estimated: None,
+            bytes_copied: t.bytes_copied,
+            bytes_on_source: None,
+            rows_per_second: None,
+            eta_seconds: None,
         })
         .collect();
     let (sync_errors, apply_errors) = link.error_counts(subscriber).await?;
+    let slots = slots(src, tgt, name).await?;
     let (source_refusing, target_refusing) = (
         block::blocked_tables(src).await?.len(),
         block::blocked_tables(tgt).await?.len(),
@@ -104,6 +144,7 @@ pub async fn status(src: &Db, tgt: &Db, name: &str, lag_within: Duration) -> Res
         subscription,
         slot,
         lag_seconds,
+        slots,
         tables,
         sync_errors,
         apply_errors,
@@ -152,17 +193,19 @@ impl fmt::Display for Status {
             f,
             "lag:     {lag_bytes} not yet flushed by the subscriber; {lag_seconds} by heartbeat"
         )?;
-        match &self.slot {
-            Some(s) => writeln!(
+        if self.slot.is_none() {
+            writeln!(f, "slot:    {} MISSING on the {}", self.link.name, self.link.publisher)?;
+        }
+        for s in &self.slots {
+            writeln!(
                 f,
                 "slot:    {} on the {}, {}; retains {} of WAL; wal_status {}",
-                self.link.name,
-                self.link.publisher,
+                s.slot,
+                s.side,
                 if s.active { "active" } else { "INACTIVE" },
                 s.retained_bytes.map(bytes).unwrap_or_else(|| "?".into()),
                 s.wal_status.as_deref().unwrap_or("?")
-            )?,
-            None => writeln!(f, "slot:    MISSING on the {}", self.link.publisher)?,
+            )?;
         }
         let ready = self.tables.iter().filter(|t| t.state == 'r').count();
         writeln!(f, "tables:  {ready}/{} ready", self.tables.len())?;

@@ -1,7 +1,7 @@
 //! `sync`: schema copy, publication, subscription, and the wait for the initial
 //! copy. Every step looks before it acts, so a second run changes nothing.
 
-mod schema;
+pub(crate) mod schema;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -32,6 +32,8 @@ pub struct SyncOptions {
     /// The source as the target server reaches it, when that differs from the
     /// controller's view (e.g. a cluster-internal host name).
     pub source_for_target: Option<Dsn>,
+    /// Sessions building the indexes and constraints after the initial copy.
+    pub jobs: usize,
 }
 
 impl Default for SyncOptions {
@@ -40,9 +42,14 @@ impl Default for SyncOptions {
             wait: true,
             timeout: None,
             source_for_target: None,
+            jobs: 2,
         }
     }
 }
+
+/// How often the post-data build is tried: a deadlock with the subscription's
+/// apply (which PostgreSQL resolves by cancelling one side) fails one attempt.
+const BUILD_ATTEMPTS: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -163,8 +170,15 @@ pub async fn sync(
                 .unwrap_or(src.dsn())
                 .secret_conninfo()
                 .to_string();
-            link.create_subscription(tgt, &conninfo, true, true).await?;
-            let mut detail = format!("created on the target with slot {name} on the source");
+            let with = link.options(src, tgt).await?;
+            link.create_subscription(tgt, &conninfo, true, true, with)
+                .await?;
+            let workers = tgt.setting("max_sync_workers_per_subscription").await?;
+            let mut detail = format!(
+                "created on the target with slot {name} on the source; {}; \
+                 up to {workers} table(s) copied at once (max_sync_workers_per_subscription)",
+                with.describe()
+            );
             if stale {
                 detail.push_str(" (an unused slot of that name was dropped first)");
             }
@@ -184,7 +198,7 @@ pub async fn sync(
                 .table_states(tgt)
                 .await?
                 .into_iter()
-                .map(|(n, _, _)| n)
+                .map(|t| t.name)
                 .collect();
             if tables.iter().any(|t| !subscribed.contains(t)) {
                 tgt.batch(
@@ -214,12 +228,42 @@ pub async fn sync(
         .into_iter()
         .map(|t| (t.name, t.estimated_rows))
         .collect();
+    let sizes = catalog::table_sizes(src).await?;
     let tables = if opts.wait {
-        wait_ready(src, tgt, &link, &heartbeat, &estimates, opts.timeout, obs).await?
+        wait_ready(
+            src,
+            tgt,
+            &link,
+            &heartbeat,
+            &estimates,
+            &sizes,
+            opts.timeout,
+            obs,
+        )
+        .await?
     } else {
-        progress(tgt, &link, &estimates).await?
+        progress(tgt, &link, &estimates, &sizes, None).await?
     };
     let ready = !tables.is_empty() && tables.iter().all(|t| t.state == 'r');
+    if ready {
+        let (outcome, detail) = post_data(src, tgt, opts.jobs, obs).await?;
+        step("indexes and constraints", outcome, detail);
+        let (outcome, detail) = analyze(tgt).await?;
+        step("analyze", outcome, detail);
+    } else {
+        let missing = schema::PostData::find(src, tgt).await?;
+        if !missing.complete() {
+            step(
+                "indexes and constraints",
+                Outcome::Unchanged,
+                format!(
+                    "{} object(s) wait for the initial copy; `cutover db sync` (which waits) \
+                     builds them once it is done",
+                    missing.names.len()
+                ),
+            );
+        }
+    }
     Ok(SyncReport {
         steps,
         tables,
@@ -277,15 +321,95 @@ async fn copy_schema(src: &Db, tgt: &Db, subscribed: bool) -> Result<(Outcome, S
             missing.join(", ")
         )));
     }
-    let (s, t) = (src.dsn().clone(), tgt.dsn().clone());
-    tokio::task::spawn_blocking(move || schema::copy(&s, &t, &[]))
-        .await
-        .map_err(|e| Error::Precondition(format!("the schema copy did not finish: {e}")))??;
+    schema::copy_tables(src, tgt).await?;
     Ok((
         Outcome::Created,
         format!(
-            "copied with pg_dump --schema-only ({} table(s))",
+            "{} table(s) with their primary keys copied (pg_dump --schema-only); \
+             the other indexes, constraints and triggers are built after the initial copy",
             want.len()
+        ),
+    ))
+}
+
+/// Builds the indexes, constraints and triggers the target lacks, in parallel.
+async fn post_data(
+    src: &Db,
+    tgt: &Db,
+    jobs: usize,
+    obs: &dyn Observer,
+) -> Result<(Outcome, String), Error> {
+    let started = Instant::now();
+    let mut built = 0;
+    for attempt in 1..=BUILD_ATTEMPTS {
+        let missing = schema::PostData::find(src, tgt).await?;
+        if missing.complete() {
+            break;
+        }
+        if attempt == 1 {
+            built = missing.names.len();
+            obs.note(&format!(
+                "building {built} index(es), constraint(s) and trigger(s) with {jobs} session(s)"
+            ));
+        }
+        let t = tgt.dsn().clone();
+        let done = tokio::task::spawn_blocking(move || missing.build(&t, jobs))
+            .await
+            .map_err(|e| Error::Precondition(format!("the index build did not finish: {e}")))?;
+        match done {
+            Ok(()) => {}
+            Err(e) if attempt < BUILD_ATTEMPTS => {
+                obs.note(&format!("the build stopped ({e}); building what is still missing"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if built == 0 {
+        return Ok((
+            Outcome::Unchanged,
+            "the target has every index, constraint and trigger of the source".into(),
+        ));
+    }
+    Ok((
+        Outcome::Created,
+        format!(
+            "{built} built in {:.1} s with {jobs} session(s)",
+            started.elapsed().as_secs_f64()
+        ),
+    ))
+}
+
+/// Gives the planner statistics for every table of the target that has none
+/// (a copied table has never been analyzed).
+async fn analyze(tgt: &Db) -> Result<(Outcome, String), Error> {
+    let rows = tgt
+        .query(
+            "find tables never analyzed",
+            "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables \
+             WHERE last_analyze IS NULL AND last_autoanalyze IS NULL AND schemaname <> '_cutover' \
+             ORDER BY 1",
+            &[],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok((
+            Outcome::Unchanged,
+            "every table of the target has statistics".into(),
+        ));
+    }
+    let started = Instant::now();
+    let list: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    tgt.batch(
+        "analyze the copied tables",
+        &format!("ANALYZE {}", list.join(", ")),
+    )
+    .await?;
+    Ok((
+        Outcome::Created,
+        format!(
+            "{} table(s) analyzed in {:.1} s",
+            list.len(),
+            started.elapsed().as_secs_f64()
         ),
     ))
 }
@@ -313,40 +437,87 @@ async fn refuse_rows(tgt: &Db, tables: &BTreeSet<Name>) -> Result<(), Error> {
     Ok(())
 }
 
+/// The previous reading of each table being copied, for its rate.
+#[derive(Default)]
+struct Rates {
+    last: HashMap<Name, (Instant, i64, Option<f64>)>,
+}
+
+impl Rates {
+    /// Rows per second since the last reading, smoothed; `None` until two
+    /// readings are apart.
+    fn update(&mut self, table: &Name, rows: i64) -> Option<f64> {
+        let now = Instant::now();
+        match self.last.get(table).copied() {
+            Some((at, before, rate)) => {
+                let dt = now.duration_since(at).as_secs_f64();
+                if dt < 1.0 {
+                    return rate;
+                }
+                let instant = (rows - before).max(0) as f64 / dt;
+                let smooth = rate.map_or(instant, |r| 0.7 * r + 0.3 * instant);
+                self.last.insert(table.clone(), (now, rows, Some(smooth)));
+                Some(smooth)
+            }
+            None => {
+                self.last.insert(table.clone(), (now, rows, None));
+                None
+            }
+        }
+    }
+}
+
 async fn progress(
     tgt: &Db,
     link: &Link,
     estimates: &HashMap<Name, i64>,
+    sizes: &HashMap<Name, i64>,
+    mut rates: Option<&mut Rates>,
 ) -> Result<Vec<TableProgress>, Error> {
-    Ok(link
-        .table_states(tgt)
-        .await?
-        .into_iter()
-        .map(|(name, state, copied)| TableProgress {
-            rows_estimated: estimates.get(&name).copied().filter(|n| *n >= 0),
-            table: name.to_string(),
-            state,
-            rows_copied: copied,
-        })
-        .collect())
+    let mut out = Vec::new();
+    for t in link.table_states(tgt).await? {
+        let rows_estimated = estimates.get(&t.name).copied().filter(|n| *n >= 0);
+        let rate = match (rates.as_deref_mut(), t.rows_copied) {
+            (Some(r), Some(n)) if t.state == 'd' => r.update(&t.name, n),
+            _ => None,
+        };
+        let eta_seconds = match (rate, rows_estimated, t.rows_copied) {
+            (Some(r), Some(total), Some(n)) if r > 0.0 => Some((total - n).max(0) as f64 / r),
+            _ => None,
+        };
+        out.push(TableProgress {
+            rows_estimated,
+            bytes_on_source: sizes.get(&t.name).copied(),
+            table: t.name.to_string(),
+            state: t.state,
+            rows_copied: t.rows_copied,
+            bytes_copied: t.bytes_copied,
+            rows_per_second: rate,
+            eta_seconds,
+        });
+    }
+    Ok(out)
 }
 
 /// Polls the table states, reporting them, until all are ready. Beats the heartbeat
 /// once a second meanwhile.
+#[allow(clippy::too_many_arguments)]
 async fn wait_ready(
     src: &Db,
     tgt: &Db,
     link: &Link,
     heartbeat: &Heartbeat,
     estimates: &HashMap<Name, i64>,
+    sizes: &HashMap<Name, i64>,
     timeout: Option<Duration>,
     obs: &dyn Observer,
 ) -> Result<Vec<TableProgress>, Error> {
     let start = Instant::now();
     let mut last_beat = Instant::now() - Duration::from_secs(1);
     let mut errors_seen = link.error_counts(tgt).await?.0;
+    let mut rates = Rates::default();
     loop {
-        let tables = progress(tgt, link, estimates).await?;
+        let tables = progress(tgt, link, estimates, sizes, Some(&mut rates)).await?;
         obs.tables(&tables);
         if !tables.is_empty() && tables.iter().all(|t| t.state == 'r') {
             return Ok(tables);

@@ -25,6 +25,8 @@ mod load;
 mod lock;
 #[path = "db/refusals.rs"]
 mod refusals;
+#[path = "db/schema.rs"]
+mod schema;
 #[path = "db/switchover.rs"]
 mod switchover;
 #[path = "db/sync.rs"]

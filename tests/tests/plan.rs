@@ -12,6 +12,8 @@ mod discover;
 mod exporter;
 #[path = "plan/gate_failure.rs"]
 mod gate_failure;
+#[path = "plan/lag_gate.rs"]
+mod lag_gate;
 #[path = "plan/rehearse.rs"]
 mod rehearse;
 #[path = "plan/replicas.rs"]

@@ -137,6 +137,7 @@ async fn run_sync(a: SyncArgs) -> Result<u8, Error> {
             .as_deref()
             .map(|s| Dsn::parse(Side::Source, s))
             .transpose()?,
+        jobs: usize::from(a.jobs),
     };
     let term = Term::new();
     let report = sync(&src, &tgt, &a.db.name, &opts, &term).await?;

@@ -47,6 +47,8 @@ pub struct ControllerMetrics {
 struct State {
     /// database → (seconds, bytes).
     lag: BTreeMap<String, (Option<f64>, Option<i64>)>,
+    /// database → slot → retained WAL bytes.
+    slots: BTreeMap<String, BTreeMap<String, Option<i64>>>,
     /// plan → phase.
     phase: BTreeMap<String, String>,
     /// plan → (step, new's weight in percent).
@@ -70,6 +72,15 @@ impl ControllerMetrics {
     /// The replication lag of `database`; `None` where it could not be read.
     pub fn set_lag(&self, database: &str, seconds: Option<f64>, bytes: Option<i64>) {
         self.with(|s| s.lag.insert(database.to_string(), (seconds, bytes)));
+    }
+
+    /// The replication slots of `database` that exist now, with the WAL each
+    /// retains; a slot left out is gone (its series disappears).
+    pub fn set_slots(&self, database: &str, slots: &[(String, Option<i64>)]) {
+        self.with(|s| {
+            s.slots
+                .insert(database.to_string(), slots.iter().cloned().collect())
+        });
     }
 
     /// The phase `plan` is in (`preflight`, `sync`, `steps`, `switchover`,
@@ -113,6 +124,19 @@ fn render(s: &State) -> String {
         "WAL bytes the target has not applied yet; absent while unknown.",
         s.lag.iter().filter_map(|(db, (_, bytes))| {
             Some((vec![("database", db.as_str())], (*bytes)? as f64))
+        }),
+    );
+    family(
+        &mut out,
+        "cutover_replication_slot_retained_bytes",
+        "WAL a replication slot of the migration keeps on its server (current LSN minus restart_lsn).",
+        s.slots.iter().flat_map(|(db, slots)| {
+            slots.iter().filter_map(move |(slot, bytes)| {
+                Some((
+                    vec![("database", db.as_str()), ("slot", slot.as_str())],
+                    (*bytes)? as f64,
+                ))
+            })
         }),
     );
     let mut phases = Vec::new();

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::heartbeat::LagSeconds;
 use crate::plan::metrics::Window;
 use crate::plan::record::GateRecord;
 
@@ -143,12 +144,14 @@ impl Gate {
     }
 
     /// The gate's verdict for step `step` over `window`, with the largest
-    /// replication lag in seconds when one was read.
+    /// replication lag when one was read. A lag that is only known to be at least
+    /// some value (the heartbeat had not arrived when the reading gave up) never
+    /// passes: missing data is not a small lag.
     pub fn evaluate(
         &self,
         step: usize,
         window: &Window,
-        replication_lag_s: Option<f64>,
+        replication_lag: Option<LagSeconds>,
     ) -> GateRecord {
         let (value, detail) = match self.metric {
             Metric::ErrorRatio => match window.error_ratio() {
@@ -169,12 +172,22 @@ impl Gate {
                 None => (None, "no latency observations in the window".to_string()),
                 Some(s) => (Some(s), self.seconds_detail(s)),
             },
-            Metric::ReplicationLag => match replication_lag_s {
+            Metric::ReplicationLag => match replication_lag {
                 None => (None, "replication lag unknown".to_string()),
-                Some(s) => (Some(s), self.seconds_detail(s)),
+                Some(l) if l.at_least => (
+                    Some(l.seconds),
+                    format!(
+                        "replication_lag at least {:.3}s: the heartbeat written on the publisher \
+                         had not been applied on the subscriber when the reading gave up",
+                        l.seconds
+                    ),
+                ),
+                Some(l) => (Some(l.seconds), self.seconds_detail(l.seconds)),
             },
         };
-        let passed = value.is_some_and(|v| self.passes(v));
+        let unproven = self.metric == Metric::ReplicationLag
+            && replication_lag.is_some_and(|l| l.at_least);
+        let passed = !unproven && value.is_some_and(|v| self.passes(v));
         GateRecord {
             step,
             gate: self.text.clone(),
@@ -289,6 +302,13 @@ impl Serialize for Gate {
 mod tests {
     use super::*;
     use crate::plan::record::BackendTraffic;
+
+    fn seen(seconds: f64) -> LagSeconds {
+        LagSeconds {
+            seconds,
+            at_least: false,
+        }
+    }
 
     fn gate(s: &str) -> Gate {
         Gate::parse(s).unwrap()
@@ -439,7 +459,7 @@ mod tests {
     fn no_data_fails_closed() {
         let empty = Window::default();
         for g in ["error_ratio < 0.0001", "p99 < 1s", "p50 <= 250ms"] {
-            let r = gate(g).evaluate(0, &empty, Some(0.1));
+            let r = gate(g).evaluate(0, &empty, Some(seen(0.1)));
             assert!(!r.passed, "{g}");
             assert_eq!(r.value, None);
             assert_eq!(r.detail, "no requests in the window");
@@ -457,11 +477,22 @@ mod tests {
         let r = lag.evaluate(3, &empty, None);
         assert!(!r.passed);
         assert_eq!(r.detail, "replication lag unknown");
-        let r = lag.evaluate(3, &empty, Some(0.8));
+        let r = lag.evaluate(3, &empty, Some(seen(0.8)));
         assert!(r.passed);
         assert_eq!(r.detail, "replication_lag 0.800s is under 5s");
-        let r = lag.evaluate(3, &empty, Some(7.0));
+        let r = lag.evaluate(3, &empty, Some(seen(7.0)));
         assert!(!r.passed);
         assert_eq!(r.detail, "replication_lag 7.000s is 2.000s over 5s");
+        // A beat that never arrived: "at least 2s" is no proof of "under 5s".
+        let r = lag.evaluate(
+            3,
+            &empty,
+            Some(LagSeconds {
+                seconds: 2.0,
+                at_least: true,
+            }),
+        );
+        assert!(!r.passed);
+        assert!(r.detail.starts_with("replication_lag at least 2.000s"), "{}", r.detail);
     }
 }

@@ -104,6 +104,7 @@ struct RawSwitchover {
 #[serde(deny_unknown_fields)]
 struct RawFinalize {
     drain_timeout: Option<String>,
+    retire_replication: Option<bool>,
 }
 
 /// Where the admin bearer token comes from.
@@ -209,6 +210,11 @@ pub struct Plan {
     pub max_pause: Duration,
     pub reverse: bool,
     pub drain_timeout: Duration,
+    /// Drop every replication slot, publication and subscription of the plan's
+    /// databases once finalize has drained the old side (the default). With
+    /// `false` the reverse replication keeps running, and keeps its WAL, until
+    /// `cutover db cleanup`.
+    pub retire_replication: bool,
     pub secrets: Option<SecretsPlan>,
 }
 
@@ -341,6 +347,7 @@ impl Plan {
                 &raw.finalize.drain_timeout,
                 Duration::from_secs(300),
             )?,
+            retire_replication: raw.finalize.retire_replication.unwrap_or(true),
             secrets: raw.secrets,
         })
     }

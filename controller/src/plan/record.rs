@@ -188,6 +188,22 @@ pub struct Verdict {
     pub lost_writes: u64,
 }
 
+/// A replication object at the end of a plan: dropped by finalize, already
+/// absent, or kept (and why).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetiredObject {
+    /// The app whose database it belongs to.
+    pub app: String,
+    /// `source` or `target`.
+    pub side: String,
+    /// e.g. "replication slot cutover_tasks_reverse".
+    pub object: String,
+    /// `dropped`, `absent` or `kept`.
+    pub done: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
 /// Everything about a run so far.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
@@ -225,6 +241,9 @@ pub struct Record {
     pub lag: BTreeMap<String, LagRecord>,
     pub switchovers: Vec<SwitchoverRecord>,
     pub verify: Vec<VerifyRecord>,
+    /// What finalize did with each database's replication links.
+    #[serde(default)]
+    pub retired: Vec<RetiredObject>,
     #[serde(default)]
     pub ledger: Option<LedgerCheck>,
     /// Failed requests as a load generator running alongside saw them (what users

@@ -468,6 +468,7 @@ fn fresh_record(plan: &Plan) -> Record {
         lag: BTreeMap::new(),
         switchovers: Vec::new(),
         verify: Vec::new(),
+        retired: Vec::new(),
         ledger: None,
         client_failed_requests: None,
         error_seconds: Vec::new(),

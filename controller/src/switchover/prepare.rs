@@ -12,6 +12,7 @@ use crate::dsn::Side;
 use crate::error::Error;
 use crate::observe::Observer;
 use crate::proxy::Proxies;
+use crate::sync::schema::PostData;
 
 impl Plan<'_> {
     /// Returns warnings worth showing in the report.
@@ -58,8 +59,8 @@ impl Plan<'_> {
         let states = self.link.table_states(self.to).await?;
         let pending: Vec<String> = states
             .iter()
-            .filter(|(_, s, _)| *s != 'r')
-            .map(|(n, _, _)| n.to_string())
+            .filter(|t| t.state != 'r')
+            .map(|t| t.name.to_string())
             .collect();
         if states.is_empty() || !pending.is_empty() {
             return Err(Error::Precondition(format!(
@@ -70,6 +71,22 @@ impl Plan<'_> {
                     pending.join(", ")
                 }
             )));
+        }
+        if self.from.side() == Side::Source {
+            // The target must be able to serve as the source did: its indexes,
+            // constraints and triggers are built by sync after the initial copy.
+            let post = PostData::find(self.from, self.to).await?;
+            if !post.complete() {
+                let mut list = post.names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+                if post.names.len() > 5 {
+                    list.push_str(&format!(" and {} more", post.names.len() - 5));
+                }
+                return Err(Error::Precondition(format!(
+                    "the target lacks {} index(es), constraint(s) or trigger(s) of the source ({list}); \
+                     run `cutover db sync`, which builds them once the initial copy is done",
+                    post.names.len()
+                )));
+            }
         }
         if self.link.slot(self.from).await?.is_none() {
             return Err(Error::Precondition(format!(
@@ -119,7 +136,7 @@ impl Plan<'_> {
             .table_states(self.to)
             .await?
             .into_iter()
-            .map(|(n, _, _)| n)
+            .map(|t| t.name)
             .collect();
         let missing: Vec<String> = catalog::tables(self.from)
             .await?

@@ -493,9 +493,10 @@ impl Plan<'_> {
                 &[&self.back.name],
             )
             .await?;
+        let options = self.back.options(self.to, self.from).await?;
         undo.back_subscription = true;
         self.back
-            .create_subscription(self.from, self.back_conninfo, false, false)
+            .create_subscription(self.from, self.back_conninfo, false, false, options)
             .await
     }
 }

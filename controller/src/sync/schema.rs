@@ -1,13 +1,29 @@
-//! The schema copy: `pg_dump --schema-only` of the source piped into `psql` on the
-//! target, in one transaction. Passwords travel in `PGPASSWORD`, never on a command
-//! line.
+//! The schema copy, in two parts so that a large table's rows are copied into a
+//! table with nothing to maintain but its primary key:
+//!
+//! 1. before the initial copy ([`copy_tables`]): the source's `pg_dump
+//!    --schema-only` archive restored up to its tables (types, functions,
+//!    sequences, tables, check constraints), plus each table's primary key or
+//!    replica identity index, which the subscription's apply needs to find the
+//!    rows an UPDATE or DELETE names; one transaction;
+//! 2. after it ([`build_post_data`]): every other index, constraint, trigger,
+//!    rule, policy and statistics object, built by `pg_restore -j N` in parallel.
+//!    What the target already has is left out, so this part can run again after
+//!    an interruption.
+//!
+//! Tables added to the source after the first sync get their whole schema at once
+//! ([`copy`]): they are new, so small. Passwords travel in `PGPASSWORD`, never on a
+//! command line.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::catalog::Name;
+use crate::db::Db;
 use crate::dsn::{Dsn, Side};
 use crate::error::Error;
+use crate::switchover::block;
 
 /// Where `pg_dump` and `psql` are: `$CUTOVER_PG_BIN` if set, else `$PATH`.
 fn program(name: &str) -> PathBuf {
@@ -110,4 +126,394 @@ fn last_lines(stderr: &[u8], status: std::process::ExitStatus) -> String {
     } else {
         tail
     }
+}
+
+/// The source's schema as a `pg_dump` custom-format archive in a temp dir
+/// (removed on drop).
+pub struct Archive {
+    dir: tempfile::TempDir,
+}
+
+impl Archive {
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("schema.dump")
+    }
+
+    /// Dumps the source's schema. Blocking.
+    pub fn dump(source: &Dsn) -> Result<Archive, Error> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| tool_error(source, "pg_dump", format!("cannot make a temp dir: {e}")))?;
+        let archive = Archive { dir };
+        let out = command("pg_dump", source)
+            .args([
+                "--schema-only",
+                "--format=custom",
+                "--no-publications",
+                "--no-subscriptions",
+                "--exclude-schema=_cutover",
+                "--file",
+            ])
+            .arg(archive.path())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| tool_error(source, "pg_dump", format!("cannot start it: {e}")))?;
+        if !out.status.success() {
+            return Err(tool_error(
+                source,
+                "pg_dump",
+                last_lines(&out.stderr, out.status),
+            ));
+        }
+        Ok(archive)
+    }
+
+    /// The archive's table of contents (`pg_restore -l`), limited to `section`.
+    fn toc(&self, target: &Dsn, section: Option<&str>) -> Result<Vec<TocEntry>, Error> {
+        let mut cmd = Command::new(program("pg_restore"));
+        cmd.arg("--list");
+        if let Some(s) = section {
+            cmd.arg(format!("--section={s}"));
+        }
+        let out = cmd
+            .arg(self.path())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| tool_error(target, "pg_restore", format!("cannot start it: {e}")))?;
+        if !out.status.success() {
+            return Err(tool_error(
+                target,
+                "pg_restore --list",
+                last_lines(&out.stderr, out.status),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(TocEntry::parse)
+            .collect())
+    }
+
+    /// Restores the entries of `list` (in archive order) into the target.
+    fn restore(&self, target: &Dsn, list: &[&TocEntry], jobs: usize) -> Result<(), Error> {
+        if list.is_empty() {
+            return Ok(());
+        }
+        let list_path = self.dir.path().join("restore.list");
+        let text: String = list.iter().map(|e| format!("{}\n", e.line)).collect();
+        std::fs::write(&list_path, text)
+            .map_err(|e| tool_error(target, "pg_restore", format!("cannot write its list: {e}")))?;
+        let mut cmd = command("pg_restore", target);
+        cmd.args(["--exit-on-error", "--no-owner", "--use-list"])
+            .arg(&list_path);
+        if jobs > 1 {
+            cmd.arg(format!("--jobs={jobs}"));
+        } else {
+            cmd.arg("--single-transaction");
+        }
+        let out = cmd
+            .arg(self.path())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| tool_error(target, "pg_restore", format!("cannot start it: {e}")))?;
+        if !out.status.success() {
+            return Err(tool_error(
+                target,
+                "pg_restore (restoring the schema)",
+                last_lines(&out.stderr, out.status),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One line of `pg_restore --list`: `ID; CATALOG OID DESC SCHEMA NAME OWNER`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TocEntry {
+    line: String,
+    id: u32,
+    /// The system catalog the object lives in (e.g. 1259 `pg_class`), and its OID
+    /// on the source; 0 for entries that are not catalog objects (comments).
+    catalog: u32,
+    oid: u32,
+    desc: String,
+}
+
+impl TocEntry {
+    fn parse(line: &str) -> Option<TocEntry> {
+        let line = line.trim_end();
+        if line.starts_with(';') || line.is_empty() {
+            return None;
+        }
+        let (id, rest) = line.split_once(';')?;
+        let mut words = rest.split_whitespace();
+        let catalog = words.next()?.parse().ok()?;
+        let oid = words.next()?.parse().ok()?;
+        let rest: Vec<&str> = words.collect();
+        // DESC is one or two words ("INDEX", "FK CONSTRAINT", "INDEX ATTACH").
+        let desc = match rest.as_slice() {
+            [a, b, ..] if matches!(
+                    (*a, *b),
+                    ("FK", "CONSTRAINT") | ("INDEX", "ATTACH") | ("DEFAULT", "ACL")
+                ) => {
+                format!("{a} {b}")
+            }
+            [a, ..] => a.to_string(),
+            [] => return None,
+        };
+        Some(TocEntry {
+            line: line.to_string(),
+            id: id.trim().parse().ok()?,
+            catalog,
+            oid,
+            desc,
+        })
+    }
+}
+
+/// Grants: listed after the post-data entries, but about objects part 1 creates.
+fn is_acl(e: &TocEntry) -> bool {
+    matches!(e.desc.as_str(), "ACL" | "DEFAULT ACL")
+}
+
+/// System catalog OIDs of the post-data objects whose presence on the target is
+/// checked by name.
+const PG_CLASS: u32 = 1259;
+const PG_CONSTRAINT: u32 = 2606;
+const PG_REWRITE: u32 = 2618;
+const PG_TRIGGER: u32 = 2620;
+const PG_POLICY: u32 = 3256;
+const PG_STATISTIC_EXT: u32 = 3381;
+
+/// The source objects among `entries` (by catalog and OID) as (kind, schema,
+/// table, name), in the order of `entries`; `None` for entries it cannot name.
+async fn identify(src: &Db, entries: &[&TocEntry]) -> Result<Vec<Option<[String; 4]>>, Error> {
+    let cats: Vec<i64> = entries.iter().map(|e| i64::from(e.catalog)).collect();
+    let oids: Vec<i64> = entries.iter().map(|e| i64::from(e.oid)).collect();
+    let rows = src
+        .query(
+            "name the schema's post-data objects",
+            "SELECT k.i, CASE k.cat \
+               WHEN 1259 THEN (SELECT ARRAY['index', n.nspname, '', c.relname] FROM pg_class c \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = k.o::oid) \
+               WHEN 2606 THEN (SELECT ARRAY['constraint', n.nspname, c.relname, co.conname] \
+                   FROM pg_constraint co JOIN pg_class c ON c.oid = co.conrelid \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace WHERE co.oid = k.o::oid) \
+               WHEN 2618 THEN (SELECT ARRAY['rule', n.nspname, c.relname, r.rulename] \
+                   FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.oid = k.o::oid) \
+               WHEN 2620 THEN (SELECT ARRAY['trigger', n.nspname, c.relname, t.tgname] \
+                   FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.oid = k.o::oid) \
+               WHEN 3256 THEN (SELECT ARRAY['policy', n.nspname, c.relname, p.polname] \
+                   FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.oid = k.o::oid) \
+               WHEN 3381 THEN (SELECT ARRAY['statistics', n.nspname, '', s.stxname] \
+                   FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace \
+                   WHERE s.oid = k.o::oid) \
+             END \
+             FROM unnest($1::bigint[], $2::bigint[]) WITH ORDINALITY AS k(cat, o, i)",
+            &[&cats, &oids],
+        )
+        .await?;
+    let mut out = vec![None; entries.len()];
+    for r in rows {
+        let i: i64 = r.get(0);
+        let names: Option<Vec<String>> = r.get(1);
+        if let Some([kind, schema, table, name]) = names.as_deref() {
+            out[(i - 1) as usize] = Some([kind.clone(), schema.clone(), table.clone(), name.clone()]);
+        }
+    }
+    Ok(out)
+}
+
+/// Of `objects` (kind, schema, table, name), the indexes of those the target
+/// lacks.
+async fn absent(tgt: &Db, objects: &[[String; 4]]) -> Result<HashSet<usize>, Error> {
+    let col = |k: usize| objects.iter().map(|o| o[k].clone()).collect::<Vec<String>>();
+    let (kinds, schemas, tables, names) = (col(0), col(1), col(2), col(3));
+    let rows = tgt
+        .query(
+            "look for the schema's post-data objects",
+            "SELECT k.i FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+                 WITH ORDINALITY AS k(kind, nsp, rel, obj, i) \
+             WHERE NOT CASE k.kind \
+               WHEN 'index' THEN to_regclass(format('%I.%I', k.nsp, k.obj)) IS NOT NULL \
+               WHEN 'constraint' THEN EXISTS (SELECT 1 FROM pg_constraint co \
+                   WHERE co.conname = k.obj AND co.conrelid = to_regclass(format('%I.%I', k.nsp, k.rel))) \
+               WHEN 'rule' THEN EXISTS (SELECT 1 FROM pg_rewrite r \
+                   WHERE r.rulename = k.obj AND r.ev_class = to_regclass(format('%I.%I', k.nsp, k.rel))) \
+               WHEN 'trigger' THEN EXISTS (SELECT 1 FROM pg_trigger t \
+                   WHERE t.tgname = k.obj AND t.tgrelid = to_regclass(format('%I.%I', k.nsp, k.rel))) \
+               WHEN 'policy' THEN EXISTS (SELECT 1 FROM pg_policy p \
+                   WHERE p.polname = k.obj AND p.polrelid = to_regclass(format('%I.%I', k.nsp, k.rel))) \
+               WHEN 'statistics' THEN EXISTS (SELECT 1 FROM pg_statistic_ext s \
+                   JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE s.stxname = k.obj AND n.nspname = k.nsp) \
+               ELSE false END",
+            &[&kinds, &schemas, &tables, &names],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, i64>(0) - 1) as usize)
+        .collect())
+}
+
+/// The OIDs (on the source) of every primary key constraint and replica identity
+/// index: what the subscription's apply needs on the target before any change
+/// arrives.
+async fn identity_oids(src: &Db) -> Result<(HashSet<u32>, HashSet<u32>), Error> {
+    let rows = src
+        .query(
+            "list primary keys and replica identity indexes",
+            "SELECT i.indexrelid, i.indisprimary, \
+                    (SELECT co.oid FROM pg_constraint co WHERE co.conindid = i.indexrelid \
+                       AND co.conrelid = i.indrelid AND co.contype IN ('p', 'u') LIMIT 1) \
+             FROM pg_index i WHERE i.indisprimary OR i.indisreplident",
+            &[],
+        )
+        .await?;
+    let (mut constraints, mut indexes) = (HashSet::new(), HashSet::new());
+    for r in rows {
+        let index: u32 = r.get(0);
+        match r.get::<_, Option<u32>>(2) {
+            Some(c) => constraints.insert(c),
+            None => indexes.insert(index),
+        };
+    }
+    Ok((constraints, indexes))
+}
+
+/// The post-data part of the schema the target lacks, as the entries to restore.
+/// `other` entries (comments, index attachments) that cannot be checked by name
+/// go with the rest when anything is missing.
+fn missing_entries<'a>(
+    entries: &'a [TocEntry],
+    named: &[Option<[String; 4]>],
+    absent: &HashSet<usize>,
+    checked: &[usize],
+) -> Vec<&'a TocEntry> {
+    let checked_at: std::collections::HashMap<usize, usize> =
+        checked.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let any_missing = !absent.is_empty();
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| {
+            // The target's own write block is never the source's to restore.
+            if named[*i]
+                .as_ref()
+                .is_some_and(|n| n[0] == "trigger" && n[3] == block::TRIGGER)
+            {
+                return false;
+            }
+            match checked_at.get(i) {
+                Some(k) => absent.contains(k),
+                None => any_missing && e.catalog == 0 && !is_acl(e),
+            }
+        })
+        .map(|(_, e)| e)
+        .collect()
+}
+
+/// What part 2 would build, and the archive to build it from.
+pub struct PostData {
+    archive: Archive,
+    entries: Vec<TocEntry>,
+    missing: Vec<usize>,
+    /// "index public.orders_created_idx", …, for messages.
+    pub names: Vec<String>,
+}
+
+impl PostData {
+    /// Reads the source's post-data schema and finds what the target lacks.
+    pub async fn find(src: &Db, tgt: &Db) -> Result<PostData, Error> {
+        let s = src.dsn().clone();
+        let archive = tokio::task::spawn_blocking(move || Archive::dump(&s))
+            .await
+            .map_err(|e| Error::Precondition(format!("the schema dump did not finish: {e}")))??;
+        let t = tgt.dsn().clone();
+        let (archive, entries) = tokio::task::spawn_blocking(move || {
+            let entries = archive.toc(&t, Some("post-data"));
+            (archive, entries)
+        })
+        .await
+        .map_err(|e| Error::Precondition(format!("the schema listing did not finish: {e}")))?;
+        let entries = entries?;
+        let refs: Vec<&TocEntry> = entries.iter().collect();
+        let named = identify(src, &refs).await?;
+        let checked: Vec<usize> = (0..entries.len())
+            .filter(|&i| {
+                named[i].is_some()
+                    && matches!(
+                        entries[i].catalog,
+                        PG_CLASS
+                            | PG_CONSTRAINT
+                            | PG_REWRITE
+                            | PG_TRIGGER
+                            | PG_POLICY
+                            | PG_STATISTIC_EXT
+                    )
+            })
+            .collect();
+        let objects: Vec<[String; 4]> = checked
+            .iter()
+            .filter_map(|&i| named[i].clone())
+            .collect();
+        let gone = absent(tgt, &objects).await?;
+        let chosen = missing_entries(&entries, &named, &gone, &checked);
+        let ids: HashSet<u32> = chosen.iter().map(|e| e.id).collect();
+        let missing: Vec<usize> = (0..entries.len())
+            .filter(|&i| ids.contains(&entries[i].id))
+            .collect();
+        let names = missing
+            .iter()
+            .filter_map(|&i| named[i].as_ref())
+            .map(|[kind, schema, _, name]| format!("{kind} {schema}.{name}"))
+            .collect();
+        Ok(PostData {
+            archive,
+            entries,
+            missing,
+            names,
+        })
+    }
+
+    /// Whether the target has all of it.
+    pub fn complete(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Builds what is missing with `jobs` parallel sessions. Blocking.
+    pub fn build(&self, target: &Dsn, jobs: usize) -> Result<(), Error> {
+        let list: Vec<&TocEntry> = self.missing.iter().map(|&i| &self.entries[i]).collect();
+        self.archive.restore(target, &list, jobs)
+    }
+}
+
+/// Part 1 on an empty target: everything up to the tables, plus every primary key
+/// and replica identity index, in one transaction.
+pub async fn copy_tables(src: &Db, tgt: &Db) -> Result<(), Error> {
+    let (constraints, indexes) = identity_oids(src).await?;
+    let s = src.dsn().clone();
+    let t = tgt.dsn().clone();
+    tokio::task::spawn_blocking(move || {
+        let archive = Archive::dump(&s)?;
+        let all = archive.toc(&t, None)?;
+        let post: HashSet<u32> = archive
+            .toc(&t, Some("post-data"))?
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        let list: Vec<&TocEntry> = all
+            .iter()
+            .filter(|e| {
+                !post.contains(&e.id)
+                    || (e.catalog == PG_CONSTRAINT && constraints.contains(&e.oid))
+                    || (e.catalog == PG_CLASS && indexes.contains(&e.oid))
+                    || is_acl(e)
+            })
+            .collect();
+        archive.restore(&t, &list, 1)
+    })
+    .await
+    .map_err(|e| Error::Precondition(format!("the schema copy did not finish: {e}")))?
 }

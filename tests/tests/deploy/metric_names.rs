@@ -238,6 +238,7 @@ async fn every_metric_in_the_dashboard_and_alerts_exists_in_a_running_proxy_or_c
     for name in [
         "cutover_replication_lag_seconds",
         "cutover_replication_lag_bytes",
+        "cutover_replication_slot_retained_bytes",
     ] {
         assert!(
             known.get(name).is_some_and(|l| l.contains("database")),
@@ -369,6 +370,7 @@ async fn controller_exposition() -> String {
             .ok()?;
         (r.status == 200
             && r.body.contains("cutover_replication_lag_seconds{")
+            && r.body.contains("cutover_replication_slot_retained_bytes{")
             && r.body.contains("cutover_plan_step{"))
         .then_some(r.body)
     })

@@ -57,8 +57,13 @@ impl Site {
         }
     }
 
-    /// A plan over both apps with `steps` (TOML) and a 10 s write pause budget.
+    /// A plan over both apps with `steps` (TOML) and a 10 s write pause budget;
+    /// finalize retires the replication.
     fn plan(&self, steps: &str) -> PlanDir {
+        self.plan_retiring(steps, true)
+    }
+
+    fn plan_retiring(&self, steps: &str, retire: bool) -> PlanDir {
         let mut pd = PlanDir::new(&format!(
             r#"name = "resume"
 
@@ -84,6 +89,7 @@ max_pause = "10s"
 
 [finalize]
 drain_timeout = "30s"
+retire_replication = {retire}
 "#,
             admin_url(self.proxy.admin)
         ));
@@ -123,6 +129,46 @@ drain_timeout = "30s"
             assert_eq!(r["writes"], new, "{r:#}");
             assert_eq!(r["weights"][new], 100.0, "{r:#}");
         }
+    }
+
+    /// No replication slot, publication or subscription is left on either
+    /// side (read from the catalogs), and the report lists what finalize dropped.
+    async fn assert_retired(&self, report: &Value) {
+        for (side, pg) in [("old", &self.pair.old), ("new", &self.pair.new)] {
+            let c = connect(pg).await;
+            let row = c
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_replication_slots), \
+                            (SELECT count(*) FROM pg_publication), \
+                            (SELECT count(*) FROM pg_subscription)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let counts: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            assert_eq!(counts, (0, 0, 0), "{side}: slots, publications, subscriptions left");
+        }
+        let retired = report["retired"].as_array().unwrap();
+        let dropped = |object: &str, side: &str| {
+            retired.iter().any(|o| {
+                o["app"] == "shop" && o["object"] == object && o["side"] == side && o["done"] == "dropped"
+            })
+        };
+        for (object, side) in [
+            ("publication cutover_shop", "source"),
+            ("replication slot cutover_shop_reverse", "target"),
+            ("subscription cutover_shop_reverse", "source"),
+            ("publication cutover_shop_reverse", "target"),
+        ] {
+            assert!(dropped(object, side), "{object} on the {side} not retired: {retired:#?}");
+        }
+        // The old database keeps refusing writes: its block stays.
+        assert!(
+            retired.iter().any(|o| o["object"] == "schema _cutover"
+                && o["side"] == "source"
+                && o["done"] == "kept"),
+            "{retired:#?}"
+        );
     }
 
     /// Every acknowledged write is in the new database.
@@ -165,7 +211,8 @@ async fn kill_and_resume() {
     binaries().await;
     let _db = DATABASES.acquire().await.unwrap();
     let site = Site::start().await;
-    let pd = site.plan(STEPS);
+    // Kept, so that the switchover can be replayed below as if interrupted.
+    let pd = site.plan_retiring(STEPS, false);
     let (writes, reads) = site.traffic();
     writes.until_sent(20).await;
 
@@ -209,6 +256,13 @@ async fn kill_and_resume() {
             .all(|g| g["passed"] == true)
     );
     site.assert_all_on_new().await;
+    let kept = report["retired"].as_array().unwrap();
+    assert!(
+        kept.iter().any(|o| o["object"] == "replication slot cutover_shop_reverse"
+            && o["done"] == "kept"
+            && o["detail"].as_str().unwrap().contains("retire_replication = false")),
+        "{kept:#?}"
+    );
 
     // A controller killed just after the release, before it saved that the
     // switchover ended, leaves this state behind (the moment is too short to hit
@@ -319,6 +373,7 @@ async fn crash_and_resume(point: &str, outcome: &str) {
         "{:#}",
         report["timeline"]
     );
+    site.assert_retired(&report).await;
     writes.until_sent(20).await;
     let writes = writes.stop().await;
     let _ = reads.stop().await;

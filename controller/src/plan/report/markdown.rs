@@ -23,6 +23,7 @@ pub fn markdown(r: &Record) -> String {
     gates(&mut out, &r.gates);
     lag(&mut out, r);
     switchovers(&mut out, &r.switchovers);
+    retired(&mut out, r);
     verification(&mut out, &r.verify);
     if let Some(l) = &r.ledger {
         ledger(&mut out, l);
@@ -244,6 +245,26 @@ fn bytes(n: i64) -> String {
         unit = u;
     }
     format!("{v:.1} {unit}")
+}
+
+fn retired(out: &mut String, r: &Record) {
+    if r.retired.is_empty() {
+        return;
+    }
+    out.push_str("## Replication retired\n\n");
+    out.push_str("| Database | Side | Object | Done | Detail |\n|---|---|---|---|---|\n");
+    for o in &r.retired {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            cell(&o.app),
+            o.side,
+            cell(&o.object),
+            o.done,
+            cell(&o.detail)
+        );
+    }
+    out.push('\n');
 }
 
 fn switchovers(out: &mut String, list: &[SwitchoverRecord]) {

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::plan::record::{
-    BackendTraffic, Event, GateRecord, LagRecord, LedgerCheck, Outcome, PhaseName, RECORD_VERSION,
+    BackendTraffic, Event, GateRecord, LagRecord, LedgerCheck, Outcome, PhaseName, RECORD_VERSION, RetiredObject,
     Span, SwitchoverRecord, TableCheck, Traffic, VerifyRecord,
 };
 
@@ -162,6 +162,13 @@ fn record() -> Record {
             ],
             passed: true,
         }],
+        retired: vec![RetiredObject {
+            app: "tasks".into(),
+            side: "source".into(),
+            object: "publication cutover_tasks".into(),
+            done: "dropped".into(),
+            detail: String::new(),
+        }],
         ledger: None,
         client_failed_requests: None,
         error_seconds: Vec::new(),
@@ -254,6 +261,9 @@ fn markdown_names_the_failed_gate_and_shows_the_figures() {
         "- Plan: `examples/plan.toml` (sha256 `abababababab`)",
         "- Weights now: new 10%, old 90%",
         "ran for 7m 05s",
+        // What finalize retired.
+        "## Replication retired",
+        "| tasks | source | publication cutover_tasks | dropped |  |",
     ] {
         assert!(md.contains(want), "missing {want:?} in:\n{md}");
     }

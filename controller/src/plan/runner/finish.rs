@@ -7,11 +7,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{PhaseResult, RunOptions, Runner, Stop, fmt_left, now, where_label};
+use crate::cleanup::{Done, cleanup};
 use crate::error::Error;
 use crate::plan::model::{App, Plan};
-use crate::plan::record::{Outcome, PhaseName, Record};
+use crate::plan::record::{Outcome, PhaseName, Record, RetiredObject};
 use crate::plan::state::{self, StateFile};
 use crate::proxy::Proxies;
+use crate::status::{bytes, slots};
 use crate::switchover::{SwitchoverOptions, rollback};
 
 impl Runner<'_> {
@@ -98,9 +100,95 @@ impl Runner<'_> {
             ),
             true,
         );
+        self.retire().await?;
         self.end_phase(PhaseName::Finalize, PhaseName::Done, started, &proxies, &a)
             .await?;
         Ok(None)
+    }
+
+    /// The end of every database's replication: its slots, publications and
+    /// subscriptions dropped on both sides (`cutover db cleanup`'s work), or with
+    /// `finalize.retire_replication = false`, the links still there listed as
+    /// kept. A side that still refuses writes keeps the `_cutover` schema its block
+    /// needs. Safe to run again after a crash: what is gone reads as absent.
+    async fn retire(&mut self) -> Result<(), Error> {
+        let plan = self.plan;
+        for (app, d) in plan.databases() {
+            let pair = self.db(&app.name, d).await?;
+            let (src, tgt) = (&pair.0, &pair.1);
+            let objects: Vec<RetiredObject> = if plan.retire_replication {
+                cleanup(src, tgt, &d.replication)
+                    .await?
+                    .actions
+                    .into_iter()
+                    .map(|a| RetiredObject {
+                        app: app.name.clone(),
+                        side: a.side.to_string(),
+                        object: a.object,
+                        done: match a.done {
+                            Done::Dropped => "dropped",
+                            Done::Absent => "absent",
+                            Done::Kept => "kept",
+                        }
+                        .into(),
+                        detail: a.detail,
+                    })
+                    .collect()
+            } else {
+                slots(src, tgt, &d.replication)
+                    .await?
+                    .into_iter()
+                    .map(|s| RetiredObject {
+                        app: app.name.clone(),
+                        side: s.side.to_string(),
+                        object: format!("replication slot {}", s.slot),
+                        done: "kept".into(),
+                        detail: format!(
+                            "finalize.retire_replication = false; it retains {} of WAL until                              `cutover db cleanup --name {}`",
+                            s.retained_bytes.map(bytes).unwrap_or_else(|| "?".into()),
+                            d.replication
+                        ),
+                    })
+                    .collect()
+            };
+            let dropped: Vec<String> = objects
+                .iter()
+                .filter(|o| o.done == "dropped")
+                .map(|o| format!("{} on the {}", o.object, o.side))
+                .collect();
+            let kept: Vec<String> = objects
+                .iter()
+                .filter(|o| o.done == "kept")
+                .map(|o| format!("{} on the {}", o.object, o.side))
+                .collect();
+            let mut text = if plan.retire_replication {
+                format!(
+                    "replication {} retired: {}",
+                    d.replication,
+                    if dropped.is_empty() {
+                        "nothing was left to drop".to_string()
+                    } else {
+                        format!("dropped {}", dropped.join(", "))
+                    }
+                )
+            } else {
+                format!(
+                    "replication {} kept (finalize.retire_replication = false)",
+                    d.replication
+                )
+            };
+            if !kept.is_empty() {
+                text.push_str(&format!("; kept {}", kept.join(", ")));
+            }
+            self.event(PhaseName::Finalize, None, Some(&app.name), text, true);
+            self.rec.retired.retain(|o| o.app != app.name);
+            self.rec.retired.extend(objects);
+            let left = slots(src, tgt, &d.replication).await?;
+            self.metrics
+                .set_slots(&d.replication, &super::steps::retained(&left));
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// Routes whose old backend is not drained yet, as "URL route".

@@ -68,10 +68,32 @@ impl Runner<'_> {
             );
         }
         let plan = self.plan;
-        for (app, d) in plan.databases() {
-            if self.rec.switched.contains(&app.name) {
-                continue;
+        // First every database's replication is set up, so that their initial
+        // copies run at once; then each is waited for (and its indexes built).
+        let pending: Vec<_> = plan
+            .databases()
+            .filter(|(app, _)| !self.rec.switched.contains(&app.name))
+            .collect();
+        if pending.len() > 1 {
+            for (app, d) in &pending {
+                let pair = self.db(&app.name, d).await?;
+                let obs = SyncProgress {
+                    app: &app.name,
+                    enabled: self.opts.progress,
+                };
+                let opts = SyncOptions {
+                    wait: false,
+                    timeout: None,
+                    source_for_target: d.source_for_target.clone(),
+                    jobs: 2,
+                };
+                sync(&pair.0, &pair.1, &d.replication, &opts, &obs).await?;
+                if self.interrupted() {
+                    return Ok(Some(Stop::Interrupted));
+                }
             }
+        }
+        for (app, d) in pending {
             let pair = self.db(&app.name, d).await?;
             let (src, tgt) = (&pair.0, &pair.1);
             let report = check(src, tgt, &d.replication, CheckOptions::default()).await?;
@@ -154,6 +176,7 @@ impl Runner<'_> {
                 wait: true,
                 timeout: None,
                 source_for_target: d.source_for_target.clone(),
+                jobs: 2,
             };
             let report = sync(src, tgt, &d.replication, &opts, &obs).await?;
             self.event(
@@ -178,13 +201,13 @@ impl Runner<'_> {
                 return Ok(Some(Stop::Interrupted));
             }
         }
-        let lag = self.sample_lag().await;
+        let lag = self.sample_lag(super::steps::LAG_WITHIN).await;
         if let Some(l) = lag {
             self.event(
                 PhaseName::Sync,
                 None,
                 None,
-                format!("replication lag {l:.3}s (largest of every database)"),
+                format!("replication lag {l} (largest of every database)"),
                 true,
             );
         }

@@ -9,34 +9,66 @@ use super::{PhaseResult, Runner, Stop, fmt_left, now};
 use crate::plan::metrics;
 use crate::plan::model::fmt_percent;
 use crate::plan::record::{GateRecord, PhaseName};
-use crate::status::status;
+use crate::heartbeat::LagSeconds;
+use crate::status::{SlotRetention, slots, status};
 
 /// How often the lag is measured during a bake.
 const LAG_EVERY: Duration = Duration::from_secs(2);
-/// The longest a heartbeat is waited for.
-const LAG_WITHIN: Duration = Duration::from_secs(10);
+/// The longest a heartbeat is waited for when no gate says otherwise.
+pub(super) const LAG_WITHIN: Duration = Duration::from_secs(10);
+
+pub(super) fn retained(slots: &[SlotRetention]) -> Vec<(String, Option<i64>)> {
+    slots
+        .iter()
+        .map(|s| (s.slot.clone(), s.retained_bytes))
+        .collect()
+}
+
+/// The larger of two lag readings; unknown (`None`) wins, and of two equal values
+/// the one that is only a lower bound.
+fn worse(a: Option<LagSeconds>, b: Option<LagSeconds>) -> Option<LagSeconds> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.seconds > a.seconds || (b.seconds == a.seconds && b.at_least) => {
+            Some(b)
+        }
+        (Some(a), Some(_)) => Some(a),
+        _ => None,
+    }
+}
 
 impl Runner<'_> {
-    /// Measures every unswitched database's lag; the largest, `None` when any is
-    /// unknown.
-    pub(super) async fn sample_lag(&mut self) -> Option<f64> {
+    /// Measures every unswitched database's lag, waiting up to `within` for each
+    /// heartbeat; the largest, `None` when any is unknown. A beat that has not
+    /// arrived by then reads "at least `within`", never less.
+    pub(super) async fn sample_lag(&mut self, within: Duration) -> Option<LagSeconds> {
         let plan = self.plan;
-        let mut worst: Option<f64> = Some(0.0);
+        let mut worst: Option<LagSeconds> = Some(LagSeconds {
+            seconds: 0.0,
+            at_least: false,
+        });
         for (app, d) in plan.databases() {
             if self.rec.switched.contains(&app.name) {
+                // Only the reverse slot, if any, is left to watch.
+                if let Ok(pair) = self.db(&app.name, d).await
+                    && let Ok(slots) = slots(&pair.0, &pair.1, &d.replication).await
+                {
+                    self.metrics.set_slots(&d.replication, &retained(&slots));
+                }
                 continue;
             }
             let measured = match self.db(&app.name, d).await {
-                Ok(pair) => status(&pair.0, &pair.1, &d.replication, LAG_WITHIN)
-                    .await
-                    .ok(),
+                Ok(pair) => status(&pair.0, &pair.1, &d.replication, within).await.ok(),
                 Err(_) => None,
             };
-            let (secs, lag_bytes) = match &measured {
-                Some(s) => (s.lag_seconds.map(|l| l.seconds), s.lag_bytes),
+            let (lag, lag_bytes) = match &measured {
+                Some(s) => (s.lag_seconds, s.lag_bytes),
                 None => (None, None),
             };
+            let secs = lag.map(|l| l.seconds);
             self.metrics.set_lag(&d.replication, secs, lag_bytes);
+            if let Some(s) = &measured {
+                self.metrics.set_slots(&d.replication, &retained(&s.slots));
+            }
             let rec = self.rec.lag.entry(app.name.clone()).or_default();
             if let Some(s) = secs {
                 rec.max_seconds = Some(rec.max_seconds.map_or(s, |m| m.max(s)));
@@ -44,10 +76,7 @@ impl Runner<'_> {
             if let Some(b) = lag_bytes {
                 rec.max_bytes = Some(rec.max_bytes.map_or(b, |m| m.max(b)));
             }
-            worst = match (worst, secs) {
-                (Some(w), Some(s)) => Some(w.max(s)),
-                _ => None,
-            };
+            worst = worse(worst, lag);
         }
         worst
     }
@@ -88,20 +117,49 @@ impl Runner<'_> {
         let a_done = Instant::now();
         let deadline = Instant::now() + step.bake;
         let mut next_lag = Instant::now();
-        let mut worst_lag: Option<f64> = Some(0.0);
+        // A lag gate waits for a beat as long as its own threshold, so that one
+        // that has not arrived by then reads as "at least the threshold".
+        let lag_within = step
+            .gates
+            .iter()
+            .filter(|g| g.measures_lag())
+            .map(|g| Duration::from_secs_f64(g.threshold()))
+            .max()
+            .unwrap_or(LAG_WITHIN);
+        let has_db = plan.databases().next().is_some();
+        let mut worst_lag: Option<LagSeconds> = None;
+        let mut lag_read = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         while Instant::now() < deadline {
             tick.tick().await;
             if self.interrupted() {
                 return Ok(Some(Stop::Interrupted));
             }
-            if plan.databases().next().is_some() && Instant::now() >= next_lag {
+            if has_db && Instant::now() >= next_lag {
+                let l = self.sample_lag(lag_within).await;
                 next_lag = Instant::now() + LAG_EVERY;
-                let l = self.sample_lag().await;
-                worst_lag = match (worst_lag, l) {
-                    (Some(w), Some(l)) => Some(w.max(l)),
-                    _ => None,
-                };
+                worst_lag = if lag_read { worse(worst_lag, l) } else { l };
+                lag_read = true;
+                // The bake's lag is its worst reading: one over a gate's threshold
+                // (or a beat that did not arrive within it) fails the step now.
+                if let Some(early) = step
+                    .gates
+                    .iter()
+                    .filter(|g| g.measures_lag() && worst_lag.is_some())
+                    .map(|g| g.evaluate(i, &metrics::Window::default(), worst_lag))
+                    .find(|r| !r.passed)
+                {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let mut early = early;
+                    early.detail = format!(
+                        "{} (the bake stopped early, {} before its end)",
+                        early.detail,
+                        fmt_left(left)
+                    );
+                    return self
+                        .fail_early(i, &label, started, &proxies, &a, early)
+                        .await;
+                }
             }
             let Some(latest) = self.sampler.latest_since(a_done) else {
                 continue;
@@ -109,9 +167,11 @@ impl Runner<'_> {
             let w = metrics::window(&a, &latest, &self.route_names);
             let left = deadline.saturating_duration_since(Instant::now());
             let t = w.traffic();
-            let lag = worst_lag
-                .map(|l| format!("{l:.2}s"))
-                .unwrap_or_else(|| "?".into());
+            let lag = match worst_lag {
+                Some(l) if l.at_least => format!("≥{:.2}s", l.seconds),
+                Some(l) => format!("{:.2}s", l.seconds),
+                None => "?".into(),
+            };
             let gates: Vec<String> = step
                 .gates
                 .iter()
@@ -129,20 +189,19 @@ impl Runner<'_> {
             // A failure certain to persist ends the bake early: errors already over
             // the allowance of the whole bake at the current rate.
             if let Some(early) = self.early_failure(i, &w, step.bake, left, worst_lag) {
-                self.ui.clear();
-                let b = self.scrape(&proxies).await?;
-                self.span(label.clone(), PhaseName::Steps, started, &a, &b);
-                self.metrics
-                    .set_gate(&plan.name, &early.gate, early.value, early.passed);
-                self.rec.gates.push(early.clone());
-                return self.gate_failed(i, &label, vec![early]).await;
+                return self
+                    .fail_early(i, &label, started, &proxies, &a, early)
+                    .await;
             }
+        }
+        if has_db && !lag_read {
+            // A bake too short for a reading: take one now rather than judge none.
+            worst_lag = self.sample_lag(lag_within).await;
         }
         self.ui.clear();
         let b = self.scrape(&proxies).await?;
         let w = metrics::window(&a, &b, &self.route_names);
         self.span(label.clone(), PhaseName::Steps, started, &a, &b);
-        let has_db = plan.databases().next().is_some();
         let results: Vec<GateRecord> = step
             .gates
             .iter()
@@ -192,13 +251,32 @@ impl Runner<'_> {
         Ok(None)
     }
 
+    /// Ends a bake on a gate that cannot pass any more.
+    async fn fail_early(
+        &mut self,
+        i: usize,
+        label: &str,
+        started: f64,
+        proxies: &crate::proxy::Proxies,
+        a: &metrics::Scrape,
+        early: GateRecord,
+    ) -> PhaseResult {
+        self.ui.clear();
+        let b = self.scrape(proxies).await?;
+        self.span(label.to_string(), PhaseName::Steps, started, a, &b);
+        self.metrics
+            .set_gate(&self.plan.name, &early.gate, early.value, early.passed);
+        self.rec.gates.push(early.clone());
+        self.gate_failed(i, label, vec![early]).await
+    }
+
     fn early_failure(
         &self,
         i: usize,
         w: &metrics::Window,
         bake: Duration,
         left: Duration,
-        lag: Option<f64>,
+        lag: Option<LagSeconds>,
     ) -> Option<GateRecord> {
         let elapsed = bake.saturating_sub(left).as_secs_f64();
         if elapsed < 1.0 || left.is_zero() {
