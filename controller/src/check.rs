@@ -2,8 +2,11 @@
 //! lose data, found before anything is created. Each finding names the object and
 //! the fix. Blockers make `cutover db check` exit 1 and stop `sync`. The source's
 //! and the target's own checks are in `source` and `target`; what the switchover's
-//! write block must survive (on either side) is in `risks`.
+//! write block must survive (on either side) is in `risks`; which platform each side
+//! is (self-managed, or a managed service without a superuser), with the fixes worded
+//! for it, in `platform`.
 
+mod platform;
 mod risks;
 mod source;
 mod target;
@@ -16,6 +19,9 @@ use crate::catalog::{self, Table};
 use crate::db::Db;
 use crate::dsn::Side;
 use crate::error::Error;
+
+pub use platform::Platform;
+use platform::Server;
 
 /// What the preflight may change to fix what it finds.
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,6 +63,8 @@ pub struct CheckReport {
     pub target: String,
     pub source_version: i32,
     pub target_version: i32,
+    pub source_platform: Platform,
+    pub target_platform: Platform,
     pub tables: usize,
     pub sequences: usize,
     pub findings: Vec<Finding>,
@@ -104,6 +112,8 @@ pub(crate) struct Ctx<'a> {
     pub tgt: &'a Db,
     pub name: &'a str,
     pub opts: CheckOptions,
+    /// Each side's platform and the controller's role there, read once.
+    pub servers: [Server; 2],
     pub tables: Vec<Table>,
     pub findings: Vec<Finding>,
     pub fixed: Vec<String>,
@@ -114,6 +124,13 @@ impl<'a> Ctx<'a> {
         match side {
             Side::Source => self.src,
             Side::Target => self.tgt,
+        }
+    }
+
+    pub fn server(&self, side: Side) -> &Server {
+        match side {
+            Side::Source => &self.servers[0],
+            Side::Target => &self.servers[1],
         }
     }
 
@@ -137,15 +154,18 @@ pub async fn check(
 ) -> Result<CheckReport, Error> {
     let tables = catalog::tables(src).await?;
     let sequences = catalog::sequences(src).await?.len();
+    let servers = [Server::read(src).await?, Server::read(tgt).await?];
     let mut ctx = Ctx {
         src,
         tgt,
         name,
         opts,
+        servers,
         tables,
         findings: Vec::new(),
         fixed: Vec::new(),
     };
+    platform::report(&mut ctx);
     source::settings(&mut ctx).await?;
     source::tables(&mut ctx).await?;
     source::large_objects(&mut ctx).await?;
@@ -169,6 +189,8 @@ pub async fn check(
         target: tgt.dsn().redacted(),
         source_version: src.version(),
         target_version: tgt.version(),
+        source_platform: ctx.servers[0].platform,
+        target_platform: ctx.servers[1].platform,
         tables: ctx.tables.len(),
         sequences,
         findings: ctx.findings,

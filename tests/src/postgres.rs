@@ -139,6 +139,48 @@ impl Postgres {
         .await;
     }
 
+    /// Appends `conf` to `postgresql.conf` and restarts the server (`pg_ctl restart
+    /// -m fast`), for settings only a restart applies, such as `wal_level`, and for
+    /// custom settings (`ALTER SYSTEM` refuses those before PostgreSQL 17).
+    /// Blocking; the port stays the same.
+    pub fn restart_with(&self, conf: &str) {
+        use std::os::unix::fs::MetadataExt;
+        let data = self.inner.data_dir();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        std::io::Write::write_all(&mut file, format!("\n{conf}\n").as_bytes())
+            .expect("write postgresql.conf");
+        let pg_ctl = self.inner.bin().join("pg_ctl");
+        // As the cluster's owner, as the cluster module runs it.
+        let as_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        let mut cmd = if as_root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+            c
+        } else {
+            std::process::Command::new(&pg_ctl)
+        };
+        // `-l`, or the new server would write to (and hold open) this command's output.
+        let out = cmd
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(self.inner.dir().join("log"))
+            .args(["-w", "-t", "60", "-m", "fast", "restart"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run pg_ctl restart");
+        assert!(
+            out.status.success(),
+            "cluster {}: pg_ctl restart failed: {}\n{}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
     /// The server log so far.
     pub fn log(&self) -> String {
         self.inner.log()

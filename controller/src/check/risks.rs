@@ -151,10 +151,7 @@ pub async fn superuser_sessions(ctx: &mut Ctx<'_>) -> Result<(), Error> {
                     "{about}: a superuser can lift the write block (SET session_replication_role = replica), \
                      and {user} is not a superuser, so it cannot end this session and the switchover refuses"
                 ),
-                format!(
-                    "stop it before the switchover (a superuser can SELECT pg_terminate_backend({pid})), \
-                     or run the controller as a superuser"
-                ),
+                ctx.server(Side::Source).platform.end_superuser_session(pid),
             )
         };
         ctx.add(

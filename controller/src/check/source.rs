@@ -9,6 +9,7 @@ use crate::error::Error;
 /// and the table-copy workers it starts.
 pub async fn settings(ctx: &mut Ctx<'_>) -> Result<(), Error> {
     let src = ctx.src;
+    let platform = ctx.server(Side::Source).platform;
     let wal_level = src.setting("wal_level").await?;
     if wal_level != "logical" {
         ctx.add(
@@ -16,7 +17,7 @@ pub async fn settings(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             Side::Source,
             "setting wal_level".into(),
             format!("is {wal_level}; logical replication needs logical"),
-            "ALTER SYSTEM SET wal_level = logical; then restart the source server".into(),
+            platform.logical_wal(Side::Source),
         );
     }
     let ours: bool = src
@@ -52,9 +53,10 @@ pub async fn settings(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             format!(
                 "is {max_slots} with {used_slots} in use; the subscription and its copy workers need {need} free"
             ),
-            format!(
-                "ALTER SYSTEM SET max_replication_slots = {}; then restart the source server",
-                used_slots + need + 2
+            platform.set_static(
+                Side::Source,
+                "max_replication_slots",
+                &(used_slots + need + 2).to_string(),
             ),
         );
     }
@@ -75,9 +77,10 @@ pub async fn settings(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             format!(
                 "is {max_senders} with {used_senders} in use; the subscription and its copy workers need {need} free"
             ),
-            format!(
-                "ALTER SYSTEM SET max_wal_senders = {}; then restart the source server",
-                used_senders + need + 2
+            platform.set_static(
+                Side::Source,
+                "max_wal_senders",
+                &(used_senders + need + 2).to_string(),
             ),
         );
     }
@@ -161,33 +164,32 @@ pub async fn large_objects(ctx: &mut Ctx<'_>) -> Result<(), Error> {
 }
 
 /// The source user must create a publication and a slot, read every table, and
-/// (for the switchover) end other roles' sessions that have a write in flight.
+/// (for the switchover) end other roles' sessions that have a write in flight. On
+/// a managed service, whose admin role is no superuser, the fixes name its grants.
 pub async fn permissions(ctx: &mut Ctx<'_>) -> Result<(), Error> {
+    let server = ctx.server(Side::Source).clone();
+    if server.superuser {
+        return Ok(());
+    }
+    let (user, platform) = (server.user, server.platform);
     let row = ctx
         .src
         .query_one(
             "read the source user's privileges",
-            "SELECT current_user::text, rolsuper, rolreplication, \
-                    has_database_privilege(current_database(), 'CREATE'), \
-                    pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') \
-             FROM pg_roles WHERE rolname = current_user",
+            "SELECT has_database_privilege(current_database(), 'CREATE'), \
+                    pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')",
             &[],
         )
         .await?;
-    let user: String = row.get(0);
-    let (superuser, replication, create_db, signal): (bool, bool, bool, bool) =
-        (row.get(1), row.get(2), row.get(3), row.get(4));
-    if superuser {
-        return Ok(());
-    }
+    let (create_db, signal): (bool, bool) = (row.get(0), row.get(1));
     let who = format!("role {user}");
-    if !replication {
+    if !server.replication {
         ctx.add(
             Level::Blocker,
             Side::Source,
             who.clone(),
             "cannot create a replication slot or stream changes".into(),
-            format!("ALTER ROLE {} REPLICATION", ident(&user)),
+            platform.grant_replication(&user),
         );
     }
     if !create_db {
@@ -211,10 +213,7 @@ pub async fn permissions(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             "the switchover ends the sessions of other roles that have a write in flight when it \
              blocks writes, which needs pg_signal_backend"
                 .into(),
-            format!(
-                "connect as a superuser, or GRANT pg_signal_backend TO {}",
-                ident(&user)
-            ),
+            platform.grant_signal(&user),
         );
     }
     let rows = ctx
@@ -222,7 +221,7 @@ pub async fn permissions(ctx: &mut Ctx<'_>) -> Result<(), Error> {
         .query(
             "check table ownership and read access",
             "SELECT n.nspname || '.' || c.relname, pg_has_role(current_user, c.relowner, 'MEMBER'), \
-                    has_table_privilege(c.oid, 'SELECT') \
+                    has_table_privilege(c.oid, 'SELECT'), pg_get_userbyid(c.relowner)::text \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.oid = ANY (SELECT (quote_ident(s) || '.' || quote_ident(t))::regclass::oid \
                                 FROM unnest($1::text[], $2::text[]) AS u(s, t))",
@@ -233,14 +232,15 @@ pub async fn permissions(ctx: &mut Ctx<'_>) -> Result<(), Error> {
         )
         .await?;
     for r in rows {
-        let (table, owns, select): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
+        let (table, owns, select, owner): (String, bool, bool, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
         if !owns {
             ctx.add(
                 Level::Blocker,
                 Side::Source,
                 format!("table {table}"),
                 format!("is not owned by {user}, who therefore cannot add it to a publication"),
-                "connect as a superuser or as the table's owner".into(),
+                platform.grant_ownership(&user, &owner),
             );
         }
         if !select {

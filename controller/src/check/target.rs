@@ -12,6 +12,7 @@ use crate::error::Error;
 /// `wal_level` for reverse replication.
 pub async fn settings(ctx: &mut Ctx<'_>) -> Result<(), Error> {
     let tgt = ctx.tgt;
+    let platform = ctx.server(Side::Target).platform;
     if tgt.version() / 10000 < ctx.src.version() / 10000 {
         ctx.add(
             Level::Warning,
@@ -51,9 +52,10 @@ pub async fn settings(ctx: &mut Ctx<'_>) -> Result<(), Error> {
                 format!(
                     "is {max_origins} with {origins} replication origins in use; a subscription needs one more"
                 ),
-                format!(
-                    "ALTER SYSTEM SET max_replication_slots = {}; then restart the target server",
-                    origins + 4
+                platform.set_static(
+                    Side::Target,
+                    "max_replication_slots",
+                    &(origins + 4).to_string(),
                 ),
             );
         }
@@ -74,9 +76,10 @@ pub async fn settings(ctx: &mut Ctx<'_>) -> Result<(), Error> {
                 format!(
                     "is {max_workers} with {workers} in use; the subscription needs an apply worker and at least one copy worker"
                 ),
-                format!(
-                    "ALTER SYSTEM SET max_logical_replication_workers = {}; then restart the target server",
-                    workers + 4
+                platform.set_static(
+                    Side::Target,
+                    "max_logical_replication_workers",
+                    &(workers + 4).to_string(),
                 ),
             );
         }
@@ -88,7 +91,7 @@ pub async fn settings(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             Side::Target,
             "setting wal_level".into(),
             format!("is {wal_level}: `switchover --reverse` (replication back to the source, for a lossless rollback) needs logical"),
-            "ALTER SYSTEM SET wal_level = logical; then restart the target server".into(),
+            platform.logical_wal(Side::Target),
         );
     }
     Ok(())
@@ -230,21 +233,23 @@ pub async fn roles(ctx: &mut Ctx<'_>) -> Result<(), Error> {
 }
 
 /// Creating a subscription takes a superuser before PostgreSQL 16, and membership
-/// in `pg_create_subscription` from 16 on.
+/// in `pg_create_subscription` from 16 on. A managed service's admin role stands in
+/// for the superuser it does not give out, and may create subscriptions before 16.
 pub async fn permissions(ctx: &mut Ctx<'_>) -> Result<(), Error> {
-    let row = ctx
+    let server = ctx.server(Side::Target).clone();
+    if server.superuser {
+        return Ok(());
+    }
+    let (user, platform) = (server.user, server.platform);
+    let create_db: bool = ctx
         .tgt
         .query_one(
             "read the target user's privileges",
-            "SELECT current_user::text, rolsuper, has_database_privilege(current_database(), 'CREATE') \
-             FROM pg_roles WHERE rolname = current_user",
+            "SELECT has_database_privilege(current_database(), 'CREATE')",
             &[],
         )
-        .await?;
-    let (user, superuser, create_db): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
-    if superuser {
-        return Ok(());
-    }
+        .await?
+        .get(0);
     let may_subscribe = if ctx.tgt.version() >= 160000 {
         let member: bool = ctx
             .tgt
@@ -256,18 +261,34 @@ pub async fn permissions(ctx: &mut Ctx<'_>) -> Result<(), Error> {
             .await?
             .get(0);
         member && create_db
+    } else if let Some(admin) = platform.admin().filter(|_| server.admin) {
+        ctx.add(
+            Level::Info,
+            Side::Target,
+            format!("role {user}"),
+            format!(
+                "may create a subscription as a member of {admin}, which stands in for a superuser on {}",
+                platform.name()
+            ),
+            String::new(),
+        );
+        true
     } else {
         false
     };
     if !may_subscribe {
         let fix = if ctx.tgt.version() >= 160000 {
+            let by = platform
+                .admin()
+                .map(|a| format!(" (as a member of {a})"))
+                .unwrap_or_default();
             format!(
-                "GRANT pg_create_subscription TO {u}; GRANT CREATE ON DATABASE {d} TO {u}",
+                "GRANT pg_create_subscription TO {u}; GRANT CREATE ON DATABASE {d} TO {u}{by}",
                 u = ident(&user),
                 d = ident(ctx.tgt.dsn().dbname())
             )
         } else {
-            "connect to the target as a superuser (PostgreSQL 15 and older allow only superusers to create subscriptions)".into()
+            platform.grant_subscribe_pre16(&user)
         };
         ctx.add(
             Level::Blocker,

@@ -1,5 +1,7 @@
 //! `cutover db check`: blockers named with their fixes, and the fix flags.
 
+use cutover_tests::Postgres;
+
 use crate::common::{Pair, cutover};
 
 #[tokio::test]
@@ -264,4 +266,206 @@ async fn check_names_who_could_write_past_the_write_block() {
     pair.old.sql("app", "GRANT TRIGGER ON items TO app").await;
     let run = cutover(&["db", "check"], &as_app).await;
     assert!(!run.stdout.contains("TRIGGER privilege"), "{}", run.stdout);
+}
+
+/// Roles and settings that make a local cluster look, to the preflight, like one
+/// of a managed service, run as the superuser on database `postgres` (roles are
+/// cluster-wide, and a superuser session left in `app` would be a finding).
+async fn dress_as(pg: &Postgres, sql: &str) {
+    pg.sql("postgres", sql).await;
+}
+
+/// Amazon RDS, emulated: no managed service can run here, so each local cluster
+/// shows what the preflight reads on RDS: the roles `rds_superuser` (NOLOGIN, a
+/// member of `rds_replication` and `pg_signal_backend` as on RDS) and
+/// `rds_replication`, and the setting `rds.logical_replication`, defined in
+/// `postgresql.conf` as RDS defines it. The controller logs in as `app`, no
+/// superuser. What RDS itself does with them (wal_level from
+/// `rds.logical_replication`, subscriptions for `rds_superuser` before PostgreSQL 16)
+/// is not emulated: the source runs with wal_level = replica as RDS does with
+/// `rds.logical_replication = 0`, and the test checks what the preflight reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_on_amazon_rds_names_the_parameter_group_and_the_grants() {
+    let pair = Pair::start().await;
+    let rds = "CREATE ROLE rds_superuser NOLOGIN; CREATE ROLE rds_replication NOLOGIN;
+               GRANT rds_replication, pg_signal_backend TO rds_superuser;";
+    dress_as(&pair.old, rds).await;
+    dress_as(&pair.new, rds).await;
+    // On the source, `app` is the instance's master user and owns the tables.
+    dress_as(
+        &pair.old,
+        "GRANT rds_superuser TO app; GRANT CREATE ON DATABASE app TO app;",
+    )
+    .await;
+    pair.old.sql("app", "ALTER TABLE items OWNER TO app").await;
+    // The restart also ends every session the set-up left.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pair.old
+                .restart_with("wal_level = replica\nrds.logical_replication = 0")
+        });
+        s.spawn(|| pair.new.restart_with("rds.logical_replication = 1"));
+    });
+    let as_app = vec![
+        ("CUTOVER_SOURCE".to_string(), Pair::app_dsn(&pair.old)),
+        ("CUTOVER_TARGET".to_string(), Pair::app_dsn(&pair.new)),
+    ];
+
+    let run = cutover(&["db", "check"], &as_app).await;
+    assert_eq!(run.code, 1, "{}", run.all());
+    let out = &run.stdout;
+    assert!(
+        out.contains("info     source platform: Amazon RDS (app is a member of rds_superuser)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "info     target platform: Amazon RDS (app is not a member of rds_superuser, \
+             which stands in for a superuser there)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("BLOCKER  source setting wal_level: is replica; logical replication needs logical\n         \
+             fix: set rds.logical_replication = 1 in the source instance's DB parameter group \
+             (its DB cluster parameter group on Aurora), then reboot the instance"),
+        "{out}"
+    );
+    assert!(!out.contains("ALTER SYSTEM"), "RDS refuses it: {out}");
+    assert!(
+        !out.contains("cannot create a replication slot"),
+        "rds_replication (through rds_superuser) allows replication: {out}"
+    );
+    assert!(
+        out.contains(
+            "BLOCKER  target role app: cannot create a subscription\n         \
+             fix: GRANT rds_superuser TO \"app\": PostgreSQL 15 and older allow only superusers \
+             to create subscriptions, and on Amazon RDS its members stand in for one"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("not ready: 2 blocker(s)"), "{out}");
+    let v = cutover(&["db", "check", "--json"], &as_app).await.json();
+    assert_eq!(v["source_platform"], "rds", "{v:#}");
+    assert_eq!(v["target_platform"], "rds", "{v:#}");
+
+    // The grant named is enough: membership stands in for the superuser.
+    dress_as(&pair.new, "GRANT rds_superuser TO app").await;
+    let out = cutover(&["db", "check"], &as_app).await.stdout;
+    assert!(
+        out.contains(
+            "info     target role app: may create a subscription as a member of rds_superuser, \
+             which stands in for a superuser on Amazon RDS"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("cannot create a subscription"), "{out}");
+    assert!(out.contains("not ready: 1 blocker(s)"), "{out}");
+
+    // Without rds_superuser on the source, the grants that are missing are named.
+    dress_as(&pair.old, "REVOKE rds_superuser FROM app").await;
+    let out = cutover(&["db", "check"], &as_app).await.stdout;
+    assert!(
+        out.contains(
+            "BLOCKER  source role app: cannot create a replication slot or stream changes\n         \
+             fix: GRANT rds_replication TO \"app\" (as a member of rds_superuser"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "fix: GRANT pg_signal_backend TO \"app\" (as a member of rds_superuser; \
+             Amazon RDS has no superuser to connect as)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("not ready: 3 blocker(s)"), "{out}");
+    dress_as(&pair.old, "GRANT rds_replication TO app").await;
+    let out = cutover(&["db", "check"], &as_app).await.stdout;
+    assert!(!out.contains("cannot create a replication slot"), "{out}");
+    assert!(out.contains("not ready: 2 blocker(s)"), "{out}");
+}
+
+/// Cloud SQL on the source and Azure Database for PostgreSQL on the target,
+/// emulated as in the RDS test above (no managed service can run here): the admin
+/// roles `cloudsqlsuperuser` and `azure_pg_admin`, and the settings
+/// `cloudsql.logical_decoding` and `azure.extensions` in `postgresql.conf`. Before
+/// the target gets its setting it holds only the role, as a self-managed server
+/// does after the roles of a managed one were restored onto it, and stays
+/// self-managed to the preflight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_on_cloud_sql_and_azure_names_their_grants() {
+    let pair = Pair::start().await;
+    dress_as(
+        &pair.old,
+        "CREATE ROLE cloudsqlsuperuser NOLOGIN; GRANT cloudsqlsuperuser TO app;
+         GRANT CREATE ON DATABASE app TO app;",
+    )
+    .await;
+    pair.old.sql("app", "ALTER TABLE items OWNER TO app").await;
+    dress_as(
+        &pair.new,
+        "CREATE ROLE azure_pg_admin NOLOGIN; GRANT azure_pg_admin TO app;",
+    )
+    .await;
+    pair.old.restart_with("cloudsql.logical_decoding = on");
+    let as_app = vec![
+        ("CUTOVER_SOURCE".to_string(), Pair::app_dsn(&pair.old)),
+        ("CUTOVER_TARGET".to_string(), Pair::app_dsn(&pair.new)),
+    ];
+
+    let run = cutover(&["db", "check"], &as_app).await;
+    assert_eq!(run.code, 1, "{}", run.all());
+    let out = &run.stdout;
+    assert!(
+        out.contains("info     source platform: Cloud SQL (app is a member of cloudsqlsuperuser)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "BLOCKER  source role app: cannot create a replication slot or stream changes\n         \
+             fix: ALTER USER \"app\" WITH REPLICATION (as a member of cloudsqlsuperuser"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "fix: GRANT pg_signal_backend TO \"app\" (as a member of cloudsqlsuperuser; \
+             Cloud SQL has no superuser to connect as)"
+        ),
+        "{out}"
+    );
+    // The role alone does not make the target Azure.
+    assert!(!out.contains("target platform"), "{out}");
+    assert!(
+        out.contains(
+            "BLOCKER  target role app: cannot create a subscription\n         \
+             fix: connect to the target as a superuser"
+        ),
+        "{out}"
+    );
+    let v = cutover(&["db", "check", "--json"], &as_app).await.json();
+    assert_eq!(v["source_platform"], "cloud-sql", "{v:#}");
+    assert_eq!(v["target_platform"], "self-managed", "{v:#}");
+
+    // The fixes named: the REPLICATION attribute on the source, and the target
+    // shown as Azure, where azure_pg_admin stands in for the superuser.
+    dress_as(&pair.old, "ALTER USER app WITH REPLICATION").await;
+    pair.new.restart_with("azure.extensions = 'pg_trgm'");
+    let out = cutover(&["db", "check"], &as_app).await.stdout;
+    assert!(!out.contains("cannot create a replication slot"), "{out}");
+    assert!(
+        out.contains(
+            "info     target platform: Azure Database for PostgreSQL (app is a member of azure_pg_admin)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "info     target role app: may create a subscription as a member of azure_pg_admin"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("cannot create a subscription"), "{out}");
+    assert!(out.contains("not ready: 1 blocker(s)"), "{out}");
 }
