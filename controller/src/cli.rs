@@ -177,6 +177,11 @@ pub struct StatusArgs {
     /// Refresh every second until interrupted (heartbeats are written meanwhile).
     #[arg(long)]
     pub watch: bool,
+
+    /// How long to wait for the heartbeat to arrive; a lag longer than this is
+    /// shown as "≥" this (a lower bound, never a reading).
+    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub lag_within: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -34,7 +34,7 @@ impl Db {
     /// `cutover <command> (<host> pid <pid>)`, so that an operator (and another
     /// controller refused by [`crate::lock`]) can tell which process holds it.
     pub async fn connect(dsn: &Dsn) -> Result<Db, Error> {
-        let mut config = dsn.config().clone();
+        let mut config = dsn.connect_config()?;
         if config.get_application_name().is_none() {
             config.application_name(application_name(&hostname(), std::process::id()));
         }

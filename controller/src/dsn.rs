@@ -13,6 +13,7 @@ use tokio_postgres::config::Host;
 
 use crate::error::Error;
 
+mod passfile;
 mod tls;
 
 pub use tls::{TlsMode, TlsOptions};
@@ -157,6 +158,34 @@ impl Dsn {
             s.push_str(&format!(" sslmode={}", self.tls.mode.as_str()));
         }
         s
+    }
+
+    /// The driver's settings with the password from the DSN's `passfile` when the
+    /// DSN gives none (libpq's order). The file must be readable here.
+    pub(crate) fn connect_config(&self) -> Result<tokio_postgres::Config, Error> {
+        let mut config = self.config.clone();
+        let Some(path) = &self.tls.passfile else {
+            return Ok(config);
+        };
+        if config.get_password().is_some() {
+            return Ok(config);
+        }
+        let text = passfile::read(path).map_err(|reason| Error::Dsn {
+            side: self.side,
+            reason,
+        })?;
+        let host = match config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(Host::Unix(_)) => "localhost".to_string(),
+            None => String::new(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or_default().to_string();
+        if let Some(pw) = passfile::lookup(&text, &host, port, self.dbname(), &user) {
+            config.password(pw);
+        }
+        Ok(config)
     }
 
     /// The database name: the DSN's, or the user's name as libpq defaults it.

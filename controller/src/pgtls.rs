@@ -356,6 +356,7 @@ mod tests {
             root_cert: Some("/nonexistent/ca.pem".into()),
             cert: Some("/nonexistent/c.pem".into()),
             key: Some("/nonexistent/c.key".into()),
+            passfile: None,
         };
         assert!(MakePgTls::new(&missing(TlsMode::Disable)).is_ok());
         let e = MakePgTls::new(&missing(TlsMode::VerifyFull)).err().unwrap();

@@ -194,7 +194,11 @@ impl fmt::Display for Status {
             "lag:     {lag_bytes} not yet flushed by the subscriber; {lag_seconds} by heartbeat"
         )?;
         if self.slot.is_none() {
-            writeln!(f, "slot:    {} MISSING on the {}", self.link.name, self.link.publisher)?;
+            writeln!(
+                f,
+                "slot:    {} MISSING on the {}",
+                self.link.name, self.link.publisher
+            )?;
         }
         for s in &self.slots {
             writeln!(

@@ -359,7 +359,9 @@ async fn post_data(
         match done {
             Ok(()) => {}
             Err(e) if attempt < BUILD_ATTEMPTS => {
-                obs.note(&format!("the build stopped ({e}); building what is still missing"));
+                obs.note(&format!(
+                    "the build stopped ({e}); building what is still missing"
+                ));
             }
             Err(e) => return Err(e),
         }

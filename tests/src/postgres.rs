@@ -93,20 +93,28 @@ impl Postgres {
     /// certificate whose CN is its name (`cert`), then reloads. The unix socket stays open (trust), but
     /// this harness's own [`Postgres::connect`] uses TCP without TLS: do the setup
     /// that needs it first. Returns once a plain connection is refused.
-    pub async fn enable_tls(&self, cert_pem: &str, key_pem: &str, ca_pem: &str) {
+    /// Writes `name` into the data directory, owned by the server's OS user and
+    /// readable by it alone (as the server wants its key, and libpq a passfile);
+    /// returns its path.
+    pub fn private_file(&self, name: &str, text: &str) -> PathBuf {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let data = self.inner.data_dir();
         let owner = std::fs::metadata(&data).expect("stat the data dir");
+        let path = data.join(name);
+        std::fs::write(&path, text).expect("write a file into the data dir");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+        path
+    }
+
+    pub async fn enable_tls(&self, cert_pem: &str, key_pem: &str, ca_pem: &str) {
+        let data = self.inner.data_dir();
         for (file, text) in [
             ("server.crt", cert_pem),
             ("server.key", key_pem),
             ("root.crt", ca_pem),
         ] {
-            let path = data.join(file);
-            std::fs::write(&path, text).expect("write a server TLS file");
-            // The server refuses a key others can read, or one it does not own.
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-            std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+            self.private_file(file, text);
         }
         let mut conf = std::fs::OpenOptions::new()
             .append(true)

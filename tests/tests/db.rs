@@ -23,6 +23,8 @@ mod fence;
 mod load;
 #[path = "db/lock.rs"]
 mod lock;
+#[path = "db/passfile.rs"]
+mod passfile;
 #[path = "db/refusals.rs"]
 mod refusals;
 #[path = "db/schema.rs"]

@@ -148,7 +148,7 @@ async fn run_sync(a: SyncArgs) -> Result<u8, Error> {
 async fn run_status(a: StatusArgs) -> Result<u8, Error> {
     let (src, tgt) = connect(&a.db).await?;
     if !a.watch {
-        let s = status(&src, &tgt, &a.db.name, Duration::from_secs(1)).await?;
+        let s = status(&src, &tgt, &a.db.name, a.lag_within).await?;
         print(&a.db, &s, &s);
         return Ok(0);
     }
@@ -159,7 +159,7 @@ async fn run_status(a: StatusArgs) -> Result<u8, Error> {
             _ = tokio::signal::ctrl_c() => return Ok(0),
             _ = tick.tick() => {}
         }
-        let s = status(&src, &tgt, &a.db.name, Duration::from_secs(1)).await?;
+        let s = status(&src, &tgt, &a.db.name, a.lag_within).await?;
         if a.db.json {
             match serde_json::to_string(&s) {
                 Ok(line) => println!("{line}"),

@@ -54,9 +54,13 @@ pub struct TlsOptions {
     pub root_cert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// libpq's `passfile`, also unknown to tokio-postgres: read by
+    /// [`super::passfile`] for the controller's own connections, and left in the
+    /// subscription's `CONNECTION` for the subscriber's server to read.
+    pub passfile: Option<PathBuf>,
 }
 
-const KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+const KEYS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "passfile"];
 
 impl TlsOptions {
     /// Splits `raw` into the TLS options and the rest, for tokio-postgres. A string
@@ -88,6 +92,7 @@ impl TlsOptions {
                 }
                 "sslrootcert" => o.root_cert = Some(PathBuf::from(v)),
                 "sslcert" => o.cert = Some(PathBuf::from(v)),
+                "passfile" => o.passfile = Some(PathBuf::from(v)),
                 _ => o.key = Some(PathBuf::from(v)),
             }
         }
@@ -111,6 +116,9 @@ impl TlsOptions {
             if let Some(p) = v {
                 parts.push(format!("{k}={}", quote(&p.to_string_lossy())));
             }
+        }
+        if let Some(p) = &self.passfile {
+            parts.push(format!("passfile={}", quote(&p.to_string_lossy())));
         }
         parts
     }

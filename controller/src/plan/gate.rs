@@ -185,8 +185,8 @@ impl Gate {
                 Some(l) => (Some(l.seconds), self.seconds_detail(l.seconds)),
             },
         };
-        let unproven = self.metric == Metric::ReplicationLag
-            && replication_lag.is_some_and(|l| l.at_least);
+        let unproven =
+            self.metric == Metric::ReplicationLag && replication_lag.is_some_and(|l| l.at_least);
         let passed = !unproven && value.is_some_and(|v| self.passes(v));
         GateRecord {
             step,
@@ -493,6 +493,10 @@ mod tests {
             }),
         );
         assert!(!r.passed);
-        assert!(r.detail.starts_with("replication_lag at least 2.000s"), "{}", r.detail);
+        assert!(
+            r.detail.starts_with("replication_lag at least 2.000s"),
+            "{}",
+            r.detail
+        );
     }
 }

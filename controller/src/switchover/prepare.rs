@@ -77,7 +77,13 @@ impl Plan<'_> {
             // constraints and triggers are built by sync after the initial copy.
             let post = PostData::find(self.from, self.to).await?;
             if !post.complete() {
-                let mut list = post.names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+                let mut list = post
+                    .names
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 if post.names.len() > 5 {
                     list.push_str(&format!(" and {} more", post.names.len() - 5));
                 }

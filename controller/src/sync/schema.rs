@@ -250,10 +250,12 @@ impl TocEntry {
         let rest: Vec<&str> = words.collect();
         // DESC is one or two words ("INDEX", "FK CONSTRAINT", "INDEX ATTACH").
         let desc = match rest.as_slice() {
-            [a, b, ..] if matches!(
+            [a, b, ..]
+                if matches!(
                     (*a, *b),
                     ("FK", "CONSTRAINT") | ("INDEX", "ATTACH") | ("DEFAULT", "ACL")
-                ) => {
+                ) =>
+            {
                 format!("{a} {b}")
             }
             [a, ..] => a.to_string(),
@@ -319,7 +321,8 @@ async fn identify(src: &Db, entries: &[&TocEntry]) -> Result<Vec<Option<[String;
         let i: i64 = r.get(0);
         let names: Option<Vec<String>> = r.get(1);
         if let Some([kind, schema, table, name]) = names.as_deref() {
-            out[(i - 1) as usize] = Some([kind.clone(), schema.clone(), table.clone(), name.clone()]);
+            out[(i - 1) as usize] =
+                Some([kind.clone(), schema.clone(), table.clone(), name.clone()]);
         }
     }
     Ok(out)
@@ -328,7 +331,12 @@ async fn identify(src: &Db, entries: &[&TocEntry]) -> Result<Vec<Option<[String;
 /// Of `objects` (kind, schema, table, name), the indexes of those the target
 /// lacks.
 async fn absent(tgt: &Db, objects: &[[String; 4]]) -> Result<HashSet<usize>, Error> {
-    let col = |k: usize| objects.iter().map(|o| o[k].clone()).collect::<Vec<String>>();
+    let col = |k: usize| {
+        objects
+            .iter()
+            .map(|o| o[k].clone())
+            .collect::<Vec<String>>()
+    };
     let (kinds, schemas, tables, names) = (col(0), col(1), col(2), col(3));
     let rows = tgt
         .query(
@@ -454,10 +462,7 @@ impl PostData {
                     )
             })
             .collect();
-        let objects: Vec<[String; 4]> = checked
-            .iter()
-            .filter_map(|&i| named[i].clone())
-            .collect();
+        let objects: Vec<[String; 4]> = checked.iter().filter_map(|&i| named[i].clone()).collect();
         let gone = absent(tgt, &objects).await?;
         let chosen = missing_entries(&entries, &named, &gone, &checked);
         let ids: HashSet<u32> = chosen.iter().map(|e| e.id).collect();

@@ -72,7 +72,9 @@ async fn the_schema_is_copied_in_two_parts_around_the_initial_copy() {
     let want = objects(&pair.old).await;
 
     // Part 1 only: the copy runs into tables that have their keys and nothing else.
-    let first = cutover(&["db", "sync", "--no-wait"], &pair.env()).await.ok();
+    let first = cutover(&["db", "sync", "--no-wait"], &pair.env())
+        .await
+        .ok();
     assert!(
         first.stdout.contains("with their primary keys copied"),
         "{}",
@@ -86,7 +88,10 @@ async fn the_schema_is_copied_in_two_parts_around_the_initial_copy() {
         "index events_2026_pkey",
         "constraint accounts email_long_enough",
     ] {
-        assert!(early.contains(needed), "{needed} missing before the copy: {early:#?}");
+        assert!(
+            early.contains(needed),
+            "{needed} missing before the copy: {early:#?}"
+        );
     }
     for later in [
         "index orders_at_idx",
@@ -95,7 +100,10 @@ async fn the_schema_is_copied_in_two_parts_around_the_initial_copy() {
         "trigger orders orders_touch",
         "index events_body_idx",
     ] {
-        assert!(!early.contains(later), "{later} built before the copy: {early:#?}");
+        assert!(
+            !early.contains(later),
+            "{later} built before the copy: {early:#?}"
+        );
     }
     let new = pair.new.connect("app").await;
     let granted: bool = new
@@ -106,7 +114,10 @@ async fn the_schema_is_copied_in_two_parts_around_the_initial_copy() {
     assert!(granted, "the grant comes with the tables");
     eventually(Duration::from_secs(60), "the initial copy", || async {
         let left: i64 = new
-            .query_one("SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'", &[])
+            .query_one(
+                "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'",
+                &[],
+            )
             .await
             .ok()?
             .get(0);
@@ -140,7 +151,11 @@ async fn the_schema_is_copied_in_two_parts_around_the_initial_copy() {
             .unwrap_or_else(|| panic!("no {step} line: {}", second.stdout))
             .to_string()
     };
-    assert!(line("indexes and constraints").contains("created"), "{}", second.stdout);
+    assert!(
+        line("indexes and constraints").contains("created"),
+        "{}",
+        second.stdout
+    );
     assert!(line("analyze").contains("created"), "{}", second.stdout);
     assert_eq!(objects(&site.pair.new).await, want);
     let unanalyzed: i64 = new
@@ -156,7 +171,14 @@ async fn the_schema_is_copied_in_two_parts_around_the_initial_copy() {
     for t in ["accounts", "orders", "ledger", "events"] {
         let sql = format!("SELECT count(*) FROM {t}");
         let (a, b): (i64, i64) = (
-            site.pair.old.connect("app").await.query_one(&sql, &[]).await.unwrap().get(0),
+            site.pair
+                .old
+                .connect("app")
+                .await
+                .query_one(&sql, &[])
+                .await
+                .unwrap()
+                .get(0),
             new.query_one(&sql, &[]).await.unwrap().get(0),
         );
         assert_eq!(a, b, "{t}");

@@ -80,7 +80,7 @@ async fn sync_twice_then_status_under_writes_then_verify_and_cleanup() {
         .iter()
         .map(|s| s["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["unchanged"; 5], "{second}");
+    assert_eq!(outcomes, ["unchanged"; 7], "{second}");
     assert_eq!(second["ready"], true);
     assert_eq!(
         count("SELECT oid::bigint FROM pg_subscription").await,

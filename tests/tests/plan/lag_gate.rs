@@ -74,7 +74,10 @@ gates = ["{GATE}"]
     assert_eq!(run.code, 1, "{}", run.stderr);
     // The threshold, one reading interval (2 s) and the time to put the weights
     // back; far under the 60 s bake.
-    assert!(took < Duration::from_secs(15), "the gate failed after {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the gate failed after {took:?}"
+    );
 
     let report = pd.report();
     assert_eq!(report["outcome"], "gate_failed", "{report:#}");
@@ -91,7 +94,11 @@ gates = ["{GATE}"]
         detail.contains("replication_lag at least") && detail.contains("stopped early"),
         "{detail}"
     );
-    assert!(failed[0]["value"].as_f64().unwrap() >= 3.0, "{:#}", failed[0]);
+    assert!(
+        failed[0]["value"].as_f64().unwrap() >= 3.0,
+        "{:#}",
+        failed[0]
+    );
     let status = proxy.status().await;
     assert_eq!(route(&status, SHOP)["weights"]["old"], 100.0);
 }

@@ -146,12 +146,19 @@ retire_replication = {retire}
                 .await
                 .unwrap();
             let counts: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            assert_eq!(counts, (0, 0, 0), "{side}: slots, publications, subscriptions left");
+            assert_eq!(
+                counts,
+                (0, 0, 0),
+                "{side}: slots, publications, subscriptions left"
+            );
         }
         let retired = report["retired"].as_array().unwrap();
         let dropped = |object: &str, side: &str| {
             retired.iter().any(|o| {
-                o["app"] == "shop" && o["object"] == object && o["side"] == side && o["done"] == "dropped"
+                o["app"] == "shop"
+                    && o["object"] == object
+                    && o["side"] == side
+                    && o["done"] == "dropped"
             })
         };
         for (object, side) in [
@@ -160,7 +167,10 @@ retire_replication = {retire}
             ("subscription cutover_shop_reverse", "source"),
             ("publication cutover_shop_reverse", "target"),
         ] {
-            assert!(dropped(object, side), "{object} on the {side} not retired: {retired:#?}");
+            assert!(
+                dropped(object, side),
+                "{object} on the {side} not retired: {retired:#?}"
+            );
         }
         // The old database keeps refusing writes: its block stays.
         assert!(
@@ -258,9 +268,13 @@ async fn kill_and_resume() {
     site.assert_all_on_new().await;
     let kept = report["retired"].as_array().unwrap();
     assert!(
-        kept.iter().any(|o| o["object"] == "replication slot cutover_shop_reverse"
-            && o["done"] == "kept"
-            && o["detail"].as_str().unwrap().contains("retire_replication = false")),
+        kept.iter()
+            .any(|o| o["object"] == "replication slot cutover_shop_reverse"
+                && o["done"] == "kept"
+                && o["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("retire_replication = false")),
         "{kept:#?}"
     );
 
@@ -412,20 +426,22 @@ async fn crash_after_the_point_of_no_return_before_the_release() {
 }
 
 /// `cutover abort` after the switchover: writes go back to the old database through
-/// the reverse replication the switchover started, every route back to 100% old,
-/// and nothing acknowledged on either side is lost.
+/// the reverse replication the switchover started (kept past finalize with
+/// `retire_replication = false`), every route back to 100% old, and nothing
+/// acknowledged on either side is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn abort_after_the_switchover_moves_writes_back() {
     binaries().await;
     let _db = DATABASES.acquire().await.unwrap();
     let site = Site::start().await;
-    let pd = site.plan(
+    let pd = site.plan_retiring(
         r#"
 [[steps]]
 weights = { new = 100 }
 bake = "2s"
 gates = ["error_ratio < 0.01", "replication_lag < 5s"]
 "#,
+        false,
     );
     let (writes, reads) = site.traffic();
     writes.until_sent(20).await;

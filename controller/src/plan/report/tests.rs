@@ -2,8 +2,8 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::plan::record::{
-    BackendTraffic, Event, GateRecord, LagRecord, LedgerCheck, Outcome, PhaseName, RECORD_VERSION, RetiredObject,
-    Span, SwitchoverRecord, TableCheck, Traffic, VerifyRecord,
+    BackendTraffic, Event, GateRecord, LagRecord, LedgerCheck, Outcome, PhaseName, RECORD_VERSION,
+    RetiredObject, Span, SwitchoverRecord, TableCheck, Traffic, VerifyRecord,
 };
 
 const START: f64 = 1_700_000_000.0;

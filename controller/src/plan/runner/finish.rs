@@ -233,17 +233,22 @@ impl Runner<'_> {
             if !self.rec.switched.contains(&app.name) {
                 continue;
             }
-            if !plan.reverse {
+            let retired = self
+                .rec
+                .retired
+                .iter()
+                .any(|o| o.app == app.name && o.done == "dropped");
+            if !plan.reverse || retired {
                 stay_new.push(app.name.clone());
-                self.event(
-                    phase,
-                    None,
-                    Some(&app.name),
+                let why = if retired {
+                    "writes stay on new: finalize retired its replication \
+                     (finalize.retire_replication = true), so the old database lacks the newer \
+                     writes; keep it with retire_replication = false to allow an abort after finalize"
+                } else {
                     "writes stay on new: the switchover ran without reverse replication \
                      (switchover.reverse = false), so the old database lacks the newer writes"
-                        .into(),
-                    false,
-                );
+                };
+                self.event(phase, None, Some(&app.name), why.into(), false);
                 continue;
             }
             let pair = self.db(&app.name, d).await?;

@@ -6,10 +6,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{PhaseResult, Runner, Stop, fmt_left, now};
+use crate::heartbeat::LagSeconds;
 use crate::plan::metrics;
 use crate::plan::model::fmt_percent;
 use crate::plan::record::{GateRecord, PhaseName};
-use crate::heartbeat::LagSeconds;
 use crate::status::{SlotRetention, slots, status};
 
 /// How often the lag is measured during a bake.
