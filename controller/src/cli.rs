@@ -158,6 +158,13 @@ pub struct SyncArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
     pub jobs: u16,
 
+    /// `maintenance_work_mem` of each of those sessions (a session setting any
+    /// role may make): the sort memory of an index build. Too little and a large
+    /// table's index is sorted on disk; each session and its parallel workers may
+    /// use this much of the target's memory.
+    #[arg(long, default_value = crate::sync::DEFAULT_INDEX_MEMORY, value_parser = parse_memory, value_name = "SIZE")]
+    pub maintenance_work_mem: String,
+
     /// The source as the target *server* reaches it, when that differs from
     /// --source (e.g. an in-cluster host name).
     #[arg(
@@ -263,6 +270,22 @@ pub(crate) fn parse_name(s: &str) -> Result<String, String> {
     } else {
         Err("use 1 to 40 lowercase letters, digits and underscores, not starting with a digit (it names a replication slot)".into())
     }
+}
+
+/// `512MB`, `1GB`, `65536kB`: a PostgreSQL memory setting, checked before it goes
+/// into `PGOPTIONS`.
+fn parse_memory(s: &str) -> Result<String, String> {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?}: a number with a unit, e.g. 512MB or 1GB"));
+    }
+    if !matches!(unit, "" | "kB" | "MB" | "GB" | "TB") {
+        return Err(format!(
+            "{s:?}: the unit is kB, MB, GB or TB (as PostgreSQL writes them)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -34,6 +34,8 @@ pub struct SyncOptions {
     pub source_for_target: Option<Dsn>,
     /// Sessions building the indexes and constraints after the initial copy.
     pub jobs: usize,
+    /// Their `maintenance_work_mem` (e.g. `512MB`); `None`: the server's.
+    pub maintenance_work_mem: Option<String>,
 }
 
 impl Default for SyncOptions {
@@ -43,9 +45,15 @@ impl Default for SyncOptions {
             timeout: None,
             source_for_target: None,
             jobs: 2,
+            maintenance_work_mem: Some(DEFAULT_INDEX_MEMORY.into()),
         }
     }
 }
+
+/// The build sessions' `maintenance_work_mem` unless told otherwise: enough to
+/// sort a 20-million-row key in memory; with `--jobs 2` and PostgreSQL's parallel
+/// index workers sharing it, about 1 GB of the target's memory at the peak.
+pub const DEFAULT_INDEX_MEMORY: &str = "512MB";
 
 /// How often the post-data build is tried: a deadlock with the subscription's
 /// apply (which PostgreSQL resolves by cancelling one side) fails one attempt.
@@ -246,7 +254,14 @@ pub async fn sync(
     };
     let ready = !tables.is_empty() && tables.iter().all(|t| t.state == 'r');
     if ready {
-        let (outcome, detail) = post_data(src, tgt, opts.jobs, obs).await?;
+        let (outcome, detail) = post_data(
+            src,
+            tgt,
+            opts.jobs,
+            opts.maintenance_work_mem.as_deref(),
+            obs,
+        )
+        .await?;
         step("indexes and constraints", outcome, detail);
         let (outcome, detail) = analyze(tgt).await?;
         step("analyze", outcome, detail);
@@ -337,6 +352,7 @@ async fn post_data(
     src: &Db,
     tgt: &Db,
     jobs: usize,
+    memory: Option<&str>,
     obs: &dyn Observer,
 ) -> Result<(Outcome, String), Error> {
     let started = Instant::now();
@@ -353,7 +369,8 @@ async fn post_data(
             ));
         }
         let t = tgt.dsn().clone();
-        let done = tokio::task::spawn_blocking(move || missing.build(&t, jobs))
+        let memory = memory.map(str::to_string);
+        let done = tokio::task::spawn_blocking(move || missing.build(&t, jobs, memory.as_deref()))
             .await
             .map_err(|e| Error::Precondition(format!("the index build did not finish: {e}")))?;
         match done {

@@ -138,6 +138,7 @@ async fn run_sync(a: SyncArgs) -> Result<u8, Error> {
             .map(|s| Dsn::parse(Side::Source, s))
             .transpose()?,
         jobs: usize::from(a.jobs),
+        maintenance_work_mem: Some(a.maintenance_work_mem.clone()),
     };
     let term = Term::new();
     let report = sync(&src, &tgt, &a.db.name, &opts, &term).await?;

@@ -16,6 +16,33 @@ pub struct Term {
     multi: MultiProgress,
     bars: Mutex<HashMap<String, ProgressBar>>,
     states: Mutex<HashMap<String, char>>,
+    /// When each table's copy progress was last printed (no terminal).
+    printed: Mutex<HashMap<String, Instant>>,
+}
+
+/// How often a table being copied gets a progress line when stderr is no terminal.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// "1.2 GiB of 5.0 GiB · 120,000 rows/s · 2m 13s left", as far as known.
+fn copy_detail(t: &TableProgress) -> String {
+    let mut parts = Vec::new();
+    match (t.bytes_copied, t.bytes_on_source) {
+        (Some(b), Some(total)) => parts.push(format!(
+            "{} of {} on the source",
+            crate::status::bytes(b),
+            crate::status::bytes(total)
+        )),
+        (Some(b), None) => parts.push(crate::status::bytes(b)),
+        _ => {}
+    }
+    if let Some(r) = t.rows_per_second {
+        parts.push(format!("{r:.0} rows/s"));
+    }
+    if let Some(eta) = t.eta_seconds {
+        let secs = eta.round() as u64;
+        parts.push(format!("{}m {:02}s left", secs / 60, secs % 60));
+    }
+    parts.join(" · ")
 }
 
 impl Term {
@@ -32,6 +59,7 @@ impl Term {
             multi: MultiProgress::with_draw_target(target),
             bars: Mutex::new(HashMap::new()),
             states: Mutex::new(HashMap::new()),
+            printed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -91,14 +119,37 @@ impl Observer for Term {
                         // Copied; catching up with changes made meanwhile.
                         bar.set_position(bar.length().unwrap_or(0));
                     }
-                    bar.set_message(t.state_name());
+                    let detail = copy_detail(t);
+                    if detail.is_empty() {
+                        bar.set_message(t.state_name());
+                    } else {
+                        bar.set_message(format!("{} · {detail}", t.state_name()));
+                    }
                 }
-            } else if changed {
-                let rows = t
-                    .rows_copied
-                    .map(|n| format!(" ({n} rows so far)"))
-                    .unwrap_or_default();
-                self.line(&format!("table {}: {}{rows}", t.table, t.state_name()));
+            } else {
+                let mut printed = self.printed.lock().unwrap_or_else(|p| p.into_inner());
+                let due = t.state == 'd'
+                    && printed
+                        .get(&t.table)
+                        .is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+                if changed || due {
+                    printed.insert(t.table.clone(), Instant::now());
+                    let mut rows = t
+                        .rows_copied
+                        .map(|n| match t.rows_estimated {
+                            Some(total) => format!(" ({n} of about {total} rows"),
+                            None => format!(" ({n} rows"),
+                        })
+                        .unwrap_or_default();
+                    if !rows.is_empty() {
+                        let detail = copy_detail(t);
+                        if !detail.is_empty() {
+                            rows.push_str(&format!("; {detail}"));
+                        }
+                        rows.push(')');
+                    }
+                    self.line(&format!("table {}: {}{rows}", t.table, t.state_name()));
+                }
             }
         }
     }

@@ -193,7 +193,13 @@ impl Archive {
     }
 
     /// Restores the entries of `list` (in archive order) into the target.
-    fn restore(&self, target: &Dsn, list: &[&TocEntry], jobs: usize) -> Result<(), Error> {
+    fn restore(
+        &self,
+        target: &Dsn,
+        list: &[&TocEntry],
+        jobs: usize,
+        maintenance_work_mem: Option<&str>,
+    ) -> Result<(), Error> {
         if list.is_empty() {
             return Ok(());
         }
@@ -202,8 +208,13 @@ impl Archive {
         std::fs::write(&list_path, text)
             .map_err(|e| tool_error(target, "pg_restore", format!("cannot write its list: {e}")))?;
         let mut cmd = command("pg_restore", target);
-        cmd.args(["--exit-on-error", "--no-owner", "--use-list"])
-            .arg(&list_path);
+        if let Some(m) = maintenance_work_mem {
+            // Each session's sort memory for its index builds, as a session
+            // setting (any role may set it); the server's default (64MB) sorts a
+            // large table's index on disk.
+            cmd.env("PGOPTIONS", format!("-c maintenance_work_mem={m}"));
+        }
+        cmd.args(["--exit-on-error", "--use-list"]).arg(&list_path);
         if jobs > 1 {
             cmd.arg(format!("--jobs={jobs}"));
         } else {
@@ -488,9 +499,15 @@ impl PostData {
     }
 
     /// Builds what is missing with `jobs` parallel sessions. Blocking.
-    pub fn build(&self, target: &Dsn, jobs: usize) -> Result<(), Error> {
+    pub fn build(
+        &self,
+        target: &Dsn,
+        jobs: usize,
+        maintenance_work_mem: Option<&str>,
+    ) -> Result<(), Error> {
         let list: Vec<&TocEntry> = self.missing.iter().map(|&i| &self.entries[i]).collect();
-        self.archive.restore(target, &list, jobs)
+        self.archive
+            .restore(target, &list, jobs, maintenance_work_mem)
     }
 }
 
@@ -517,7 +534,7 @@ pub async fn copy_tables(src: &Db, tgt: &Db) -> Result<(), Error> {
                     || is_acl(e)
             })
             .collect();
-        archive.restore(&t, &list, 1)
+        archive.restore(&t, &list, 1, None)
     })
     .await
     .map_err(|e| Error::Precondition(format!("the schema copy did not finish: {e}")))?

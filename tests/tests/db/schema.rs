@@ -36,6 +36,7 @@ const SCHEMA: &str = "
         FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
     CREATE INDEX events_body_idx ON events (body);
     GRANT SELECT ON orders TO app;
+    ALTER TABLE ledger OWNER TO app;
     INSERT INTO accounts (email) SELECT 'user' || g || '@example.test' FROM generate_series(1, 2000) g;
     INSERT INTO orders (account, total) SELECT 1 + g % 2000, g FROM generate_series(1, 20000) g;
     INSERT INTO ledger SELECT 'c' || g % 7, g, 'v' FROM generate_series(1, 1000) g;
@@ -112,6 +113,15 @@ async fn the_schema_is_copied_in_two_parts_around_the_initial_copy() {
         .unwrap()
         .get(0);
     assert!(granted, "the grant comes with the tables");
+    let owner: String = new
+        .query_one(
+            "SELECT tableowner::text FROM pg_tables WHERE tablename = 'ledger'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "app", "the owner comes with the table");
     eventually(Duration::from_secs(60), "the initial copy", || async {
         let left: i64 = new
             .query_one(

@@ -9,7 +9,7 @@ use crate::check::{CheckOptions, check};
 use crate::error::Error;
 use crate::observe::{Observer, TableProgress};
 use crate::plan::record::PhaseName;
-use crate::sync::{SyncOptions, sync};
+use crate::sync::{DEFAULT_INDEX_MEMORY, SyncOptions, sync};
 
 /// Prints `sync`'s progress under the runner's lines.
 struct SyncProgress<'a> {
@@ -86,6 +86,7 @@ impl Runner<'_> {
                     timeout: None,
                     source_for_target: d.source_for_target.clone(),
                     jobs: 2,
+                    maintenance_work_mem: Some(DEFAULT_INDEX_MEMORY.into()),
                 };
                 sync(&pair.0, &pair.1, &d.replication, &opts, &obs).await?;
                 if self.interrupted() {
@@ -177,6 +178,7 @@ impl Runner<'_> {
                 timeout: None,
                 source_for_target: d.source_for_target.clone(),
                 jobs: 2,
+                maintenance_work_mem: Some(DEFAULT_INDEX_MEMORY.into()),
             };
             let report = sync(src, tgt, &d.replication, &opts, &obs).await?;
             self.event(
