@@ -181,8 +181,21 @@ impl Runner<'_> {
                 text.push_str(&format!("; kept {}", kept.join(", ")));
             }
             self.event(PhaseName::Finalize, None, Some(&app.name), text, true);
+            // A finalize resumed after a crash finds gone what the first one
+            // dropped: the record keeps "dropped".
+            let before: Vec<RetiredObject> = self.rec.retired.clone();
             self.rec.retired.retain(|o| o.app != app.name);
-            self.rec.retired.extend(objects);
+            self.rec.retired.extend(objects.into_iter().map(|o| {
+                match before.iter().find(|b| {
+                    b.app == o.app
+                        && b.side == o.side
+                        && b.object == o.object
+                        && b.done == "dropped"
+                }) {
+                    Some(b) if o.done == "absent" => b.clone(),
+                    _ => o,
+                }
+            }));
             let left = slots(src, tgt, &d.replication).await?;
             self.metrics
                 .set_slots(&d.replication, &super::steps::retained(&left));
