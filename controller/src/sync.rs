@@ -238,17 +238,7 @@ pub async fn sync(
         .collect();
     let sizes = catalog::table_sizes(src).await?;
     let tables = if opts.wait {
-        wait_ready(
-            src,
-            tgt,
-            &link,
-            &heartbeat,
-            &estimates,
-            &sizes,
-            opts.timeout,
-            obs,
-        )
-        .await?
+        wait_ready(src, tgt, &link, &heartbeat, &estimates, &sizes, opts, obs).await?
     } else {
         progress(tgt, &link, &estimates, &sizes, None).await?
     };
@@ -456,6 +446,85 @@ async fn refuse_rows(tgt: &Db, tables: &BTreeSet<Name>) -> Result<(), Error> {
     Ok(())
 }
 
+/// Indexes, constraints and triggers of the tables already copied, built while
+/// the others are still being copied (one build at a time, in the background), so
+/// that a large table's copy and a small one's indexes overlap. What is left is
+/// built by the final pass once every table is ready; a failure here only leaves
+/// more for it.
+#[derive(Default)]
+struct EarlyBuild {
+    /// Tables whose objects a build has been started for.
+    started_for: BTreeSet<Name>,
+    running: Option<(usize, tokio::task::JoinHandle<Result<(), Error>>)>,
+}
+
+impl EarlyBuild {
+    async fn poll(
+        &mut self,
+        src: &Db,
+        tgt: &Db,
+        tables: &[TableProgress],
+        opts: &SyncOptions,
+        obs: &dyn Observer,
+    ) -> Result<(), Error> {
+        if self.running.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
+            return Ok(());
+        }
+        self.finish(obs).await;
+        let ready: Vec<&TableProgress> = tables
+            .iter()
+            .filter(|t| t.state == 'r' && !t.table.starts_with("_cutover."))
+            .collect();
+        let new: Vec<Name> = ready
+            .iter()
+            .filter_map(|t| t.table.split_once('.'))
+            .map(|(s, n)| Name::new(s, n))
+            .filter(|n| !self.started_for.contains(n))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let set: std::collections::HashSet<(String, String)> = ready
+            .iter()
+            .filter_map(|t| t.table.split_once('.'))
+            .map(|(s, n)| (s.to_string(), n.to_string()))
+            .collect();
+        self.started_for.extend(new);
+        let mut post = schema::PostData::find(src, tgt).await?;
+        post.restrict(&set);
+        if post.complete() {
+            return Ok(());
+        }
+        let n = post.names.len();
+        obs.note(&format!(
+            "building {n} index(es), constraint(s) and trigger(s) of the tables already copied"
+        ));
+        let (t, jobs, memory) = (
+            tgt.dsn().clone(),
+            opts.jobs,
+            opts.maintenance_work_mem.clone(),
+        );
+        self.running = Some((
+            n,
+            tokio::task::spawn_blocking(move || post.build(&t, jobs, memory.as_deref())),
+        ));
+        Ok(())
+    }
+
+    /// Waits for the build in flight, if any.
+    async fn finish(&mut self, obs: &dyn Observer) {
+        if let Some((n, handle)) = self.running.take() {
+            match handle.await {
+                Ok(Ok(())) => obs.note(&format!("{n} built while the copy went on")),
+                Ok(Err(e)) => obs.note(&format!(
+                    "a build during the copy stopped ({e}); the final pass builds what is missing"
+                )),
+                Err(e) => obs.note(&format!("a build during the copy did not finish: {e}")),
+            }
+        }
+    }
+}
+
 /// The previous reading of each table being copied, for its rate.
 #[derive(Default)]
 struct Rates {
@@ -528,19 +597,22 @@ async fn wait_ready(
     heartbeat: &Heartbeat,
     estimates: &HashMap<Name, i64>,
     sizes: &HashMap<Name, i64>,
-    timeout: Option<Duration>,
+    opts: &SyncOptions,
     obs: &dyn Observer,
 ) -> Result<Vec<TableProgress>, Error> {
     let start = Instant::now();
     let mut last_beat = Instant::now() - Duration::from_secs(1);
     let mut errors_seen = link.error_counts(tgt).await?.0;
     let mut rates = Rates::default();
+    let mut early = EarlyBuild::default();
     loop {
         let tables = progress(tgt, link, estimates, sizes, Some(&mut rates)).await?;
         obs.tables(&tables);
         if !tables.is_empty() && tables.iter().all(|t| t.state == 'r') {
+            early.finish(obs).await;
             return Ok(tables);
         }
+        early.poll(src, tgt, &tables, opts, obs).await?;
         let (sync_errors, _) = link.error_counts(tgt).await?;
         if sync_errors > errors_seen {
             errors_seen = sync_errors;
@@ -549,9 +621,10 @@ async fn wait_ready(
                  see the target server's log for the cause (e.g. rows already present)"
             ));
         }
-        if let Some(limit) = timeout
+        if let Some(limit) = opts.timeout
             && start.elapsed() >= limit
         {
+            early.finish(obs).await;
             let pending: Vec<String> = tables
                 .iter()
                 .filter(|t| t.state != 'r')

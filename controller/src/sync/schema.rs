@@ -305,9 +305,11 @@ async fn identify(src: &Db, entries: &[&TocEntry]) -> Result<Vec<Option<[String;
         .query(
             "name the schema's post-data objects",
             "SELECT k.i, CASE k.cat \
-               WHEN 1259 THEN (SELECT ARRAY['index', n.nspname, '', c.relname] FROM pg_class c \
+               WHEN 1259 THEN (SELECT ARRAY['index', n.nspname, t.relname, c.relname] FROM pg_class c \
+                   JOIN pg_index i ON i.indexrelid = c.oid JOIN pg_class t ON t.oid = i.indrelid \
                    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = k.o::oid) \
-               WHEN 2606 THEN (SELECT ARRAY['constraint', n.nspname, c.relname, co.conname] \
+               WHEN 2606 THEN (SELECT ARRAY[CASE co.contype WHEN 'f' THEN 'foreign key' \
+                   ELSE 'constraint' END, n.nspname, c.relname, co.conname] \
                    FROM pg_constraint co JOIN pg_class c ON c.oid = co.conrelid \
                    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE co.oid = k.o::oid) \
                WHEN 2618 THEN (SELECT ARRAY['rule', n.nspname, c.relname, r.rulename] \
@@ -354,17 +356,17 @@ async fn absent(tgt: &Db, objects: &[[String; 4]]) -> Result<HashSet<usize>, Err
             "look for the schema's post-data objects",
             "SELECT k.i FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
                  WITH ORDINALITY AS k(kind, nsp, rel, obj, i) \
-             WHERE NOT CASE k.kind \
-               WHEN 'index' THEN to_regclass(format('%I.%I', k.nsp, k.obj)) IS NOT NULL \
-               WHEN 'constraint' THEN EXISTS (SELECT 1 FROM pg_constraint co \
+             WHERE NOT CASE \
+               WHEN k.kind = 'index' THEN to_regclass(format('%I.%I', k.nsp, k.obj)) IS NOT NULL \
+               WHEN k.kind IN ('constraint', 'foreign key') THEN EXISTS (SELECT 1 FROM pg_constraint co \
                    WHERE co.conname = k.obj AND co.conrelid = to_regclass(format('%I.%I', k.nsp, k.rel))) \
-               WHEN 'rule' THEN EXISTS (SELECT 1 FROM pg_rewrite r \
+               WHEN k.kind = 'rule' THEN EXISTS (SELECT 1 FROM pg_rewrite r \
                    WHERE r.rulename = k.obj AND r.ev_class = to_regclass(format('%I.%I', k.nsp, k.rel))) \
-               WHEN 'trigger' THEN EXISTS (SELECT 1 FROM pg_trigger t \
+               WHEN k.kind = 'trigger' THEN EXISTS (SELECT 1 FROM pg_trigger t \
                    WHERE t.tgname = k.obj AND t.tgrelid = to_regclass(format('%I.%I', k.nsp, k.rel))) \
-               WHEN 'policy' THEN EXISTS (SELECT 1 FROM pg_policy p \
+               WHEN k.kind = 'policy' THEN EXISTS (SELECT 1 FROM pg_policy p \
                    WHERE p.polname = k.obj AND p.polrelid = to_regclass(format('%I.%I', k.nsp, k.rel))) \
-               WHEN 'statistics' THEN EXISTS (SELECT 1 FROM pg_statistic_ext s \
+               WHEN k.kind = 'statistics' THEN EXISTS (SELECT 1 FROM pg_statistic_ext s \
                    JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE s.stxname = k.obj AND n.nspname = k.nsp) \
                ELSE false END",
             &[&kinds, &schemas, &tables, &names],
@@ -437,6 +439,8 @@ fn missing_entries<'a>(
 pub struct PostData {
     archive: Archive,
     entries: Vec<TocEntry>,
+    /// What each entry is: (kind, schema, table, name).
+    named: Vec<Option<[String; 4]>>,
     missing: Vec<usize>,
     /// "index public.orders_created_idx", …, for messages.
     pub names: Vec<String>,
@@ -488,9 +492,30 @@ impl PostData {
         Ok(PostData {
             archive,
             entries,
+            named,
             missing,
             names,
         })
+    }
+
+    /// Keeps only the indexes, constraints and triggers of tables in `ready`
+    /// (schema, table): what can be built while other tables are still being
+    /// copied. Foreign keys (which read a second table) and the rest wait for the
+    /// final pass.
+    pub fn restrict(&mut self, ready: &HashSet<(String, String)>) {
+        let named = &self.named;
+        self.missing.retain(|&i| {
+            named[i].as_ref().is_some_and(|[kind, schema, table, _]| {
+                matches!(kind.as_str(), "index" | "constraint" | "trigger")
+                    && ready.contains(&(schema.clone(), table.clone()))
+            })
+        });
+        self.names = self
+            .missing
+            .iter()
+            .filter_map(|&i| named[i].as_ref())
+            .map(|[kind, schema, _, name]| format!("{kind} {schema}.{name}"))
+            .collect();
     }
 
     /// Whether the target has all of it.
