@@ -240,7 +240,11 @@ pub async fn sync(
     let tables = if opts.wait {
         wait_ready(src, tgt, &link, &heartbeat, &estimates, &sizes, opts, obs).await?
     } else {
-        progress(tgt, &link, &estimates, &sizes, None).await?
+        progress(tgt, &link, &estimates, &sizes, None)
+            .await?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
     };
     let ready = !tables.is_empty() && tables.iter().all(|t| t.state == 'r');
     if ready {
@@ -459,41 +463,37 @@ struct EarlyBuild {
 }
 
 impl EarlyBuild {
+    /// Starts a build for the tables in `ready` that none has been started for,
+    /// unless one is running. Its own failures (the dump, the build) are notes:
+    /// the final pass builds what is missing.
     async fn poll(
         &mut self,
         src: &Db,
         tgt: &Db,
-        tables: &[TableProgress],
+        ready: &BTreeSet<Name>,
         opts: &SyncOptions,
         obs: &dyn Observer,
-    ) -> Result<(), Error> {
+    ) {
         if self.running.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
-            return Ok(());
+            return;
         }
         self.finish(obs).await;
-        let ready: Vec<&TableProgress> = tables
-            .iter()
-            .filter(|t| t.state == 'r' && !t.table.starts_with("_cutover."))
-            .collect();
-        let new: Vec<Name> = ready
-            .iter()
-            .filter_map(|t| t.table.split_once('.'))
-            .map(|(s, n)| Name::new(s, n))
-            .filter(|n| !self.started_for.contains(n))
-            .collect();
-        if new.is_empty() {
-            return Ok(());
+        if ready.is_subset(&self.started_for) {
+            return;
         }
-        let set: std::collections::HashSet<(String, String)> = ready
-            .iter()
-            .filter_map(|t| t.table.split_once('.'))
-            .map(|(s, n)| (s.to_string(), n.to_string()))
-            .collect();
-        self.started_for.extend(new);
-        let mut post = schema::PostData::find(src, tgt).await?;
-        post.restrict(&set);
+        self.started_for.extend(ready.iter().cloned());
+        let mut post = match schema::PostData::find(src, tgt).await {
+            Ok(p) => p,
+            Err(e) => {
+                obs.note(&format!(
+                    "cannot read the schema to build during the copy ({e}); the final pass builds it"
+                ));
+                return;
+            }
+        };
+        post.restrict(ready);
         if post.complete() {
-            return Ok(());
+            return;
         }
         let n = post.names.len();
         obs.note(&format!(
@@ -508,7 +508,6 @@ impl EarlyBuild {
             n,
             tokio::task::spawn_blocking(move || post.build(&t, jobs, memory.as_deref())),
         ));
-        Ok(())
     }
 
     /// Waits for the build in flight, if any.
@@ -561,7 +560,7 @@ async fn progress(
     estimates: &HashMap<Name, i64>,
     sizes: &HashMap<Name, i64>,
     mut rates: Option<&mut Rates>,
-) -> Result<Vec<TableProgress>, Error> {
+) -> Result<Vec<(Name, TableProgress)>, Error> {
     let mut out = Vec::new();
     for t in link.table_states(tgt).await? {
         let rows_estimated = estimates.get(&t.name).copied().filter(|n| *n >= 0);
@@ -573,7 +572,7 @@ async fn progress(
             (Some(r), Some(total), Some(n)) if r > 0.0 => Some((total - n).max(0) as f64 / r),
             _ => None,
         };
-        out.push(TableProgress {
+        let p = TableProgress {
             rows_estimated,
             bytes_on_source: sizes.get(&t.name).copied(),
             table: t.name.to_string(),
@@ -582,7 +581,8 @@ async fn progress(
             bytes_copied: t.bytes_copied,
             rows_per_second: rate,
             eta_seconds,
-        });
+        };
+        out.push((t.name, p));
     }
     Ok(out)
 }
@@ -606,13 +606,19 @@ async fn wait_ready(
     let mut rates = Rates::default();
     let mut early = EarlyBuild::default();
     loop {
-        let tables = progress(tgt, link, estimates, sizes, Some(&mut rates)).await?;
+        let named = progress(tgt, link, estimates, sizes, Some(&mut rates)).await?;
+        let ready: BTreeSet<Name> = named
+            .iter()
+            .filter(|(n, t)| t.state == 'r' && n.schema != catalog::SCHEMA)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let tables: Vec<TableProgress> = named.into_iter().map(|(_, p)| p).collect();
         obs.tables(&tables);
         if !tables.is_empty() && tables.iter().all(|t| t.state == 'r') {
             early.finish(obs).await;
             return Ok(tables);
         }
-        early.poll(src, tgt, &tables, opts, obs).await?;
+        early.poll(src, tgt, &ready, opts, obs).await;
         let (sync_errors, _) = link.error_counts(tgt).await?;
         if sync_errors > errors_seen {
             errors_seen = sync_errors;

@@ -15,7 +15,7 @@
 //! ([`copy`]): they are new, so small. Passwords travel in `PGPASSWORD`, never on a
 //! command line.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -117,6 +117,23 @@ pub fn copy(source: &Dsn, target: &Dsn, tables: &[Name]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Runs `cmd` (`program`, acting on `dsn`'s side) to its end; its output, or an
+/// error naming the program with the last lines it printed.
+fn run(cmd: &mut Command, dsn: &Dsn, program: &'static str) -> Result<Vec<u8>, Error> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| tool_error(dsn, program, format!("cannot start it: {e}")))?;
+    if !out.status.success() {
+        return Err(tool_error(
+            dsn,
+            program,
+            last_lines(&out.stderr, out.status),
+        ));
+    }
+    Ok(out.stdout)
+}
+
 fn last_lines(stderr: &[u8], status: std::process::ExitStatus) -> String {
     let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -144,26 +161,20 @@ impl Archive {
         let dir = tempfile::tempdir()
             .map_err(|e| tool_error(source, "pg_dump", format!("cannot make a temp dir: {e}")))?;
         let archive = Archive { dir };
-        let out = command("pg_dump", source)
-            .args([
-                "--schema-only",
-                "--format=custom",
-                "--no-publications",
-                "--no-subscriptions",
-                "--exclude-schema=_cutover",
-                "--file",
-            ])
-            .arg(archive.path())
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| tool_error(source, "pg_dump", format!("cannot start it: {e}")))?;
-        if !out.status.success() {
-            return Err(tool_error(
-                source,
-                "pg_dump",
-                last_lines(&out.stderr, out.status),
-            ));
-        }
+        run(
+            command("pg_dump", source)
+                .args([
+                    "--schema-only",
+                    "--format=custom",
+                    "--no-publications",
+                    "--no-subscriptions",
+                    "--exclude-schema=_cutover",
+                    "--file",
+                ])
+                .arg(archive.path()),
+            source,
+            "pg_dump",
+        )?;
         Ok(archive)
     }
 
@@ -174,19 +185,8 @@ impl Archive {
         if let Some(s) = section {
             cmd.arg(format!("--section={s}"));
         }
-        let out = cmd
-            .arg(self.path())
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| tool_error(target, "pg_restore", format!("cannot start it: {e}")))?;
-        if !out.status.success() {
-            return Err(tool_error(
-                target,
-                "pg_restore --list",
-                last_lines(&out.stderr, out.status),
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
+        let out = run(cmd.arg(self.path()), target, "pg_restore --list")?;
+        Ok(String::from_utf8_lossy(&out)
             .lines()
             .filter_map(TocEntry::parse)
             .collect())
@@ -220,18 +220,11 @@ impl Archive {
         } else {
             cmd.arg("--single-transaction");
         }
-        let out = cmd
-            .arg(self.path())
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| tool_error(target, "pg_restore", format!("cannot start it: {e}")))?;
-        if !out.status.success() {
-            return Err(tool_error(
-                target,
-                "pg_restore (restoring the schema)",
-                last_lines(&out.stderr, out.status),
-            ));
-        }
+        run(
+            cmd.arg(self.path()),
+            target,
+            "pg_restore (restoring the schema)",
+        )?;
         Ok(())
     }
 }
@@ -502,12 +495,12 @@ impl PostData {
     /// (schema, table): what can be built while other tables are still being
     /// copied. Foreign keys (which read a second table) and the rest wait for the
     /// final pass.
-    pub fn restrict(&mut self, ready: &HashSet<(String, String)>) {
+    pub fn restrict(&mut self, ready: &BTreeSet<Name>) {
         let named = &self.named;
         self.missing.retain(|&i| {
             named[i].as_ref().is_some_and(|[kind, schema, table, _]| {
                 matches!(kind.as_str(), "index" | "constraint" | "trigger")
-                    && ready.contains(&(schema.clone(), table.clone()))
+                    && ready.contains(&Name::new(schema, table))
             })
         });
         self.names = self

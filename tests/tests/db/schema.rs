@@ -194,8 +194,47 @@ async fn the_schema_is_copied_in_two_parts_around_the_initial_copy() {
         assert_eq!(a, b, "{t}");
     }
 
-    let third = cutover(&["db", "sync"], &site.pair.env()).await.ok();
-    assert!(third.stdout.contains("nothing changed"), "{}", third.stdout);
+    let third = cutover(&["db", "sync", "--json"], &site.pair.env())
+        .await
+        .ok()
+        .json();
+    let outcomes: Vec<&str> = third["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["outcome"].as_str().unwrap())
+        .collect();
+    assert!(outcomes.iter().all(|o| *o == "unchanged"), "{third}");
+    let orders = third["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.orders")
+        .unwrap_or_else(|| panic!("{third}"));
+    assert!(orders["bytes_on_source"].as_i64().unwrap() > 0, "{orders}");
+
+    // Both servers are 15: rows travel in binary form, large transactions stream.
+    let (binary, streaming): (bool, bool) = {
+        let r = new
+            .query_one("SELECT subbinary, substream FROM pg_subscription", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(
+        binary && streaming,
+        "binary {binary}, streaming {streaming}"
+    );
+
+    // The slot and the WAL it retains.
+    let status = cutover(&["db", "status"], &site.pair.env()).await.ok();
+    assert!(
+        status
+            .stdout
+            .contains("slot:    cutover on the source, active; retains"),
+        "{}",
+        status.stdout
+    );
 
     // Now the switchover goes through.
     site.switchover("5s", &[]).await.ok();

@@ -114,6 +114,21 @@ impl Runner<'_> {
     async fn retire(&mut self) -> Result<(), Error> {
         let plan = self.plan;
         for (app, d) in plan.databases() {
+            if !self.rec.switched.contains(&app.name) {
+                // Its writes are still on old: the forward replication is what
+                // would make a later switchover lossless. Never retired.
+                self.event(
+                    PhaseName::Finalize,
+                    None,
+                    Some(&app.name),
+                    format!(
+                        "replication {} kept: the database was not switched",
+                        d.replication
+                    ),
+                    false,
+                );
+                continue;
+            }
             let pair = self.db(&app.name, d).await?;
             let (src, tgt) = (&pair.0, &pair.1);
             let objects: Vec<RetiredObject> = if plan.retire_replication {

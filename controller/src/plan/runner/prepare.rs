@@ -9,7 +9,7 @@ use crate::check::{CheckOptions, check};
 use crate::error::Error;
 use crate::observe::{Observer, TableProgress};
 use crate::plan::record::PhaseName;
-use crate::sync::{DEFAULT_INDEX_MEMORY, SyncOptions, sync};
+use crate::sync::{SyncOptions, sync};
 
 /// Prints `sync`'s progress under the runner's lines.
 struct SyncProgress<'a> {
@@ -83,10 +83,8 @@ impl Runner<'_> {
                 };
                 let opts = SyncOptions {
                     wait: false,
-                    timeout: None,
                     source_for_target: d.source_for_target.clone(),
-                    jobs: 2,
-                    maintenance_work_mem: Some(DEFAULT_INDEX_MEMORY.into()),
+                    ..SyncOptions::default()
                 };
                 sync(&pair.0, &pair.1, &d.replication, &opts, &obs).await?;
                 if self.interrupted() {
@@ -175,10 +173,8 @@ impl Runner<'_> {
             };
             let opts = SyncOptions {
                 wait: true,
-                timeout: None,
                 source_for_target: d.source_for_target.clone(),
-                jobs: 2,
-                maintenance_work_mem: Some(DEFAULT_INDEX_MEMORY.into()),
+                ..SyncOptions::default()
             };
             let report = sync(src, tgt, &d.replication, &opts, &obs).await?;
             self.event(
