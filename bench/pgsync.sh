@@ -32,6 +32,9 @@
 #   --rounds N       rounds of both contenders, the order alternating (default 1);
 #                    the table shows each round and the medians
 #   --lag-seconds S  how long pgbench writes during the lag measurement (default 30)
+#   --copy WHO       `cutover db sync --copy`: controller (default; the controller
+#                    copies, large tables in parallel parts) or subscription
+#                    (PostgreSQL's table sync)
 #
 # Environment: CUTOVER, the controller binary (default target/release/cutover, built
 # first with cargo unless CUTOVER is set); PG_BIN, PostgreSQL 15's programs (default
@@ -48,13 +51,15 @@ ROUNDS=1
 LAG_SECS=30
 LAG_SET=0
 QUICK=0
+COPY=controller
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --scale) SCALE=${2:?--scale needs a number}; shift ;;
         --quick) QUICK=1 ;;
         --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
         --lag-seconds) LAG_SECS=${2:?--lag-seconds needs a number}; LAG_SET=1; shift ;;
-        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+        --copy) COPY=${2:?--copy needs controller or subscription}; shift ;;
+        -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
         *) echo "pgsync.sh: unknown argument $1 (see --help)" >&2; exit 1 ;;
     esac
     shift
@@ -67,6 +72,7 @@ if ! [[ $SCALE =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] || ! awk -v s="$SCALE" 'BEGIN 
     echo "pgsync.sh: --scale must be a number in (0, 100], not $SCALE" >&2
     exit 1
 fi
+[[ $COPY == controller || $COPY == subscription ]] || { echo "pgsync.sh: --copy must be controller or subscription, not $COPY" >&2; exit 1; }
 [[ $ROUNDS =~ ^[1-9][0-9]?$ ]] || { echo "pgsync.sh: --rounds must be 1 to 99, not $ROUNDS" >&2; exit 1; }
 [[ $LAG_SECS =~ ^[1-9][0-9]{0,3}$ ]] || { echo "pgsync.sh: --lag-seconds must be 1 to 9999, not $LAG_SECS" >&2; exit 1; }
 
@@ -387,7 +393,7 @@ run_cutover() {
     checkpoint_both
     log "round $round: cutover db sync"
     t0=$(now)
-    "$CUTOVER" db sync --name bench > "$work/sync.out" 2> "$work/sync.log" \
+    "$CUTOVER" db sync --name bench --copy "$COPY" > "$work/sync.out" 2> "$work/sync.log" \
         || { tail -n 30 "$work/sync.log" >&2; die "cutover db sync failed"; }
     secs=$(since "$t0")
     synced=1

@@ -165,6 +165,23 @@ pub struct SyncArgs {
     #[arg(long, default_value = crate::sync::DEFAULT_INDEX_MEMORY, value_parser = parse_memory, value_name = "SIZE")]
     pub maintenance_work_mem: String,
 
+    /// Who copies the rows. `subscription`: PostgreSQL's table sync, one session
+    /// per table, straight from the source's server to the target's.
+    /// `controller`: this process copies under the slot's snapshot with --jobs
+    /// session pairs, large tables in parallel block ranges, into tables without
+    /// indexes, then builds every index and key (faster on large tables; the rows
+    /// pass through this machine, and an interruption starts the copy over). It
+    /// needs a replication connection to the source and the right to set
+    /// session_replication_role on the target; without them the subscription
+    /// copies.
+    #[arg(long, value_enum, default_value_t = crate::sync::CopyMode::Subscription, value_name = "WHO")]
+    pub copy: crate::sync::CopyMode,
+
+    /// With --copy controller: a table larger than this on the source's disk is
+    /// copied in parts of about this size, by several sessions at once.
+    #[arg(long, default_value = "256MB", value_parser = parse_size, value_name = "SIZE")]
+    pub part_size: i64,
+
     /// The source as the target *server* reaches it, when that differs from
     /// --source (e.g. an in-cluster host name).
     #[arg(
@@ -288,6 +305,25 @@ fn parse_memory(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// A size with a unit, in bytes.
+fn parse_size(s: &str) -> Result<i64, String> {
+    parse_memory(s)?;
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: i64 = match &s[digits.len()..] {
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return Err(format!("{s:?}: give a unit, e.g. 256MB or 1GB")),
+    };
+    digits
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?}: too large, or zero"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 5s, 2m)"))
 }
@@ -300,6 +336,16 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_need_a_unit() {
+        assert_eq!(parse_size("256MB"), Ok(256 << 20));
+        assert_eq!(parse_size("8kB"), Ok(8192));
+        assert!(parse_size("256").is_err());
+        assert!(parse_size("0MB").is_err());
+        assert!(parse_size("99999999999TB").is_err());
+        assert!(parse_size("1 GB").is_err());
     }
 
     #[test]

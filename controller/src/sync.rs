@@ -1,7 +1,10 @@
 //! `sync`: schema copy, publication, subscription, and the wait for the initial
 //! copy. Every step looks before it acts, so a second run changes nothing.
 
+pub(crate) mod copy;
 pub(crate) mod schema;
+
+pub use copy::CopyMode;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -36,6 +39,12 @@ pub struct SyncOptions {
     pub jobs: usize,
     /// Their `maintenance_work_mem` (e.g. `512MB`); `None`: the server's.
     pub maintenance_work_mem: Option<String>,
+    /// Who copies the rows. The controller's copy needs `wait` (it runs in this
+    /// process) and falls back to the subscription's where it cannot run.
+    pub copy: CopyMode,
+    /// With the controller's copy: a table larger than this (on the source's
+    /// disk) is copied in parts of about this size, in parallel.
+    pub part_bytes: i64,
 }
 
 impl Default for SyncOptions {
@@ -46,6 +55,8 @@ impl Default for SyncOptions {
             source_for_target: None,
             jobs: 2,
             maintenance_work_mem: Some(DEFAULT_INDEX_MEMORY.into()),
+            copy: CopyMode::default(),
+            part_bytes: copy::PART_BYTES,
         }
     }
 }
@@ -133,7 +144,45 @@ pub async fn sync(
     );
 
     let subscription = link.subscription(tgt).await?;
-    let (outcome, detail) = copy_schema(src, tgt, subscription.is_some()).await?;
+    if subscription.is_some() {
+        // A run stopped between creating the subscription and removing the
+        // marker: the subscription carries the target now.
+        copy::unmark(tgt, name).await?;
+    } else {
+        let emptied = copy::undo_interrupted(tgt, name).await?;
+        if !emptied.is_empty() {
+            step(
+                "interrupted copy",
+                Outcome::Updated,
+                format!(
+                    "{} table(s) emptied that an interrupted copy by the controller had begun \
+                     to fill; the copy starts over",
+                    emptied.len()
+                ),
+            );
+        }
+    }
+    let mut by_controller = subscription.is_none() && opts.copy == CopyMode::Controller;
+    if by_controller && !opts.wait {
+        step(
+            "initial copy",
+            Outcome::Unchanged,
+            "the controller copies only while sync waits; without waiting, the subscription copies"
+                .into(),
+        );
+        by_controller = false;
+    } else if by_controller && !copy::may_bypass_block(tgt).await {
+        step(
+            "initial copy",
+            Outcome::Unchanged,
+            "the controller may not set session_replication_role on the target (a superuser's \
+             setting), which its copy needs to write past the target's write block; the \
+             subscription copies instead"
+                .into(),
+        );
+        by_controller = false;
+    }
+    let (outcome, detail) = copy_schema(src, tgt, subscription.is_some(), !by_controller).await?;
     step("schema", outcome, detail);
 
     // The target refuses writes from here until its switchover, so a worker of
@@ -164,10 +213,11 @@ pub async fn sync(
         ),
     }
 
+    let mut post_built = false;
     match subscription {
         None => {
             // A slot left by an interrupted run would start at an old position;
-            // the subscription creates a fresh one.
+            // the subscription (or the controller's copy) creates a fresh one.
             let stale = link.slot(src).await?.is_some_and(|s| !s.active);
             if stale {
                 link.drop_slot(src, Duration::from_secs(10)).await?;
@@ -179,14 +229,83 @@ pub async fn sync(
                 .secret_conninfo()
                 .to_string();
             let with = link.options(src, tgt).await?;
-            link.create_subscription(tgt, &conninfo, true, true, with)
-                .await?;
-            let workers = tgt.setting("max_sync_workers_per_subscription").await?;
-            let mut detail = format!(
-                "created on the target with slot {name} on the source; {}; \
-                 up to {workers} table(s) copied at once (max_sync_workers_per_subscription)",
-                with.describe()
-            );
+            let snapshot = if by_controller {
+                copy::mark(tgt, name).await?;
+                match copy::Snapshot::export(src.dsn(), name).await {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        step(
+                            "initial copy",
+                            Outcome::Unchanged,
+                            format!(
+                                "the controller cannot hold a snapshot on the source ({e}); \
+                                 the subscription copies instead"
+                            ),
+                        );
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let mut detail = match snapshot {
+                Some(snapshot) => {
+                    let tables = catalog::published_tables(src).await?;
+                    let copied = controller_copy(src, tgt, &snapshot, &tables, opts, obs).await;
+                    snapshot.release().await;
+                    let copied = copied.inspect_err(|_| {
+                        obs.note(
+                            "the copy stopped; the next `cutover db sync` empties the tables it \
+                             began to fill and starts over",
+                        )
+                    })?;
+                    step(
+                        "initial copy",
+                        Outcome::Created,
+                        format!(
+                            "{} row(s), {} of COPY data, in {} table(s) ({} part(s), {} table(s) \
+                             in binary form) by {} session pair(s) in {:.1} s, under the \
+                             snapshot of slot {name}",
+                            copied.rows,
+                            crate::status::bytes(copied.bytes),
+                            copied.tables,
+                            copied.parts,
+                            copied.binary_tables,
+                            opts.jobs.max(1),
+                            copied.elapsed.as_secs_f64()
+                        ),
+                    );
+                    let (outcome, detail) = post_data(src, tgt, opts, obs).await?;
+                    step("indexes and constraints", outcome, detail);
+                    post_built = true;
+                    link.create_subscription(tgt, &conninfo, false, false, with)
+                        .await?;
+                    format!(
+                        "created on the target on slot {name}, applying the changes made after \
+                         the copy's snapshot; {}",
+                        with.describe()
+                    )
+                }
+                None => {
+                    // The table sync's catch-up applies UPDATEs and DELETEs, which
+                    // find their rows by the key: a target without one (an earlier
+                    // copy by the controller leaves the tables without) gets them
+                    // first.
+                    let (outcome, detail) = keys_first(src, tgt, opts).await?;
+                    if outcome != Outcome::Unchanged {
+                        step("primary keys", outcome, detail);
+                    }
+                    link.create_subscription(tgt, &conninfo, true, true, with)
+                        .await?;
+                    let workers = tgt.setting("max_sync_workers_per_subscription").await?;
+                    format!(
+                        "created on the target with slot {name} on the source; {}; \
+                         up to {workers} table(s) copied at once (max_sync_workers_per_subscription)",
+                        with.describe()
+                    )
+                }
+            };
+            copy::unmark(tgt, name).await?;
             if stale {
                 detail.push_str(" (an unused slot of that name was dropped first)");
             }
@@ -238,7 +357,12 @@ pub async fn sync(
         .collect();
     let sizes = catalog::table_sizes(src).await?;
     let tables = if opts.wait {
-        wait_ready(src, tgt, &link, &heartbeat, &estimates, &sizes, opts, obs).await?
+        let tables = wait_ready(src, tgt, &link, &heartbeat, &estimates, &sizes, opts, obs).await?;
+        if post_built {
+            let (outcome, detail) = caught_up(src, tgt, &link, &heartbeat, opts, obs).await?;
+            step("catch-up", outcome, detail);
+        }
+        tables
     } else {
         progress(tgt, &link, &estimates, &sizes, None)
             .await?
@@ -248,15 +372,10 @@ pub async fn sync(
     };
     let ready = !tables.is_empty() && tables.iter().all(|t| t.state == 'r');
     if ready {
-        let (outcome, detail) = post_data(
-            src,
-            tgt,
-            opts.jobs,
-            opts.maintenance_work_mem.as_deref(),
-            obs,
-        )
-        .await?;
-        step("indexes and constraints", outcome, detail);
+        if !post_built {
+            let (outcome, detail) = post_data(src, tgt, opts, obs).await?;
+            step("indexes and constraints", outcome, detail);
+        }
         let (outcome, detail) = analyze(tgt).await?;
         step("analyze", outcome, detail);
     } else {
@@ -283,7 +402,12 @@ pub async fn sync(
 
 /// Copies the schema into a target that has none of the source's tables; leaves a
 /// target that has all of them alone.
-async fn copy_schema(src: &Db, tgt: &Db, subscribed: bool) -> Result<(Outcome, String), Error> {
+async fn copy_schema(
+    src: &Db,
+    tgt: &Db,
+    subscribed: bool,
+    keys: bool,
+) -> Result<(Outcome, String), Error> {
     let want: BTreeSet<Name> = catalog::tables(src)
         .await?
         .into_iter()
@@ -330,13 +454,148 @@ async fn copy_schema(src: &Db, tgt: &Db, subscribed: bool) -> Result<(Outcome, S
             missing.join(", ")
         )));
     }
-    schema::copy_tables(src, tgt).await?;
+    schema::copy_tables(src, tgt, keys).await?;
+    Ok((
+        Outcome::Created,
+        if keys {
+            format!(
+                "{} table(s) with their primary keys copied (pg_dump --schema-only); \
+                 the other indexes, constraints and triggers are built after the initial copy",
+                want.len()
+            )
+        } else {
+            format!(
+                "{} table(s) copied (pg_dump --schema-only); their keys, indexes, constraints \
+                 and triggers are built after the initial copy",
+                want.len()
+            )
+        },
+    ))
+}
+
+/// The controller's copy, reported as the table sync's would be.
+async fn controller_copy(
+    src: &Db,
+    tgt: &Db,
+    snapshot: &copy::Snapshot,
+    tables: &[Name],
+    opts: &SyncOptions,
+    obs: &dyn Observer,
+) -> Result<copy::CopyReport, Error> {
+    obs.note(&format!(
+        "copying {} table(s) under the snapshot of the slot (consistent at {}) with {} session pair(s)",
+        tables.len(),
+        snapshot.lsn,
+        opts.jobs.max(1)
+    ));
+    let estimates: HashMap<Name, i64> = catalog::tables(src)
+        .await?
+        .into_iter()
+        .map(|t| (t.name, t.estimated_rows))
+        .collect();
+    let mut rates = Rates::default();
+    let mut report = |named: Vec<(Name, TableProgress)>| {
+        let tables: Vec<TableProgress> = named
+            .into_iter()
+            .map(|(name, mut p)| {
+                p.rows_estimated = estimates.get(&name).copied().filter(|n| *n >= 0);
+                if p.state == 'd' {
+                    // Rows are counted per part, bytes as they pass: the rate and
+                    // what is left go by bytes.
+                    let copied = p.bytes_copied.unwrap_or(0);
+                    let rate = rates.update(&name, copied);
+                    if let (Some(r), Some(rows)) = (rate, p.rows_copied)
+                        && copied > 0
+                        && rows > 0
+                    {
+                        p.rows_per_second = Some(r * rows as f64 / copied as f64);
+                    }
+                    if let (Some(r), Some(total)) = (rate, p.bytes_on_source)
+                        && r > 0.0
+                    {
+                        p.eta_seconds = Some((total - copied).max(0) as f64 / r);
+                    }
+                }
+                p
+            })
+            .collect();
+        obs.tables(&tables);
+    };
+    let deadline = opts.timeout.map(|t| Instant::now() + t);
+    let plan = copy::Plan {
+        jobs: opts.jobs,
+        part_bytes: opts.part_bytes,
+        deadline,
+    };
+    copy::copy(src, tgt, snapshot, tables, &plan, &mut report).await
+}
+
+/// After the controller's copy: waits until the subscription has applied what
+/// was written on the source meanwhile (a heartbeat written now has arrived).
+async fn caught_up(
+    src: &Db,
+    tgt: &Db,
+    link: &Link,
+    heartbeat: &Heartbeat,
+    opts: &SyncOptions,
+    obs: &dyn Observer,
+) -> Result<(Outcome, String), Error> {
+    let started = Instant::now();
+    loop {
+        let lag = heartbeat.measure(src, tgt, Duration::from_secs(10)).await?;
+        if !lag.at_least {
+            return Ok((
+                Outcome::Created,
+                format!(
+                    "the subscription applied the changes made during the copy and the index \
+                     builds in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ),
+            ));
+        }
+        let behind = link.slot(src).await?.and_then(|s| s.lag_bytes);
+        obs.note(&format!(
+            "the subscription is catching up on the changes made during the copy{}",
+            behind.map_or(String::new(), |b| format!(
+                " ({} behind)",
+                crate::status::bytes(b)
+            ))
+        ));
+        if let Some(limit) = opts.timeout
+            && started.elapsed() >= limit
+        {
+            return Err(Error::Timeout {
+                what: "the subscription's catch-up after the initial copy".into(),
+                after: limit,
+            });
+        }
+    }
+}
+
+/// Before the table sync: the primary keys and replica identity indexes the
+/// target lacks.
+async fn keys_first(src: &Db, tgt: &Db, opts: &SyncOptions) -> Result<(Outcome, String), Error> {
+    let mut keys = schema::PostData::find(src, tgt).await?;
+    keys.restrict_to_keys(src).await?;
+    if keys.complete() {
+        return Ok((Outcome::Unchanged, String::new()));
+    }
+    let started = Instant::now();
+    let n = keys.names.len();
+    let (t, jobs, memory) = (
+        tgt.dsn().clone(),
+        opts.jobs,
+        opts.maintenance_work_mem.clone(),
+    );
+    tokio::task::spawn_blocking(move || keys.build(&t, jobs, memory.as_deref()))
+        .await
+        .map_err(|e| Error::Precondition(format!("the key build did not finish: {e}")))??;
     Ok((
         Outcome::Created,
         format!(
-            "{} table(s) with their primary keys copied (pg_dump --schema-only); \
-             the other indexes, constraints and triggers are built after the initial copy",
-            want.len()
+            "{n} primary key(s) and replica identity index(es) the target lacked built in {:.1} s, \
+             before the subscription's copy",
+            started.elapsed().as_secs_f64()
         ),
     ))
 }
@@ -345,10 +604,10 @@ async fn copy_schema(src: &Db, tgt: &Db, subscribed: bool) -> Result<(Outcome, S
 async fn post_data(
     src: &Db,
     tgt: &Db,
-    jobs: usize,
-    memory: Option<&str>,
+    opts: &SyncOptions,
     obs: &dyn Observer,
 ) -> Result<(Outcome, String), Error> {
+    let (jobs, memory) = (opts.jobs, opts.maintenance_work_mem.as_deref());
     let started = Instant::now();
     let mut built = 0;
     for attempt in 1..=BUILD_ATTEMPTS {

@@ -13,6 +13,8 @@ mod check;
 mod common;
 #[path = "db/contains.rs"]
 mod contains;
+#[path = "db/copy.rs"]
+mod copy;
 #[path = "db/errors.rs"]
 mod errors;
 #[path = "db/failure.rs"]

@@ -139,6 +139,8 @@ async fn run_sync(a: SyncArgs) -> Result<u8, Error> {
             .transpose()?,
         jobs: usize::from(a.jobs),
         maintenance_work_mem: Some(a.maintenance_work_mem.clone()),
+        copy: a.copy,
+        part_bytes: a.part_size,
     };
     let term = Term::new();
     let report = sync(&src, &tgt, &a.db.name, &opts, &term).await?;

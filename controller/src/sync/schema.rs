@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::switchover::block;
 
 /// Where `pg_dump` and `psql` are: `$CUTOVER_PG_BIN` if set, else `$PATH`.
-fn program(name: &str) -> PathBuf {
+pub(super) fn program(name: &str) -> PathBuf {
     match std::env::var_os("CUTOVER_PG_BIN") {
         Some(dir) => PathBuf::from(dir).join(name),
         None => PathBuf::from(name),
@@ -44,7 +44,7 @@ fn command(name: &str, dsn: &Dsn) -> Command {
     cmd
 }
 
-fn tool_error(dsn: &Dsn, program: &'static str, detail: String) -> Error {
+pub(super) fn tool_error(dsn: &Dsn, program: &'static str, detail: String) -> Error {
     Error::Tool {
         side: dsn.side(),
         dsn: dsn.redacted(),
@@ -134,7 +134,7 @@ fn run(cmd: &mut Command, dsn: &Dsn, program: &'static str) -> Result<Vec<u8>, E
     Ok(out.stdout)
 }
 
-fn last_lines(stderr: &[u8], status: std::process::ExitStatus) -> String {
+pub(super) fn last_lines(stderr: &[u8], status: std::process::ExitStatus) -> String {
     let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
@@ -503,6 +503,25 @@ impl PostData {
                     && ready.contains(&Name::new(schema, table))
             })
         });
+        self.rename();
+    }
+
+    /// Keeps only the primary keys and replica identity indexes: what the
+    /// subscription's apply needs before the first change arrives.
+    pub async fn restrict_to_keys(&mut self, src: &Db) -> Result<(), Error> {
+        let (constraints, indexes) = identity_oids(src).await?;
+        let entries = &self.entries;
+        self.missing.retain(|&i| {
+            let e = &entries[i];
+            (e.catalog == PG_CONSTRAINT && constraints.contains(&e.oid))
+                || (e.catalog == PG_CLASS && indexes.contains(&e.oid))
+        });
+        self.rename();
+        Ok(())
+    }
+
+    fn rename(&mut self) {
+        let named = &self.named;
         self.names = self
             .missing
             .iter()
@@ -529,9 +548,11 @@ impl PostData {
     }
 }
 
-/// Part 1 on an empty target: everything up to the tables, plus every primary key
-/// and replica identity index, in one transaction.
-pub async fn copy_tables(src: &Db, tgt: &Db) -> Result<(), Error> {
+/// Part 1 on an empty target: everything up to the tables, plus (with `keys`)
+/// every primary key and replica identity index, in one transaction. Without
+/// `keys` the tables have nothing to maintain during the copy; the keys come with
+/// the rest of part 2.
+pub async fn copy_tables(src: &Db, tgt: &Db, keys: bool) -> Result<(), Error> {
     let (constraints, indexes) = identity_oids(src).await?;
     let s = src.dsn().clone();
     let t = tgt.dsn().clone();
@@ -547,8 +568,8 @@ pub async fn copy_tables(src: &Db, tgt: &Db) -> Result<(), Error> {
             .iter()
             .filter(|e| {
                 !post.contains(&e.id)
-                    || (e.catalog == PG_CONSTRAINT && constraints.contains(&e.oid))
-                    || (e.catalog == PG_CLASS && indexes.contains(&e.oid))
+                    || (keys && e.catalog == PG_CONSTRAINT && constraints.contains(&e.oid))
+                    || (keys && e.catalog == PG_CLASS && indexes.contains(&e.oid))
                     || is_acl(e)
             })
             .collect();

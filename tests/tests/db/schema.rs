@@ -11,7 +11,7 @@ use cutover_tests::{Postgres, eventually};
 
 use crate::common::{Pair, SwitchSite, cutover};
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
     CREATE TABLE accounts (
         id bigserial PRIMARY KEY,
         email text NOT NULL CONSTRAINT email_long_enough CHECK (length(email) > 3),
@@ -46,7 +46,7 @@ const SCHEMA: &str = "
 
 /// Every index, constraint and (user) trigger of the application's tables, by
 /// name and table.
-async fn objects(pg: &Postgres) -> BTreeSet<String> {
+pub(crate) async fn objects(pg: &Postgres) -> BTreeSet<String> {
     let c = pg.connect("app").await;
     let rows = c
         .query(

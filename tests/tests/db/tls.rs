@@ -261,3 +261,36 @@ async fn sync_from_a_tls_source_encrypts_the_replication_stream() {
         .get(0);
     assert!(own);
 }
+
+/// The controller's copy opens its replication session (`psql`) and its copy
+/// sessions with the same TLS settings: against a source that takes TLS only,
+/// it copies instead of falling back to the subscription's copy.
+#[tokio::test]
+async fn the_controllers_copy_keeps_to_tls() {
+    let (pair, certs) = tls_pair().await;
+    let source = dsn(
+        &pair.old,
+        "localhost",
+        &format!("sslmode=verify-full {}", root(&certs.ca())),
+    );
+    let run = cutover(
+        &["db", "sync", "--copy", "controller"],
+        &[
+            ("CUTOVER_SOURCE".into(), source),
+            ("CUTOVER_TARGET".into(), pair.new.dsn("app")),
+        ],
+    )
+    .await
+    .ok();
+    let copy = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("initial copy"))
+        .unwrap_or_else(|| panic!("no copy line: {}", run.all()));
+    assert!(
+        copy.contains("created") && copy.contains("under the snapshot"),
+        "{}",
+        run.all()
+    );
+    assert!(run.stdout.contains("ready"), "{}", run.all());
+}
