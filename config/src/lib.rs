@@ -21,7 +21,8 @@ pub use duration::{format_duration, parse_duration};
 pub use hash::{BUCKETS, bucket_of, stable_hash};
 pub use model::{
     AdminSettings, Backend, BackendId, Certificate, Config, Eject, HealthCheck, HoldSettings,
-    Listen, ProxySettings, ResolverSettings, Route, Sticky, Timeouts, UpstreamTls, WriteSide,
+    Listen, ProxySettings, ResolverSettings, Route, Sticky, Timeouts, Upgrades, UpstreamTls,
+    WriteSide,
 };
 pub use snapshot::{Snapshot, WeightsError, WeightsSource};
 pub use table::RouteTable;

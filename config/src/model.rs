@@ -67,6 +67,10 @@ pub struct HoldSettings {
     pub max_queued: usize,
     /// The hold's deadline when the hold call names none.
     pub max: Duration,
+    /// How long after a hold starts the upgraded connections (WebSockets) to the
+    /// side losing writes are closed, so that their clients reconnect (and are
+    /// held, then released to the new side).
+    pub upgrade_grace: Duration,
 }
 
 /// `[resolver]`: how backend host names are resolved.
@@ -155,6 +159,20 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Whether a backend with every address down hands its share to the others.
     pub failover: bool,
+    /// Where a protocol switch (a WebSocket) goes.
+    pub upgrades: Upgrades,
+}
+
+/// `upgrades`: an upgraded connection may carry writes the proxy cannot see, so by
+/// default it goes where writes go and a writes hold holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Upgrades {
+    /// To the write side, held by a writes hold.
+    #[default]
+    Writes,
+    /// Split by weight like a read (the application's upgraded connections
+    /// never write to the database).
+    Split,
 }
 
 /// A certificate chain and its key, served to TLS clients whose SNI matches `hosts`.

@@ -54,6 +54,7 @@ pub(crate) struct RawProxy {
 pub(crate) struct RawHold {
     pub max_queued: Option<Spanned<i64>>,
     pub max: Option<Spanned<String>>,
+    pub upgrade_grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +118,7 @@ pub(crate) struct RawRoute {
     pub retry_buffer: Option<Spanned<i64>>,
     pub timeouts: Option<Spanned<RawTimeouts>>,
     pub failover: Option<Spanned<bool>>,
+    pub upgrades: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -101,6 +101,7 @@ mod tests {
                 total: None,
             },
             failover: true,
+            upgrades: crate::model::Upgrades::Writes,
         }
     }
 

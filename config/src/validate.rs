@@ -22,6 +22,7 @@ const DEFAULT_GRACE: Duration = Duration::from_secs(25);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_MAX_QUEUED: i64 = 10_000;
 const DEFAULT_HOLD_MAX: Duration = Duration::from_secs(30);
+const DEFAULT_UPGRADE_GRACE: Duration = Duration::from_secs(2);
 pub(super) const DEFAULT_COOKIE_MAX_AGE: Duration = Duration::from_secs(30 * 86400);
 
 pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
@@ -171,6 +172,11 @@ impl Validator<'_> {
                 "hold.max_queued",
             ) as usize,
             max: self.duration(raw.hold.max, DEFAULT_HOLD_MAX, "hold.max"),
+            upgrade_grace: self.duration(
+                raw.hold.upgrade_grace,
+                DEFAULT_UPGRADE_GRACE,
+                "hold.upgrade_grace",
+            ),
         };
         let resolver = self.resolver(raw.resolver);
 

@@ -74,6 +74,18 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
                 .unwrap_or_default();
             put_weights(shared, &host, req).await
         }
+        (m, p) if route_target(p, "/disconnect").is_some() => {
+            if m != Method::POST {
+                return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+            }
+            let host = route_target(p, "/disconnect")
+                .map(percent_decode)
+                .unwrap_or_default();
+            match read_body(req).await {
+                Ok(body) => switchover::disconnect(shared, &host, &body),
+                Err(r) => r,
+            }
+        }
         (m, p) if route_target(p, "/hold").is_some() || route_target(p, "/release").is_some() => {
             if m != Method::POST {
                 return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
@@ -102,7 +114,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "no such endpoint; see GET / (status page), GET /healthz, GET /status, GET /metrics, PUT /routes/{host}/weights, POST /routes/{host}/hold, POST /routes/{host}/release",
+            "no such endpoint; see GET / (status page), GET /healthz, GET /status, GET /metrics, PUT /routes/{host}/weights, POST /routes/{host}/hold, POST /routes/{host}/release, POST /routes/{host}/disconnect",
         ),
     }
 }

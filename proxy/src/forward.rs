@@ -15,17 +15,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::header::UPGRADE;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 use crate::body::{InflightGuard, ProxyBody, release};
 use crate::handle::{Decision, local};
 use crate::headers::{prepare_request, strip_hop_by_hop};
 use crate::replay::{Replay, UpBody};
 use crate::state::{EndpointRt, Live, Shared};
+use crate::tunnel;
 use crate::upstream::{self, FailureKind};
 
 /// Sends the request upstream, retrying as the rules allow. Returns the response
@@ -48,6 +51,21 @@ pub async fn forward(
     } = decision;
     let route = &live.snap.routes()[ri];
     let rt = &live.routes[ri];
+    // A protocol switch: the client's side of it, and the Upgrade header the
+    // hop-by-hop stripping takes out.
+    let websocket = parts
+        .headers
+        .get(UPGRADE)
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let switch = if tunnel::requested(&parts) {
+        parts
+            .headers
+            .get(UPGRADE)
+            .cloned()
+            .zip(parts.extensions.remove::<OnUpgrade>())
+    } else {
+        None
+    };
     if let Err(status) = prepare_request(&mut parts, peer) {
         return (
             local(status, "request cannot be forwarded\n".into()),
@@ -96,7 +114,10 @@ pub async fn forward(
             break;
         };
         let last_attempt = attempt == route.attempts;
-        let req = build(&mut parts, &path, up_body, last_attempt);
+        let mut req = build(&mut parts, &path, up_body, last_attempt);
+        if let Some((upgrade, _)) = &switch {
+            tunnel::restore(req.headers_mut(), upgrade.clone());
+        }
         let mut head_timeout = route.timeouts.response_header;
         if let Some(t) = total {
             head_timeout =
@@ -104,9 +125,30 @@ pub async fn forward(
         }
         guard.forwarded(start);
         match upstream::send(&rt.clients[b], &endpoint.authority, req, head_timeout).await {
-            Ok((resp, lease)) => {
+            Ok((mut resp, lease)) => {
                 endpoint.health.connected();
                 let status = resp.status();
+                if status == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some((_, client)) = switch
+                {
+                    let backend_side = hyper::upgrade::on(&mut resp);
+                    let (mut head, _) = resp.into_parts();
+                    let upgrade = head.headers.get(UPGRADE).cloned();
+                    strip_hop_by_hop(&mut head.headers);
+                    if let Some(u) = upgrade {
+                        tunnel::restore(&mut head.headers, u);
+                    }
+                    tunnel::Tunnel {
+                        client,
+                        backend: backend_side,
+                        _lease: lease,
+                        open: guard.pair().upgraded.clone(),
+                        orders: rt.counters[b].disconnect.subscribe(),
+                        websocket,
+                    }
+                    .spawn();
+                    return (Response::from_parts(head, ProxyBody::Local(None)), b);
+                }
                 let retryable_status =
                     status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE;
                 if retryable_status

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cutover_config::{RouteTable, Sticky, WriteSide};
+use cutover_config::{RouteTable, Sticky, Upgrades, WriteSide};
 use http::header::{CONTENT_TYPE, HOST, RETRY_AFTER, SET_COOKIE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -101,7 +101,8 @@ async fn decide(
         Err(why) => return Err(local(StatusCode::BAD_REQUEST, why.to_string())),
     };
     let host = RouteTable::normalize(raw_host);
-    let is_write = is_write(&parts.method);
+    let upgrade = crate::tunnel::requested(parts);
+    let method_writes = is_write(&parts.method);
     let idempotent = is_idempotent(&parts.method, &parts.headers);
     let mut live = shared.live();
     loop {
@@ -112,6 +113,9 @@ async fn decide(
             ));
         };
         let route = &live.snap.routes()[ri];
+        // An upgraded connection may carry writes the proxy cannot see: unless the
+        // route says otherwise, it goes where writes go and a writes hold holds it.
+        let is_write = method_writes || (upgrade && route.upgrades == Upgrades::Writes);
         let key = sticky::key(&route.sticky, &parts.headers, peer.ip());
         let first = match live.snap.writes(ri) {
             WriteSide::Backend(b) if is_write => b,

@@ -21,6 +21,7 @@ mod server;
 mod state;
 mod sticky;
 mod tls;
+mod tunnel;
 mod upgrade;
 mod upstream;
 

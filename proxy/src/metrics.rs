@@ -15,6 +15,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     inflight: IntGaugeVec,
+    upgraded: IntGaugeVec,
     upstream_errors: IntCounterVec,
     retries: IntCounterVec,
     held: IntGaugeVec,
@@ -73,6 +74,13 @@ impl Metrics {
             Opts::new(
                 "cutover_inflight",
                 "Requests in flight, by route and backend.",
+            ),
+            &["route", "backend"],
+        )?;
+        let upgraded = IntGaugeVec::new(
+            Opts::new(
+                "cutover_upgraded_connections",
+                "Upgraded (long-lived: WebSocket and other protocol switches) connections open, by route and backend.",
             ),
             &["route", "backend"],
         )?;
@@ -143,6 +151,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(upgraded.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(held.clone()))?;
@@ -158,6 +167,7 @@ impl Metrics {
             requests,
             duration,
             inflight,
+            upgraded,
             upstream_errors,
             retries,
             held,
@@ -181,6 +191,7 @@ impl Metrics {
             codes: (0..CODES).map(|_| OnceLock::new()).collect(),
             duration: self.duration.with_label_values(&[route, backend]),
             inflight: self.inflight.with_label_values(&[route, backend]),
+            upgraded: self.upgraded.with_label_values(&[route, backend]),
             upstream_errors: self.upstream_errors.clone(),
         }
     }
@@ -251,6 +262,8 @@ pub struct PairMetrics {
     codes: Box<[OnceLock<IntCounter>]>,
     pub duration: Histogram,
     pub inflight: IntGauge,
+    /// Upgraded connections open now (`long_lived` in `/status`).
+    pub upgraded: IntGauge,
     upstream_errors: IntCounterVec,
 }
 

@@ -136,7 +136,7 @@ where
         match &tls {
             None => {
                 let conn = builder
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .into_owned();
                 tokio::spawn(finish(watcher.watch(conn), peer));
             }
@@ -156,7 +156,7 @@ where
                         }
                     };
                     let conn = builder
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .into_owned();
                     finish(watcher.watch(conn), peer).await;
                 });

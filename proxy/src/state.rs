@@ -123,10 +123,22 @@ impl EndpointSet {
 
 /// Requests in flight on one route × backend, split by kind. SeqCst, because the
 /// hold protocol reads them against the hold flag (see [`crate::hold`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PairCounters {
     pub reads: AtomicI64,
     pub writes: AtomicI64,
+    /// Orders to close the upgraded connections of this route and backend.
+    pub disconnect: tokio::sync::watch::Sender<crate::tunnel::Disconnect>,
+}
+
+impl Default for PairCounters {
+    fn default() -> Self {
+        PairCounters {
+            reads: AtomicI64::new(0),
+            writes: AtomicI64::new(0),
+            disconnect: tokio::sync::watch::channel(crate::tunnel::Disconnect::default()).0,
+        }
+    }
 }
 
 impl PairCounters {
@@ -136,6 +148,14 @@ impl PairCounters {
 
     pub fn total(&self) -> i64 {
         self.reads.load(Ordering::SeqCst) + self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Orders every upgraded connection open on this pair closed within `over`.
+    pub fn disconnect(&self, over: std::time::Duration) {
+        self.disconnect.send_modify(|d| {
+            d.seq += 1;
+            d.over = over;
+        });
     }
 }
 
@@ -477,6 +497,11 @@ impl Live {
     pub fn drained(&self, ri: usize, backend: usize) -> bool {
         let weight = self.snap.weights(ri).basis_points(backend);
         let writes_here = self.snap.writes(ri) == cutover_config::WriteSide::Backend(backend);
-        weight == 0 && !writes_here && self.routes[ri].counters[backend].total() == 0
+        // An upgraded connection (a WebSocket) is traffic too, for as long as it
+        // stays open.
+        weight == 0
+            && !writes_here
+            && self.routes[ri].counters[backend].total() == 0
+            && self.routes[ri].pairs[backend].upgraded.get() == 0
     }
 }

@@ -321,7 +321,8 @@ impl Client {
             }
         };
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // A 101 hands the connection over to the tunnel (see `tunnel`).
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %chain(&e), "upstream connection ended with an error");
             }
         });

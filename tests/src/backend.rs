@@ -2,7 +2,9 @@
 //! runtime, so killing it closes every socket it holds, as a dying process would.
 //!
 //! Paths it understands: `/slow/{ms}` answers after that many milliseconds; any
-//! other path answers at once. Every answer carries `x-backend: {name}` and echoes
+//! other path answers at once. A WebSocket handshake (`Upgrade: websocket`) on any
+//! path gets its `101` and then an echo: each text message comes back as
+//! `{name}: {message}`. Every answer carries `x-backend: {name}` and echoes
 //! what the proxy forwarded (`x-seen-host`, `x-seen-xff`, `x-seen-proto`,
 //! `x-seen-method`).
 
@@ -37,6 +39,9 @@ pub struct BackendStats {
     /// When non-zero, `/healthz` answers with this status.
     pub health_status: AtomicU16,
     pub health_checks: AtomicU64,
+    /// WebSocket handshakes answered, and echoes open now.
+    pub websockets: AtomicU64,
+    pub websockets_open: AtomicU64,
 }
 
 /// A running backend; stops (closing all its connections) on drop or [`Backend::kill`].
@@ -186,12 +191,14 @@ async fn serve(
             let builder = auto::Builder::new(TokioExecutor::new());
             match tls {
                 None => {
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
                 }
                 Some(acceptor) => {
                     if let Ok(tls_stream) = acceptor.accept(stream).await {
                         let _ = builder
-                            .serve_connection(TokioIo::new(tls_stream), svc)
+                            .serve_connection_with_upgrades(TokioIo::new(tls_stream), svc)
                             .await;
                     }
                 }
@@ -212,11 +219,71 @@ impl std::fmt::Display for Reset {
 
 impl std::error::Error for Reset {}
 
+/// Answers a WebSocket handshake with `101` and echoes on the upgraded
+/// connection until the client closes it (or the backend is killed).
+fn websocket(
+    mut req: Request<Incoming>,
+    name: Arc<str>,
+    stats: Arc<BackendStats>,
+) -> Response<Full<Bytes>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let accept = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    stats.websockets.fetch_add(1, Ordering::SeqCst);
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(io) = upgrade.await else {
+            return;
+        };
+        stats.websockets_open.fetch_add(1, Ordering::SeqCst);
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(io),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            let reply = match msg {
+                Message::Text(t) => Message::text(format!("{name}: {}", t.as_str())),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+        stats.websockets_open.fetch_sub(1, Ordering::SeqCst);
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
+    h.insert("connection", HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    resp
+}
+
 async fn answer(
     req: Request<Incoming>,
     name: Arc<str>,
     stats: Arc<BackendStats>,
 ) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
+        return Ok(websocket(req, name, stats));
+    }
     if req.uri().path() == "/healthz" {
         stats.health_checks.fetch_add(1, Ordering::SeqCst);
         let code = stats.health_status.load(Ordering::SeqCst);

@@ -25,3 +25,5 @@ mod tls;
 mod upgrade;
 #[path = "e2e/upstream_tls.rs"]
 mod upstream_tls;
+#[path = "e2e/websocket.rs"]
+mod websocket;

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::{DEFAULT_COOKIE_MAX_AGE, Validator};
 use crate::hash::BUCKETS;
-use crate::model::{Backend, Route, Sticky, Timeouts, WriteSide};
+use crate::model::{Backend, Route, Sticky, Timeouts, Upgrades, WriteSide};
 use crate::raw::{RawRoute, RawSticky, RawTimeouts};
 use crate::weights::{Weights, parse_percent};
 
@@ -131,6 +131,18 @@ impl Validator<'_> {
         members.sort_unstable();
         members.dedup();
         let failover = r.failover.is_none_or(|f| *f.get_ref());
+        let upgrades = match r.upgrades {
+            None => Upgrades::Writes,
+            Some(u) => match u.get_ref().as_str() {
+                "writes" => Upgrades::Writes,
+                "split" => Upgrades::Split,
+                other => {
+                    let msg = format!("must be \"writes\" or \"split\", not {other:?}");
+                    self.err(&u, format!("{at}.upgrades"), msg);
+                    Upgrades::Writes
+                }
+            },
+        };
         Route {
             name,
             hosts,
@@ -142,6 +154,7 @@ impl Validator<'_> {
             retry_buffer,
             timeouts,
             failover,
+            upgrades,
         }
     }
 

@@ -5,8 +5,10 @@
 //!    --schema-only` archive restored up to its tables (types, functions,
 //!    sequences, tables, check constraints), plus each table's primary key or
 //!    replica identity index, which the subscription's apply needs to find the
-//!    rows an UPDATE or DELETE names; one transaction;
-//! 2. after it ([`build_post_data`]): every other index, constraint, trigger,
+//!    rows an UPDATE or DELETE names; one transaction. The controller's own copy
+//!    (`--copy controller`, [`super::copy`]) applies nothing until its rows are in,
+//!    so it leaves the keys to part 2 as well;
+//! 2. after it ([`PostData`]): every other index, constraint, trigger,
 //!    rule, policy and statistics object, built by `pg_restore -j N` in parallel.
 //!    What the target already has is left out, so this part can run again after
 //!    an interruption.

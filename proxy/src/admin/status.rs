@@ -54,8 +54,8 @@ pub(super) fn route_json(live: &Live, i: usize) -> Value {
     let snap = &live.snap;
     let r = &snap.routes()[i];
     let rt = &live.routes[i];
-    let (mut inflight, mut reads, mut writes, mut drained) =
-        (Map::new(), Map::new(), Map::new(), Map::new());
+    let (mut inflight, mut reads, mut writes, mut drained, mut long_lived) =
+        (Map::new(), Map::new(), Map::new(), Map::new(), Map::new());
     for (id, b) in snap.config.backends.iter().enumerate() {
         let c = &rt.counters[id];
         let (r, w) = (
@@ -66,6 +66,7 @@ pub(super) fn route_json(live: &Live, i: usize) -> Value {
         reads.insert(b.name.clone(), json!(r));
         writes.insert(b.name.clone(), json!(w));
         drained.insert(b.name.clone(), json!(live.drained(i, id)));
+        long_lived.insert(b.name.clone(), json!(rt.pairs[id].upgraded.get()));
     }
     let hold = rt.hold.info().map(|h| {
         json!({
@@ -92,6 +93,7 @@ pub(super) fn route_json(live: &Live, i: usize) -> Value {
         "inflight_reads": reads,
         "inflight_writes": writes,
         "drained": drained,
+        "long_lived": long_lived,
         "hold": hold,
         "members": r.members.iter().map(|&m| snap.config.backends[m].name.clone()).collect::<Vec<_>>(),
     })

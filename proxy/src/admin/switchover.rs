@@ -1,18 +1,19 @@
 //! `POST /routes/{host}/hold` and `POST /routes/{host}/release`: the proxy's part of
-//! the database switchover. `{host}` is a host the route lists, its name, or `*` for
+//! the database switchover; and `POST /routes/{host}/disconnect`, which closes
+//! upgraded connections. `{host}` is a host the route lists, its name, or `*` for
 //! every route.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use cutover_config::{WeightsError, parse_duration};
+use cutover_config::{WeightsError, WriteSide, format_duration, parse_duration};
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::{error, json_response, status};
 use crate::body::ProxyBody;
 use crate::hold::Scope;
-use crate::state::{Shared, UpdateError};
+use crate::state::{Live, Shared, UpdateError};
 
 /// `{"scope":"writes"|"all","max":"30s"}`, both optional (writes; `[hold] max`).
 pub(super) fn hold(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyBody> {
@@ -51,15 +52,100 @@ pub(super) fn hold(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyB
     };
     let mut names = Vec::new();
     let mut info = None;
+    let grace = live.snap.config.hold.upgrade_grace;
     for &ri in &routes {
         info = Some(live.routes[ri].hold.hold(scope, max));
         names.push(live.snap.routes()[ri].name.clone());
+        close_upgraded_after(&live, ri, grace);
     }
     tracing::warn!(routes = ?names, scope = scope.as_str(), max = ?max, "hold started: requests in scope wait in the proxy");
     let hold = info.map(|h| {
         json!({ "scope": h.scope.as_str(), "since": status::unix(h.since), "deadline": status::unix(h.deadline) })
     });
     json_response(StatusCode::OK, &json!({ "hold": hold, "routes": names }))
+}
+
+/// The writes are about to move: after `grace`, the upgraded connections (which
+/// may carry writes the proxy cannot hold) to the side that has the writes now are
+/// closed, so that their clients reconnect, wait in the hold, and follow the writes.
+/// A split write side has no one side: every member's are closed.
+fn close_upgraded_after(live: &Live, ri: usize, grace: Duration) {
+    if live.snap.routes()[ri].upgrades != cutover_config::Upgrades::Writes {
+        return;
+    }
+    let losing: Vec<usize> = match live.snap.writes(ri) {
+        WriteSide::Backend(b) => vec![b],
+        WriteSide::Split => live.snap.routes()[ri].members.clone(),
+    };
+    let pairs: Vec<_> = losing
+        .into_iter()
+        .map(|b| live.routes[ri].counters[b].clone())
+        .collect();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        for p in pairs {
+            p.disconnect(Duration::ZERO);
+        }
+    });
+}
+
+/// `{"backend":"old","over":"30s"}`: closes the route's upgraded connections to
+/// that backend, each at a random moment within `over` (default at once), so that
+/// a thousand clients do not reconnect in the same second.
+pub(super) fn disconnect(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyBody> {
+    let v = match object(body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+    };
+    let live = shared.live();
+    let Some(Value::String(backend)) = v.get("backend") else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "backend must name a backend, e.g. {\"backend\":\"old\",\"over\":\"30s\"}",
+        );
+    };
+    let Some(b) = live
+        .snap
+        .config
+        .backends
+        .iter()
+        .position(|x| &x.name == backend)
+    else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("backend {backend:?} is not in the config"),
+        );
+    };
+    let over = match v.get("over") {
+        None => Duration::ZERO,
+        Some(Value::String(s)) => match parse_duration(s) {
+            Ok(d) => d,
+            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &format!("over: {e}")),
+        },
+        Some(other) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("over must be a duration such as \"30s\", got {other}"),
+            );
+        }
+    };
+    let routes = match live.snap.routes_for(host) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::NOT_FOUND, &e.to_string()),
+    };
+    let mut names = Vec::new();
+    let mut open = 0;
+    for &ri in &routes {
+        open += live.routes[ri].pairs[b].upgraded.get();
+        live.routes[ri].counters[b].disconnect(over);
+        names.push(live.snap.routes()[ri].name.clone());
+    }
+    tracing::warn!(routes = ?names, backend = %backend, open, over = ?over,
+        "closing upgraded connections on request");
+    json_response(
+        StatusCode::OK,
+        &json!({ "routes": names, "backend": backend, "closing": open, "over": format_duration(over) }),
+    )
 }
 
 /// Optional `{"writes":"new"}`: switch the write side, then release, in that order.

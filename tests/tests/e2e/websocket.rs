@@ -1,0 +1,342 @@
+//! WebSockets (HTTP/1.1 `Upgrade`) through the proxy: the `101`, then messages
+//! both ways for as long as both ends keep the connection; routed like a write
+//! (to the write side, held by a writes hold) because the proxy cannot see what
+//! the connection carries; counted as long-lived per route and backend; and a
+//! backend with an open WebSocket is not drained. The world misbehaving: a backend
+//! killed under open connections, and a client that goes away without a close.
+
+use std::time::Duration;
+
+use cutover_tests::{Backend, Proxy, ProxyBuilder, eventually, two_backend_config};
+use futures_util::{SinkExt, StreamExt};
+use http::Method;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const HOST: &str = "shop.test";
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Opens a WebSocket to `HOST` through the proxy; returns it and the backend
+/// that answered the handshake.
+async fn open(proxy: &Proxy) -> (Ws, String) {
+    let tcp = TcpStream::connect(proxy.http).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{HOST}/live"), tcp)
+        .await
+        .expect("the WebSocket handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    let backend = resp
+        .headers()
+        .get("x-cutover-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (ws, backend)
+}
+
+/// Sends `text` and returns the echo.
+async fn echo(ws: &mut Ws, text: &str) -> String {
+    ws.send(Message::text(text)).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an echo within 10 s")
+        {
+            Some(Ok(Message::Text(t))) => return t.as_str().to_string(),
+            Some(Ok(_)) => continue,
+            other => panic!("no echo: {other:?}"),
+        }
+    }
+}
+
+/// POSTs `body` to the admin API's `path`, which must answer 200.
+async fn post(proxy: &Proxy, path: &str, body: &str) -> cutover_tests::Reply {
+    let r = proxy.admin_call(Method::POST, path, body).await;
+    assert_eq!(r.status, 200, "{path}: {}", r.body);
+    r
+}
+
+/// Backends `old` and `new` behind a proxy for `HOST` with `weights` and `extra`.
+fn start(weights: (f64, f64), extra: &str) -> (Backend, Backend, Proxy) {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = two_backend_config(old.addr, new.addr, &[HOST], weights, extra);
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    (old, new, proxy)
+}
+
+async fn long_lived(proxy: &Proxy, backend: &str) -> u64 {
+    proxy.status().await["routes"][0]["long_lived"][backend]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_goes_where_writes_go_and_echoes_both_ways() {
+    let (_old, _new, proxy) = start((100.0, 0.0), "writes = \"new\"");
+    assert_eq!(proxy.get(HOST, "/").await.backend(), "old");
+
+    let (mut ws, backend) = open(&proxy).await;
+    assert_eq!(backend, "new");
+    for i in 0..50 {
+        assert_eq!(echo(&mut ws, &format!("m{i}")).await, format!("new: m{i}"));
+    }
+    assert_eq!(long_lived(&proxy, "new").await, 1);
+    assert_eq!(long_lived(&proxy, "old").await, 0);
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .contains(r#"cutover_upgraded_connections{backend="new",route="shop.test"} 1"#)
+    );
+
+    // Writes move to old (without a hold, which would close the WebSocket) and
+    // new has no weight: new is not drained while the WebSocket is open, and is
+    // once it closes.
+    post(&proxy, "/routes/shop.test/release", r#"{"writes":"old"}"#).await;
+    assert_eq!(proxy.status().await["routes"][0]["drained"]["new"], false);
+    assert_eq!(echo(&mut ws, "still here").await, "new: still here");
+    ws.close(None).await.unwrap();
+    eventually(Duration::from_secs(10), "new drained", || async {
+        let s = proxy.status().await;
+        (s["routes"][0]["drained"]["new"] == true && s["routes"][0]["long_lived"]["new"] == 0)
+            .then_some(())
+    })
+    .await;
+    let (mut ws, backend) = open(&proxy).await;
+    assert_eq!(backend, "old");
+    assert_eq!(echo(&mut ws, "moved").await, "old: moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_handshake_is_held_with_the_writes_and_released_to_the_new_side() {
+    let (old, _new, proxy) = start((50.0, 50.0), "writes = \"old\"");
+    post(
+        &proxy,
+        "/routes/shop.test/hold",
+        r#"{"scope":"writes","max":"30s"}"#,
+    )
+    .await;
+    let pending = {
+        let addr = proxy.http;
+        tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            tokio_tungstenite::client_async(format!("ws://{HOST}/live"), tcp).await
+        })
+    };
+    eventually(Duration::from_secs(10), "the handshake held", || async {
+        (proxy.status().await["routes"][0]["hold"]["held"] == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        old.stats
+            .websockets
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    post(&proxy, "/routes/shop.test/release", r#"{"writes":"new"}"#).await;
+    let (mut ws, resp) = pending
+        .await
+        .unwrap()
+        .expect("the handshake after the release");
+    assert_eq!(resp.headers()["x-cutover-backend"], "new");
+    assert_eq!(echo(&mut ws, "after").await, "new: after");
+    assert_eq!(
+        old.stats
+            .websockets
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_or_a_vanished_client_leaves_nothing_open() {
+    let (mut old, new, proxy) = start((100.0, 0.0), "writes = \"old\"");
+
+    // Ten clients on old; the backend dies under them.
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let (mut ws, backend) = open(&proxy).await;
+        assert_eq!(backend, "old");
+        assert_eq!(echo(&mut ws, &format!("c{i}")).await, format!("old: c{i}"));
+        clients.push(ws);
+    }
+    assert_eq!(long_lived(&proxy, "old").await, 10);
+    old.kill();
+    for mut ws in clients {
+        let end = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("the client learns of the end within 10 s");
+        assert!(
+            !matches!(end, Some(Ok(Message::Text(_)))),
+            "no message after the backend died: {end:?}"
+        );
+    }
+    eventually(Duration::from_secs(10), "no tunnel left to old", || async {
+        (long_lived(&proxy, "old").await == 0).then_some(())
+    })
+    .await;
+
+    // A client that drops its TCP connection without a close frame.
+    post(
+        &proxy,
+        "/routes/shop.test/hold",
+        r#"{"scope":"writes","max":"30s"}"#,
+    )
+    .await;
+    post(&proxy, "/routes/shop.test/release", r#"{"writes":"new"}"#).await;
+    let (mut ws, backend) = open(&proxy).await;
+    assert_eq!(backend, "new");
+    assert_eq!(echo(&mut ws, "bye").await, "new: bye");
+    assert_eq!(
+        new.stats
+            .websockets_open
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    drop(ws);
+    eventually(
+        Duration::from_secs(10),
+        "the tunnel and the backend's side closed",
+        || async {
+            (long_lived(&proxy, "new").await == 0
+                && new
+                    .stats
+                    .websockets_open
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    == 0)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Waits for the server's close; returns its code (`None`: no close frame).
+async fn closed(ws: &mut Ws, within: Duration) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(within, ws.next()).await {
+            Err(_) => panic!("no close within {within:?}"),
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            Ok(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_closes_websockets_on_the_losing_side_and_they_follow_the_writes() {
+    let (old, _new, proxy) = start(
+        (50.0, 50.0),
+        "writes = \"old\"\n\n[hold]\nupgrade_grace = \"500ms\"",
+    );
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let (ws, backend) = open(&proxy).await;
+        assert_eq!(backend, "old");
+        clients.push(ws);
+    }
+    assert_eq!(long_lived(&proxy, "old").await, 50);
+    post(
+        &proxy,
+        "/routes/shop.test/hold",
+        r#"{"scope":"writes","max":"30s"}"#,
+    )
+    .await;
+    // Each client sees a 1012 close, and reconnects at once: the reconnect is
+    // held with the writes.
+    let reconnects: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            let addr = proxy.http;
+            tokio::spawn(async move {
+                let code = closed(&mut ws, Duration::from_secs(10)).await;
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let (mut ws, resp) =
+                    tokio_tungstenite::client_async(format!("ws://{HOST}/live"), tcp)
+                        .await
+                        .expect("the reconnect");
+                let backend = resp.headers()["x-cutover-backend"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                let reply = echo(&mut ws, "back").await;
+                (code, backend, reply, ws)
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(10), "50 reconnects held", || async {
+        (proxy.status().await["routes"][0]["hold"]["held"] == 50).then_some(())
+    })
+    .await;
+    assert_eq!(long_lived(&proxy, "old").await, 0);
+    post(&proxy, "/routes/shop.test/release", r#"{"writes":"new"}"#).await;
+    let mut open_now = Vec::new();
+    for r in reconnects {
+        let (code, backend, reply, ws) = r.await.unwrap();
+        assert_eq!(code, Some(1012));
+        assert_eq!((backend.as_str(), reply.as_str()), ("new", "new: back"));
+        open_now.push(ws);
+    }
+    let on_old = old
+        .stats
+        .websockets
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(on_old, 50, "no client reconnected to old");
+    assert_eq!(long_lived(&proxy, "new").await, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_spreads_its_closes_over_the_window() {
+    let (_old, _new, proxy) = start((100.0, 0.0), "writes = \"old\"");
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        clients.push(open(&proxy).await.0);
+    }
+    assert_eq!(long_lived(&proxy, "old").await, 200);
+    let r = post(
+        &proxy,
+        "/routes/shop.test/disconnect",
+        r#"{"backend":"old","over":"3s"}"#,
+    )
+    .await;
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["closing"], 200);
+    let started = tokio::time::Instant::now();
+    let closes: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let code = closed(&mut ws, Duration::from_secs(15)).await;
+                (code, started.elapsed())
+            })
+        })
+        .collect();
+    let mut at = Vec::new();
+    for c in closes {
+        let (code, when) = c.await.unwrap();
+        assert_eq!(code, Some(1012));
+        at.push(when);
+    }
+    at.sort();
+    // Spread over the window: the first quarter of the closes before the last
+    // quarter starts, by at least a second; none long after the window.
+    let (q1, q3, last) = (at[50], at[150], at[199]);
+    assert!(q3 - q1 >= Duration::from_secs(1), "{q1:?} … {q3:?}");
+    assert!(last <= Duration::from_secs(6), "{last:?}");
+    eventually(Duration::from_secs(10), "nothing open on old", || async {
+        (long_lived(&proxy, "old").await == 0).then_some(())
+    })
+    .await;
+    // Bad orders name what is wrong.
+    for (body, want) in [
+        (r#"{"over":"3s"}"#, "backend"),
+        (r#"{"backend":"blue"}"#, "blue"),
+        (r#"{"backend":"old","over":"soon"}"#, "over"),
+    ] {
+        let r = proxy
+            .admin_call(Method::POST, "/routes/shop.test/disconnect", body)
+            .await;
+        assert_eq!(r.status, 422, "{body}: {}", r.body);
+        assert!(r.body.contains(want), "{body}: {}", r.body);
+    }
+}
