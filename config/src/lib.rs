@@ -20,7 +20,7 @@ pub use diag::{ConfigError, Diagnostic};
 pub use duration::{format_duration, parse_duration};
 pub use hash::{BUCKETS, bucket_of, stable_hash};
 pub use model::{
-    AdminSettings, Backend, BackendId, Certificate, Config, Eject, HealthCheck, HoldSettings,
+    AdminSettings, Backend, BackendId, Certificate, Cidr, Config, Eject, HealthCheck, HoldSettings,
     Listen, ProxySettings, ResolverSettings, Route, Sticky, Timeouts, Upgrades, UpstreamTls,
     WriteSide,
 };

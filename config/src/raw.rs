@@ -47,6 +47,7 @@ pub(crate) struct RawProxy {
     pub grace: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub control_socket: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,7 +11,7 @@ use toml::Spanned;
 use crate::diag::{ConfigError, Diagnostic, Locator};
 use crate::duration::parse_duration;
 use crate::model::{
-    AdminSettings, Backend, Config, Eject, HealthCheck, HoldSettings, Listen, ProxySettings,
+    AdminSettings, Backend, Cidr, Config, Eject, HealthCheck, HoldSettings, Listen, ProxySettings,
     ResolverSettings, UpstreamTls,
 };
 use crate::raw::{RawBackend, RawConfig, RawResolver, RawUpstreamTls};
@@ -162,6 +162,7 @@ impl Validator<'_> {
                 "proxy.connect_timeout",
             ),
             control_socket: self.control_socket(raw.proxy.control_socket, file),
+            trusted_proxies: self.cidrs(raw.proxy.trusted_proxies),
         };
         self.connect_default = proxy.connect_timeout;
         let hold = HoldSettings {
@@ -206,6 +207,17 @@ impl Validator<'_> {
             routes,
             certificates,
         }
+    }
+
+    fn cidrs(&mut self, raw: Option<Vec<Spanned<String>>>) -> Vec<Cidr> {
+        let mut out = Vec::new();
+        for (i, c) in raw.unwrap_or_default().into_iter().enumerate() {
+            match Cidr::parse(c.get_ref()) {
+                Ok(cidr) => out.push(cidr),
+                Err(msg) => self.err(&c, format!("proxy.trusted_proxies[{i}]"), msg),
+            }
+        }
+        out
     }
 
     fn resolver(&mut self, raw: RawResolver) -> ResolverSettings {

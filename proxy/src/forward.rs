@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::HeaderValue;
 use http::header::UPGRADE;
 use http::request::Parts;
 use http::uri::PathAndQuery;
@@ -53,20 +54,24 @@ pub async fn forward(
     let rt = &live.routes[ri];
     // A protocol switch: the client's side of it, and the Upgrade header the
     // hop-by-hop stripping takes out.
-    let websocket = parts
-        .headers
-        .get(UPGRADE)
-        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let switch = if tunnel::requested(&parts) {
-        parts
+    let h2_websocket = tunnel::h2_websocket(&parts);
+    let websocket = h2_websocket
+        || parts
             .headers
             .get(UPGRADE)
-            .cloned()
-            .zip(parts.extensions.remove::<OnUpgrade>())
+            .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let switch = if tunnel::requested(&parts) {
+        let upgrade = if h2_websocket {
+            Some(HeaderValue::from_static("websocket"))
+        } else {
+            parts.headers.get(UPGRADE).cloned()
+        };
+        upgrade.zip(parts.extensions.remove::<OnUpgrade>())
     } else {
         None
     };
-    if let Err(status) = prepare_request(&mut parts, peer) {
+    if let Err(status) = prepare_request(&mut parts, peer, &live.snap.config.proxy.trusted_proxies)
+    {
         return (
             local(status, "request cannot be forwarded\n".into()),
             guard.backend(),
@@ -117,6 +122,12 @@ pub async fn forward(
         let mut req = build(&mut parts, &path, up_body, last_attempt);
         if let Some((upgrade, _)) = &switch {
             tunnel::restore(req.headers_mut(), upgrade.clone());
+            if h2_websocket {
+                let (mut head, body) = req.into_parts();
+                tunnel::as_http1_handshake(&mut head.method, &mut head.headers);
+                head.version = Version::HTTP_11;
+                req = Request::from_parts(head, body);
+            }
         }
         let mut head_timeout = route.timeouts.response_header;
         if let Some(t) = total {
@@ -135,7 +146,9 @@ pub async fn forward(
                     let (mut head, _) = resp.into_parts();
                     let upgrade = head.headers.get(UPGRADE).cloned();
                     strip_hop_by_hop(&mut head.headers);
-                    if let Some(u) = upgrade {
+                    if h2_websocket {
+                        tunnel::as_h2_accept(&mut head.status, &mut head.headers);
+                    } else if let Some(u) = upgrade {
                         tunnel::restore(&mut head.headers, u);
                     }
                     tunnel::Tunnel {

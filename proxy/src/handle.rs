@@ -31,7 +31,12 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
-    Ok(proxy(&shared, peer, req, start).await)
+    let (mut parts, body) = req.into_parts();
+    let id = crate::headers::request_id(&mut parts.headers);
+    let mut resp = proxy(&shared, peer, Request::from_parts(parts, body), start).await;
+    resp.headers_mut()
+        .insert(crate::headers::X_REQUEST_ID.clone(), id);
+    Ok(resp)
 }
 
 /// What the request path decided before forwarding.

@@ -1,19 +1,25 @@
 //! Header rewriting between the client and the upstream: hop-by-hop headers out,
-//! the client's Host kept, `X-Forwarded-For` and `X-Forwarded-Proto` in.
-//! `X-Forwarded-Proto` is `https` for requests that came over the HTTPS listener
-//! (the listener marks them with [`Scheme`]), whatever the client sent.
+//! the client's Host kept, `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded`
+//! set (appended to only after a trusted proxy), `X-Request-Id` kept or made, and
+//! HTTP/2's split cookies joined. `X-Forwarded-Proto` is `https` for requests that
+//! came over the HTTPS listener (the listener marks them with [`Scheme`]), whatever
+//! the client sent.
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::header::HOST;
+use cutover_config::Cidr;
+use http::header::{COOKIE, HOST};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 
 use crate::server::Scheme;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that must not be forwarded.
 static HOP_BY_HOP: [HeaderName; 7] = [
@@ -27,7 +33,16 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Rewrites a downstream request's headers for the upstream, once per request.
-pub fn prepare_request(parts: &mut Parts, peer: SocketAddr) -> Result<(), StatusCode> {
+///
+/// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
+/// describe this hop. From a peer in `trusted` (another proxy in front of this
+/// one) the incoming values are kept and this hop is appended; from anyone else
+/// they are claims, and are replaced.
+pub fn prepare_request(
+    parts: &mut Parts,
+    peer: SocketAddr,
+    trusted: &[Cidr],
+) -> Result<(), StatusCode> {
     // HTTP/2 carries the host in :authority; HTTP/1.1 backends need a Host header.
     if !parts.headers.contains_key(HOST) {
         let host = parts
@@ -37,24 +52,106 @@ pub fn prepare_request(parts: &mut Parts, peer: SocketAddr) -> Result<(), Status
             .ok_or(StatusCode::BAD_REQUEST)?;
         parts.headers.insert(HOST, host);
     }
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+    let https = parts.extensions.get::<Scheme>() == Some(&Scheme::Https);
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    let client = peer.ip().to_string();
-    // Handing the string over as `Bytes` validates it without another copy.
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_maybe_shared(Bytes::from(format!("{prior}, {client}"))),
-        None => HeaderValue::from_maybe_shared(Bytes::from(client)),
+    let trusted = trusted.iter().any(|c| c.contains(peer.ip()));
+    let client = peer.ip();
+    let proto = if https { "https" } else { "http" };
+    let host = headers.get(HOST).cloned();
+
+    let prior = |h: &HeaderMap, name: &HeaderName| -> Option<String> {
+        let all: Vec<&str> = h
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (trusted && !all.is_empty()).then(|| all.join(", "))
     };
-    if let Ok(v) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    let xff = match prior(headers, &X_FORWARDED_FOR) {
+        Some(p) => format!("{p}, {client}"),
+        None => client.to_string(),
+    };
+    let node = match client {
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        v4 => v4.to_string(),
+    };
+    let mut element = format!("for={node};proto={proto}");
+    if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        element.push_str(&format!(";host=\"{}\"", h.replace(['"', '\\'], "")));
     }
-    if parts.extensions.get::<Scheme>() == Some(&Scheme::Https) {
-        // TLS ended here, so this is known, not claimed.
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
-    } else if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let forwarded = match prior(headers, &FORWARDED) {
+        Some(p) => format!("{p}, {element}"),
+        None => element,
+    };
+    // TLS ended here, so `https` is known, not claimed; a trusted proxy in front
+    // may have ended it before us.
+    let xfp = prior(headers, &X_FORWARDED_PROTO)
+        .filter(|_| !https)
+        .unwrap_or_else(|| proto.to_string());
+    let xfh = prior(headers, &X_FORWARDED_HOST);
+    for (name, value) in [
+        (&X_FORWARDED_FOR, Some(xff)),
+        (&X_FORWARDED_PROTO, Some(xfp)),
+        (&FORWARDED, Some(forwarded)),
+    ] {
+        // Handing the string over as `Bytes` validates it without another copy.
+        if let Some(v) = value.and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok()) {
+            headers.insert(name.clone(), v);
+        }
+    }
+    match xfh.and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok()) {
+        Some(v) => {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        None => match host {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST.clone(), h);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        },
     }
     Ok(())
+}
+
+/// HTTP/2 may send each cookie as its own header (RFC 9113 §8.2.3); an HTTP/1.1
+/// upstream wants one, joined with `; `.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let joined = joined.join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, v);
+    }
+}
+
+/// The request's `X-Request-Id` if it has a usable one (at most 200 visible ASCII
+/// characters), else a new one (32 hex digits) set on it. Sent upstream and
+/// returned to the client, so one id names the request in both logs.
+pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= 200
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return v.clone();
+    }
+    let id =
+        HeaderValue::from_maybe_shared(Bytes::from(format!("{:032x}", rand::random::<u128>())))
+            .unwrap_or(HeaderValue::from_static("0"));
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    id
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.
@@ -103,17 +200,73 @@ mod tests {
         assert_eq!(h["x-app"], "kept");
     }
 
-    #[test]
-    fn forwarded_for_is_appended() {
+    fn forged(peer: &str, trusted: &[&str]) -> HeaderMap {
         let (mut parts, ()) = Request::get("/")
-            .header("host", "a")
+            .header("host", "shop.test")
             .header("x-forwarded-for", "10.0.0.1")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "bank.test")
+            .header("forwarded", "for=10.0.0.1")
             .body(())
             .unwrap()
             .into_parts();
-        prepare_request(&mut parts, "127.0.0.2:5555".parse().unwrap()).unwrap();
-        assert_eq!(parts.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
-        assert_eq!(parts.headers["x-forwarded-proto"], "http");
+        let trusted: Vec<Cidr> = trusted.iter().map(|c| Cidr::parse(c).unwrap()).collect();
+        prepare_request(&mut parts, peer.parse().unwrap(), &trusted).unwrap();
+        parts.headers
+    }
+
+    #[test]
+    fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
+        let h = forged("127.0.0.2:5555", &["10.0.0.0/8"]);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.test");
+        assert_eq!(
+            h["forwarded"],
+            "for=127.0.0.2;proto=http;host=\"shop.test\""
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_from_a_trusted_proxy_are_kept_and_appended_to() {
+        let h = forged("10.1.2.3:5555", &["192.168.0.0/16", "10.0.0.0/8"]);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "bank.test");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.1, for=10.1.2.3;proto=http;host=\"shop.test\""
+        );
+        let h = forged("[::1]:5555", &["::1"]);
+        assert!(
+            h["forwarded"]
+                .to_str()
+                .unwrap()
+                .ends_with("for=\"[::1]\";proto=http;host=\"shop.test\"")
+        );
+    }
+
+    #[test]
+    fn http2_cookies_are_joined_and_request_ids_kept_or_made() {
+        let (mut parts, ()) = Request::get("http://shop.test/")
+            .version(Version::HTTP_2)
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(())
+            .unwrap()
+            .into_parts();
+        prepare_request(&mut parts, "127.0.0.2:5555".parse().unwrap(), &[]).unwrap();
+        assert_eq!(parts.headers.get_all("cookie").iter().count(), 1);
+        assert_eq!(parts.headers["cookie"], "a=1; b=2");
+
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&mut h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        let made = request_id(&mut h);
+        assert_eq!(made.len(), 32);
+        assert_eq!(h["x-request-id"], made);
+        assert_ne!(request_id(&mut HeaderMap::new()), made);
     }
 
     #[test]
@@ -125,7 +278,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        prepare_request(&mut parts, "127.0.0.2:5555".parse().unwrap()).unwrap();
+        prepare_request(&mut parts, "127.0.0.2:5555".parse().unwrap(), &[]).unwrap();
         assert_eq!(parts.headers["x-forwarded-proto"], "https");
     }
 }

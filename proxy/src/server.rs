@@ -105,7 +105,11 @@ where
         // Slow clients may not hold a connection open without sending a request.
         .header_read_timeout(Duration::from_secs(30))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    // Extended CONNECT (RFC 8441): WebSockets over HTTP/2.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol();
     let builder = Arc::new(builder);
     let mut stop_rx = stop.rx.clone();
     loop {

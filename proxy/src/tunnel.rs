@@ -12,9 +12,12 @@
 
 use std::time::Duration;
 
-use http::header::{CONNECTION, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Version};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
@@ -24,11 +27,47 @@ use tokio::sync::watch;
 use crate::upstream::Lease;
 
 /// Whether the request asks to switch protocols: HTTP/1.1 with an `Upgrade`
-/// header that its `Connection` header names.
+/// header that its `Connection` header names, or an HTTP/2 WebSocket.
 pub fn requested(parts: &Parts) -> bool {
-    parts.version == Version::HTTP_11
+    (parts.version == Version::HTTP_11
         && parts.headers.contains_key(UPGRADE)
-        && names_upgrade(&parts.headers)
+        && names_upgrade(&parts.headers))
+        || h2_websocket(parts)
+}
+
+/// An HTTP/2 extended CONNECT for a WebSocket (RFC 8441). The backend gets the
+/// HTTP/1.1 handshake ([`as_http1_handshake`]); its `101` becomes the `200` the
+/// HTTP/2 client waits for ([`as_h2_accept`]).
+pub fn h2_websocket(parts: &Parts) -> bool {
+    parts.method == Method::CONNECT
+        && parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Turns an upstream request made from an extended CONNECT into an HTTP/1.1
+/// WebSocket handshake: GET, with a key of its own.
+pub fn as_http1_handshake(method: &mut Method, headers: &mut HeaderMap) {
+    use base64::Engine as _;
+    *method = Method::GET;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    if let Ok(v) = HeaderValue::from_str(&key) {
+        headers.insert(SEC_WEBSOCKET_KEY, v);
+    }
+    if !headers.contains_key(SEC_WEBSOCKET_VERSION) {
+        headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    }
+}
+
+/// The backend's `101` as the HTTP/2 client's `200`: without the HTTP/1.1
+/// handshake's own headers.
+pub fn as_h2_accept(status: &mut StatusCode, headers: &mut HeaderMap) {
+    *status = StatusCode::OK;
+    headers.remove(SEC_WEBSOCKET_ACCEPT);
+    headers.remove(UPGRADE);
+    headers.remove(CONNECTION);
+    headers.remove(CONTENT_LENGTH);
 }
 
 fn names_upgrade(headers: &HeaderMap) -> bool {

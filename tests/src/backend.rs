@@ -6,7 +6,8 @@
 //! path gets its `101` and then an echo: each text message comes back as
 //! `{name}: {message}`. Every answer carries `x-backend: {name}` and echoes
 //! what the proxy forwarded (`x-seen-host`, `x-seen-xff`, `x-seen-proto`,
-//! `x-seen-method`).
+//! `x-seen-method`, `x-seen-forwarded-host`, `x-seen-forwarded`,
+//! `x-seen-request-id`, `x-seen-cookie`, `x-seen-traceparent`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -310,6 +311,16 @@ async fn answer(
     let host = echo("host");
     let xff = echo("x-forwarded-for");
     let proto = echo("x-forwarded-proto");
+    let seen: Vec<(&'static str, HeaderValue)> = [
+        ("x-seen-forwarded-host", "x-forwarded-host"),
+        ("x-seen-forwarded", "forwarded"),
+        ("x-seen-request-id", "x-request-id"),
+        ("x-seen-cookie", "cookie"),
+        ("x-seen-traceparent", "traceparent"),
+    ]
+    .into_iter()
+    .map(|(to, from)| (to, echo(from)))
+    .collect();
     let method =
         HeaderValue::from_str(req.method().as_str()).unwrap_or(HeaderValue::from_static("?"));
     // Read the whole request body before answering, as an application would.
@@ -341,5 +352,8 @@ async fn answer(
     h.insert("x-seen-xff", xff);
     h.insert("x-seen-proto", proto);
     h.insert("x-seen-method", method);
+    for (name, v) in seen {
+        h.insert(name, v);
+    }
     Ok(resp)
 }

@@ -125,6 +125,16 @@ impl Client {
 /// Sends one GET over HTTP/2 with prior knowledge (h2c) to `addr`, with `host` in the
 /// `:authority` pseudo-header, as a gRPC or modern client would.
 pub async fn h2_get(addr: SocketAddr, host: &str, path: &str) -> Result<Reply, String> {
+    h2_get_with(addr, host, path, &[]).await
+}
+
+/// [`h2_get`] with `headers` (a name may repeat, as HTTP/2 allows for cookies).
+pub async fn h2_get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -135,8 +145,11 @@ pub async fn h2_get(addr: SocketAddr, host: &str, path: &str) -> Result<Reply, S
     .await
     .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = Request::builder()
-        .uri(format!("http://{host}{path}"))
+    let mut req = Request::builder().uri(format!("http://{host}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;

@@ -21,7 +21,7 @@ mod writers;
 pub use app::{APP_SCHEMA, App};
 pub use backend::{Backend, BackendStats};
 pub use binaries::binary;
-pub use client::{Client, Reply, h2_get};
+pub use client::{Client, Reply, h2_get, h2_get_with};
 pub use dns::DnsServer;
 pub use eventually::eventually;
 pub use openbao::{OpenBao, bao_bin, find_on_path, free_port, http_json};

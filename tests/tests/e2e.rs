@@ -7,6 +7,8 @@ mod admin;
 mod check;
 #[path = "e2e/dns.rs"]
 mod dns;
+#[path = "e2e/headers.rs"]
+mod headers;
 #[path = "e2e/hold.rs"]
 mod hold;
 #[path = "e2e/reload.rs"]

@@ -340,3 +340,96 @@ async fn disconnect_spreads_its_closes_over_the_window() {
         assert!(r.body.contains(want), "{body}: {}", r.body);
     }
 }
+
+/// A WebSocket over HTTP/2 (extended CONNECT, RFC 8441) to the proxy; the
+/// backend gets an HTTP/1.1 handshake. Returns the stream and the backend.
+async fn open_h2(
+    proxy: &Proxy,
+) -> (
+    WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
+    String,
+) {
+    use http_body_util::Empty;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let tcp = TcpStream::connect(proxy.http).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) arrive after the
+    // handshake: a CONNECT sent before them is refused, so try until accepted.
+    let resp = eventually(
+        Duration::from_secs(10),
+        "an extended CONNECT accepted",
+        || {
+            let req = http::Request::builder()
+                .method(Method::CONNECT)
+                .uri(format!("http://{HOST}/live"))
+                .header("sec-websocket-version", "13")
+                .extension(hyper::ext::Protocol::from_static("websocket"))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let sent = send.send_request(req);
+            async move { sent.await.ok() }
+        },
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    assert!(resp.headers().get("sec-websocket-accept").is_none());
+    let backend = resp.headers()["x-cutover-backend"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let io = hyper::upgrade::on(resp)
+        .await
+        .expect("the HTTP/2 stream as a tunnel");
+    let ws = WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(io), Role::Client, None)
+        .await;
+    (ws, backend)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_http2_reaches_an_http1_backend() {
+    let (_old, new, proxy) = start((100.0, 0.0), "writes = \"new\"");
+    let (mut ws, backend) = open_h2(&proxy).await;
+    assert_eq!(backend, "new");
+    for i in 0..20 {
+        ws.send(Message::text(format!("h{i}"))).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an echo within 10 s");
+        match got {
+            Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), format!("new: h{i}")),
+            other => panic!("no echo: {other:?}"),
+        }
+    }
+    assert_eq!(long_lived(&proxy, "new").await, 1);
+    assert_eq!(
+        new.stats
+            .websockets
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // A disconnect closes it with 1012, as over HTTP/1.1.
+    post(
+        &proxy,
+        "/routes/shop.test/disconnect",
+        r#"{"backend":"new"}"#,
+    )
+    .await;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed within 10 s");
+    assert_eq!(end, Some(1012));
+}
