@@ -165,16 +165,17 @@ pub struct SyncArgs {
     #[arg(long, default_value = crate::sync::DEFAULT_INDEX_MEMORY, value_parser = parse_memory, value_name = "SIZE")]
     pub maintenance_work_mem: String,
 
-    /// Who copies the rows. `subscription`: PostgreSQL's table sync, one session
-    /// per table, straight from the source's server to the target's.
-    /// `controller`: this process copies under the slot's snapshot with --jobs
-    /// session pairs, large tables in parallel block ranges, into tables without
-    /// indexes, then builds every index and key (faster on large tables; the rows
-    /// pass through this machine, and an interruption starts the copy over). It
-    /// needs a replication connection to the source and the right to set
-    /// session_replication_role on the target; without them the subscription
-    /// copies.
-    #[arg(long, value_enum, default_value_t = crate::sync::CopyMode::Subscription, value_name = "WHO")]
+    /// Who copies the rows. `controller` (the default): this process copies under
+    /// the slot's snapshot with --jobs session pairs, large tables in parallel
+    /// block ranges, into tables without indexes, then builds every index and key
+    /// (0.6-0.7x the time of pg_dump/pg_restore in bench/pgsync.sh; the rows pass
+    /// through this machine, and an interruption starts the copy over). It needs
+    /// a replication connection to the source and the right to set
+    /// session_replication_role on the target, and waiting (not --no-wait);
+    /// without them the subscription copies, and says so. `subscription`:
+    /// PostgreSQL's table sync, one session per table, straight from the source's
+    /// server to the target's, resumable.
+    #[arg(long, value_enum, default_value_t = crate::sync::CopyMode::Controller, value_name = "WHO")]
     pub copy: crate::sync::CopyMode,
 
     /// With --copy controller: a table larger than this on the source's disk is
