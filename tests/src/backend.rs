@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -43,6 +44,10 @@ pub struct BackendStats {
     /// WebSocket handshakes answered, and echoes open now.
     pub websockets: AtomicU64,
     pub websockets_open: AtomicU64,
+    /// `/events` sends its first event, then waits for this before the last.
+    pub events_gate: tokio::sync::Notify,
+    /// Body bytes `/upload` received.
+    pub uploaded: AtomicU64,
 }
 
 /// A running backend; stops (closing all its connections) on drop or [`Backend::kill`].
@@ -188,7 +193,7 @@ async fn serve(
         let stats = stats.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| answer(req, name.clone(), stats.clone()));
+            let svc = service_fn(move |req| respond(req, name.clone(), stats.clone()));
             let builder = auto::Builder::new(TokioExecutor::new());
             match tls {
                 None => {
@@ -219,6 +224,57 @@ impl std::fmt::Display for Reset {
 }
 
 impl std::error::Error for Reset {}
+
+type Streamed = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// `/events`: server-sent events, the first at once and the last once
+/// `events_gate` is notified; `/upload`: counts the body as it streams in (never
+/// holding it) and answers with the count; anything else: [`answer`].
+async fn respond(
+    req: Request<Incoming>,
+    name: Arc<str>,
+    stats: Arc<BackendStats>,
+) -> Result<Response<Streamed>, Box<dyn std::error::Error + Send + Sync>> {
+    match req.uri().path() {
+        "/events" => {
+            let first = Bytes::from_static(b"data: first\n\n");
+            let stream = futures_util::stream::unfold(0u8, move |n| {
+                let (stats, first) = (stats.clone(), first.clone());
+                async move {
+                    match n {
+                        0 => Some((first, 1)),
+                        1 => {
+                            stats.events_gate.notified().await;
+                            Some((Bytes::from_static(b"data: last\n\n"), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            })
+            .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)));
+            let mut resp = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(stream)));
+            resp.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("text/event-stream"),
+            );
+            Ok(resp)
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                if let Some(d) = frame?.data_ref() {
+                    n += d.len() as u64;
+                    stats.uploaded.fetch_add(d.len() as u64, Ordering::SeqCst);
+                }
+            }
+            Ok(Response::new(
+                Full::new(Bytes::from(format!("{n}\n"))).boxed(),
+            ))
+        }
+        _ => Ok(answer(req, name, stats).await?.map(|b| b.boxed())),
+    }
+}
 
 /// Answers a WebSocket handshake with `101` and echoes on the upgraded
 /// connection until the client closes it (or the backend is killed).

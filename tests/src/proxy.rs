@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_json::Value;
 
+use crate::Backend;
 use crate::binaries::binary;
 use crate::client::{Client, Reply};
 
@@ -34,6 +35,15 @@ pub fn two_backend_config(
         weights.0,
         weights.1
     )
+}
+
+/// Backends `old` and `new` (in that order) behind a started proxy for `hosts`,
+/// configured by [`two_backend_config`].
+pub fn two_backends(hosts: &[&str], weights: (f64, f64), extra: &str) -> (Backend, Backend, Proxy) {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = two_backend_config(old.addr, new.addr, hosts, weights, extra);
+    let proxy = ProxyBuilder::new(cfg).start().expect("the proxy starts");
+    (old, new, proxy)
 }
 
 /// Builds and starts a proxy process.

@@ -21,6 +21,8 @@ mod robustness;
 mod routing;
 #[path = "e2e/split.rs"]
 mod split;
+#[path = "e2e/streams.rs"]
+mod streams;
 #[path = "e2e/tls.rs"]
 mod tls;
 #[path = "e2e/upgrade.rs"]

@@ -3,7 +3,7 @@
 //! another address); `X-Request-Id` is kept or made, sent upstream and returned;
 //! `traceparent` passes; HTTP/2's split cookies reach an HTTP/1.1 backend as one.
 
-use cutover_tests::{Backend, ProxyBuilder, h2_get_with, two_backend_config};
+use cutover_tests::{Backend, ProxyBuilder, h2_get_with, two_backend_config, two_backends};
 use http::Method;
 
 const HOST: &str = "shop.test";
@@ -21,9 +21,7 @@ const FORGED: [(&str, &str); 5] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_forge_the_forwarding_headers() {
-    let (old, new) = (Backend::start("old"), Backend::start("new"));
-    let cfg = two_backend_config(old.addr, new.addr, &[HOST], (100.0, 0.0), "");
-    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let (_old, _new, proxy) = two_backends(&[HOST], (100.0, 0.0), "");
     let r = proxy
         .client()
         .send(proxy.http, Method::GET, HOST, "/", &FORGED, "")
@@ -105,9 +103,7 @@ async fn a_trusted_proxy_in_front_keeps_its_forwarding_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_cookies_reach_an_http1_backend_as_one_header() {
-    let (old, new) = (Backend::start("old"), Backend::start("new"));
-    let cfg = two_backend_config(old.addr, new.addr, &[HOST], (100.0, 0.0), "");
-    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let (_old, _new, proxy) = two_backends(&[HOST], (100.0, 0.0), "");
     let r = h2_get_with(
         proxy.http,
         HOST,

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use cutover_tests::{Backend, Proxy, ProxyBuilder, eventually, two_backend_config};
+use cutover_tests::{Backend, Proxy, eventually, two_backends};
 use futures_util::{SinkExt, StreamExt};
 use http::Method;
 use tokio::net::TcpStream;
@@ -59,10 +59,7 @@ async fn post(proxy: &Proxy, path: &str, body: &str) -> cutover_tests::Reply {
 
 /// Backends `old` and `new` behind a proxy for `HOST` with `weights` and `extra`.
 fn start(weights: (f64, f64), extra: &str) -> (Backend, Backend, Proxy) {
-    let (old, new) = (Backend::start("old"), Backend::start("new"));
-    let cfg = two_backend_config(old.addr, new.addr, &[HOST], weights, extra);
-    let proxy = ProxyBuilder::new(cfg).start().unwrap();
-    (old, new, proxy)
+    two_backends(&[HOST], weights, extra)
 }
 
 async fn long_lived(proxy: &Proxy, backend: &str) -> u64 {
