@@ -213,6 +213,13 @@ pub async fn sync(
         ),
     }
 
+    // The source's row estimates and sizes, for the progress of either copy.
+    let estimates: HashMap<Name, i64> = catalog::tables(src)
+        .await?
+        .into_iter()
+        .map(|t| (t.name, t.estimated_rows))
+        .collect();
+    let sizes = catalog::table_sizes(src).await?;
     let mut post_built = false;
     match subscription {
         None => {
@@ -251,7 +258,9 @@ pub async fn sync(
             let mut detail = match snapshot {
                 Some(snapshot) => {
                     let tables = catalog::published_tables(src).await?;
-                    let copied = controller_copy(src, tgt, &snapshot, &tables, opts, obs).await;
+                    let known = (&estimates, &sizes);
+                    let copied =
+                        controller_copy(src, tgt, &snapshot, &tables, known, opts, obs).await;
                     snapshot.release().await;
                     let copied = copied.inspect_err(|_| {
                         obs.note(
@@ -350,12 +359,6 @@ pub async fn sync(
         }
     }
 
-    let estimates: HashMap<Name, i64> = catalog::tables(src)
-        .await?
-        .into_iter()
-        .map(|t| (t.name, t.estimated_rows))
-        .collect();
-    let sizes = catalog::table_sizes(src).await?;
     let tables = if opts.wait {
         let tables = wait_ready(src, tgt, &link, &heartbeat, &estimates, &sizes, opts, obs).await?;
         if post_built {
@@ -479,6 +482,7 @@ async fn controller_copy(
     tgt: &Db,
     snapshot: &copy::Snapshot,
     tables: &[Name],
+    (estimates, sizes): (&HashMap<Name, i64>, &HashMap<Name, i64>),
     opts: &SyncOptions,
     obs: &dyn Observer,
 ) -> Result<copy::CopyReport, Error> {
@@ -488,17 +492,14 @@ async fn controller_copy(
         snapshot.lsn,
         opts.jobs.max(1)
     ));
-    let estimates: HashMap<Name, i64> = catalog::tables(src)
-        .await?
-        .into_iter()
-        .map(|t| (t.name, t.estimated_rows))
-        .collect();
     let mut rates = Rates::default();
     let mut report = |named: Vec<(Name, TableProgress)>| {
         let tables: Vec<TableProgress> = named
             .into_iter()
             .map(|(name, mut p)| {
                 p.rows_estimated = estimates.get(&name).copied().filter(|n| *n >= 0);
+                // Heap and TOAST, as the table sync's progress shows it.
+                p.bytes_on_source = sizes.get(&name).copied().or(p.bytes_on_source);
                 if p.state == 'd' {
                     // Rows are counted per part, bytes as they pass: the rate and
                     // what is left go by bytes.

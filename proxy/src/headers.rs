@@ -5,6 +5,7 @@
 //! came over the HTTPS listener (the listener marks them with [`Scheme`]), whatever
 //! the client sent.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -60,61 +61,62 @@ pub fn prepare_request(
     strip_hop_by_hop(headers);
     let trusted = trusted.iter().any(|c| c.contains(peer.ip()));
     let client = peer.ip();
-    let proto = if https { "https" } else { "http" };
     let host = headers.get(HOST).cloned();
-
+    // What a trusted proxy in front already put there, all lines joined; nothing
+    // from anyone else (and nothing read or allocated for them).
     let prior = |h: &HeaderMap, name: &HeaderName| -> Option<String> {
+        if !trusted {
+            return None;
+        }
         let all: Vec<&str> = h
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        (trusted && !all.is_empty()).then(|| all.join(", "))
+        (!all.is_empty()).then(|| all.join(", "))
     };
     let xff = match prior(headers, &X_FORWARDED_FOR) {
         Some(p) => format!("{p}, {client}"),
         None => client.to_string(),
     };
-    let node = match client {
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        v4 => v4.to_string(),
+    let mut forwarded = prior(headers, &FORWARDED).map_or_else(String::new, |p| p + ", ");
+    // Writing into a String cannot fail.
+    let _ = match client {
+        std::net::IpAddr::V6(v6) => write!(forwarded, "for=\"[{v6}]\""),
+        v4 => write!(forwarded, "for={v4}"),
     };
-    let mut element = format!("for={node};proto={proto}");
+    let _ = write!(forwarded, ";proto={}", if https { "https" } else { "http" });
     if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
-        element.push_str(&format!(";host=\"{}\"", h.replace(['"', '\\'], "")));
+        let _ = write!(forwarded, ";host=\"{}\"", h.replace(['"', '\\'], ""));
     }
-    let forwarded = match prior(headers, &FORWARDED) {
-        Some(p) => format!("{p}, {element}"),
-        None => element,
-    };
     // TLS ended here, so `https` is known, not claimed; a trusted proxy in front
     // may have ended it before us.
-    let xfp = prior(headers, &X_FORWARDED_PROTO)
-        .filter(|_| !https)
-        .unwrap_or_else(|| proto.to_string());
-    let xfh = prior(headers, &X_FORWARDED_HOST);
+    let xfp = match prior(headers, &X_FORWARDED_PROTO).filter(|_| !https) {
+        Some(p) => HeaderValue::from_maybe_shared(Bytes::from(p)).ok(),
+        None if https => Some(HeaderValue::from_static("https")),
+        None => Some(HeaderValue::from_static("http")),
+    };
+    let xfh = match prior(headers, &X_FORWARDED_HOST) {
+        Some(p) => HeaderValue::from_maybe_shared(Bytes::from(p)).ok(),
+        None => host,
+    };
     for (name, value) in [
-        (&X_FORWARDED_FOR, Some(xff)),
-        (&X_FORWARDED_PROTO, Some(xfp)),
-        (&FORWARDED, Some(forwarded)),
+        // Handing the strings over as `Bytes` validates them without another copy.
+        (
+            &X_FORWARDED_FOR,
+            HeaderValue::from_maybe_shared(Bytes::from(xff)).ok(),
+        ),
+        (
+            &FORWARDED,
+            HeaderValue::from_maybe_shared(Bytes::from(forwarded)).ok(),
+        ),
+        (&X_FORWARDED_PROTO, xfp),
+        (&X_FORWARDED_HOST, xfh),
     ] {
-        // Handing the string over as `Bytes` validates it without another copy.
-        if let Some(v) = value.and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok()) {
-            headers.insert(name.clone(), v);
-        }
-    }
-    match xfh.and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok()) {
-        Some(v) => {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
-        }
-        None => match host {
-            Some(h) => {
-                headers.insert(X_FORWARDED_HOST.clone(), h);
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-        },
+        match value {
+            Some(v) => headers.insert(name.clone(), v),
+            None => headers.remove(name),
+        };
     }
     Ok(())
 }

@@ -32,19 +32,10 @@ pub(super) fn hold(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyB
         }
     };
     let live = shared.live();
-    let max = match v.get("max") {
-        None => live.snap.config.hold.max,
-        Some(Value::String(s)) => match parse_duration(s) {
-            Ok(d) if d > Duration::ZERO => d,
-            Ok(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, "max must be above zero"),
-            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &format!("max: {e}")),
-        },
-        Some(other) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &format!("max must be a duration such as \"30s\", got {other}"),
-            );
-        }
+    let max = match duration_field(&v, "max", live.snap.config.hold.max) {
+        Ok(d) if d > Duration::ZERO => d,
+        Ok(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, "max must be above zero"),
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
     };
     let routes = match live.snap.routes_for(host) {
         Ok(r) => r,
@@ -116,18 +107,9 @@ pub(super) fn disconnect(shared: &Shared, host: &str, body: &Bytes) -> Response<
             &format!("backend {backend:?} is not in the config"),
         );
     };
-    let over = match v.get("over") {
-        None => Duration::ZERO,
-        Some(Value::String(s)) => match parse_duration(s) {
-            Ok(d) => d,
-            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &format!("over: {e}")),
-        },
-        Some(other) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &format!("over must be a duration such as \"30s\", got {other}"),
-            );
-        }
+    let over = match duration_field(&v, "over", Duration::ZERO) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
     };
     let routes = match live.snap.routes_for(host) {
         Ok(r) => r,
@@ -146,6 +128,22 @@ pub(super) fn disconnect(shared: &Shared, host: &str, body: &Bytes) -> Response<
         StatusCode::OK,
         &json!({ "routes": names, "backend": backend, "closing": open, "over": format_duration(over) }),
     )
+}
+
+/// The body's field `name` as a duration (`"30s"`), `default` when absent, or why
+/// not (for a 422).
+fn duration_field(
+    v: &serde_json::Map<String, Value>,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, String> {
+    match v.get(name) {
+        None => Ok(default),
+        Some(Value::String(s)) => parse_duration(s).map_err(|e| format!("{name}: {e}")),
+        Some(other) => Err(format!(
+            "{name} must be a duration such as \"30s\", got {other}"
+        )),
+    }
 }
 
 /// Optional `{"writes":"new"}`: switch the write side, then release, in that order.
