@@ -9,9 +9,16 @@
 # peak RSS after a 10k req/s run over 500 connections. Proxies alternate A B C A B C
 # and the table shows medians and ratios against nginx and HAProxy.
 #
+# Then a second phase, cutover-proxy against nginx: WebSockets and gRPC, with
+# cutover-bench-peer as the backends (a WebSocket echo; a gRPC server over h2c)
+# and as the load. WebSocket: 1,000 connections each sending a 32-byte message and
+# waiting for its echo (messages/s, p50, p99). gRPC: unary calls over 8 HTTP/2
+# connections with 512 in flight (calls/s, p50, p99). A second table; a case
+# that fails (e.g. a proxy that rejects its config) prints its error and shows `-`.
+#
 # Usage: bench/proxy.sh [--quick] [--rounds N] [--secs N]
-#   default  3 rounds, 10 s per measurement (about 7 minutes)
-#   --quick  1 round, 2 s per measurement (under a minute; a smoke check, not a result)
+#   default  3 rounds, 10 s per measurement (about 9 minutes)
+#   --quick  1 round, 2 s per measurement (about a minute; a smoke check, not a result)
 #
 # Needs nginx, haproxy, wrk, curl, python3 and taskset; installs nothing. Traffic goes
 # to 127.0.0.1 only and every run is bounded by its duration.
@@ -26,7 +33,7 @@ while [[ $# -gt 0 ]]; do
         --quick) QUICK=1; ROUNDS=1; SECS=2 ;;
         --rounds) ROUNDS=$2; shift ;;
         --secs) SECS=$2; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 { if (!/^#/) exit; print }' "$0"; exit 0 ;;
         *) echo "proxy.sh: unknown argument $1 (see --help)" >&2; exit 1 ;;
     esac
     shift
@@ -49,10 +56,12 @@ need cargo "a Rust toolchain"
 [[ $missing == 0 ]] || exit 1
 
 echo "building release binaries ..." >&2
-(cd "$ROOT" && cargo build --release --quiet -p cutover-proxy -p cutover-load)
+(cd "$ROOT" && cargo build --release --quiet -p cutover-proxy -p cutover-load -p cutover-tests \
+    --bin cutover-proxy --bin cutover-load --bin cutover-bench-peer)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/release
 PROXY_BIN=$TARGET/cutover-proxy
 LOAD_BIN=$TARGET/cutover-load
+PEER_BIN=$TARGET/cutover-bench-peer
 
 # 500 connections through each proxy need file descriptors; HAProxy refuses to start
 # when its maxconn needs more than the limit allows.
@@ -71,14 +80,19 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 OLD=$(port); NEW=$(port); P_CUTOVER=$(port); P_ADMIN=$(port); P_NGINX=$(port); P_HAPROXY=$(port)
-render() { # render TEMPLATE OUT
-    sed -e "s|@WORK@|$WORK|g" -e "s|@OLD@|$OLD|g" -e "s|@NEW@|$NEW|g" -e "s|@ADMIN@|$P_ADMIN|g" -e "s|@PORT@|$3|g" -e "s|@MAXCONN@|$MAXCONN|g" \
+# The second phase: its backends, and its proxies' ports.
+WS=$(port); GRPC=$(port); P_CUTOVER_S=$(port); P_ADMIN_S=$(port); P_NGINX_WS=$(port); P_NGINX_GRPC=$(port)
+render() { # render TEMPLATE OUT PORT [ADMIN [GRPCPORT]]
+    sed -e "s|@WORK@|$WORK|g" -e "s|@OLD@|$OLD|g" -e "s|@NEW@|$NEW|g" -e "s|@ADMIN@|${4:-$P_ADMIN}|g" -e "s|@PORT@|$3|g" -e "s|@MAXCONN@|$MAXCONN|g" \
+        -e "s|@WS@|$WS|g" -e "s|@GRPC@|$GRPC|g" -e "s|@GRPCPORT@|${5:-0}|g" \
         "$ROOT/bench/$1" > "$WORK/$2"
 }
 render backends.conf backends.conf 0
 render cutover-proxy.toml cutover.toml "$P_CUTOVER"
 render nginx-proxy.conf nginx-proxy.conf "$P_NGINX"
 render haproxy.cfg haproxy.cfg "$P_HAPROXY"
+render cutover-proxy-streams.toml cutover-streams.toml "$P_CUTOVER_S" "$P_ADMIN_S"
+render nginx-streams.conf nginx-streams.conf "$P_NGINX_WS" "$P_ADMIN_S" "$P_NGINX_GRPC"
 
 wait_up() { # wait_up PORT NAME
     for _ in $(seq 1 200); do
@@ -156,6 +170,167 @@ for key, label, fmt in keys:
     c, n, h = (med(x, key) for x in names)
     ratio = lambda a, b: "{:.2f}x".format(a / b) if b and b == b and a == a and b != 0 else "-"
     print(f"| {label} | {fmt.format(c)} | {fmt.format(n)} | {fmt.format(h)} | {ratio(c, n)} | {ratio(c, h)} |")
+if quick:
+    print("\n(--quick: a smoke check with short runs; use the full run for figures.)")
+PY
+
+# ---- Second phase: WebSockets and gRPC, cutover-proxy against nginx ----
+
+# The first phase's processes are done; stop them so that they take no share of
+# the cores. (HAProxy has no part here: it would need its own HTTP/2 set-up.)
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+PIDS=()
+
+WS_CONNS=1000
+GRPC_CONNS=8
+GRPC_INFLIGHT=512
+# Each load run stops itself at its deadline; this only guards against a hang.
+LOAD_LIMIT=$(( SECS + 60 ))
+
+wait_port() { # wait_port PORT PID -> 0 once something listens on PORT, 1 if PID died first
+    for _ in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+taskset -c 1 "$PEER_BIN" ws-echo --listen "127.0.0.1:$WS" --threads 1 >"$WORK/ws-echo.log" 2>&1 & WS_PID=$!; PIDS+=($WS_PID)
+taskset -c 1 "$PEER_BIN" grpc-server --listen "127.0.0.1:$GRPC" --name grpc --threads 1 >"$WORK/grpc-server.log" 2>&1 & GRPC_PID=$!; PIDS+=($GRPC_PID)
+# A backend that does not start leaves its cases unmeasured (`-`), not the script failed.
+WS_DOWN=""; GRPC_DOWN=""
+if ! wait_port "$WS" "$WS_PID"; then
+    echo "proxy.sh: the WebSocket echo did not start: $(cat "$WORK/ws-echo.log")" >&2
+    WS_DOWN="the WebSocket echo backend did not start"
+fi
+if ! wait_port "$GRPC" "$GRPC_PID"; then
+    echo "proxy.sh: the gRPC server did not start: $(cat "$WORK/grpc-server.log")" >&2
+    GRPC_DOWN="the gRPC backend did not start"
+fi
+
+# cutover-proxy's case for each protocol: "" when it runs, else why not.
+CUTOVER_WS_SKIP=""
+CUTOVER_GRPC_SKIP=""
+if ! err=$("$PROXY_BIN" --check --config "$WORK/cutover-streams.toml" 2>&1); then
+    echo "proxy.sh: cutover-proxy rejects bench/cutover-proxy-streams.toml:" >&2
+    echo "$err" >&2
+    CUTOVER_GRPC_SKIP="cutover-proxy rejected the gRPC backend's config (protocol = \"h2\"); see the error above"
+    # Without the h2 backend the WebSocket case can still run.
+    sed -i '/^protocol = /d' "$WORK/cutover-streams.toml"
+    if ! err=$("$PROXY_BIN" --check --config "$WORK/cutover-streams.toml" 2>&1); then
+        echo "$err" >&2
+        CUTOVER_WS_SKIP="cutover-proxy rejected its config; see the error above"
+    fi
+fi
+CUTOVER_S_PID=""
+if [[ -z $CUTOVER_WS_SKIP ]]; then
+    taskset -c 0 "$PROXY_BIN" --config "$WORK/cutover-streams.toml" --log warn 2>"$WORK/cutover-streams.log" & CUTOVER_S_PID=$!; PIDS+=($CUTOVER_S_PID)
+    if ! wait_port "$P_CUTOVER_S" "$CUTOVER_S_PID"; then
+        echo "proxy.sh: cutover-proxy (streams) did not start: $(tail -n 20 "$WORK/cutover-streams.log")" >&2
+        CUTOVER_WS_SKIP="cutover-proxy did not start"
+        CUTOVER_GRPC_SKIP=${CUTOVER_GRPC_SKIP:-cutover-proxy did not start}
+    fi
+fi
+taskset -c 0 nginx -c "$WORK/nginx-streams.conf" -p "$WORK" & NGINX_S_PID=$!; PIDS+=($NGINX_S_PID)
+NGINX_SKIP=""
+if ! wait_port "$P_NGINX_WS" "$NGINX_S_PID" || ! wait_port "$P_NGINX_GRPC" "$NGINX_S_PID"; then
+    echo "proxy.sh: nginx (streams) did not start: $(tail -n 20 "$WORK/nginx-streams.err" 2>/dev/null)" >&2
+    NGINX_SKIP="nginx did not start"
+fi
+# Why each case is not measured; empty when it is.
+CUTOVER_WS_SKIP=${WS_DOWN:-$CUTOVER_WS_SKIP}; CUTOVER_GRPC_SKIP=${GRPC_DOWN:-$CUTOVER_GRPC_SKIP}
+NGINX_WS_SKIP=${WS_DOWN:-$NGINX_SKIP}; NGINX_GRPC_SKIP=${GRPC_DOWN:-$NGINX_SKIP}
+
+ws_case() { # ws_case PORT -> "msgs_per_s p50 p99 errors" (nan when it failed)
+    rm -f "$WORK/ws.json"
+    taskset -c 1 timeout "$LOAD_LIMIT" "$PEER_BIN" ws-load --url "ws://127.0.0.1:$1/" --host ws.test \
+        --conns "$WS_CONNS" --secs "$SECS" --threads 1 --json "$WORK/ws.json" >"$WORK/ws-load.log" 2>&1 \
+        || echo "proxy.sh: ws-load on port $1 failed: $(tail -n 5 "$WORK/ws-load.log")" >&2
+    grep -q 'failed' "$WORK/ws-load.log" && grep 'failed' "$WORK/ws-load.log" >&2
+    summary "$WORK/ws.json" messages msgs_per_s
+}
+grpc_case() { # grpc_case PORT -> "calls_per_s p50 p99 errors" (nan when it failed)
+    rm -f "$WORK/grpc.json"
+    taskset -c 1 timeout "$LOAD_LIMIT" "$PEER_BIN" grpc-load --target "127.0.0.1:$1" --host grpc.test \
+        --conns "$GRPC_CONNS" --concurrency "$GRPC_INFLIGHT" --secs "$SECS" --threads 1 \
+        --json "$WORK/grpc.json" >"$WORK/grpc-load.log" 2>&1 \
+        || echo "proxy.sh: grpc-load on port $1 failed: $(tail -n 5 "$WORK/grpc-load.log")" >&2
+    grep -q 'failed' "$WORK/grpc-load.log" && grep 'failed' "$WORK/grpc-load.log" >&2
+    summary "$WORK/grpc.json" calls calls_per_s
+}
+summary() { # summary JSON COUNT_KEY RATE_KEY -> "rate p50 p99 errors"
+    python3 - "$@" <<'PY'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+    nan = float("nan")
+    num = lambda v: nan if v is None else float(v)
+    if not r[sys.argv[2]]:
+        print("nan nan nan", r["errors"])
+    else:
+        print(num(r[sys.argv[3]]), num(r["p50_ms"]), num(r["p99_ms"]), r["errors"])
+except Exception:
+    print("nan nan nan nan")
+PY
+}
+
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+printf 'proxy\tround\tws_rate\tws_p50\tws_p99\tws_errors\tgrpc_rate\tgrpc_p50\tgrpc_p99\tgrpc_errors\n' > "$WORK/streams.tsv"
+for round in $(seq 1 "$ROUNDS"); do
+    for entry in "cutover-proxy:$P_CUTOVER_S:$P_CUTOVER_S" "nginx:$P_NGINX_WS:$P_NGINX_GRPC"; do
+        IFS=: read -r name pws pgrpc <<< "$entry"
+        if [[ $name == cutover-proxy ]]; then ws_skip=$CUTOVER_WS_SKIP; grpc_skip=$CUTOVER_GRPC_SKIP; log=$WORK/cutover-streams.log
+        else ws_skip=$NGINX_WS_SKIP; grpc_skip=$NGINX_GRPC_SKIP; log=$WORK/nginx-streams.err; fi
+        ws="nan nan nan nan"; grpc="nan nan nan nan"
+        echo "round $round: $name WebSocket ..." >&2
+        if [[ -z $ws_skip ]]; then ws=$(ws_case "$pws"); else echo "  skipped: $ws_skip" >&2; fi
+        echo "round $round: $name gRPC ..." >&2
+        if [[ -z $grpc_skip ]]; then grpc=$(grpc_case "$pgrpc"); else echo "  skipped: $grpc_skip" >&2; fi
+        read -r wr w50 w99 we <<< "$ws"
+        read -r gr g50 g99 ge <<< "$grpc"
+        if [[ ( $we =~ ^[1-9] || $ge =~ ^[1-9] ) && -s $log ]]; then
+            echo "  errors; the last lines of $name's log:" >&2
+            tail -n 3 "$log" | sed 's/^/    /' >&2
+        fi
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$wr" "$w50" "$w99" "$we" \
+            "$gr" "$g50" "$g99" "$ge" >> "$WORK/streams.tsv"
+    done
+done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+python3 - "$WORK/streams.tsv" "$ROUNDS" "$SECS" "$QUICK" "$WS_CONNS" "$GRPC_CONNS" "$GRPC_INFLIGHT" \
+    "$CUTOVER_WS_SKIP" "$CUTOVER_GRPC_SKIP" "$NGINX_WS_SKIP" "$NGINX_GRPC_SKIP" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+rounds, secs, quick = sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+ws_conns, grpc_conns, inflight = (int(x) for x in sys.argv[5:8])
+skips = {"cutover-proxy WebSocket": sys.argv[8], "cutover-proxy gRPC": sys.argv[9],
+         "nginx WebSocket": sys.argv[10], "nginx gRPC": sys.argv[11]}
+def med(name, key):
+    vals = [float(r[key]) for r in rows if r["proxy"] == name and r[key] not in ("", "nan")]
+    vals = [v for v in vals if v == v]
+    return statistics.median(vals) if vals else float("nan")
+def show(fmt, v):
+    return fmt.format(v) if v == v else "-"
+keys = [("ws_rate", f"WebSocket echoes/s ({ws_conns:,} conns)", "{:,.0f}"),
+        ("ws_p50", "WebSocket p50 (ms)", "{:.2f}"), ("ws_p99", "WebSocket p99 (ms)", "{:.2f}"),
+        ("ws_errors", "WebSocket errors", "{:.0f}"),
+        ("grpc_rate", f"gRPC unary calls/s ({grpc_conns} conns, {inflight} in flight)", "{:,.0f}"),
+        ("grpc_p50", "gRPC p50 (ms)", "{:.2f}"), ("grpc_p99", "gRPC p99 (ms)", "{:.2f}"),
+        ("grpc_errors", "gRPC errors", "{:.0f}")]
+print(f"\nWebSockets and gRPC: {rounds} round(s), {secs} s per measurement, medians; "
+      "proxies pinned to one core, one worker each.\n")
+print("| metric | cutover-proxy | nginx | cutover / nginx |")
+print("|---|---|---|---|")
+for key, label, fmt in keys:
+    c, n = med("cutover-proxy", key), med("nginx", key)
+    ratio = "{:.2f}x".format(c / n) if c == c and n == n and n != 0 and "errors" not in key else "-"
+    print(f"| {label} | {show(fmt, c)} | {show(fmt, n)} | {ratio} |")
+for what, why in skips.items():
+    if why:
+        print(f"\n({what}: not measured; {why}.)")
 if quick:
     print("\n(--quick: a smoke check with short runs; use the full run for figures.)")
 PY

@@ -21,8 +21,8 @@ pub use duration::{format_duration, parse_duration};
 pub use hash::{BUCKETS, bucket_of, stable_hash};
 pub use model::{
     AdminSettings, Backend, BackendId, Certificate, Cidr, Config, Eject, HealthCheck, HoldSettings,
-    Listen, ProxySettings, ResolverSettings, Route, Sticky, Timeouts, Upgrades, UpstreamTls,
-    WriteSide,
+    Listen, LogSettings, Protocol, ProxySettings, ResolverSettings, Route, Sticky, Timeouts,
+    Upgrades, UpstreamTls, WriteSide,
 };
 pub use snapshot::{Snapshot, WeightsError, WeightsSource};
 pub use table::RouteTable;

@@ -23,6 +23,7 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub hold: HoldSettings,
     pub resolver: ResolverSettings,
+    pub log: LogSettings,
     /// In declaration order.
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
@@ -36,6 +37,20 @@ pub struct Listen {
     pub http: SocketAddr,
     /// TLS on this address when set; it needs `[[certificates]]`.
     pub https: Option<SocketAddr>,
+    /// Every connection to the data-plane listeners starts with a PROXY protocol
+    /// header (v1 or v2) from an L4 load balancer, naming the real client; one
+    /// without it is closed. Changing it takes a restart.
+    pub proxy_protocol: bool,
+}
+
+/// `[log]`: the access log, one line per request on standard output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSettings {
+    /// The share of requests logged: 0 (off, the default), 1 (every request), or a
+    /// fraction in between. Read per request, so a reload applies it.
+    pub access: f64,
+    /// Whether the path is logged with its query string (which may carry tokens).
+    pub query: bool,
 }
 
 /// `[admin]`: the admin API's listener and its bearer token.
@@ -152,6 +167,21 @@ pub struct Backend {
     pub eject: Eject,
     /// TLS to this backend's addresses; plain HTTP when none.
     pub tls: Option<UpstreamTls>,
+    /// The HTTP version spoken to the backend's addresses.
+    pub protocol: Protocol,
+}
+
+/// `protocol`: the HTTP version spoken to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 on pooled connections, one request at a time on each.
+    #[default]
+    Http1,
+    /// HTTP/2 (cleartext prior knowledge, or ALPN `h2` over TLS), all requests
+    /// multiplexed on one connection per address: gRPC backends.
+    H2,
+    /// Over TLS, whatever the backend picks by ALPN (`h2` or `http/1.1`).
+    Auto,
 }
 
 /// TLS from the proxy to a backend.
@@ -218,6 +248,10 @@ pub struct Route {
     pub failover: bool,
     /// Where a protocol switch (a WebSocket) goes.
     pub upgrades: Upgrades,
+    /// gRPC methods that only read, as paths (`/pkg.Service/Get`) or prefixes
+    /// ending in `*` (`/pkg.Service/Get*`). Every other gRPC call is a write: it is
+    /// a POST.
+    pub grpc_reads: Vec<String>,
 }
 
 /// `upgrades`: an upgraded connection may carry writes the proxy cannot see, so by

@@ -19,6 +19,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub resolver: RawResolver,
     #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
     pub backends: IndexMap<String, RawBackend>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
@@ -31,6 +33,15 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawListen {
     pub http: Option<Spanned<String>>,
     pub https: Option<Spanned<String>>,
+    pub proxy_protocol: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLog {
+    /// `"on"`, `"off"`, or a number from 0 to 1.
+    pub access: Option<Spanned<toml::Value>>,
+    pub query: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +84,7 @@ pub(crate) struct RawBackend {
     pub health: Option<Spanned<RawHealth>>,
     pub eject: Option<Spanned<RawEject>>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
+    pub protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +132,7 @@ pub(crate) struct RawRoute {
     pub timeouts: Option<Spanned<RawTimeouts>>,
     pub failover: Option<Spanned<bool>>,
     pub upgrades: Option<Spanned<String>>,
+    pub grpc_reads: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

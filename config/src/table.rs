@@ -102,6 +102,7 @@ mod tests {
             },
             failover: true,
             upgrades: crate::model::Upgrades::Writes,
+            grpc_reads: Vec::new(),
         }
     }
 

@@ -11,10 +11,10 @@ use toml::Spanned;
 use crate::diag::{ConfigError, Diagnostic, Locator};
 use crate::duration::parse_duration;
 use crate::model::{
-    AdminSettings, Backend, Cidr, Config, Eject, HealthCheck, HoldSettings, Listen, ProxySettings,
-    ResolverSettings, UpstreamTls,
+    AdminSettings, Backend, Cidr, Config, Eject, HealthCheck, HoldSettings, Listen, LogSettings,
+    Protocol, ProxySettings, ResolverSettings, UpstreamTls,
 };
-use crate::raw::{RawBackend, RawConfig, RawResolver, RawUpstreamTls};
+use crate::raw::{RawBackend, RawConfig, RawLog, RawResolver, RawUpstreamTls};
 
 const DEFAULT_HTTP: &str = "0.0.0.0:8080";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -147,6 +147,7 @@ impl Validator<'_> {
                 .listen
                 .https
                 .map(|s| self.addr(Some(s), DEFAULT_HTTP, "listen.https")),
+            proxy_protocol: raw.listen.proxy_protocol.is_some_and(|p| *p.get_ref()),
         };
         let admin = AdminSettings {
             listen: self.addr(raw.admin.listen, DEFAULT_ADMIN, "admin.listen"),
@@ -180,6 +181,7 @@ impl Validator<'_> {
             ),
         };
         let resolver = self.resolver(raw.resolver);
+        let log = self.log(raw.log);
 
         let mut backends = Vec::with_capacity(raw.backends.len());
         for (name, b) in raw.backends {
@@ -203,9 +205,34 @@ impl Validator<'_> {
             proxy,
             hold,
             resolver,
+            log,
             backends,
             routes,
             certificates,
+        }
+    }
+
+    fn log(&mut self, raw: RawLog) -> LogSettings {
+        let access = match raw.access {
+            None => 0.0,
+            Some(a) => match a.get_ref() {
+                toml::Value::String(s) if s == "on" => 1.0,
+                toml::Value::String(s) if s == "off" => 0.0,
+                toml::Value::Float(f) if (0.0..=1.0).contains(f) => *f,
+                toml::Value::Integer(i @ (0 | 1)) => *i as f64,
+                _ => {
+                    self.err(
+                        &a,
+                        "log.access",
+                        "must be \"on\", \"off\", or the share of requests to log, from 0 to 1 (such as 0.1)",
+                    );
+                    0.0
+                }
+            },
+        };
+        LogSettings {
+            access,
+            query: raw.query.is_some_and(|q| *q.get_ref()),
         }
     }
 
@@ -318,6 +345,25 @@ impl Validator<'_> {
                 }
             }
         };
+        let protocol = match &b.protocol {
+            None => Protocol::Http1,
+            Some(p) => match p.get_ref().as_str() {
+                "http1" => Protocol::Http1,
+                "h2" => Protocol::H2,
+                "auto" if b.tls.is_some() => Protocol::Auto,
+                "auto" => {
+                    let msg = "\"auto\" picks the protocol by ALPN in the TLS handshake, and this \
+                               backend has no [tls]; use \"h2\" for cleartext HTTP/2 (h2c) or \"http1\"";
+                    self.err(p, format!("{path}.protocol"), msg);
+                    Protocol::Http1
+                }
+                other => {
+                    let msg = format!("must be \"http1\", \"h2\" or \"auto\", not {other:?}");
+                    self.err(p, format!("{path}.protocol"), msg);
+                    Protocol::Http1
+                }
+            },
+        };
         let tls = b
             .tls
             .map(|t| self.upstream_tls(&path, t.into_inner(), file));
@@ -327,6 +373,7 @@ impl Validator<'_> {
             health,
             eject,
             tls,
+            protocol,
         }
     }
 

@@ -30,6 +30,8 @@ pub enum ProxyBody {
         /// The upstream connection, back to its pool once the body has ended.
         lease: Option<Lease>,
     },
+    /// Either of the above, with its access log line written when it ends.
+    Logged(Box<crate::access::Logged>),
 }
 
 impl ProxyBody {
@@ -52,6 +54,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Logged(l) => l.poll_frame(cx),
             ProxyBody::Upstream {
                 body,
                 guard,
@@ -87,6 +90,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Local(b) => b.is_none(),
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Logged(l) => l.is_end_stream(),
         }
     }
 
@@ -95,6 +99,7 @@ impl Body for ProxyBody {
             ProxyBody::Local(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Local(None) => SizeHint::with_exact(0),
             ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Logged(l) => l.size_hint(),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use cutover_config::UpstreamTls;
+use cutover_config::{Protocol, UpstreamTls};
 use http::Uri;
 use http::uri::Authority;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -26,7 +26,16 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Connects to an `ip:port`, with TLS when configured.
 pub struct Connector {
     http: HttpConnector,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    tls: Option<Tls>,
+}
+
+struct Tls {
+    /// Offers the backend's protocol by ALPN.
+    main: TlsConnector,
+    /// Offers only `http/1.1`, for a protocol switch to a backend that may
+    /// speak HTTP/2.
+    http1: TlsConnector,
+    sni: ServerName<'static>,
 }
 
 /// Why a TLS client setup could not be built.
@@ -47,6 +56,7 @@ impl Connector {
     pub fn new(
         http: HttpConnector,
         tls: Option<(&UpstreamTls, &str)>,
+        protocol: Protocol,
     ) -> Result<Self, TlsSetupError> {
         let tls = match tls {
             None => None,
@@ -76,18 +86,30 @@ impl Connector {
                     }
                 }
                 let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = rustls::ClientConfig::builder_with_provider(provider)
+                let mut config = rustls::ClientConfig::builder_with_provider(provider)
                     .with_safe_default_protocol_versions()?
                     .with_root_certificates(roots)
                     .with_no_client_auth();
-                Some((TlsConnector::from(Arc::new(config)), sni))
+                let mut http1 = config.clone();
+                http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+                config.alpn_protocols = match protocol {
+                    Protocol::Http1 => Vec::new(),
+                    Protocol::H2 => vec![b"h2".to_vec()],
+                    Protocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                };
+                Some(Tls {
+                    main: TlsConnector::from(Arc::new(config)),
+                    http1: TlsConnector::from(Arc::new(http1)),
+                    sni,
+                })
             }
         };
         Ok(Connector { http, tls })
     }
 
-    /// Opens a connection to `authority` (an `ip:port`), with TLS when configured.
-    pub async fn connect(&self, authority: &Authority) -> Result<Conn, BoxError> {
+    /// Opens a connection to `authority` (an `ip:port`), with TLS when configured;
+    /// offering only HTTP/1.1 by ALPN when `h1_only`.
+    pub async fn connect(&self, authority: &Authority, h1_only: bool) -> Result<Conn, BoxError> {
         let uri = Uri::builder()
             .scheme("http")
             .authority(authority.clone())
@@ -96,8 +118,9 @@ impl Connector {
         let tcp = self.http.clone().call(uri).await?;
         match &self.tls {
             None => Ok(Conn::Plain(tcp)),
-            Some((connector, sni)) => {
-                let stream = connector.connect(sni.clone(), tcp.into_inner()).await?;
+            Some(tls) => {
+                let connector = if h1_only { &tls.http1 } else { &tls.main };
+                let stream = connector.connect(tls.sni.clone(), tcp.into_inner()).await?;
                 Ok(Conn::Tls(Box::new(TokioIo::new(stream))))
             }
         }
@@ -108,6 +131,16 @@ impl Connector {
 pub enum Conn {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+}
+
+impl Conn {
+    /// Whether the TLS handshake chose HTTP/2 by ALPN.
+    pub fn alpn_h2(&self) -> bool {
+        match self {
+            Conn::Plain(_) => false,
+            Conn::Tls(t) => t.inner().get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
+    }
 }
 
 impl Read for Conn {

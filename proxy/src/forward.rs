@@ -32,8 +32,27 @@ use crate::state::{EndpointRt, Live, Shared};
 use crate::tunnel;
 use crate::upstream::{self, FailureKind};
 
+/// How forwarding went, for the request's metrics and log line.
+pub struct Outcome {
+    /// The backend that answered (or failed last).
+    pub backend: usize,
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// Why each retry happened (`connect`, `reset`, `status_502` …).
+    pub retries: Vec<&'static str>,
+    /// The request body's size, when known.
+    pub bytes_in: Option<u64>,
+}
+
+impl Outcome {
+    fn at(mut self, backend: usize) -> Outcome {
+        self.backend = backend;
+        self
+    }
+}
+
 /// Sends the request upstream, retrying as the rules allow. Returns the response
-/// and the backend that answered (or failed last).
+/// and how it went.
 pub async fn forward(
     shared: &Shared,
     decision: Decision,
@@ -41,7 +60,7 @@ pub async fn forward(
     body: Incoming,
     peer: SocketAddr,
     start: Instant,
-) -> (Response<ProxyBody>, usize) {
+) -> (Response<ProxyBody>, Outcome) {
     let Decision {
         live,
         route: ri,
@@ -70,11 +89,17 @@ pub async fn forward(
     } else {
         None
     };
+    let mut outcome = Outcome {
+        backend: guard.backend(),
+        attempts: 0,
+        retries: Vec::new(),
+        bytes_in: None,
+    };
     if let Err(status) = prepare_request(&mut parts, peer, &live.snap.config.proxy.trusted_proxies)
     {
         return (
             local(status, "request cannot be forwarded\n".into()),
-            guard.backend(),
+            outcome,
         );
     }
     let replay = match Replay::read(body, route.retry_buffer).await {
@@ -85,10 +110,16 @@ pub async fn forward(
                     StatusCode::BAD_REQUEST,
                     "request body could not be read\n".into(),
                 ),
-                guard.backend(),
+                outcome,
             );
         }
     };
+    outcome.bytes_in = replay.len().or_else(|| {
+        parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+    });
     let path = parts
         .uri
         .path_and_query()
@@ -109,7 +140,10 @@ pub async fn forward(
         let Some((b, endpoint)) = pick_endpoint(&live, ri, target, pinned, avoid.as_ref()) else {
             let name = &live.backends[target].name;
             let body = format!("backend {name} has no healthy address\n");
-            return (local(StatusCode::SERVICE_UNAVAILABLE, body), target);
+            return (
+                local(StatusCode::SERVICE_UNAVAILABLE, body),
+                outcome.at(target),
+            );
         };
         if b != guard.backend() {
             guard = InflightGuard::new(live.clone(), ri, b, is_write);
@@ -119,6 +153,7 @@ pub async fn forward(
             break;
         };
         let last_attempt = attempt == route.attempts;
+        outcome.attempts = attempt;
         let mut req = build(&mut parts, &path, up_body, last_attempt);
         if let Some((upgrade, _)) = &switch {
             tunnel::restore(req.headers_mut(), upgrade.clone());
@@ -135,7 +170,14 @@ pub async fn forward(
                 head_timeout.min(t.saturating_duration_since(tokio::time::Instant::now()));
         }
         guard.forwarded(start);
-        match upstream::send(&rt.clients[b], &endpoint.authority, req, head_timeout).await {
+        let sent = upstream::send(
+            &rt.clients[b],
+            &endpoint.authority,
+            req,
+            head_timeout,
+            switch.is_some(),
+        );
+        match sent.await {
             Ok((mut resp, lease)) => {
                 endpoint.health.connected();
                 let status = resp.status();
@@ -160,7 +202,10 @@ pub async fn forward(
                         websocket,
                     }
                     .spawn();
-                    return (Response::from_parts(head, ProxyBody::Local(None)), b);
+                    return (
+                        Response::from_parts(head, ProxyBody::Local(None)),
+                        outcome.at(b),
+                    );
                 }
                 let retryable_status =
                     status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE;
@@ -181,6 +226,7 @@ pub async fn forward(
                         &live.backends[next].name,
                         reason,
                     );
+                    outcome.retries.push(reason);
                     (target, avoid) = (next, None);
                     continue;
                 }
@@ -203,7 +249,7 @@ pub async fn forward(
                             lease,
                         },
                     ),
-                    b,
+                    outcome.at(b),
                 );
             }
             Err(upstream::Failure {
@@ -248,6 +294,7 @@ pub async fn forward(
                     &live.backends[next].name,
                     kind.as_str(),
                 );
+                outcome.retries.push(kind.as_str());
                 (target, avoid) = (next, next_avoid);
             }
         }
@@ -259,7 +306,8 @@ pub async fn forward(
     } else {
         StatusCode::BAD_GATEWAY
     };
-    (local(status, body), guard.backend())
+    let backend = guard.backend();
+    (local(status, body), outcome.at(backend))
 }
 
 fn bit(b: usize) -> u64 {

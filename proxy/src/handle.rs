@@ -13,6 +13,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::access::{Entry, Served};
 use crate::body::{InflightGuard, ProxyBody};
 use crate::forward;
 use crate::hold::Waited;
@@ -33,10 +34,22 @@ pub async fn handle(
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
     let id = crate::headers::request_id(&mut parts.headers);
-    let mut resp = proxy(&shared, peer, Request::from_parts(parts, body), start).await;
+    let (share, query) = shared.access_log();
+    let entry = Entry::sample(share, &parts, peer, &id, query, start);
+    let grpc = is_grpc(&parts.headers);
+    let (mut resp, served) = proxy(&shared, peer, Request::from_parts(parts, body), start).await;
+    // The log shows the proxy's answer as HTTP status, also when it goes to a gRPC
+    // client as a grpc-status.
+    let status = resp.status();
+    if grpc && matches!(resp.body(), ProxyBody::Local(_)) && !status.is_success() {
+        resp = as_grpc_error(resp);
+    }
     resp.headers_mut()
         .insert(crate::headers::X_REQUEST_ID.clone(), id);
-    Ok(resp)
+    Ok(match entry {
+        None => resp,
+        Some(entry) => resp.map(|body| entry.finish(status, served, body)),
+    })
 }
 
 /// What the request path decided before forwarding.
@@ -46,6 +59,8 @@ pub struct Decision {
     /// Registered in flight on the first backend to try.
     pub guard: InflightGuard,
     pub minted: Option<String>,
+    /// The backend the sticky key picked (a write may go elsewhere).
+    pub pick: usize,
     pub is_write: bool,
     pub idempotent: bool,
 }
@@ -55,12 +70,13 @@ async fn proxy(
     peer: SocketAddr,
     req: Request<Incoming>,
     start: Instant,
-) -> Response<ProxyBody> {
+) -> (Response<ProxyBody>, Served) {
     let (parts, body) = req.into_parts();
     let mut decision = match decide(shared, &parts, peer).await {
         Ok(d) => d,
-        Err(resp) => return resp,
+        Err(resp) => return (resp, Served::default()),
     };
+    let (pick, write) = (decision.pick, decision.is_write);
     // Forwarding has no use for the minted cookie: move it out rather than copy it.
     let (live, ri, minted) = (
         decision.live.clone(),
@@ -69,7 +85,8 @@ async fn proxy(
     );
     // A cookie minted over TLS must never travel over plain HTTP.
     let secure = parts.extensions.get::<Scheme>() == Some(&Scheme::Https);
-    let (mut resp, backend) = forward::forward(shared, decision, parts, body, peer, start).await;
+    let (mut resp, outcome) = forward::forward(shared, decision, parts, body, peer, start).await;
+    let backend = outcome.backend;
 
     // Answer.
     let headers = resp.headers_mut();
@@ -92,7 +109,24 @@ async fn proxy(
         }
     }
     live.routes[ri].pairs[backend].count(resp.status().as_u16());
-    resp
+    let sticky = if minted.is_some() {
+        "minted"
+    } else if backend == pick {
+        "kept"
+    } else {
+        "moved"
+    };
+    let served = Served {
+        live: Some(live),
+        route: Some(ri),
+        backend: Some(backend),
+        attempts: outcome.attempts,
+        retries: outcome.retries,
+        sticky: Some(sticky),
+        write,
+        bytes_in: outcome.bytes_in,
+    };
+    (resp, served)
 }
 
 /// Routes the request, waits out a hold that covers it, and picks the first backend.
@@ -120,11 +154,15 @@ async fn decide(
         let route = &live.snap.routes()[ri];
         // An upgraded connection may carry writes the proxy cannot see: unless the
         // route says otherwise, it goes where writes go and a writes hold holds it.
-        let is_write = method_writes || (upgrade && route.upgrades == Upgrades::Writes);
+        // A gRPC call is a POST, so a write, unless the route names it a read.
+        let grpc_read = method_writes && grpc_read(&route.grpc_reads, parts);
+        let is_write =
+            (method_writes && !grpc_read) || (upgrade && route.upgrades == Upgrades::Writes);
         let key = sticky::key(&route.sticky, &parts.headers, peer.ip());
+        let pick = live.snap.weights(ri).pick(key.bucket);
         let first = match live.snap.writes(ri) {
             WriteSide::Backend(b) if is_write => b,
-            _ => live.snap.weights(ri).pick(key.bucket),
+            _ => pick,
         };
         // Count the request in flight *before* looking at the hold: a controller
         // that got the hold acknowledged and then reads zero writes in flight knows
@@ -136,8 +174,10 @@ async fn decide(
                 route: ri,
                 guard,
                 minted: key.minted,
+                pick,
                 is_write,
-                idempotent,
+                // A read may be asked twice.
+                idempotent: idempotent || grpc_read,
             });
         }
         drop(guard);
@@ -173,6 +213,65 @@ fn is_write(m: &Method) -> bool {
         *m,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     )
+}
+
+/// A gRPC call: `content-type: application/grpc`, `application/grpc+proto` …
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The proxy's own error answer as a gRPC client understands it: a trailers-only
+/// response (HTTP 200) whose `grpc-status` follows gRPC's HTTP mapping (a 502, 503
+/// or 504 is UNAVAILABLE, so the client may retry) and whose `grpc-message` is the
+/// text. A plain-text 502 would read to a gRPC client as a corrupt message.
+fn as_grpc_error(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut head, body) = resp.into_parts();
+    let code = match head.status.as_u16() {
+        400 => "13",             // INTERNAL
+        401 => "16",             // UNAUTHENTICATED
+        403 => "7",              // PERMISSION_DENIED
+        404 => "12",             // UNIMPLEMENTED
+        429 | 502..=504 => "14", // UNAVAILABLE
+        _ => "2",                // UNKNOWN
+    };
+    let text = match &body {
+        ProxyBody::Local(Some(b)) => String::from_utf8_lossy(b).trim().to_string(),
+        _ => String::new(),
+    };
+    // grpc-message is percent-encoded (gRPC over HTTP/2, "Responses").
+    let mut message = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            message.push(char::from(b));
+        } else {
+            message.push_str(&format!("%{b:02X}"));
+        }
+    }
+    head.status = StatusCode::OK;
+    head.headers.remove(http::header::CONTENT_LENGTH);
+    head.headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    head.headers
+        .insert("grpc-status", HeaderValue::from_static(code));
+    if let Ok(m) = HeaderValue::from_str(&message) {
+        head.headers.insert("grpc-message", m);
+    }
+    Response::from_parts(head, ProxyBody::Local(None))
+}
+
+/// A gRPC call (`content-type: application/grpc…`) to a method the route's
+/// `grpc_reads` names: a path, or a prefix ending in `*`.
+fn grpc_read(reads: &[String], parts: &Parts) -> bool {
+    if reads.is_empty() || !is_grpc(&parts.headers) {
+        return false;
+    }
+    let path = parts.uri.path();
+    reads.iter().any(|r| match r.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == r,
+    })
 }
 
 /// Safe to send twice: GET, HEAD, OPTIONS, or anything with an `Idempotency-Key`.

@@ -1,4 +1,5 @@
-//! Header rewriting between the client and the upstream: hop-by-hop headers out,
+//! Header rewriting between the client and the upstream: hop-by-hop headers out
+//! (but `TE: trailers`, which gRPC needs),
 //! the client's Host kept, `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded`
 //! set (appended to only after a trusted proxy), `X-Request-Id` kept or made, and
 //! HTTP/2's split cookies joined. `X-Forwarded-Proto` is `https` for requests that
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use cutover_config::Cidr;
-use http::header::{COOKIE, HOST};
+use http::header::{COOKIE, HOST, TE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 
@@ -163,6 +164,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
+    // `TE: trailers` is the one hop-by-hop value that goes on: it says the client
+    // accepts trailers, which gRPC needs (RFC 9113 §8.2.2 allows it in HTTP/2).
+    let trailers = headers.get_all(TE).iter().any(|v| {
+        v.to_str().unwrap_or("").split(',').any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
+    });
     if let Some(conn) = headers.get(http::header::CONNECTION) {
         let named: Vec<HeaderName> = conn
             .to_str()
@@ -180,12 +192,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in &HOP_BY_HOP {
         headers.remove(h);
     }
+    if trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::Request;
+
+    #[test]
+    fn te_trailers_is_kept_and_other_te_values_are_not() {
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("gzip, trailers;q=1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("te"));
+    }
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {

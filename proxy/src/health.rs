@@ -117,6 +117,7 @@ pub fn start_checks(live: &crate::state::Live) -> watch::Sender<()> {
         tokio::spawn(check_loop(
             b.name.clone(),
             check.clone(),
+            b.protocol == cutover_config::Protocol::H2,
             rt.set.clone(),
             stop.subscribe(),
         ));
@@ -130,11 +131,14 @@ pub fn start_checks(live: &crate::state::Live) -> watch::Sender<()> {
 async fn check_loop(
     backend: String,
     check: HealthCheck,
+    h2: bool,
     set: Arc<EndpointSet>,
     mut stop: watch::Receiver<()>,
 ) {
+    // An HTTP/2 backend (a gRPC server) may not speak HTTP/1.1 at all.
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1)
+        .http2_only(h2)
         .build(HttpConnector::new());
     let mut interval = tokio::time::interval(check.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -5,6 +5,7 @@
 //! `cutover_config`; this crate serves it: listeners, the request path, the upstream
 //! pool, the admin API, metrics and signals.
 
+mod access;
 mod admin;
 mod body;
 mod connect;
@@ -14,6 +15,7 @@ mod headers;
 mod health;
 mod hold;
 mod metrics;
+mod proxy_protocol;
 mod replay;
 mod resolve;
 mod run;
@@ -25,6 +27,7 @@ mod tunnel;
 mod upgrade;
 mod upstream;
 
+pub use access::set_json as set_log_json;
 pub use body::ProxyBody;
 pub use handle::X_CUTOVER_BACKEND;
 pub use metrics::Metrics;

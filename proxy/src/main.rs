@@ -47,6 +47,18 @@ struct Cli {
     /// Log filter, e.g. `info`, `debug`, `cutover_proxy=debug`.
     #[arg(long, env = "CUTOVER_LOG", default_value = "info")]
     log: String,
+
+    /// How log lines are written: `text` (logfmt-style key=value) or `json` (one
+    /// object per line). Applies to the diagnostic log on standard error and to the
+    /// access log ([log] access in the config) on standard output.
+    #[arg(long, env = "CUTOVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -80,11 +92,16 @@ fn main() -> ExitCode {
 
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let json = cli.log_format == LogFormat::Json;
+    cutover_proxy::set_log_json(json);
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 
     raise_fd_limit();
     let threads = config.proxy.threads;

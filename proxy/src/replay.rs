@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -18,7 +19,8 @@ type Unsent = Arc<Mutex<Option<(Vec<Bytes>, Incoming)>>>;
 /// The body of one upstream attempt.
 pub enum UpBody {
     Empty,
-    Full(Option<Bytes>),
+    /// The body, then its trailers (gRPC clients may send some), each sent once.
+    Full(Option<Bytes>, Option<HeaderMap>),
     Stream(StreamBody),
 }
 
@@ -31,7 +33,7 @@ pub struct StreamBody {
 /// The request body as received, ready to make one [`UpBody`] per attempt.
 pub enum Replay {
     Empty,
-    Buffered(Bytes),
+    Buffered(Bytes, Option<HeaderMap>),
     Stream(Unsent),
 }
 
@@ -50,14 +52,18 @@ impl Replay {
         }
         let mut buf = BytesMut::new();
         let mut chunks = Vec::new();
+        let mut trailers = None;
         loop {
             match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-                None => return Ok(Replay::Buffered(buf.freeze())),
+                None => return Ok(Replay::Buffered(buf.freeze(), trailers)),
                 Some(Err(e)) => return Err(e),
                 Some(Ok(frame)) => {
-                    // Trailers on a request are rare; they are not forwarded.
-                    let Ok(data) = frame.into_data() else {
-                        continue;
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => {
+                            trailers = frame.into_trailers().ok();
+                            continue;
+                        }
                     };
                     if buf.len() + data.len() > limit {
                         chunks.push(buf.split().freeze());
@@ -75,7 +81,7 @@ impl Replay {
     pub fn attempt(&self) -> Option<UpBody> {
         match self {
             Replay::Empty => Some(UpBody::Empty),
-            Replay::Buffered(b) => Some(UpBody::Full(Some(b.clone()))),
+            Replay::Buffered(b, t) => Some(UpBody::Full(Some(b.clone()), t.clone())),
             Replay::Stream(slot) => {
                 let present = slot.lock().unwrap_or_else(|p| p.into_inner()).is_some();
                 present.then(|| {
@@ -88,9 +94,29 @@ impl Replay {
         }
     }
 
+    /// The body's size, when it was read whole.
+    pub fn len(&self) -> Option<u64> {
+        match self {
+            Replay::Empty => Some(0),
+            Replay::Buffered(b, _) => Some(b.len() as u64),
+            Replay::Stream(_) => None,
+        }
+    }
+
     /// Whether a failed attempt that may have sent bytes can be replayed.
     pub fn replayable(&self) -> bool {
         !matches!(self, Replay::Stream(_))
+    }
+}
+
+impl UpBody {
+    /// Another copy of a body not sent yet, if it can be sent again.
+    pub fn replay(&self) -> Option<UpBody> {
+        match self {
+            UpBody::Empty => Some(UpBody::Empty),
+            UpBody::Full(Some(b), t) => Some(UpBody::Full(Some(b.clone()), t.clone())),
+            UpBody::Full(None, _) | UpBody::Stream(_) => None,
+        }
     }
 }
 
@@ -104,7 +130,12 @@ impl Body for UpBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpBody::Empty => Poll::Ready(None),
-            UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            UpBody::Full(b, t) => Poll::Ready(
+                b.take()
+                    .map(Frame::data)
+                    .or_else(|| t.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
             UpBody::Stream(s) => {
                 if s.taken.is_none() {
                     // First poll: from now on the body is spent for any retry.
@@ -128,7 +159,7 @@ impl Body for UpBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpBody::Empty => true,
-            UpBody::Full(b) => b.is_none(),
+            UpBody::Full(b, t) => b.is_none() && t.is_none(),
             UpBody::Stream(_) => false,
         }
     }
@@ -136,8 +167,8 @@ impl Body for UpBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpBody::Empty => SizeHint::with_exact(0),
-            UpBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            UpBody::Full(None) => SizeHint::with_exact(0),
+            UpBody::Full(Some(b), _) => SizeHint::with_exact(b.len() as u64),
+            UpBody::Full(None, _) => SizeHint::with_exact(0),
             UpBody::Stream(_) => SizeHint::default(),
         }
     }

@@ -95,6 +95,7 @@ pub async fn run(
     sockets.extend(https.as_ref().map(|l| (Role::Https, l)));
     let sockets = upgrade::duplicates(&sockets);
     let grace = config.proxy.grace;
+    let proxy_protocol = config.listen.proxy_protocol;
 
     let upstream = Upstream::default();
     let dns = crate::resolve::Dns::new(&config.resolver)?;
@@ -143,6 +144,7 @@ pub async fn run(
         stop.clone(),
         GracefulShutdown::new(),
         None,
+        proxy_protocol,
         move |peer, req| handle::handle(s.clone(), peer, req),
     ));
     let https_task = match https {
@@ -155,6 +157,7 @@ pub async fn run(
                 stop,
                 GracefulShutdown::new(),
                 Some(acceptor),
+                proxy_protocol,
                 move |peer, req| handle::handle(s.clone(), peer, req),
             ));
             if let Some(addr) = https_addr {
@@ -171,6 +174,7 @@ pub async fn run(
         admin_stop_rx,
         GracefulShutdown::new(),
         None,
+        false,
         move |_peer, req| admin::handle(s.clone(), req),
     ));
     tracing::info!(addr = %data_addr, "listening for traffic");

@@ -84,14 +84,16 @@ impl StopHandle {
 
 /// Accepts until `stop` fires, then drops the listener: this process accepts no
 /// more (the kernel refuses new connections unless another process shares the
-/// socket). With `tls`, each connection's handshake runs in its own task. Each
-/// connection is registered with `graceful`, which is handed back so the caller
-/// can wait for those connections to finish.
+/// socket). With `proxy_protocol`, each connection first names its real client in a
+/// PROXY header; with `tls`, its handshake follows. Both run in the connection's own
+/// task. Each connection is registered with `graceful`, which is handed back so the
+/// caller can wait for those connections to finish.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: Stop,
     graceful: GracefulShutdown,
     tls: Option<TlsAcceptor>,
+    proxy_protocol: bool,
     handler: F,
 ) -> GracefulShutdown
 where
@@ -113,7 +115,7 @@ where
     let builder = Arc::new(builder);
     let mut stop_rx = stop.rx.clone();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             biased;
             () = until_stopped(&mut stop_rx) => break,
             accepted = listener.accept() => match accepted {
@@ -135,37 +137,57 @@ where
         } else {
             Scheme::Http
         };
-        let (h, closing) = (handler.clone(), stop.closing.clone());
-        let svc = service_fn(move |req| respond(&h, peer, scheme, &closing, req));
-        match &tls {
-            None => {
+        if tls.is_none() && !proxy_protocol {
+            let (h, closing) = (handler.clone(), stop.closing.clone());
+            let svc = service_fn(move |req| respond(&h, peer, scheme, &closing, req));
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            tokio::spawn(finish(watcher.watch(conn), peer));
+            continue;
+        }
+        let (h, closing, tls, builder) = (
+            handler.clone(),
+            stop.closing.clone(),
+            tls.clone(),
+            builder.clone(),
+        );
+        tokio::spawn(async move {
+            let client = if proxy_protocol {
+                match crate::proxy_protocol::read_header(&mut stream, HANDSHAKE_TIMEOUT).await {
+                    Ok(named) => named.unwrap_or(peer),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "connection refused");
+                        return;
+                    }
+                }
+            } else {
+                peer
+            };
+            let svc = service_fn(move |req| respond(&h, client, scheme, &closing, req));
+            let Some(acceptor) = tls else {
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .into_owned();
-                tokio::spawn(finish(watcher.watch(conn), peer));
-            }
-            Some(acceptor) => {
-                let handshake = acceptor.accept(stream);
-                let builder = builder.clone();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .into_owned();
-                    finish(watcher.watch(conn), peer).await;
-                });
-            }
-        }
+                return finish(watcher.watch(conn), client).await;
+            };
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %client, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            finish(watcher.watch(conn), client).await;
+        });
     }
     graceful
 }

@@ -297,6 +297,14 @@ impl Shared {
         self.live.load_full()
     }
 
+    /// `[log] access` and `query` as the current snapshot has them.
+    #[inline]
+    pub fn access_log(&self) -> (f64, bool) {
+        let live = self.live.load();
+        let log = &live.snap.config.log;
+        (log.access, log.query)
+    }
+
     /// Applies `change` to the current snapshot and publishes the result. Writers are
     /// serialized, so two changes never race on the same base snapshot.
     pub fn update<E>(
@@ -426,6 +434,7 @@ impl Live {
                 let client = upstream
                     .client(
                         r.timeouts.connect,
+                        b.protocol,
                         b.tls.as_ref().map(|t| (t, sni.as_str())),
                     )
                     .map_err(|source| StateError::Tls {

@@ -1,4 +1,4 @@
-//! The kept-alive HTTP/1.1 connections to the backends, pooled per address, and the
+//! The kept-alive connections to the backends, pooled per address, and the
 //! classification of their failures. Choosing *which* backend and address is the
 //! request path's job; this module talks to the address it is given, within the
 //! route's timeouts.
@@ -17,18 +17,29 @@
 //! end ([`Lease`]); one whose response was abandoned is closed instead. A request
 //! that a reused connection never sent (the backend closed it while idle) is sent on
 //! the next one.
+//!
+//! HTTP/2 backends (`protocol = "h2"`, or `"auto"` when ALPN picks `h2`) get one
+//! connection per address that every request shares: the pool keeps it beside the
+//! idle HTTP/1.1 stack, hands a clone to each request (and to every waiter once it
+//! is up), and opens another only when it has closed. A protocol switch (a
+//! WebSocket) always goes over an HTTP/1.1 connection of its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use http::header::HOST;
 use http::uri::Authority;
+use http::uri::{PathAndQuery, Scheme};
+use http::{Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::oneshot;
 
-use cutover_config::UpstreamTls;
+use cutover_config::{Protocol, UpstreamTls};
 
 use crate::connect::{Connector, TlsSetupError};
 use crate::replay::UpBody;
@@ -36,8 +47,8 @@ use crate::replay::UpBody;
 /// The connections of one kind of upstream: plain or TLS with one SNI name.
 pub type UpClient = Arc<Client>;
 
-/// Connect timeout, and the TLS setting with its server name.
-type ClientKey = (Duration, Option<(UpstreamTls, String)>);
+/// Connect timeout, protocol, and the TLS setting with its server name.
+type ClientKey = (Duration, Protocol, Option<(UpstreamTls, String)>);
 
 /// Idle connections kept per address at most; more are closed when they come free.
 const MAX_IDLE_PER_ADDR: usize = 1024;
@@ -56,6 +67,9 @@ pub struct Upstream {
 /// Connects to upstream addresses and keeps their idle connections.
 pub struct Client {
     connector: Connector,
+    protocol: Protocol,
+    /// `https` over TLS: the scheme of HTTP/2 requests.
+    scheme: Scheme,
     /// By `ip:port`. Keyed by the string: `Authority` hashes byte by byte.
     pools: Mutex<HashMap<Box<str>, Pool>>,
 }
@@ -64,6 +78,8 @@ pub struct Client {
 #[derive(Default)]
 struct Pool {
     idle: Vec<Idle>,
+    /// The shared HTTP/2 connection, once one is up.
+    h2: Option<http2::SendRequest<UpBody>>,
     /// Connects under way.
     connecting: usize,
     /// Requests waiting for a connection or a connect slot, oldest first.
@@ -99,9 +115,15 @@ impl Pool {
     }
 }
 
+/// A connection to send one request on.
+enum Tx {
+    H1(SendRequest<UpBody>),
+    H2(http2::SendRequest<UpBody>),
+}
+
 /// What a waiting request is given.
 enum Handoff {
-    Conn(SendRequest<UpBody>),
+    Conn(Tx),
     /// A connect slot: dropped unused (the receiver gone), it passes on.
     Slot(Slot),
     /// The connect that was under way failed: so would this request's.
@@ -110,7 +132,7 @@ enum Handoff {
 
 /// What a request does next.
 enum Next {
-    Reuse(SendRequest<UpBody>),
+    Reuse(Tx),
     Connect(Slot),
     Wait(oneshot::Receiver<Handoff>),
 }
@@ -147,12 +169,15 @@ const MAX_CONNECTING: usize = 4;
 pub struct Lease {
     client: UpClient,
     authority: Authority,
-    tx: SendRequest<UpBody>,
+    tx: Tx,
 }
 
 impl Lease {
     pub fn release(self) {
-        self.client.put(self.authority, self.tx);
+        // An HTTP/2 stream ends with its body; the connection stays shared.
+        if let Tx::H1(tx) = self.tx {
+            self.client.put(self.authority, tx);
+        }
     }
 }
 
@@ -209,10 +234,12 @@ impl Upstream {
     pub fn client(
         &self,
         connect_timeout: Duration,
+        protocol: Protocol,
         tls: Option<(&UpstreamTls, &str)>,
     ) -> Result<UpClient, TlsSetupError> {
         let key = (
             connect_timeout,
+            protocol,
             tls.map(|(t, sni)| (t.clone(), sni.to_string())),
         );
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
@@ -224,7 +251,13 @@ impl Upstream {
         http.set_connect_timeout(Some(connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
         let client = Arc::new(Client {
-            connector: Connector::new(http, tls)?,
+            scheme: if tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
+            connector: Connector::new(http, tls, protocol)?,
+            protocol,
             pools: Mutex::default(),
         });
         // Outside a runtime (unit tests building state) there is nothing to sweep.
@@ -237,14 +270,21 @@ impl Upstream {
 }
 
 /// Sends `req` (its URI in origin form, its Host header set) to `authority` and
-/// waits for the response head, at most `head_timeout` in all.
+/// waits for the response head, at most `head_timeout` in all. A protocol switch
+/// (`upgrade`) goes over HTTP/1.1 whatever the backend's protocol.
 pub async fn send(
     client: &UpClient,
     authority: &Authority,
     req: http::Request<UpBody>,
     head_timeout: Duration,
+    upgrade: bool,
 ) -> Result<(http::Response<Incoming>, Lease), Failure> {
-    match tokio::time::timeout(head_timeout, client.request(authority, req)).await {
+    let sent = if upgrade && client.protocol != Protocol::Http1 {
+        tokio::time::timeout(head_timeout, client.upgrade(authority, req)).await
+    } else {
+        tokio::time::timeout(head_timeout, client.request(authority, req)).await
+    };
+    match sent {
         Err(_) => Err(Failure::new(
             FailureKind::Timeout,
             format!("no response head within {head_timeout:?}"),
@@ -253,14 +293,27 @@ pub async fn send(
     }
 }
 
+/// A request that went nowhere, or a call that failed.
+enum NotSent {
+    /// Never sent (the connection had closed, or the backend refused the HTTP/2
+    /// stream unprocessed): safe on another connection, whatever the method.
+    Unsent(Box<http::Request<UpBody>>),
+    Failed(Failure),
+}
+
+/// Connections found closed before a request could go out on them, at most,
+/// before the request gives up.
+const MAX_UNSENT: u32 = 8;
+
 impl Client {
     async fn request(
         self: &Arc<Self>,
         authority: &Authority,
         mut req: http::Request<UpBody>,
     ) -> Result<(http::Response<Incoming>, Lease), Failure> {
+        let mut unsent = 0;
         let slot = loop {
-            let mut tx = match self.next(authority) {
+            let tx = match self.next(authority) {
                 Next::Reuse(tx) => tx,
                 Next::Connect(slot) => break slot,
                 Next::Wait(rx) => match rx.await {
@@ -277,59 +330,154 @@ impl Client {
                     Err(_) => continue,
                 },
             };
-            if tx.ready().await.is_err() {
-                continue; // Closed since it was put back.
-            }
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(authority, tx))),
-                Err(mut e) => match e.take_message() {
-                    // Never sent: safe on another connection, whatever the method.
-                    Some(r) => req = r,
-                    None => return Err(failure(&e.into_error())),
-                },
+            match self.try_send(authority, tx, req).await {
+                Ok(done) => return Ok(done),
+                Err(NotSent::Failed(f)) => return Err(f),
+                Err(NotSent::Unsent(r)) if unsent < MAX_UNSENT => {
+                    unsent += 1;
+                    req = *r;
+                }
+                Err(NotSent::Unsent(_)) => return Err(never_sent()),
             }
         };
-        let mut tx = self.connect(authority, slot).await?;
-        match tx.send_request(req).await {
-            Ok(resp) => Ok((resp, self.lease(authority, tx))),
-            Err(e) => Err(failure(&e)),
+        let tx = self.connect(authority, slot, false).await?;
+        once(self.try_send(authority, tx, req).await)
+    }
+
+    /// A protocol switch to a backend that may speak HTTP/2: on an HTTP/1.1
+    /// connection of its own, outside the pool (the tunnel keeps it).
+    async fn upgrade(
+        self: &Arc<Self>,
+        authority: &Authority,
+        req: http::Request<UpBody>,
+    ) -> Result<(http::Response<Incoming>, Lease), Failure> {
+        let tx = self
+            .open(authority, true)
+            .await
+            .map_err(|cause| Failure::new(FailureKind::Connect, cause))?;
+        once(self.try_send(authority, tx, req).await)
+    }
+
+    /// Sends on `tx` in the form its protocol wants.
+    async fn try_send(
+        self: &Arc<Self>,
+        authority: &Authority,
+        tx: Tx,
+        mut req: http::Request<UpBody>,
+    ) -> Result<(http::Response<Incoming>, Lease), NotSent> {
+        match tx {
+            Tx::H1(mut tx) => {
+                if tx.ready().await.is_err() {
+                    return Err(NotSent::Unsent(Box::new(req))); // Closed since it was put back.
+                }
+                as_http1(&mut req);
+                match tx.try_send_request(req).await {
+                    Ok(resp) => Ok((resp, self.lease(authority, Tx::H1(tx)))),
+                    Err(mut e) => match e.take_message() {
+                        Some(r) => Err(NotSent::Unsent(Box::new(r))),
+                        None => Err(NotSent::Failed(failure(&e.into_error()))),
+                    },
+                }
+            }
+            Tx::H2(mut tx) => {
+                if tx.ready().await.is_err() {
+                    self.forget_h2(authority);
+                    return Err(NotSent::Unsent(Box::new(req)));
+                }
+                as_http2(&mut req, &self.scheme);
+                // A stream the backend refuses (REFUSED_STREAM, or above the last
+                // stream a GOAWAY lets finish) was not processed; only its body
+                // could be spent, so a replayable copy is kept for that case.
+                let again = replayable(&req);
+                match tx.try_send_request(req).await {
+                    Ok(resp) => Ok((resp, self.lease(authority, Tx::H2(tx)))),
+                    Err(mut e) => match e.take_message() {
+                        Some(r) => {
+                            self.forget_h2(authority);
+                            Err(NotSent::Unsent(Box::new(r)))
+                        }
+                        None => {
+                            let e = e.into_error();
+                            match again {
+                                Some(r) if refused(&e) => {
+                                    self.forget_h2(authority);
+                                    Err(NotSent::Unsent(Box::new(r)))
+                                }
+                                _ => Err(NotSent::Failed(failure(&e))),
+                            }
+                        }
+                    },
+                }
+            }
         }
     }
 
-    /// Opens a connection in `slot`, which is freed when this returns.
+    /// Opens a connection in `slot`, which is freed when this returns. An HTTP/2
+    /// connection is shared at once with every request waiting on the address.
     async fn connect(
-        &self,
+        self: &Arc<Self>,
         authority: &Authority,
         mut slot: Slot,
-    ) -> Result<SendRequest<UpBody>, Failure> {
-        let opened = async {
-            let io = self
-                .connector
-                .connect(authority)
-                .await
-                .map_err(|e| chain(&*e))?;
-            http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|e| chain(&e))
-        };
-        let (tx, conn) = match opened.await {
-            Ok(c) => c,
+        h1_only: bool,
+    ) -> Result<Tx, Failure> {
+        match self.open(authority, h1_only).await {
+            Ok(Tx::H2(tx)) => {
+                self.share_h2(authority, &tx);
+                Ok(Tx::H2(tx))
+            }
+            Ok(tx) => Ok(tx),
             Err(cause) => {
                 slot.failed = Some(cause.clone());
-                return Err(Failure::new(FailureKind::Connect, cause));
+                Err(Failure::new(FailureKind::Connect, cause))
             }
-        };
+        }
+    }
+
+    /// Connects and speaks the backend's protocol: HTTP/2 when configured (or, with
+    /// `auto`, when ALPN chose it), else HTTP/1.1.
+    async fn open(&self, authority: &Authority, h1_only: bool) -> Result<Tx, String> {
+        let io = self
+            .connector
+            .connect(authority, h1_only)
+            .await
+            .map_err(|e| chain(&*e))?;
+        let h2 = !h1_only
+            && match self.protocol {
+                Protocol::H2 => true,
+                Protocol::Auto => io.alpn_h2(),
+                Protocol::Http1 => false,
+            };
+        if h2 {
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                // A connection that went silent (a backend gone without a FIN)
+                // is found out and closed rather than trusted with requests.
+                .keep_alive_interval(H2_PING_EVERY)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                .handshake(io)
+                .await
+                .map_err(|e| chain(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %chain(&e), "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            return Ok(Tx::H2(tx));
+        }
+        let (tx, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| chain(&e))?;
         tokio::spawn(async move {
             // A 101 hands the connection over to the tunnel (see `tunnel`).
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %chain(&e), "upstream connection ended with an error");
             }
         });
-        Ok(tx)
+        Ok(Tx::H1(tx))
     }
 
-    fn lease(self: &Arc<Self>, authority: &Authority, tx: SendRequest<UpBody>) -> Lease {
+    fn lease(self: &Arc<Self>, authority: &Authority, tx: Tx) -> Lease {
         Lease {
             client: self.clone(),
             authority: authority.clone(),
@@ -350,18 +498,30 @@ impl Client {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used idle connection still open, else a connect slot,
-    /// else a place in the queue.
+    /// The shared HTTP/2 connection, else the most recently used idle connection
+    /// still open, else a connect slot, else a place in the queue.
     fn next(self: &Arc<Self>, authority: &Authority) -> Next {
         let mut pools = self.lock();
         let pool = match pools.get_mut(authority.as_str()) {
             Some(p) => p,
             None => pools.entry(authority.as_str().into()).or_default(),
         };
-        if let Some(tx) = pool.take_idle() {
-            return Next::Reuse(tx);
+        if let Some(h2) = &pool.h2 {
+            if !h2.is_closed() {
+                return Next::Reuse(Tx::H2(h2.clone()));
+            }
+            pool.h2 = None;
         }
-        if pool.connecting < MAX_CONNECTING {
+        if let Some(tx) = pool.take_idle() {
+            return Next::Reuse(Tx::H1(tx));
+        }
+        // One HTTP/2 connection carries every request: open one at a time.
+        let most = if self.protocol == Protocol::H2 {
+            1
+        } else {
+            MAX_CONNECTING
+        };
+        if pool.connecting < most {
             pool.connecting += 1;
             drop(pools);
             return Next::Connect(self.slot(authority));
@@ -371,9 +531,38 @@ impl Client {
         Next::Wait(rx)
     }
 
+    /// A new HTTP/2 connection is up: it becomes the address's shared one, and
+    /// every request waiting on the address goes out on it.
+    fn share_h2(&self, authority: &Authority, tx: &http2::SendRequest<UpBody>) {
+        let mut pools = self.lock();
+        let pool = match pools.get_mut(authority.as_str()) {
+            Some(p) => p,
+            None => pools.entry(authority.as_str().into()).or_default(),
+        };
+        pool.h2 = Some(tx.clone());
+        for w in pool.waiters.drain(..) {
+            let _ = w.send(Handoff::Conn(Tx::H2(tx.clone())));
+        }
+    }
+
+    /// Drops the address's HTTP/2 connection if it has closed (or is going
+    /// away), so the next request opens another.
+    fn forget_h2(&self, authority: &Authority) {
+        if let Some(pool) = self.lock().get_mut(authority.as_str())
+            && pool
+                .h2
+                .as_ref()
+                .is_some_and(|h2| h2.is_closed() || !h2.is_ready())
+        {
+            pool.h2 = None;
+        }
+    }
+
     /// A connection came free: to the oldest waiter still waiting, else idle.
     fn put(&self, authority: Authority, mut tx: SendRequest<UpBody>) {
-        if tx.is_closed() {
+        // An HTTP/1.1 connection to an HTTP/2 backend carried a protocol switch
+        // that did not happen; it is not kept.
+        if tx.is_closed() || self.protocol != Protocol::Http1 && self.protocol != Protocol::Auto {
             return;
         }
         let mut pools = self.lock();
@@ -382,9 +571,9 @@ impl Client {
             None => pools.entry(authority.as_str().into()).or_default(),
         };
         while let Some(w) = pool.waiters.pop_front() {
-            match w.send(Handoff::Conn(tx)) {
+            match w.send(Handoff::Conn(Tx::H1(tx))) {
                 Ok(()) => return,
-                Err(Handoff::Conn(back)) => tx = back,
+                Err(Handoff::Conn(Tx::H1(back))) => tx = back,
                 Err(_) => return,
             }
         }
@@ -435,8 +624,13 @@ impl Client {
             pool.idle
                 .retain(|i| !i.tx.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
             pool.waiters.retain(|w| !w.is_closed());
+            if pool.h2.as_ref().is_some_and(|h2| h2.is_closed()) {
+                pool.h2 = None;
+            }
         }
-        pools.retain(|_, p| !p.idle.is_empty() || p.connecting > 0 || !p.waiters.is_empty());
+        pools.retain(|_, p| {
+            !p.idle.is_empty() || p.h2.is_some() || p.connecting > 0 || !p.waiters.is_empty()
+        });
     }
 
     /// Idle connections kept, over all addresses.
@@ -456,6 +650,95 @@ async fn sweep(client: Weak<Client>) {
         };
         client.sweep();
     }
+}
+
+/// How often an HTTP/2 upstream connection is pinged, and how long a ping may go
+/// unanswered before the connection is closed.
+const H2_PING_EVERY: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn never_sent() -> Failure {
+    Failure::new(
+        FailureKind::Reset,
+        "the connections to the address kept closing before the request could be sent".into(),
+    )
+}
+
+/// The result of a send on a fresh connection, where there is no other to try.
+fn once<T>(sent: Result<T, NotSent>) -> Result<T, Failure> {
+    sent.map_err(|e| match e {
+        NotSent::Failed(f) => f,
+        NotSent::Unsent(_) => never_sent(),
+    })
+}
+
+/// An HTTP/1.1 request: origin-form URI, the host in the Host header.
+fn as_http1(req: &mut http::Request<UpBody>) {
+    if req.version() == Version::HTTP_11 {
+        return;
+    }
+    if let Some(a) = req.uri().authority()
+        && let Ok(host) = http::HeaderValue::from_str(a.as_str())
+    {
+        req.headers_mut().entry(HOST).or_insert(host);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(path);
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// An HTTP/2 request: the host moves from the Host header to `:authority`, with
+/// the connection's scheme; `te: trailers` (gRPC's) stays.
+fn as_http2(req: &mut http::Request<UpBody>, scheme: &Scheme) {
+    if req.version() == Version::HTTP_2 {
+        return;
+    }
+    let host = req.headers_mut().remove(HOST);
+    let authority = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<Authority>().ok());
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    if let Some(a) = authority {
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(a);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+    }
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    *req.version_mut() = Version::HTTP_2;
+}
+
+/// A copy of a request whose body can be sent again.
+fn replayable(req: &http::Request<UpBody>) -> Option<http::Request<UpBody>> {
+    let body = req.body().replay()?;
+    let mut copy = http::Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// The backend refused the stream before processing it: RST_STREAM with
+/// REFUSED_STREAM, or a GOAWAY that leaves it out (RFC 9113 §8.7).
+fn refused(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            // A graceful GOAWAY (NO_ERROR) fails only the streams above its last
+            // stream id; one for an error may fail streams that were processed.
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn failure(e: &hyper::Error) -> Failure {

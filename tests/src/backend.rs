@@ -6,7 +6,7 @@
 //! path gets its `101` and then an echo: each text message comes back as
 //! `{name}: {message}`. Every answer carries `x-backend: {name}` and echoes
 //! what the proxy forwarded (`x-seen-host`, `x-seen-xff`, `x-seen-proto`,
-//! `x-seen-method`, `x-seen-forwarded-host`, `x-seen-forwarded`,
+//! `x-seen-method`, `x-seen-version`, `x-seen-forwarded-host`, `x-seen-forwarded`,
 //! `x-seen-request-id`, `x-seen-cookie`, `x-seen-traceparent`).
 
 use std::net::SocketAddr;
@@ -73,6 +73,11 @@ impl Backend {
 
     /// Starts a backend that speaks HTTPS with the PEM `cert` chain and `key`.
     pub fn start_tls(name: &str, cert_pem: &str, key_pem: &str) -> Backend {
+        Backend::start_tls_alpn(name, cert_pem, key_pem, &[b"http/1.1"])
+    }
+
+    /// Like [`Backend::start_tls`], offering `alpn` (e.g. `h2` and `http/1.1`).
+    pub fn start_tls_alpn(name: &str, cert_pem: &str, key_pem: &str, alpn: &[&[u8]]) -> Backend {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let certs: Vec<CertificateDer<'static>> =
@@ -87,7 +92,7 @@ impl Backend {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .expect("certificate and key");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
         Backend::start_with(name, SocketAddr::from(([127, 0, 0, 1], 0)), Some(acceptor))
     }
@@ -364,7 +369,15 @@ async fn answer(
             .cloned()
             .unwrap_or(HeaderValue::from_static(""))
     };
-    let host = echo("host");
+    // HTTP/2 carries the host in `:authority`.
+    let host = match req.uri().authority() {
+        Some(a) if !req.headers().contains_key("host") => {
+            HeaderValue::from_str(a.as_str()).unwrap_or(HeaderValue::from_static(""))
+        }
+        _ => echo("host"),
+    };
+    let version = HeaderValue::from_str(&format!("{:?}", req.version()))
+        .unwrap_or(HeaderValue::from_static(""));
     let xff = echo("x-forwarded-for");
     let proto = echo("x-forwarded-proto");
     let seen: Vec<(&'static str, HeaderValue)> = [
@@ -408,6 +421,7 @@ async fn answer(
     h.insert("x-seen-xff", xff);
     h.insert("x-seen-proto", proto);
     h.insert("x-seen-method", method);
+    h.insert("x-seen-version", version);
     for (name, v) in seen {
         h.insert(name, v);
     }

@@ -10,6 +10,7 @@ mod binaries;
 mod client;
 mod dns;
 mod eventually;
+mod grpc;
 mod openbao;
 mod pgbouncer;
 mod postgres;
@@ -24,6 +25,10 @@ pub use binaries::binary;
 pub use client::{Client, Reply, h2_get, h2_get_with};
 pub use dns::DnsServer;
 pub use eventually::eventually;
+pub use grpc::{
+    ECHO_SERVICE, EchoClient, EchoReply, EchoRequest, EchoServer, GrpcBackend, GrpcStats, RawReply,
+    SlowRequest, WatchRequest, grpc_client, grpc_raw_call, serve_grpc,
+};
 pub use openbao::{OpenBao, bao_bin, find_on_path, free_port, http_json};
 pub use pgbouncer::{Pgbouncer, pgbouncer_bin};
 pub use postgres::{APP_PASSWORD, Pair, Postgres, SUPERUSER_PASSWORD, pg_bin};

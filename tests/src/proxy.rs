@@ -50,6 +50,7 @@ pub fn two_backends(hosts: &[&str], weights: (f64, f64), extra: &str) -> (Backen
 pub struct ProxyBuilder {
     config: String,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 /// A running proxy; killed on drop.
@@ -62,8 +63,11 @@ pub struct Proxy {
     pub dir: Arc<tempfile::TempDir>,
     path: PathBuf,
     env: Vec<(String, String)>,
+    args: Vec<String>,
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+    /// What the proxy wrote to standard output: its access log.
+    out: Arc<Mutex<Vec<String>>>,
     client: Client,
     token: Option<String>,
 }
@@ -73,7 +77,14 @@ impl ProxyBuilder {
         ProxyBuilder {
             config: config.into(),
             env: Vec::new(),
+            args: Vec::new(),
         }
+    }
+
+    /// An extra command-line argument, e.g. `--log-format`.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
+        self
     }
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
@@ -97,7 +108,7 @@ impl ProxyBuilder {
         dir: tempfile::TempDir,
         path: &Path,
     ) -> Result<Proxy, (Option<ExitStatus>, String)> {
-        spawn(Arc::new(dir), path, self.env, &[])
+        spawn(Arc::new(dir), path, self.env, self.args)
     }
 }
 
@@ -107,11 +118,11 @@ fn spawn(
     dir: Arc<tempfile::TempDir>,
     path: &Path,
     env: Vec<(String, String)>,
-    extra: &[&str],
+    args: Vec<String>,
 ) -> Result<Proxy, (Option<ExitStatus>, String)> {
     let mut cmd = Command::new(binary("cutover-proxy"));
     cmd.arg("--config").arg(path).arg("--log").arg("info");
-    cmd.args(extra);
+    cmd.args(&args);
     cmd.env_remove("CUTOVER_ADMIN_TOKEN");
     let mut token = None;
     for (k, v) in &env {
@@ -122,18 +133,27 @@ fn spawn(
     }
     let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn cutover-proxy");
     let stderr = child.stderr.take().expect("piped stderr");
+    let stdout = child.stdout.take().expect("piped stdout");
     let logs = Arc::new(Mutex::new(Vec::new()));
-    let sink = logs.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let out = Arc::new(Mutex::new(Vec::new()));
+    for (stream, sink) in [
+        (
+            Box::new(stderr) as Box<dyn std::io::Read + Send>,
+            logs.clone(),
+        ),
+        (Box::new(stdout), out.clone()),
+    ] {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (http, admin) = {
@@ -152,8 +172,10 @@ fn spawn(
                 dir,
                 path: path.to_path_buf(),
                 env,
+                args,
                 child,
                 logs,
+                out,
                 client: Client::new(),
                 token,
             });
@@ -175,8 +197,13 @@ fn find_addr(lines: &[String], marker: &str) -> Option<SocketAddr> {
     lines
         .iter()
         .find(|l| l.contains(marker))
-        .and_then(|l| l.split("addr=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
+        // `addr=…` in text logs, `"addr":"…"` in JSON ones.
+        .and_then(|l| {
+            l.split("addr=")
+                .nth(1)
+                .or_else(|| l.split("\"addr\":\"").nth(1))
+        })
+        .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
         .and_then(|a| a.parse::<SocketAddr>().ok())
         .map(|mut a| {
             // A wildcard listener is reached over loopback.
@@ -200,12 +227,20 @@ impl Proxy {
     /// one's listening sockets over, and returns it once it serves. `self` still
     /// tracks the old process, which drains and exits on its own.
     pub fn upgrade(&self) -> Result<Proxy, (Option<ExitStatus>, String)> {
-        spawn(
-            self.dir.clone(),
-            &self.path,
-            self.env.clone(),
-            &["--upgrade"],
-        )
+        // This process may itself be a successor: one `--upgrade`.
+        let mut args: Vec<String> = self
+            .args
+            .iter()
+            .filter(|a| *a != "--upgrade")
+            .cloned()
+            .collect();
+        args.push("--upgrade".into());
+        spawn(self.dir.clone(), &self.path, self.env.clone(), args)
+    }
+
+    /// The access log lines the proxy has written so far.
+    pub fn access_log(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
     }
 
     /// Everything the proxy has logged so far.

@@ -7,6 +7,10 @@ mod admin;
 mod check;
 #[path = "e2e/dns.rs"]
 mod dns;
+#[path = "e2e/grpc.rs"]
+mod grpc;
+#[path = "e2e/grpc_proxy.rs"]
+mod grpc_proxy;
 #[path = "e2e/headers.rs"]
 mod headers;
 #[path = "e2e/hold.rs"]

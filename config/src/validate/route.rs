@@ -143,6 +143,20 @@ impl Validator<'_> {
                 }
             },
         };
+        let mut grpc_reads = Vec::new();
+        for (i, g) in r.grpc_reads.into_iter().flatten().enumerate() {
+            let pattern = g.get_ref();
+            let star = pattern.find('*');
+            if !pattern.starts_with('/') || star.is_some_and(|s| s != pattern.len() - 1) {
+                let msg = format!(
+                    "{pattern:?} is not a gRPC method pattern; use a path such as \"/pkg.Service/Get\", \
+                     or a prefix ending in one '*' such as \"/pkg.Service/Get*\""
+                );
+                self.err(&g, format!("{at}.grpc_reads[{i}]"), msg);
+            } else {
+                grpc_reads.push(g.into_inner());
+            }
+        }
         Route {
             name,
             hosts,
@@ -155,6 +169,7 @@ impl Validator<'_> {
             timeouts,
             failover,
             upgrades,
+            grpc_reads,
         }
     }
 

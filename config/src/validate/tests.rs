@@ -239,3 +239,49 @@ fn upgrades_go_with_the_writes_unless_the_route_says_split() {
         d[1].message
     );
 }
+
+#[test]
+fn protocols_grpc_reads_proxy_protocol_and_the_access_log() {
+    let c = parse_str(GOOD).unwrap();
+    assert_eq!(c.backends[0].protocol, crate::model::Protocol::Http1);
+    assert!(c.routes[0].grpc_reads.is_empty());
+    assert!(!c.listen.proxy_protocol);
+    assert_eq!((c.log.access, c.log.query), (0.0, false));
+
+    let text = "[listen]\nproxy_protocol = true\n[log]\naccess = 0.25\nquery = true\n\
+                [backends.old]\naddrs = [\"127.0.0.1:1\"]\nprotocol = \"h2\"\n\
+                [backends.new]\naddrs = [\"127.0.0.1:2\"]\nprotocol = \"auto\"\ntls = {}\n\
+                [[routes]]\nhosts = [\"a.test\"]\nweights = { old = 100 }\n\
+                grpc_reads = [\"/pkg.S/Get*\", \"/pkg.S/List\"]\n";
+    let c = parse_str(text).unwrap();
+    assert!(c.listen.proxy_protocol);
+    assert_eq!((c.log.access, c.log.query), (0.25, true));
+    assert_eq!(c.backends[0].protocol, crate::model::Protocol::H2);
+    assert_eq!(c.backends[1].protocol, crate::model::Protocol::Auto);
+    assert_eq!(c.routes[0].grpc_reads, ["/pkg.S/Get*", "/pkg.S/List"]);
+    for (access, want) in [("\"on\"", 1.0), ("\"off\"", 0.0), ("1", 1.0)] {
+        let c = parse_str(&format!("[log]\naccess = {access}\n")).unwrap();
+        assert_eq!(c.log.access, want, "{access}");
+    }
+
+    let d = errors(
+        "[log]\naccess = \"sometimes\"\n\
+         [backends.old]\naddrs = [\"127.0.0.1:1\"]\nprotocol = \"auto\"\n\
+         [backends.new]\naddrs = [\"127.0.0.1:2\"]\nprotocol = \"http3\"\n\
+         [[routes]]\nhosts = [\"a.test\"]\nweights = { old = 100 }\n\
+         grpc_reads = [\"pkg.S/Get\", \"/pkg.S/*Get\"]\n",
+    );
+    let paths: Vec<&str> = d.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "log.access",
+            "backends.old.protocol",
+            "backends.new.protocol",
+            "routes[0].grpc_reads[0]",
+            "routes[0].grpc_reads[1]"
+        ]
+    );
+    assert!(d[1].message.contains("ALPN"), "{}", d[1].message);
+    assert!(d[2].message.contains("\"http3\""), "{}", d[2].message);
+}

@@ -53,7 +53,11 @@ async fn backend(close_after_answer: bool) -> (Authority, Arc<AtomicUsize>) {
 
 fn client() -> UpClient {
     Upstream::default()
-        .client(Duration::from_secs(2), None)
+        .client(
+            Duration::from_secs(2),
+            cutover_config::Protocol::Http1,
+            None,
+        )
         .unwrap()
 }
 
@@ -67,7 +71,14 @@ fn get(authority: &Authority) -> http::Request<UpBody> {
 /// Sends a GET and reads the body to the end, returning the connection as the
 /// response path does.
 async fn roundtrip(client: &UpClient, authority: &Authority) -> Result<String, Failure> {
-    let (resp, lease) = send(client, authority, get(authority), Duration::from_secs(5)).await?;
+    let (resp, lease) = send(
+        client,
+        authority,
+        get(authority),
+        Duration::from_secs(5),
+        false,
+    )
+    .await?;
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     lease.release();
     Ok(String::from_utf8(body.to_vec()).unwrap())
@@ -99,9 +110,15 @@ async fn sequential_requests_share_one_connection() {
 async fn an_abandoned_response_closes_its_connection() {
     let (authority, accepted) = backend(false).await;
     let client = client();
-    let (_resp, lease) = send(&client, &authority, get(&authority), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (_resp, lease) = send(
+        &client,
+        &authority,
+        get(&authority),
+        Duration::from_secs(5),
+        false,
+    )
+    .await
+    .unwrap();
     drop(lease);
     assert_eq!(client.idle_count(), 0);
     assert_eq!(roundtrip(&client, &authority).await.unwrap(), "ok");

@@ -1,5 +1,6 @@
 //! TLS from the proxy to a backend: SNI, verification against a configured CA, and
-//! a clear 502 when the backend's certificate is not trusted.
+//! a clear 502 when the backend's certificate is not trusted; `protocol = "auto"`
+//! follows ALPN.
 
 use cutover_tests::{Backend, ProxyBuilder};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -112,4 +113,71 @@ fn a_missing_ca_file_is_a_config_error() {
         .to_string();
     assert!(err.contains("backends.new.tls.ca_file"), "{err}");
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_auto_speaks_what_the_backend_picks_by_alpn() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (ca, cert, key) = issue("backend.test");
+    // `new` offers h2 and HTTP/1.1; `old` (also over TLS here) only HTTP/1.1.
+    let new = Backend::start_tls_alpn("new", &cert, &key, &[b"h2", b"http/1.1"]);
+    let old = Backend::start_tls("old", &cert, &key);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+    let tls = "{ sni = \"backend.test\", ca_file = \"ca.pem\" }";
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [backends.old]\naddrs = [\"{}\"]\ntls = {tls}\nprotocol = \"auto\"\n\
+             [backends.new]\naddrs = [\"{}\"]\ntls = {tls}\nprotocol = \"auto\"\n\
+             [[routes]]\nhosts = [\"{HOST}\"]\nweights = {{ new = 100 }}\n\
+             [[routes]]\nhosts = [\"old.test\"]\nweights = {{ old = 100 }}\n",
+            old.addr, new.addr
+        ),
+    )
+    .unwrap();
+    let proxy = ProxyBuilder::new("").start_in(dir, &path).unwrap();
+
+    let r = proxy.get(HOST, "/").await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.trim()),
+        (200, "new"),
+        "{}",
+        proxy.logs()
+    );
+    assert_eq!(r.header("x-seen-version"), "HTTP/2.0", "ALPN picked h2");
+    assert_eq!(r.header("x-seen-host"), HOST, "the host went as :authority");
+    let r = proxy.get("old.test", "/").await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.trim()),
+        (200, "old"),
+        "{}",
+        proxy.logs()
+    );
+    assert_eq!(
+        r.header("x-seen-version"),
+        "HTTP/1.1",
+        "ALPN picked http/1.1"
+    );
+
+    // A WebSocket to the h2 backend goes over an HTTP/1.1 connection of its own.
+    let tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{HOST}/live"), tcp)
+        .await
+        .expect("the WebSocket handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("hi")).await.unwrap();
+    let echo = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .expect("an echo within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "new: hi");
+    // And the requests after it still share the HTTP/2 connection.
+    let r = proxy.get(HOST, "/").await;
+    assert_eq!(r.header("x-seen-version"), "HTTP/2.0");
 }
