@@ -126,17 +126,20 @@ impl Proxies {
             what: what.to_string(),
             detail,
         };
+        let mutating = method != Method::GET;
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{url}{path}"));
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
+        // The admin API takes state changes only as JSON (a web page cannot send
+        // that without a preflight), also when there is no body.
+        if mutating {
+            req = req.header("content-type", "application/json");
+        }
         let body = match body {
-            Some(v) => {
-                req = req.header("content-type", "application/json");
-                Full::new(Bytes::from(v.to_string()))
-            }
+            Some(v) => Full::new(Bytes::from(v.to_string())),
             None => Full::new(Bytes::new()),
         };
         let req = req.body(body).map_err(|e| fail(e.to_string()))?;

@@ -2,7 +2,9 @@
 //!
 //! When a token is configured every call but `/healthz` needs
 //! `Authorization: Bearer <token>`; startup refuses a non-loopback admin listener
-//! without one (see [`crate::run`]).
+//! without one (see [`crate::run`]). A call that changes state needs
+//! `Content-Type: application/json` and no foreign `Origin`, so a web page cannot
+//! drive it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,6 +23,47 @@ mod page;
 mod status;
 mod switchover;
 use crate::state::{Shared, UpdateError};
+
+/// A web page the operator has open may send "simple" requests to any address
+/// the browser can reach, this listener included (a form POST, or a fetch without
+/// a CORS preflight), and they would carry no token only when none is configured.
+/// Such a request either names its page's origin (`Origin`) or cannot set
+/// `Content-Type: application/json` without a preflight this API never answers;
+/// so a mutating call must carry that content type, and an `Origin` other than
+/// this listener's own is refused. Nothing changes before these checks pass.
+/// Returns the refusal for a call that may come from a page.
+fn from_a_web_page(req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    let headers = req.headers();
+    if let Some(origin) = headers.get(http::header::ORIGIN) {
+        let own = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let origin = origin.to_str().unwrap_or("");
+        let same = own.is_some_and(|h| {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                == Some(h)
+        });
+        if !same {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                "a cross-origin admin call is refused (Origin is not this listener's own)",
+            ));
+        }
+    }
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("application/json"));
+    (!json).then(|| {
+        error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a call that changes state needs Content-Type: application/json (curl: -H 'content-type: application/json')",
+        )
+    })
+}
 
 /// Bodies larger than this are refused; weights fit in a few dozen bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -51,6 +94,12 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
         return r;
     }
     let method = req.method().clone();
+    if method != Method::GET
+        && method != Method::HEAD
+        && let Some(refused) = from_a_web_page(&req)
+    {
+        return refused;
+    }
     match (method, path.as_str()) {
         (Method::GET, "/status") => json_response(StatusCode::OK, &status::status(shared)),
         (Method::GET, "/metrics") => {

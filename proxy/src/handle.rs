@@ -205,13 +205,15 @@ async fn decide(
     }
 }
 
-/// POST, PUT, PATCH and DELETE go to the route's write side, and a writes hold
-/// covers them.
+/// Every method but the safe ones (GET, HEAD, OPTIONS, TRACE; RFC 9110 §9.2.1) is
+/// a write: it goes to the route's write side and a writes hold covers it. So
+/// WebDAV's PROPPATCH, MKCOL, MOVE or LOCK, and any custom method, can never reach
+/// the database that is not taking writes.
 #[inline]
 fn is_write(m: &Method) -> bool {
-    matches!(
+    !matches!(
         *m,
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     )
 }
 

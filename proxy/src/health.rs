@@ -6,17 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
 use cutover_config::{Eject, HealthCheck};
-use http::{Request, StatusCode};
-use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::Request;
+use http_body_util::BodyExt;
 use prometheus::IntGauge;
 use tokio::sync::watch;
 
+use crate::replay::UpBody;
 use crate::state::{EndpointRt, EndpointSet};
+use crate::upstream::{UpClient, Upstream};
 
 /// The health of one address of one backend.
 pub struct EndpointHealth {
@@ -109,15 +107,31 @@ impl EndpointHealth {
 }
 
 /// Starts the active checks of every backend that has them, and returns the handle
-/// that stops them all (on drop or when replaced).
-pub fn start_checks(live: &crate::state::Live) -> watch::Sender<()> {
+/// that stops them all (on drop or when replaced). A probe goes out the way a
+/// request does: through the same upstream client, so over TLS with the backend's
+/// SNI name and CA, and in its protocol (HTTP/2 to a gRPC server).
+pub fn start_checks(live: &crate::state::Live, upstream: &Upstream) -> watch::Sender<()> {
     let (stop, _) = watch::channel(());
     for (b, rt) in live.snap.config.backends.iter().zip(&live.backends) {
         let Some(check) = &b.health else { continue };
+        let sni = crate::state::default_sni(&b.addrs);
+        let client = match upstream.client(
+            check.timeout,
+            b.protocol,
+            b.tls.as_ref().map(|t| (t, sni.as_str())),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                // The snapshot was built with the same settings, so this is not
+                // expected; without a client the address keeps its last verdict.
+                tracing::warn!(backend = %b.name, error = %e, "health checks cannot start");
+                continue;
+            }
+        };
         tokio::spawn(check_loop(
             b.name.clone(),
             check.clone(),
-            b.protocol == cutover_config::Protocol::H2,
+            client,
             rt.set.clone(),
             stop.subscribe(),
         ));
@@ -131,15 +145,10 @@ pub fn start_checks(live: &crate::state::Live) -> watch::Sender<()> {
 async fn check_loop(
     backend: String,
     check: HealthCheck,
-    h2: bool,
+    client: UpClient,
     set: Arc<EndpointSet>,
     mut stop: watch::Receiver<()>,
 ) {
-    // An HTTP/2 backend (a gRPC server) may not speak HTTP/1.1 at all.
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1)
-        .http2_only(h2)
-        .build(HttpConnector::new());
     let mut interval = tokio::time::interval(check.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -158,23 +167,29 @@ async fn check_loop(
     }
 }
 
-async fn probe(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    check: &HealthCheck,
-    e: &EndpointRt,
-) -> bool {
-    let uri = format!("http://{}{}", e.addr, check.path);
-    let Ok(mut req) = Request::get(uri.as_str()).body(Empty::new()) else {
+/// One check of one address: a GET of the check's path with the address's host
+/// name (when it has one) as Host, answered 2xx within the check's timeout.
+async fn probe(client: &UpClient, check: &HealthCheck, e: &EndpointRt) -> bool {
+    let host = e.host.as_deref().unwrap_or(e.authority.as_str());
+    let Ok(req) = Request::get(check.path.as_str())
+        .header(http::header::HOST, host)
+        .body(UpBody::Empty)
+    else {
         return false;
     };
-    if let Some(host) = &e.host
-        && let Ok(v) = http::HeaderValue::from_str(host)
-    {
-        req.headers_mut().insert(http::header::HOST, v);
-    }
+    let checked = async {
+        let (resp, lease) = crate::upstream::send(client, &e.authority, req, check.timeout, false)
+            .await
+            .ok()?;
+        let ok = resp.status().is_success();
+        // Read to the end, so the connection can serve the next check.
+        resp.into_body().collect().await.ok()?;
+        lease.release();
+        Some(ok)
+    };
     matches!(
-        tokio::time::timeout(check.timeout, client.request(req)).await,
-        Ok(Ok(r)) if r.status() == StatusCode::OK || r.status().is_success()
+        tokio::time::timeout(check.timeout, checked).await,
+        Ok(Some(true))
     )
 }
 

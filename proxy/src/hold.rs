@@ -18,7 +18,7 @@ use tokio::sync::watch;
 /// Which requests a hold covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// POST, PUT, PATCH and DELETE.
+    /// Every method but GET, HEAD, OPTIONS and TRACE.
     Writes,
     All,
 }

@@ -122,7 +122,7 @@ pub async fn run(
         "configuration loaded"
     );
 
-    let checks = crate::health::start_checks(&live);
+    let checks = crate::health::start_checks(&live, &shared.upstream);
     let resolvers = crate::resolve::start(&shared, &live);
     let (reloader, outcomes) = reload::watch(&config_path, &text, WatchOptions::default())?;
     tokio::spawn(apply_reloads(shared.clone(), outcomes, (checks, resolvers)));
@@ -310,7 +310,7 @@ async fn apply_reloads(
                         // Checks follow the new addresses and settings; the verdicts
                         // so far are kept per address.
                         let next = (
-                            crate::health::start_checks(&live),
+                            crate::health::start_checks(&live, &shared.upstream),
                             crate::resolve::start(&shared, &live),
                         );
                         drop(std::mem::replace(&mut background, next));

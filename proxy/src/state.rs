@@ -487,7 +487,7 @@ impl Live {
 
 /// The TLS server name of a backend without `tls.sni`: its first host name, else
 /// its first address's IP.
-fn default_sni(addrs: &[String]) -> String {
+pub(crate) fn default_sni(addrs: &[String]) -> String {
     let host = |a: &String| {
         a.rsplit_once(':')
             .map_or(a.clone(), |(h, _)| h.trim_matches(['[', ']']).to_string())

@@ -358,7 +358,7 @@ async fn answer(
     let seq = stats.requests.fetch_add(1, Ordering::SeqCst);
     if !matches!(
         *req.method(),
-        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
     ) {
         stats.writes.fetch_add(1, Ordering::SeqCst);
     }

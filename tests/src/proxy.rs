@@ -302,7 +302,10 @@ impl Proxy {
     /// A call to the admin API with the configured token, if any.
     pub async fn admin_call(&self, method: Method, path: &str, body: &str) -> Reply {
         let auth = self.auth();
-        let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if method != Method::GET {
+            headers.push(("content-type", "application/json"));
+        }
         self.client
             .send(self.admin, method, "admin", path, &headers, body)
             .await

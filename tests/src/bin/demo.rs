@@ -130,7 +130,7 @@ async fn main() {
     );
     println!("curl -s http://{}/status", proxy.admin);
     println!(
-        "curl -s -X PUT http://{}/routes/{HOST}/weights -d '{{\"old\":90,\"new\":10}}'",
+        "curl -s -X PUT http://{}/routes/{HOST}/weights -H 'content-type: application/json' -d '{{\"old\":90,\"new\":10}}'",
         proxy.admin
     );
     println!(

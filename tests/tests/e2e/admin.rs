@@ -193,3 +193,86 @@ async fn off_loopback_the_admin_api_needs_a_token() {
         "the right token works"
     );
 }
+
+#[tokio::test]
+async fn a_web_page_cannot_hold_writes_or_move_weights() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let proxy = ProxyBuilder::new(two_backend_config(
+        old.addr,
+        new.addr,
+        &[HOST],
+        (100.0, 0.0),
+        "",
+    ))
+    .start()
+    .unwrap();
+    let c = proxy.client();
+    let before = proxy.status().await;
+    // What a page's form POST or no-cors fetch can send: text/plain, its origin.
+    let forged = [
+        (
+            "/routes/shop.test/hold",
+            vec![
+                ("content-type", "text/plain"),
+                ("origin", "https://evil.example"),
+            ],
+        ),
+        (
+            "/routes/shop.test/hold",
+            vec![("content-type", "text/plain")],
+        ),
+        (
+            "/routes/shop.test/hold",
+            vec![
+                ("content-type", "application/json"),
+                ("origin", "https://evil.example"),
+            ],
+        ),
+        ("/routes/shop.test/hold", vec![]),
+        (
+            "/routes/shop.test/weights",
+            vec![("content-type", "application/x-www-form-urlencoded")],
+        ),
+    ];
+    for (path, headers) in &forged {
+        let method = if path.ends_with("weights") {
+            Method::PUT
+        } else {
+            Method::POST
+        };
+        let r = c
+            .send(
+                proxy.admin,
+                method,
+                "admin",
+                path,
+                headers,
+                r#"{"old":0,"new":100}"#,
+            )
+            .await
+            .unwrap();
+        assert!(
+            r.status == 403 || r.status == 415,
+            "{path} {headers:?}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    let after = proxy.status().await;
+    assert_eq!(after["generation"], before["generation"], "nothing changed");
+    assert!(after["routes"][0]["hold"].is_null(), "{after}");
+    // The listener's own origin, with JSON, works.
+    let own = format!("http://{}", proxy.admin);
+    let r = c
+        .send(
+            proxy.admin,
+            Method::PUT,
+            &proxy.admin.to_string(),
+            "/routes/shop.test/weights",
+            &[("content-type", "application/json"), ("origin", &own)],
+            r#"{"old":50,"new":50}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+}

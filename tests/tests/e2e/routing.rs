@@ -85,3 +85,34 @@ async fn http2_clients_are_routed_by_authority_on_a_single_thread() {
         assert_eq!(r.header("x-seen-host"), host);
     }
 }
+
+#[tokio::test]
+async fn every_unsafe_method_goes_to_the_write_side() {
+    // Reads follow the weights (all old); writes are pinned to new. WebDAV and
+    // custom methods change data too: none of them may reach old's database.
+    let (old, new, proxy) =
+        cutover_tests::two_backends(&["shop.test"], (100.0, 0.0), "writes = \"new\"");
+    for (method, side) in [
+        ("GET", "old"),
+        ("HEAD", "old"),
+        ("OPTIONS", "old"),
+        ("TRACE", "old"),
+        ("POST", "new"),
+        ("DELETE", "new"),
+        ("PROPPATCH", "new"),
+        ("MKCOL", "new"),
+        ("MOVE", "new"),
+        ("LOCK", "new"),
+        ("PURGE", "new"),
+    ] {
+        let m = http::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = proxy
+            .client()
+            .send(proxy.http, m, "shop.test", "/doc", &[], "")
+            .await
+            .unwrap();
+        assert_eq!(r.backend(), side, "{method}");
+    }
+    assert_eq!(old.writes(), 0, "no write reached old");
+    assert_eq!(new.writes(), 7);
+}

@@ -181,3 +181,49 @@ async fn protocol_auto_speaks_what_the_backend_picks_by_alpn() {
     let r = proxy.get(HOST, "/").await;
     assert_eq!(r.header("x-seen-version"), "HTTP/2.0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_backend_with_a_health_check_is_judged_over_tls() {
+    let (ca, cert, key) = issue("backend.test");
+    let new = Backend::start_tls("new", &cert, &key);
+    let old = Backend::start("old");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+    let path = dir.path().join("cutover.toml");
+    let cfg = config(
+        old.addr,
+        new.addr,
+        "{ sni = \"backend.test\", ca_file = \"ca.pem\" }\n\
+         health = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", healthy = 1, unhealthy = 2 }",
+    );
+    std::fs::write(&path, cfg).unwrap();
+    let proxy = ProxyBuilder::new("").start_in(dir, &path).unwrap();
+    let healthy = |s: &serde_json::Value| s["backends"][1]["addrs"][0]["healthy"].clone();
+    // Several probes in (each one a request the TLS backend answered), and still up.
+    cutover_tests::eventually(
+        std::time::Duration::from_secs(10),
+        "five probes",
+        || async {
+            let probes = new
+                .stats
+                .health_checks
+                .load(std::sync::atomic::Ordering::SeqCst);
+            (probes >= 5).then_some(())
+        },
+    )
+    .await;
+    let s = proxy.status().await;
+    assert_eq!(s["backends"][1]["name"], "new");
+    assert_eq!(healthy(&s), true, "{s}\n{}", proxy.logs());
+    let r = proxy.get(HOST, "/").await;
+    assert_eq!((r.status.as_u16(), r.body.trim()), (200, "new"));
+
+    // Failing its check takes it out.
+    new.health(503);
+    cutover_tests::eventually(
+        std::time::Duration::from_secs(10),
+        "new marked down",
+        || async { (healthy(&proxy.status().await) == false).then_some(()) },
+    )
+    .await;
+}
