@@ -17,7 +17,7 @@
 # that fails (e.g. a proxy that rejects its config) prints its error and shows `-`.
 #
 # Usage: bench/proxy.sh [--quick] [--rounds N] [--secs N]
-#   default  3 rounds, 10 s per measurement (about 9 minutes)
+#   default  3 rounds, 10 s per measurement (about 13 minutes)
 #   --quick  1 round, 2 s per measurement (about a minute; a smoke check, not a result)
 #
 # Needs nginx, haproxy, wrk, curl, python3 and taskset; installs nothing. Traffic goes
