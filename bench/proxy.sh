@@ -69,16 +69,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 MAXCONN=$(( ($(ulimit -n) - 200) / 2 ))
 (( MAXCONN > 8000 )) && MAXCONN=8000
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 OLD=$(port); NEW=$(port); P_CUTOVER=$(port); P_ADMIN=$(port); P_NGINX=$(port); P_HAPROXY=$(port)
 # The second phase: its backends, and its proxies' ports.
 WS=$(port); GRPC=$(port); P_CUTOVER_S=$(port); P_ADMIN_S=$(port); P_NGINX_WS=$(port); P_NGINX_GRPC=$(port)
@@ -110,7 +102,6 @@ taskset -c 0 haproxy -f "$WORK/haproxy.cfg" -q & HAPROXY_PID=$!; PIDS+=($HAPROXY
 wait_up "$OLD" "backend old"; wait_up "$P_CUTOVER" cutover-proxy; wait_up "$P_NGINX" nginx; wait_up "$P_HAPROXY" haproxy
 NGINX_PID=$(pgrep -P "$NGINX_MASTER" | head -n1)
 
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 hwm_kb() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
 latency() { # latency PORT RATE CONNS -> "p50 p99 p999 errors"
     "$LOAD_BIN" -r "$2" -d "${SECS}s" -c "$3" --threads 1 -q --json "$WORK/lat.json" \
