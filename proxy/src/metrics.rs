@@ -9,6 +9,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::upstream::FailureKind;
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -182,8 +184,13 @@ impl Metrics {
         })
     }
 
-    /// The handles for one route × backend pair.
+    /// The handles for one route × backend pair. Its error series start at 0, so a
+    /// dashboard or an alert on them sees a healthy proxy, not missing data.
     pub fn pair(&self, route: &str, backend: &str) -> PairMetrics {
+        for kind in FailureKind::ALL {
+            self.upstream_errors
+                .with_label_values(&[route, backend, kind.as_str()]);
+        }
         PairMetrics {
             route: route.to_string(),
             backend: backend.to_string(),
@@ -193,6 +200,18 @@ impl Metrics {
             inflight: self.inflight.with_label_values(&[route, backend]),
             upgraded: self.upgraded.with_label_values(&[route, backend]),
             upstream_errors: self.upstream_errors.clone(),
+        }
+    }
+
+    /// Starts the retry series of a route at 0: every ordered pair of its
+    /// `members` and every reason a retry can have.
+    pub fn retries_start(&self, route: &str, members: &[&str]) {
+        for from in members {
+            for to in members.iter().filter(|t| *t != from) {
+                for reason in RETRY_REASONS {
+                    self.retries.with_label_values(&[route, from, to, reason]);
+                }
+            }
         }
     }
 
@@ -253,6 +272,16 @@ impl Metrics {
 
 /// Status codes 100..=599 get a cached counter each.
 const CODES: usize = 500;
+
+/// Why a request may be sent again: a failure's kind, or the status answered.
+const RETRY_REASONS: [&str; 6] = [
+    "connect",
+    "timeout",
+    "reset",
+    "protocol",
+    "status_502",
+    "status_503",
+];
 
 /// Metric handles for one route × backend pair.
 pub struct PairMetrics {

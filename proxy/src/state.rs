@@ -428,6 +428,12 @@ impl Live {
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
+            let members: Vec<&str> = r
+                .members
+                .iter()
+                .map(|&m| config.backends[m].name.as_str())
+                .collect();
+            metrics.retries_start(&r.name, &members);
             let mut clients = Vec::with_capacity(config.backends.len());
             for b in &config.backends {
                 let sni = default_sni(&b.addrs);

@@ -196,6 +196,13 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    pub const ALL: [FailureKind; 4] = [
+        FailureKind::Connect,
+        FailureKind::Timeout,
+        FailureKind::Reset,
+        FailureKind::Protocol,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::Connect => "connect",

@@ -125,6 +125,16 @@ async fn metrics_count_requests_durations_errors_and_generation() {
     drop(new);
     let cfg = two_backend_config(old.addr, dead, &[HOST], (100.0, 0.0), "writes = \"new\"");
     let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    // Before any traffic the error and retry series exist, at 0.
+    let m = proxy.metrics().await;
+    for want in [
+        r#"cutover_upstream_errors_total{backend="new",kind="connect",route="shop.test"} 0"#,
+        r#"cutover_upstream_errors_total{backend="old",kind="timeout",route="shop.test"} 0"#,
+        r#"cutover_retries_total{from="old",reason="status_502",route="shop.test",to="new"} 0"#,
+        r#"cutover_retries_total{from="new",reason="connect",route="shop.test",to="old"} 0"#,
+    ] {
+        assert!(m.contains(want), "missing {want} in:\n{m}");
+    }
     for _ in 0..5 {
         assert_eq!(proxy.get(HOST, "/").await.status, 200);
     }
