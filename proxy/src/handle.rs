@@ -24,6 +24,8 @@ use crate::sticky;
 /// The response header naming the backend that answered.
 pub static X_CUTOVER_BACKEND: HeaderName = HeaderName::from_static("x-cutover-backend");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// The `route` label of the proxy's answers to requests no route takes.
+const UNROUTED: &str = "unrouted";
 
 /// Serves one request from a data-plane connection.
 pub async fn handle(
@@ -137,7 +139,12 @@ async fn decide(
 ) -> Result<Decision, Response<ProxyBody>> {
     let raw_host = match request_host(parts) {
         Ok(h) => h,
-        Err(why) => return Err(local(StatusCode::BAD_REQUEST, why.to_string())),
+        Err(why) => {
+            shared
+                .metrics
+                .local_answer(UNROUTED, StatusCode::BAD_REQUEST);
+            return Err(local(StatusCode::BAD_REQUEST, why.to_string()));
+        }
     };
     let host = RouteTable::normalize(raw_host);
     let upgrade = crate::tunnel::requested(parts);
@@ -146,6 +153,7 @@ async fn decide(
     let mut live = shared.live();
     loop {
         let Some(ri) = live.snap.table.lookup(&host) else {
+            shared.metrics.local_answer(UNROUTED, StatusCode::NOT_FOUND);
             return Err(local(
                 StatusCode::NOT_FOUND,
                 format!("host {host:?} is not routed by this proxy\n"),
@@ -199,6 +207,9 @@ async fn decide(
                 );
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("2"));
+                shared
+                    .metrics
+                    .local_answer(&route.name, StatusCode::SERVICE_UNAVAILABLE);
                 return Err(r);
             }
         }

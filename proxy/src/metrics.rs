@@ -215,6 +215,15 @@ impl Metrics {
         }
     }
 
+    /// Counts an answer the proxy gave itself before any backend was chosen (a
+    /// request without a route, a hold's deadline), as `backend="proxy"`, so an
+    /// error-ratio gate over `cutover_requests_total` sees it.
+    pub fn local_answer(&self, route: &str, status: http::StatusCode) {
+        self.requests
+            .with_label_values(&[route, "proxy", status.as_str()])
+            .inc();
+    }
+
     /// Counts one retry.
     pub fn retry(&self, route: &str, from: &str, to: &str, reason: &str) {
         self.retries

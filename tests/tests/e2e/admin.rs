@@ -144,8 +144,10 @@ async fn metrics_count_requests_durations_errors_and_generation() {
         .await
         .unwrap();
     assert_eq!(r.status, 502);
+    assert_eq!(proxy.get("nowhere.test", "/").await.status, 404);
     let m = proxy.metrics().await;
     for want in [
+        r#"cutover_requests_total{backend="proxy",code="404",route="unrouted"} 1"#,
         r#"cutover_requests_total{backend="old",code="200",route="shop.test"} 5"#,
         r#"cutover_requests_total{backend="new",code="502",route="shop.test"} 1"#,
         r#"cutover_request_duration_seconds_count{backend="old",route="shop.test"} 5"#,

@@ -134,6 +134,11 @@ async fn at_the_deadline_held_requests_get_503_with_retry_after() {
     assert_eq!(r.status, 503);
     assert_eq!(old.writes(), 0);
     assert_eq!(proxy.status().await["routes"][0]["hold"]["expired"], true);
+    // Both 503s are the proxy's own answers, counted where an error-ratio gate
+    // looks.
+    let m = proxy.metrics().await;
+    let want = format!(r#"cutover_requests_total{{backend="proxy",code="503",route="{HOST}"}} 2"#);
+    assert!(m.contains(&want), "missing {want} in:\n{m}");
     // Release without a new write side: writes resume on old.
     let r = proxy
         .admin_call(Method::POST, "/routes/*/release", "")
