@@ -27,6 +27,7 @@ pub struct Metrics {
     pub config_reload_errors: IntCounter,
     /// Set at scrape time from the live state (see [`Metrics::render_with`]).
     route_weight: GaugeVec,
+    route_effective_weight: GaugeVec,
     backend_drained: IntGaugeVec,
     hold_started: GaugeVec,
     /// Serializes scrape-time refreshes, so two scrapes never interleave a reset
@@ -42,6 +43,8 @@ pub struct RouteGauges {
     pub weights: Vec<(String, f64)>,
     /// Backend → drained (weight 0, not the write side, nothing in flight).
     pub drained: Vec<(String, bool)>,
+    /// Backend → the share it gets now, in percent (see `effective_weights`).
+    pub effective: Vec<(String, f64)>,
     /// When the active hold began, as Unix seconds; `None` without a hold.
     pub hold_since: Option<f64>,
 }
@@ -136,6 +139,13 @@ impl Metrics {
             ),
             &["route", "backend"],
         )?;
+        let route_effective_weight = GaugeVec::new(
+            Opts::new(
+                "cutover_route_effective_weight",
+                "Share of a route's reads a backend gets now, in percent: its weight, plus the share of a backend with no healthy address that fails over to it.",
+            ),
+            &["route", "backend"],
+        )?;
         let backend_drained = IntGaugeVec::new(
             Opts::new(
                 "cutover_backend_drained",
@@ -162,6 +172,7 @@ impl Metrics {
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(config_reload_errors.clone()))?;
         registry.register(Box::new(route_weight.clone()))?;
+        registry.register(Box::new(route_effective_weight.clone()))?;
         registry.register(Box::new(backend_drained.clone()))?;
         registry.register(Box::new(hold_started.clone()))?;
         Ok(Metrics {
@@ -178,6 +189,7 @@ impl Metrics {
             config_generation,
             config_reload_errors,
             route_weight,
+            route_effective_weight,
             backend_drained,
             hold_started,
             scrape: Mutex::new(()),
@@ -249,11 +261,17 @@ impl Metrics {
     pub fn render_with(&self, routes: &[RouteGauges]) -> Vec<u8> {
         let _guard = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.route_weight.reset();
+        self.route_effective_weight.reset();
         self.backend_drained.reset();
         self.hold_started.reset();
         for r in routes {
             for (backend, w) in &r.weights {
                 self.route_weight
+                    .with_label_values(&[&r.route, backend])
+                    .set(*w);
+            }
+            for (backend, w) in &r.effective {
+                self.route_effective_weight
                     .with_label_values(&[&r.route, backend])
                     .set(*w);
             }
@@ -368,6 +386,7 @@ mod tests {
             route: "shop".into(),
             weights: vec![("old".into(), 12.5), ("new".into(), 87.5)],
             drained: vec![("old".into(), false), ("new".into(), true)],
+            effective: vec![("old".into(), 0.0), ("new".into(), 100.0)],
             hold_since: Some(1_700_000_000.5),
         };
         let text = String::from_utf8(m.render_with(&[shop])).unwrap();
@@ -375,6 +394,8 @@ mod tests {
             r#"cutover_route_weight{backend="old",route="shop"} 12.5"#,
             r#"cutover_route_weight{backend="new",route="shop"} 87.5"#,
             r#"cutover_backend_drained{backend="new",route="shop"} 1"#,
+            r#"cutover_route_effective_weight{backend="old",route="shop"} 0"#,
+            r#"cutover_route_effective_weight{backend="new",route="shop"} 100"#,
             r#"cutover_backend_drained{backend="old",route="shop"} 0"#,
             r#"cutover_hold_started_seconds{route="shop"} 1700000000.5"#,
         ] {
@@ -385,6 +406,7 @@ mod tests {
             route: "blog".into(),
             weights: vec![("old".into(), 100.0)],
             drained: vec![("old".into(), false)],
+            effective: vec![("old".into(), 100.0)],
             hold_since: None,
         };
         let text = String::from_utf8(m.render_with(&[blog])).unwrap();

@@ -77,11 +77,23 @@ pub(super) fn route_json(live: &Live, i: usize) -> Value {
             "expired": rt.hold.expired(),
         })
     });
+    let (effective, why) = effective_weights(live, i);
+    let effective: Map<String, Value> = effective
+        .iter()
+        .map(|&(m, bp)| {
+            (
+                snap.config.backends[m].name.clone(),
+                json!(format_percent(bp)),
+            )
+        })
+        .collect();
     json!({
         "name": r.name,
         "hosts": r.hosts,
         "weights": weights_json(snap, i),
         "weights_source": snap.weights_source(i).as_str(),
+        "effective_weights": effective,
+        "effective_reason": if why.is_empty() { Value::Null } else { json!(why) },
         "writes": snap.writes(i).describe(&snap.config),
         "writes_source": snap.writes_source(i).as_str(),
         "sticky": match &r.sticky {
@@ -122,10 +134,66 @@ pub(super) fn gauges(shared: &Shared) -> Vec<RouteGauges> {
                     .iter()
                     .map(|&m| (name(m), live.drained(i, m)))
                     .collect(),
+                effective: effective_weights(&live, i)
+                    .0
+                    .into_iter()
+                    .map(|(m, bp)| (name(m), f64::from(bp) / 100.0))
+                    .collect(),
                 hold_since: live.routes[i].hold.info().map(|h| unix(h.since)),
             }
         })
         .collect()
+}
+
+/// The share of a route's reads each member actually gets now, in basis points,
+/// and why it differs from the weights. As the request path does it: a member with
+/// every address down (health checks, ejection) hands its share to the member with
+/// an address up and the largest weight, unless the route sets `failover = false`,
+/// when that share is answered 503.
+pub(super) fn effective_weights(live: &Live, i: usize) -> (Vec<(usize, u16)>, Vec<String>) {
+    let snap = &live.snap;
+    let r = &snap.routes()[i];
+    let w = snap.weights(i);
+    let mut out: Vec<(usize, u16)> = r.members.iter().map(|&m| (m, w.basis_points(m))).collect();
+    let mut why = Vec::new();
+    for &m in &r.members {
+        let share = w.basis_points(m);
+        if share == 0 || live.backends[m].any_up() {
+            continue;
+        }
+        let name = &snap.config.backends[m].name;
+        let fallback = r
+            .members
+            .iter()
+            .copied()
+            .filter(|&o| o != m && live.backends[o].any_up())
+            .max_by_key(|&o| (w.basis_points(o), std::cmp::Reverse(o)));
+        for e in out.iter_mut().filter(|e| e.0 == m) {
+            e.1 = 0;
+        }
+        match fallback {
+            Some(f) if r.failover => {
+                for e in out.iter_mut().filter(|e| e.0 == f) {
+                    e.1 += share;
+                }
+                why.push(format!(
+                    "{name} has no healthy address: its {}% goes to {}",
+                    format_percent(share),
+                    snap.config.backends[f].name
+                ));
+            }
+            _ => why.push(format!(
+                "{name} has no healthy address and {}: its {}% is answered 503",
+                if r.failover {
+                    "no other backend has one"
+                } else {
+                    "failover is off"
+                },
+                format_percent(share)
+            )),
+        }
+    }
+    (out, why)
 }
 
 pub(super) fn weights_json(snap: &Snapshot, i: usize) -> Value {

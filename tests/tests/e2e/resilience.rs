@@ -243,6 +243,16 @@ async fn a_failing_health_check_moves_the_share_to_the_other_side() {
     })
     .await;
     assert_eq!(s["backends"][0]["addrs"][0]["healthy"], false);
+    // The shift is shown, not silent: configured 100/0, effective 0/100, and why.
+    let route = &s["routes"][0];
+    assert_eq!(route["weights"]["old"], 100.0, "{route}");
+    assert_eq!(route["effective_weights"]["old"], 0.0, "{route}");
+    assert_eq!(route["effective_weights"]["new"], 100.0, "{route}");
+    let why = route["effective_reason"][0].as_str().unwrap_or("");
+    assert!(
+        why.contains("old has no healthy address") && why.contains("new"),
+        "{route}"
+    );
     let before = old.requests();
     for _ in 0..20 {
         assert_eq!(proxy.get(HOST, "/").await.backend(), "new");
@@ -254,6 +264,10 @@ async fn a_failing_health_check_moves_the_share_to_the_other_side() {
             "cutover_upstream_healthy{{addr=\"{}\",backend=\"old\"}} 0",
             old.addr
         )),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"cutover_route_effective_weight{backend="new",route="shop.test"} 100"#),
         "{m}"
     );
     old.health(0);
