@@ -55,8 +55,7 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pub stats: Arc<BackendStats>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: ServerThread,
 }
 
 impl Backend {
@@ -98,44 +97,23 @@ impl Backend {
     }
 
     fn start_with(name: &str, addr: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
-        let listener = std::net::TcpListener::bind(addr).expect("bind a loopback port");
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
-        let addr = listener.local_addr().expect("local addr");
         let stats = Arc::new(BackendStats::default());
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let thread_name = name.to_string();
-        let thread_stats = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("backend-{name}"))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("backend runtime");
-                rt.block_on(serve(listener, thread_name, thread_stats, stop_rx, tls));
-                // Dropping the runtime aborts every connection task: sockets close.
-                rt.shutdown_background();
-            })
-            .expect("spawn backend thread");
+        let (thread_name, thread_stats) = (name.to_string(), stats.clone());
+        let (addr, server) =
+            ServerThread::start(format!("backend-{name}"), addr, move |l, stop| {
+                serve(l, thread_name, thread_stats, stop, tls)
+            });
         Backend {
             name: name.to_string(),
             addr,
             stats,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            server,
         }
     }
 
     /// Stops accepting and closes every open connection, mid-request or not.
     pub fn kill(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.server.kill();
     }
 
     pub fn requests(&self) -> u64 {
@@ -171,7 +149,62 @@ impl Backend {
     }
 }
 
-impl Drop for Backend {
+/// A harness server on its own thread and runtime, so that killing it closes
+/// every socket it holds, as a dying process would. Stops on drop.
+pub(crate) struct ServerThread {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Binds `addr` and runs `serve(listener, stop)` on a thread called `label`;
+    /// returns the bound address. `serve` returns once `stop` fires.
+    pub(crate) fn start<F, Fut>(
+        label: String,
+        addr: SocketAddr,
+        serve: F,
+    ) -> (SocketAddr, ServerThread)
+    where
+        F: FnOnce(std::net::TcpListener, oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let listener = std::net::TcpListener::bind(addr).expect("bind a loopback port");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(label)
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("server runtime");
+                rt.block_on(serve(listener, stop_rx));
+                // Dropping the runtime aborts every connection task: sockets close.
+                rt.shutdown_background();
+            })
+            .expect("spawn server thread");
+        let server = ServerThread {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        (addr, server)
+    }
+
+    /// Stops accepting and closes every open connection.
+    pub(crate) fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerThread {
     fn drop(&mut self) {
         self.kill();
     }

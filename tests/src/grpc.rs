@@ -24,10 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::backend::ServerThread;
 use futures_util::Stream;
 use http::HeaderValue;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::sync::oneshot;
 use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
@@ -107,8 +107,7 @@ pub struct GrpcBackend {
     pub name: String,
     pub addr: SocketAddr,
     pub stats: Arc<GrpcStats>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: ServerThread,
 }
 
 impl GrpcBackend {
@@ -119,50 +118,30 @@ impl GrpcBackend {
 
     /// Starts a gRPC backend on a given loopback address.
     pub fn start_on(name: &str, addr: SocketAddr) -> GrpcBackend {
-        let listener = std::net::TcpListener::bind(addr).expect("bind a loopback port");
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
-        let addr = listener.local_addr().expect("local addr");
         let stats = Arc::new(GrpcStats::default());
-        let (stop_tx, stop_rx) = oneshot::channel();
         let server = EchoServer::new(name, stats.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("grpc-backend-{name}"))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("gRPC backend runtime");
-                rt.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                    tokio::select! {
-                        _ = stop_rx => {}
-                        _ = serve_grpc(listener, server) => {}
-                    }
-                });
-                // Dropping the runtime aborts every connection task: sockets close.
-                rt.shutdown_background();
-            })
-            .expect("spawn gRPC backend thread");
+        let (addr, thread) = ServerThread::start(
+            format!("grpc-backend-{name}"),
+            addr,
+            |listener, stop| async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                tokio::select! {
+                    _ = stop => {}
+                    _ = serve_grpc(listener, server) => {}
+                }
+            },
+        );
         GrpcBackend {
             name: name.to_string(),
             addr,
             stats,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            server: thread,
         }
     }
 
     /// Stops accepting and closes every open connection, mid-call or not.
     pub fn kill(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.server.kill();
     }
 
     /// `Get` calls so far.
@@ -178,12 +157,6 @@ impl GrpcBackend {
     /// The `te` header of the last call.
     pub fn last_te(&self) -> Option<String> {
         self.stats.last_te.lock().map(|t| t.clone()).unwrap_or(None)
-    }
-}
-
-impl Drop for GrpcBackend {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

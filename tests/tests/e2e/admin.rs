@@ -208,16 +208,7 @@ async fn off_loopback_the_admin_api_needs_a_token() {
 
 #[tokio::test]
 async fn a_web_page_cannot_hold_writes_or_move_weights() {
-    let (old, new) = (Backend::start("old"), Backend::start("new"));
-    let proxy = ProxyBuilder::new(two_backend_config(
-        old.addr,
-        new.addr,
-        &[HOST],
-        (100.0, 0.0),
-        "",
-    ))
-    .start()
-    .unwrap();
+    let (_old, _new, proxy) = cutover_tests::two_backends(&[HOST], (100.0, 0.0), "");
     let c = proxy.client();
     let before = proxy.status().await;
     // What a page's form POST or no-cors fetch can send: text/plain, its origin.

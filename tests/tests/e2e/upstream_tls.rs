@@ -22,6 +22,15 @@ fn issue(name: &str) -> (String, String, String) {
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
+/// Starts a proxy on `config`, with the PEM `ca` beside it as `ca.pem`.
+fn start_trusting(ca: &str, config: &str) -> cutover_tests::Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(&path, config).unwrap();
+    ProxyBuilder::new("").start_in(dir, &path).unwrap()
+}
+
 fn config(old: std::net::SocketAddr, new: std::net::SocketAddr, tls: &str) -> String {
     format!(
         "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
@@ -36,19 +45,14 @@ async fn a_tls_backend_is_verified_against_the_configured_ca() {
     let (ca, cert, key) = issue("backend.test");
     let new = Backend::start_tls("new", &cert, &key);
     let old = Backend::start("old");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
-    let path = dir.path().join("cutover.toml");
-    std::fs::write(
-        &path,
-        config(
+    let proxy = start_trusting(
+        &ca,
+        &config(
             old.addr,
             new.addr,
             "{ sni = \"backend.test\", ca_file = \"ca.pem\" }",
         ),
-    )
-    .unwrap();
-    let proxy = ProxyBuilder::new("").start_in(dir, &path).unwrap();
+    );
     let r = proxy.get(HOST, "/").await;
     assert_eq!(
         (r.status.as_u16(), r.body.trim()),
@@ -83,19 +87,14 @@ async fn a_wrong_server_name_is_refused() {
     let (ca, cert, key) = issue("backend.test");
     let new = Backend::start_tls("new", &cert, &key);
     let old = Backend::start("old");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
-    let path = dir.path().join("cutover.toml");
-    std::fs::write(
-        &path,
-        config(
+    let proxy = start_trusting(
+        &ca,
+        &config(
             old.addr,
             new.addr,
             "{ sni = \"other.test\", ca_file = \"ca.pem\" }",
         ),
-    )
-    .unwrap();
-    let proxy = ProxyBuilder::new("").start_in(dir, &path).unwrap();
+    );
     assert_eq!(proxy.get(HOST, "/").await.status, 502);
     proxy.wait_for_log("certificate not valid for name").await;
 }
@@ -124,23 +123,16 @@ async fn protocol_auto_speaks_what_the_backend_picks_by_alpn() {
     // `new` offers h2 and HTTP/1.1; `old` (also over TLS here) only HTTP/1.1.
     let new = Backend::start_tls_alpn("new", &cert, &key, &[b"h2", b"http/1.1"]);
     let old = Backend::start_tls("old", &cert, &key);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
     let tls = "{ sni = \"backend.test\", ca_file = \"ca.pem\" }";
-    let path = dir.path().join("cutover.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+    let cfg = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [backends.old]\naddrs = [\"{}\"]\ntls = {tls}\nprotocol = \"auto\"\n\
              [backends.new]\naddrs = [\"{}\"]\ntls = {tls}\nprotocol = \"auto\"\n\
              [[routes]]\nhosts = [\"{HOST}\"]\nweights = {{ new = 100 }}\n\
              [[routes]]\nhosts = [\"old.test\"]\nweights = {{ old = 100 }}\n",
-            old.addr, new.addr
-        ),
-    )
-    .unwrap();
-    let proxy = ProxyBuilder::new("").start_in(dir, &path).unwrap();
+        old.addr, new.addr
+    );
+    let proxy = start_trusting(&ca, &cfg);
 
     let r = proxy.get(HOST, "/").await;
     assert_eq!(
@@ -187,17 +179,13 @@ async fn a_tls_backend_with_a_health_check_is_judged_over_tls() {
     let (ca, cert, key) = issue("backend.test");
     let new = Backend::start_tls("new", &cert, &key);
     let old = Backend::start("old");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
-    let path = dir.path().join("cutover.toml");
     let cfg = config(
         old.addr,
         new.addr,
         "{ sni = \"backend.test\", ca_file = \"ca.pem\" }\n\
          health = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", healthy = 1, unhealthy = 2 }",
     );
-    std::fs::write(&path, cfg).unwrap();
-    let proxy = ProxyBuilder::new("").start_in(dir, &path).unwrap();
+    let proxy = start_trusting(&ca, &cfg);
     let healthy = |s: &serde_json::Value| s["backends"][1]["addrs"][0]["healthy"].clone();
     // Several probes in (each one a request the TLS backend answered), and still up.
     cutover_tests::eventually(
