@@ -21,9 +21,10 @@ pub use duration::{format_duration, parse_duration};
 pub use hash::{BUCKETS, bucket_of, stable_hash};
 pub use model::{
     AdminSettings, Backend, BackendId, Certificate, Cidr, Config, Eject, HealthCheck, HoldSettings,
-    Listen, LogSettings, Protocol, ProxySettings, ResolverSettings, Route, Sticky, Timeouts,
-    Upgrades, UpstreamTls, WriteSide,
+    Limits, Listen, LogSettings, Protocol, ProxySettings, ResolverSettings, RetryBudget, Route,
+    Sticky, Timeouts, Upgrades, UpstreamTls, WriteSide,
 };
 pub use snapshot::{Snapshot, WeightsError, WeightsSource};
 pub use table::RouteTable;
+pub use validate::parse_size;
 pub use weights::{Weights, format_percent, parse_percent};

@@ -24,6 +24,7 @@ pub struct Config {
     pub hold: HoldSettings,
     pub resolver: ResolverSettings,
     pub log: LogSettings,
+    pub limits: Limits,
     /// In declaration order.
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
@@ -132,10 +133,66 @@ impl Cidr {
     }
 }
 
+/// `[limits]`: what a client, a connection and a backend address may take. The
+/// connection-level ones (timeouts, caps, header limits, the upstream pool) apply
+/// to connections accepted or opened after a change, and the pool settings take a
+/// restart; `max_body` is each route's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// From accept until the first request's head has arrived (TLS handshake and
+    /// PROXY header included): a silent or trickling client is closed after it.
+    pub request_head: Duration,
+    /// An HTTP/1 connection may wait this long for its next request (head
+    /// included); an HTTP/2 connection with no stream open this long is closed.
+    pub keepalive: Duration,
+    /// HTTP/2: a PING after this long without a frame from the client, and the
+    /// connection closes when it is not answered within `h2_ping_timeout`.
+    pub h2_ping: Duration,
+    pub h2_ping_timeout: Duration,
+    /// A request body with no byte for this long is ended (per route under
+    /// `timeouts.body_idle`).
+    pub body_idle: Duration,
+    /// A client that takes no byte of the answer for this long is cut off.
+    pub send: Duration,
+    /// Open client connections at most, in all and per client address (0: no cap);
+    /// over either, a new connection is closed at accept.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// The request head's header block in bytes, and its header count, at most:
+    /// over either, 431 (HTTP/1 and HTTP/2 alike).
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    /// Each route's default request body limit (413 over it).
+    pub max_body: u64,
+    /// A buffered request body is kept in memory up to this size, then in a
+    /// temporary file.
+    pub buffer_memory: usize,
+    /// Where those files go (unlinked at once); default: the system's temporary
+    /// directory.
+    pub buffer_dir: Option<PathBuf>,
+    /// Per backend address: connections at most, and requests waiting for one;
+    /// beyond both, 503 at once with `Retry-After`.
+    pub upstream_max_connections: usize,
+    pub upstream_max_waiting: usize,
+    /// An idle upstream connection is closed after this long, before the
+    /// backend's own keep-alive timeout can race a request on it.
+    pub upstream_idle: Duration,
+}
+
+/// `retry_budget`: retries per route at most `ratio` of the requests of the last
+/// `window`, plus `min_per_second`, so a failing side cannot double the load on
+/// the other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub window: Duration,
+    pub min_per_second: u32,
+}
+
 /// `[hold]`: limits on requests held during a switchover.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoldSettings {
-    /// Held requests beyond this many get 503 at once.
+    /// Held requests beyond this many, across all routes, get 503 at once.
     pub max_queued: usize,
     /// The hold's deadline when the hold call names none.
     pub max: Duration,
@@ -205,6 +262,10 @@ pub struct HealthCheck {
     pub healthy: u32,
     /// Consecutive failures that take an address out.
     pub unhealthy: u32,
+    /// The Host header of a probe; default: the address.
+    pub host: Option<String>,
+    /// The statuses that count as healthy, inclusive; default 200 to 399.
+    pub status: (u16, u16),
 }
 
 /// Passive ejection: `failures` consecutive connect failures take an address out for
@@ -223,6 +284,8 @@ pub struct Timeouts {
     pub response_header: Duration,
     /// The whole exchange including the response body; none when unset.
     pub total: Option<Duration>,
+    /// No byte of the request body for this long ends the request.
+    pub body_idle: Duration,
 }
 
 /// Traffic for a set of hosts, split between backends.
@@ -252,6 +315,12 @@ pub struct Route {
     /// ending in `*` (`/pkg.Service/Get*`). Every other gRPC call is a write: it is
     /// a POST.
     pub grpc_reads: Vec<String>,
+    /// Request bodies over this many bytes get 413.
+    pub max_body: u64,
+    /// Whether a write's body is read whole before a backend is chosen (see the
+    /// README's "Slow uploads").
+    pub request_buffering: bool,
+    pub retry_budget: RetryBudget,
 }
 
 /// `upgrades`: an upgraded connection may carry writes the proxy cannot see, so by

@@ -21,6 +21,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
     pub backends: IndexMap<String, RawBackend>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
@@ -69,6 +71,36 @@ pub(crate) struct RawHold {
     pub upgrade_grace: Option<Spanned<String>>,
 }
 
+/// `[limits]`: sizes are a byte count or a string such as `"64KiB"` or `"10MB"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub request_head: Option<Spanned<String>>,
+    pub keepalive: Option<Spanned<String>>,
+    pub h2_ping: Option<Spanned<String>>,
+    pub h2_ping_timeout: Option<Spanned<String>>,
+    pub body_idle: Option<Spanned<String>>,
+    pub send: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_ip: Option<Spanned<i64>>,
+    pub max_header_size: Option<Spanned<toml::Value>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_body: Option<Spanned<toml::Value>>,
+    pub buffer_memory: Option<Spanned<toml::Value>>,
+    pub buffer_dir: Option<Spanned<String>>,
+    pub upstream_max_connections: Option<Spanned<i64>>,
+    pub upstream_max_waiting: Option<Spanned<i64>>,
+    pub upstream_idle: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetryBudget {
+    pub ratio: Option<Spanned<f64>>,
+    pub window: Option<Spanned<String>>,
+    pub min_per_second: Option<Spanned<i64>>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawResolver {
@@ -102,6 +134,9 @@ pub(crate) struct RawHealth {
     pub timeout: Option<Spanned<String>>,
     pub healthy: Option<Spanned<i64>>,
     pub unhealthy: Option<Spanned<i64>>,
+    pub host: Option<Spanned<String>>,
+    /// `200`, or a range `"200-399"`.
+    pub status: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +152,7 @@ pub(crate) struct RawTimeouts {
     pub connect: Option<Spanned<String>>,
     pub response_header: Option<Spanned<String>>,
     pub total: Option<Spanned<String>>,
+    pub body_idle: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +169,9 @@ pub(crate) struct RawRoute {
     pub failover: Option<Spanned<bool>>,
     pub upgrades: Option<Spanned<String>>,
     pub grpc_reads: Option<Vec<Spanned<String>>>,
+    pub max_body: Option<Spanned<toml::Value>>,
+    pub request_buffering: Option<Spanned<bool>>,
+    pub retry_budget: Option<Spanned<RawRetryBudget>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -99,10 +99,18 @@ mod tests {
                 connect: Duration::from_secs(1),
                 response_header: Duration::from_secs(1),
                 total: None,
+                body_idle: Duration::from_secs(1),
             },
             failover: true,
             upgrades: crate::model::Upgrades::Writes,
             grpc_reads: Vec::new(),
+            max_body: 1024,
+            request_buffering: true,
+            retry_budget: crate::model::RetryBudget {
+                ratio: 0.2,
+                window: Duration::from_secs(10),
+                min_per_second: 10,
+            },
         }
     }
 

@@ -43,6 +43,8 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         loc,
         errors: Vec::new(),
         connect_default: DEFAULT_CONNECT_TIMEOUT,
+        max_body_default: 0,
+        body_idle_default: Duration::from_secs(30),
     };
     let config = v.config(raw, file);
     if v.errors.is_empty() {
@@ -74,6 +76,9 @@ struct Validator<'a> {
     errors: Vec<Diagnostic>,
     /// `proxy.connect_timeout`, the default for every route's connect timeout.
     connect_default: Duration,
+    /// `limits.max_body` and `limits.body_idle`, the defaults for every route's.
+    max_body_default: u64,
+    body_idle_default: Duration,
 }
 
 impl Validator<'_> {
@@ -182,6 +187,9 @@ impl Validator<'_> {
         };
         let resolver = self.resolver(raw.resolver);
         let log = self.log(raw.log);
+        let limits = self.limits(raw.limits, file);
+        self.max_body_default = limits.max_body;
+        self.body_idle_default = limits.body_idle;
 
         let mut backends = Vec::with_capacity(raw.backends.len());
         for (name, b) in raw.backends {
@@ -206,6 +214,7 @@ impl Validator<'_> {
             hold,
             resolver,
             log,
+            limits,
             backends,
             routes,
             certificates,
@@ -315,7 +324,29 @@ impl Validator<'_> {
                     p.into_inner()
                 }
             };
+            let status = match h.status {
+                None => (200, 399),
+                Some(st) => match health_status(st.get_ref()) {
+                    Ok(range) => range,
+                    Err(msg) => {
+                        self.err(&st, format!("{at}.status"), msg);
+                        (200, 399)
+                    }
+                },
+            };
+            let host = h.host.map(|host| {
+                if host.get_ref().is_empty() || host.get_ref().contains(char::is_whitespace) {
+                    self.err(
+                        &host,
+                        format!("{at}.host"),
+                        "must be a host name such as \"shop.example.com\"",
+                    );
+                }
+                host.into_inner()
+            });
             HealthCheck {
+                host,
+                status,
                 path: check_path,
                 interval: self.duration(
                     h.interval,
@@ -409,6 +440,36 @@ impl Validator<'_> {
     }
 }
 
+/// `status = 200` or `status = "200-299"`.
+fn health_status(v: &toml::Value) -> Result<(u16, u16), String> {
+    let hint = "use a status such as 200, or a range such as \"200-399\"";
+    let code = |n: i64| -> Result<u16, String> {
+        if (100..=599).contains(&n) {
+            Ok(n as u16)
+        } else {
+            Err(format!("{n} is not an HTTP status; {hint}"))
+        }
+    };
+    match v {
+        toml::Value::Integer(n) => code(*n).map(|c| (c, c)),
+        toml::Value::String(s) => {
+            let (a, b) = s.split_once('-').unwrap_or((s, s));
+            let parse = |t: &str| {
+                t.trim()
+                    .parse::<i64>()
+                    .map_err(|_| format!("{s:?} is not a status range; {hint}"))
+                    .and_then(code)
+            };
+            let (lo, hi) = (parse(a)?, parse(b)?);
+            if lo > hi {
+                return Err(format!("{s:?} is empty: {lo} is above {hi}"));
+            }
+            Ok((lo, hi))
+        }
+        _ => Err(hint.to_string()),
+    }
+}
+
 /// A CA file must hold at least one PEM certificate.
 fn check_ca_file(path: &Path) -> Result<(), String> {
     use rustls::pki_types::CertificateDer;
@@ -440,7 +501,9 @@ fn check_upstream_addr(addr: &str) -> Result<(), String> {
     Ok(())
 }
 
+pub(crate) mod limits;
 mod route;
 #[cfg(test)]
 mod tests;
 mod tls;
+pub use limits::parse_size;

@@ -104,6 +104,10 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
         (Method::GET, "/status") => json_response(StatusCode::OK, &status::status(shared)),
         (Method::GET, "/metrics") => {
             let gauges = status::gauges(shared);
+            shared
+                .metrics
+                .connections_open
+                .set(shared.conns.open() as i64);
             let mut r = Response::new(ProxyBody::text(shared.metrics.render_with(&gauges)));
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -27,6 +27,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Connector {
     http: HttpConnector,
     tls: Option<Tls>,
+    /// The TCP connect and the TLS handshake together, at most.
+    timeout: std::time::Duration,
 }
 
 struct Tls {
@@ -55,6 +57,7 @@ impl Connector {
     /// A connector for plain HTTP, or TLS to `sni` under `tls`.
     pub fn new(
         http: HttpConnector,
+        timeout: std::time::Duration,
         tls: Option<(&UpstreamTls, &str)>,
         protocol: Protocol,
     ) -> Result<Self, TlsSetupError> {
@@ -104,12 +107,25 @@ impl Connector {
                 })
             }
         };
-        Ok(Connector { http, tls })
+        Ok(Connector { http, tls, timeout })
     }
 
     /// Opens a connection to `authority` (an `ip:port`), with TLS when configured;
     /// offering only HTTP/1.1 by ALPN when `h1_only`.
+    /// The TLS handshake counts inside the connect timeout: a backend that accepts
+    /// and never answers the handshake is a connect failure, retried elsewhere.
     pub async fn connect(&self, authority: &Authority, h1_only: bool) -> Result<Conn, BoxError> {
+        match tokio::time::timeout(self.timeout, self.connect_once(authority, h1_only)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "connect and TLS handshake not done within the connect timeout ({:?})",
+                self.timeout
+            )
+            .into()),
+        }
+    }
+
+    async fn connect_once(&self, authority: &Authority, h1_only: bool) -> Result<Conn, BoxError> {
         let uri = Uri::builder()
             .scheme("http")
             .authority(authority.clone())

@@ -6,14 +6,19 @@
 //! - After bytes were sent, only idempotent requests (GET, HEAD, OPTIONS, or with an
 //!   `Idempotency-Key`) whose body fit the retry buffer are retried.
 //! - A 502 or 503 answer to an idempotent request is retried on another backend.
-//! - Never more attempts than the route's budget.
+//! - Never more attempts than the route's `attempts`, and retries after bytes were
+//!   sent (or a 502/503) only within the route's retry budget (`budget.rs`); a
+//!   connect failure or a full upstream pool sent nothing, so moving it to another
+//!   backend is failover and is not charged. Retries wait a short jittered backoff.
+//! - The client's own body failing (idle, over `max_body`, broken off) ends the
+//!   request with 408, 413 or 400; it is not the backend's fault.
 //!
 //! A backend whose every address is down hands its share to the route's other
 //! backends unless the route sets `failover = false`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use http::header::UPGRADE;
@@ -27,10 +32,10 @@ use hyper::upgrade::OnUpgrade;
 use crate::body::{InflightGuard, ProxyBody, release};
 use crate::handle::{Decision, local};
 use crate::headers::{prepare_request, strip_hop_by_hop};
-use crate::replay::{Replay, UpBody};
+use crate::replay::{BodyLimits, ClientBodyError, Replay, UpBody};
 use crate::state::{EndpointRt, Live, Shared};
 use crate::tunnel;
-use crate::upstream::{self, FailureKind};
+use crate::upstream::{self, ClientFault, FailureKind};
 
 /// How forwarding went, for the request's metrics and log line.
 pub struct Outcome {
@@ -51,13 +56,58 @@ impl Outcome {
     }
 }
 
+/// The request body as the request path hands it over: read whole already (a
+/// buffered write), or still arriving.
+pub enum ClientBody {
+    Incoming(Incoming),
+    Ready(Replay),
+}
+
+/// The proxy's answer to a request whose body failed on the client's side,
+/// counted as the route's.
+pub fn client_body_answer(
+    shared: &Shared,
+    route: &str,
+    fault: ClientFault,
+    detail: &dyn std::fmt::Display,
+) -> Response<ProxyBody> {
+    let status = match fault {
+        ClientFault::Idle => {
+            shared.metrics.client_timeout(route, "request_body");
+            StatusCode::REQUEST_TIMEOUT
+        }
+        ClientFault::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ClientFault::Gone => StatusCode::BAD_REQUEST,
+    };
+    tracing::debug!(route, status = status.as_u16(), error = %detail, "request body refused");
+    shared.metrics.local_answer(route, status);
+    local(status, format!("{detail}\n"))
+}
+
+/// The fault in a body error, for [`client_body_answer`].
+pub fn fault_of(e: &ClientBodyError) -> ClientFault {
+    match e {
+        ClientBodyError::Idle(_) => ClientFault::Idle,
+        ClientBodyError::TooLarge(_) => ClientFault::TooLarge,
+        ClientBodyError::Read(_) | ClientBodyError::Spool(_) => ClientFault::Gone,
+    }
+}
+
+/// A short random wait before retry `n` (1, 2, …): up to 10 ms, doubling, at
+/// most 100 ms, so that retries from many requests do not arrive in step.
+async fn backoff(n: usize) {
+    let cap = Duration::from_millis((10u64 << n.saturating_sub(1).min(4)).min(100));
+    let wait = cap.mul_f64(rand::random::<f64>());
+    tokio::time::sleep(wait).await;
+}
+
 /// Sends the request upstream, retrying as the rules allow. Returns the response
 /// and how it went.
 pub async fn forward(
     shared: &Shared,
     decision: Decision,
     mut parts: Parts,
-    body: Incoming,
+    body: ClientBody,
     peer: SocketAddr,
     start: Instant,
 ) -> (Response<ProxyBody>, Outcome) {
@@ -102,18 +152,21 @@ pub async fn forward(
             outcome,
         );
     }
-    let replay = match Replay::read(body, route.retry_buffer).await {
-        Ok(r) => r,
-        Err(_) => {
-            return (
-                local(
-                    StatusCode::BAD_REQUEST,
-                    "request body could not be read\n".into(),
-                ),
-                outcome,
-            );
-        }
+    let limits = BodyLimits {
+        max: route.max_body,
+        idle: route.timeouts.body_idle,
     };
+    let replay = match body {
+        ClientBody::Ready(r) => r,
+        ClientBody::Incoming(b) => match Replay::read(b, route.retry_buffer, limits).await {
+            Ok(r) => r,
+            Err(e) => {
+                let resp = client_body_answer(shared, &route.name, fault_of(&e), &e);
+                return (resp, outcome);
+            }
+        },
+    };
+    rt.budget.request(&route.retry_budget);
     outcome.bytes_in = replay.len().or_else(|| {
         parts
             .headers
@@ -170,10 +223,20 @@ pub async fn forward(
                 head_timeout.min(t.saturating_duration_since(tokio::time::Instant::now()));
         }
         guard.forwarded(start);
-        let sent = upstream::send(
+        // The wait for the answer counts from the end of the request body: a slow
+        // upload is not a slow backend.
+        let streams = replay.streams();
+        let timer = async {
+            if streams {
+                replay.sent().await;
+            }
+            tokio::time::sleep(head_timeout).await;
+        };
+        let sent = upstream::send_until(
             &rt.clients[b],
             &endpoint.authority,
             req,
+            timer,
             head_timeout,
             switch.is_some(),
         );
@@ -214,6 +277,7 @@ pub async fn forward(
                     && !last_attempt
                     && replay.replayable()
                     && let Some(next) = other_backend(&live, ri, b, pinned, tried)
+                    && within_budget(shared, &live, ri)
                 {
                     let reason = if status == StatusCode::BAD_GATEWAY {
                         "status_502"
@@ -228,6 +292,7 @@ pub async fn forward(
                     );
                     outcome.retries.push(reason);
                     (target, avoid) = (next, None);
+                    backoff(outcome.retries.len()).await;
                     continue;
                 }
                 let (mut head, body) = resp.into_parts();
@@ -253,9 +318,18 @@ pub async fn forward(
                 );
             }
             Err(upstream::Failure {
+                client: Some(fault),
+                detail,
+                ..
+            }) => {
+                let resp = client_body_answer(shared, &route.name, fault, &detail);
+                return (resp, outcome.at(b));
+            }
+            Err(upstream::Failure {
                 kind,
                 detail,
                 shared: waited,
+                client: None,
             }) => {
                 guard.pair().upstream_error(kind.as_str());
                 let backend = &live.backends[b];
@@ -271,8 +345,11 @@ pub async fn forward(
                         "address ejected after consecutive connect failures");
                 }
                 last = kind;
+                // Nothing was sent: moving on is failover, not a retry to charge.
+                let unsent = matches!(kind, FailureKind::Connect | FailureKind::Overloaded);
                 let may_retry = !last_attempt
-                    && (kind == FailureKind::Connect || (idempotent && replay.replayable()));
+                    && (unsent
+                        || (idempotent && replay.replayable() && within_budget(shared, &live, ri)));
                 if !may_retry {
                     break;
                 }
@@ -296,18 +373,34 @@ pub async fn forward(
                 );
                 outcome.retries.push(kind.as_str());
                 (target, avoid) = (next, next_avoid);
+                backoff(outcome.retries.len()).await;
             }
         }
     }
     let name = &live.backends[guard.backend()].name;
     let body = format!("backend {name} is unavailable ({})\n", last.as_str());
-    let status = if last == FailureKind::Timeout {
-        StatusCode::GATEWAY_TIMEOUT
-    } else {
-        StatusCode::BAD_GATEWAY
+    let status = match last {
+        FailureKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        FailureKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_GATEWAY,
     };
     let backend = guard.backend();
-    (local(status, body), outcome.at(backend))
+    let mut resp = local(status, body);
+    if last == FailureKind::Overloaded {
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    (resp, outcome.at(backend))
+}
+
+/// Takes a retry from the route's budget, counting it when spent.
+fn within_budget(shared: &Shared, live: &Live, ri: usize) -> bool {
+    let route = &live.snap.routes()[ri];
+    if live.routes[ri].budget.retry(&route.retry_budget) {
+        return true;
+    }
+    shared.metrics.retry_budget_exhausted(&route.name);
+    false
 }
 
 fn bit(b: usize) -> u64 {

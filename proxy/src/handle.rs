@@ -11,12 +11,14 @@ use cutover_config::{RouteTable, Sticky, Upgrades, WriteSide};
 use http::header::{CONTENT_TYPE, HOST, RETRY_AFTER, SET_COOKIE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::access::{Entry, Served};
 use crate::body::{InflightGuard, ProxyBody};
-use crate::forward;
+use crate::forward::{self, ClientBody};
 use crate::hold::Waited;
+use crate::replay::{BodyLimits, Replay};
 use crate::server::Scheme;
 use crate::state::{Live, Shared};
 use crate::sticky;
@@ -74,7 +76,61 @@ async fn proxy(
     start: Instant,
 ) -> (Response<ProxyBody>, Served) {
     let (parts, body) = req.into_parts();
-    let mut decision = match decide(shared, &parts, peer).await {
+    let host = match request_host(&parts) {
+        Ok(h) => RouteTable::normalize(h),
+        Err(why) => {
+            shared
+                .metrics
+                .local_answer(UNROUTED, StatusCode::BAD_REQUEST);
+            return (
+                local(StatusCode::BAD_REQUEST, why.to_string()),
+                Served::default(),
+            );
+        }
+    };
+    let mut live = shared.live();
+    let Some(ri) = live.snap.table.lookup(&host) else {
+        return (unrouted(shared, &host), Served::default());
+    };
+    let route = &live.snap.routes()[ri];
+    if let Some(why) = head_over_limits(&parts.headers, &live.snap.config.limits) {
+        let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        shared.metrics.local_answer(&route.name, status);
+        return (local(status, why), Served::default());
+    }
+    // A write's body is read whole before a backend is chosen and before the
+    // request counts in flight (see "Slow uploads" in the README). gRPC calls and
+    // protocol switches stream: a call may be a stream that never ends.
+    let mut known = Some(ri);
+    let body = if is_write(&parts.method)
+        && route.request_buffering
+        && !body.is_end_stream()
+        && !crate::tunnel::requested(&parts)
+        && !is_grpc(&parts.headers)
+    {
+        let limits = BodyLimits {
+            max: route.max_body,
+            idle: route.timeouts.body_idle,
+        };
+        let l = &live.snap.config.limits;
+        match Replay::buffer(body, limits, l.buffer_memory, l.buffer_dir.as_deref()).await {
+            Ok(r) => {
+                // The upload may have taken a while: route on the state of now
+                // (a hold, new weights, a new write side).
+                live = shared.live();
+                known = None;
+                ClientBody::Ready(r)
+            }
+            Err(e) => {
+                let resp =
+                    forward::client_body_answer(shared, &route.name, forward::fault_of(&e), &e);
+                return (resp, Served::default());
+            }
+        }
+    } else {
+        ClientBody::Incoming(body)
+    };
+    let mut decision = match decide(shared, &parts, peer, &host, live, known).await {
         Ok(d) => d,
         Err(resp) => return (resp, Served::default()),
     };
@@ -131,33 +187,58 @@ async fn proxy(
     (resp, served)
 }
 
-/// Routes the request, waits out a hold that covers it, and picks the first backend.
+/// The proxy's 404 for a host no route takes.
+fn unrouted(shared: &Shared, host: &str) -> Response<ProxyBody> {
+    shared.metrics.local_answer(UNROUTED, StatusCode::NOT_FOUND);
+    local(
+        StatusCode::NOT_FOUND,
+        format!("host {host:?} is not routed by this proxy\n"),
+    )
+}
+
+/// Why the request's headers are over `[limits]`: more fields than
+/// `max_headers`, or a block larger than `max_header_size`, measured as HTTP/2
+/// measures it (name + value + 32 per field), so HTTP/1 and HTTP/2 agree.
+fn head_over_limits(headers: &HeaderMap, limits: &cutover_config::Limits) -> Option<String> {
+    if headers.len() > limits.max_headers {
+        return Some(format!(
+            "the request has {} header fields; this proxy takes at most {} (limits.max_headers)\n",
+            headers.len(),
+            limits.max_headers
+        ));
+    }
+    let size: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum();
+    (size > limits.max_header_size).then(|| {
+        format!(
+            "the request's headers take {size} bytes; this proxy takes at most {} (limits.max_header_size)\n",
+            limits.max_header_size
+        )
+    })
+}
+
+/// Routes the request (unless `known` is its route in `live` already), waits out
+/// a hold that covers it, and picks the first backend.
 async fn decide(
     shared: &Shared,
     parts: &Parts,
     peer: SocketAddr,
+    host: &str,
+    mut live: Arc<Live>,
+    mut known: Option<usize>,
 ) -> Result<Decision, Response<ProxyBody>> {
-    let raw_host = match request_host(parts) {
-        Ok(h) => h,
-        Err(why) => {
-            shared
-                .metrics
-                .local_answer(UNROUTED, StatusCode::BAD_REQUEST);
-            return Err(local(StatusCode::BAD_REQUEST, why.to_string()));
-        }
-    };
-    let host = RouteTable::normalize(raw_host);
     let upgrade = crate::tunnel::requested(parts);
     let method_writes = is_write(&parts.method);
     let idempotent = is_idempotent(&parts.method, &parts.headers);
-    let mut live = shared.live();
     loop {
-        let Some(ri) = live.snap.table.lookup(&host) else {
-            shared.metrics.local_answer(UNROUTED, StatusCode::NOT_FOUND);
-            return Err(local(
-                StatusCode::NOT_FOUND,
-                format!("host {host:?} is not routed by this proxy\n"),
-            ));
+        let ri = match known.take() {
+            Some(ri) => ri,
+            None => match live.snap.table.lookup(host) {
+                Some(ri) => ri,
+                None => return Err(unrouted(shared, host)),
+            },
         };
         let route = &live.snap.routes()[ri];
         // An upgraded connection may carry writes the proxy cannot see: unless the
@@ -194,7 +275,8 @@ async fn decide(
         let outcome = if hold.expired() {
             Waited::Expired
         } else {
-            hold.wait(live.snap.config.hold.max_queued).await
+            hold.wait(&shared.held, live.snap.config.hold.max_queued)
+                .await
         };
         match outcome {
             // Route again on the state the release published (the new write side).

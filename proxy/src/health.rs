@@ -167,10 +167,15 @@ async fn check_loop(
     }
 }
 
-/// One check of one address: a GET of the check's path with the address's host
-/// name (when it has one) as Host, answered 2xx within the check's timeout.
+/// One check of one address: a GET of the check's path with the check's `host` as
+/// Host (default: the address's host name when it has one, else the address),
+/// answered within the check's timeout with a status in its `status` range.
 async fn probe(client: &UpClient, check: &HealthCheck, e: &EndpointRt) -> bool {
-    let host = e.host.as_deref().unwrap_or(e.authority.as_str());
+    let host = check
+        .host
+        .as_deref()
+        .or(e.host.as_deref())
+        .unwrap_or(e.authority.as_str());
     let Ok(req) = Request::get(check.path.as_str())
         .header(http::header::HOST, host)
         .body(UpBody::Empty)
@@ -181,7 +186,7 @@ async fn probe(client: &UpClient, check: &HealthCheck, e: &EndpointRt) -> bool {
         let (resp, lease) = crate::upstream::send(client, &e.authority, req, check.timeout, false)
             .await
             .ok()?;
-        let ok = resp.status().is_success();
+        let ok = healthy_status(resp.status(), check.status);
         // Read to the end, so the connection can serve the next check.
         resp.into_body().collect().await.ok()?;
         lease.release();
@@ -191,6 +196,12 @@ async fn probe(client: &UpClient, check: &HealthCheck, e: &EndpointRt) -> bool {
         tokio::time::timeout(check.timeout, checked).await,
         Ok(Some(true))
     )
+}
+
+/// Whether a probe's answer counts as healthy: its status within the check's
+/// inclusive `(low, high)` range.
+fn healthy_status(status: http::StatusCode, (low, high): (u16, u16)) -> bool {
+    (low..=high).contains(&status.as_u16())
 }
 
 #[cfg(test)]
@@ -230,6 +241,22 @@ mod tests {
             assert!(!h.connect_failed(&eject));
         }
         assert!(h.is_up());
+    }
+
+    #[test]
+    fn the_status_range_decides_a_probe() {
+        let code = |n| http::StatusCode::from_u16(n).unwrap();
+        let default = (200, 399);
+        assert!(healthy_status(code(200), default));
+        assert!(healthy_status(code(204), default));
+        assert!(healthy_status(code(301), default));
+        assert!(healthy_status(code(399), default));
+        assert!(!healthy_status(code(199), default));
+        assert!(!healthy_status(code(404), default));
+        assert!(!healthy_status(code(503), default));
+        assert!(healthy_status(code(200), (200, 200)));
+        assert!(!healthy_status(code(204), (200, 200)));
+        assert!(!healthy_status(code(301), (200, 200)));
     }
 
     #[test]

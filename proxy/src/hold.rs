@@ -120,19 +120,21 @@ impl HoldCell {
         self.held.load(Ordering::SeqCst)
     }
 
-    /// Waits for a release, bounded by the hold's deadline and `max_queued`.
-    pub async fn wait(&self, max_queued: usize) -> Waited {
+    /// Waits for a release, bounded by the hold's deadline and by `max_queued`
+    /// requests held in all, counted in `total` (shared by every route).
+    pub async fn wait(&self, total: &AtomicUsize, max_queued: usize) -> Waited {
         let mut rx = self.released.subscribe();
         let Some(info) = self.info() else {
             // Released between the check and now.
             return Waited::Released;
         };
-        if self.held.fetch_add(1, Ordering::SeqCst) >= max_queued {
-            self.held.fetch_sub(1, Ordering::SeqCst);
+        if total.fetch_add(1, Ordering::SeqCst) >= max_queued {
+            total.fetch_sub(1, Ordering::SeqCst);
             return Waited::Full;
         }
+        self.held.fetch_add(1, Ordering::SeqCst);
         self.held_gauge.inc();
-        let _held = HeldGuard(&self.held, &self.held_gauge);
+        let _held = HeldGuard(&self.held, &self.held_gauge, total);
         // The subscription above predates the info read, so a release in between is
         // seen as a change here rather than missed.
         if !self.active.load(Ordering::SeqCst) {
@@ -150,11 +152,12 @@ impl HoldCell {
     }
 }
 
-struct HeldGuard<'a>(&'a AtomicUsize, &'a IntGauge);
+struct HeldGuard<'a>(&'a AtomicUsize, &'a IntGauge, &'a AtomicUsize);
 
 impl Drop for HeldGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+        self.2.fetch_sub(1, Ordering::SeqCst);
         self.1.dec();
     }
 }
@@ -178,7 +181,7 @@ mod tests {
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let c = cell.clone();
-                tokio::spawn(async move { c.wait(10).await })
+                tokio::spawn(async move { c.wait(&AtomicUsize::new(0), 10).await })
             })
             .collect();
         while cell.held() < 3 {
@@ -197,7 +200,7 @@ mod tests {
         let cell = cell();
         cell.hold(Scope::All, Duration::from_secs(2));
         assert!(cell.applies(false));
-        assert_eq!(cell.wait(10).await, Waited::Expired);
+        assert_eq!(cell.wait(&AtomicUsize::new(0), 10).await, Waited::Expired);
         assert!(cell.expired());
         assert!(
             cell.applies(true),
@@ -209,7 +212,11 @@ mod tests {
     async fn the_queue_is_bounded() {
         let cell = cell();
         cell.hold(Scope::Writes, Duration::from_secs(30));
-        assert_eq!(cell.wait(0).await, Waited::Full);
+        assert_eq!(cell.wait(&AtomicUsize::new(0), 0).await, Waited::Full);
         assert_eq!(cell.held(), 0);
+        // The cap counts the requests every route holds.
+        let total = AtomicUsize::new(5);
+        assert_eq!(cell.wait(&total, 5).await, Waited::Full);
+        assert_eq!(total.load(Ordering::SeqCst), 5);
     }
 }

@@ -8,6 +8,7 @@
 mod access;
 mod admin;
 mod body;
+mod budget;
 mod connect;
 mod forward;
 mod handle;

@@ -23,6 +23,10 @@ pub struct Metrics {
     held: IntGaugeVec,
     upstream_healthy: IntGaugeVec,
     dns_failures: IntCounterVec,
+    client_timeouts: IntCounterVec,
+    connections_refused: IntCounterVec,
+    retry_budget_exhausted: IntCounterVec,
+    pub connections_open: IntGauge,
     pub config_generation: IntGauge,
     pub config_reload_errors: IntCounter,
     /// Set at scrape time from the live state (see [`Metrics::render_with`]).
@@ -124,6 +128,37 @@ impl Metrics {
             ),
             &["backend", "host"],
         )?;
+        let client_timeouts = IntCounterVec::new(
+            Opts::new(
+                "cutover_client_timeouts_total",
+                "Clients cut off by a timeout, by route (\"-\" before a request is routed) and kind: request_head, keepalive, request_body, send.",
+            ),
+            &["route", "kind"],
+        )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "cutover_connections_refused_total",
+                "Client connections closed at accept, by the cap they were over: total or per_ip.",
+            ),
+            &["reason"],
+        )?;
+        let retry_budget_exhausted = IntCounterVec::new(
+            Opts::new(
+                "cutover_retry_budget_exhausted_total",
+                "Retries not made because the route's retry budget was spent.",
+            ),
+            &["route"],
+        )?;
+        let connections_open = IntGauge::new(
+            "cutover_client_connections",
+            "Client connections open on the data-plane listeners.",
+        )?;
+        for kind in CLIENT_TIMEOUTS {
+            client_timeouts.with_label_values(&["-", kind]);
+        }
+        for reason in ["total", "per_ip"] {
+            connections_refused.with_label_values(&[reason]);
+        }
         let config_generation = IntGauge::new(
             "cutover_config_generation",
             "Generation of the routing snapshot in force; rises with every reload or weight change.",
@@ -169,6 +204,10 @@ impl Metrics {
         registry.register(Box::new(held.clone()))?;
         registry.register(Box::new(upstream_healthy.clone()))?;
         registry.register(Box::new(dns_failures.clone()))?;
+        registry.register(Box::new(client_timeouts.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(retry_budget_exhausted.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(config_reload_errors.clone()))?;
         registry.register(Box::new(route_weight.clone()))?;
@@ -186,6 +225,10 @@ impl Metrics {
             held,
             upstream_healthy,
             dns_failures,
+            client_timeouts,
+            connections_refused,
+            retry_budget_exhausted,
+            connections_open,
             config_generation,
             config_reload_errors,
             route_weight,
@@ -225,6 +268,28 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Starts a route's client-timeout and retry-budget series at 0.
+    pub fn route_start(&self, route: &str) {
+        self.client_timeouts
+            .with_label_values(&[route, "request_body"]);
+        self.retry_budget_exhausted.with_label_values(&[route]);
+    }
+
+    /// Counts a client cut off by a timeout; `route` is `"-"` before routing.
+    pub fn client_timeout(&self, route: &str, kind: &str) {
+        self.client_timeouts.with_label_values(&[route, kind]).inc();
+    }
+
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
+    }
+
+    pub fn retry_budget_exhausted(&self, route: &str) {
+        self.retry_budget_exhausted
+            .with_label_values(&[route])
+            .inc();
     }
 
     /// Counts an answer the proxy gave itself before any backend was chosen (a
@@ -297,15 +362,19 @@ impl Metrics {
     }
 }
 
+/// The kinds of client timeouts that are not tied to a route.
+const CLIENT_TIMEOUTS: [&str; 3] = ["request_head", "keepalive", "send"];
+
 /// Status codes 100..=599 get a cached counter each.
 const CODES: usize = 500;
 
 /// Why a request may be sent again: a failure's kind, or the status answered.
-const RETRY_REASONS: [&str; 6] = [
+const RETRY_REASONS: [&str; 7] = [
     "connect",
     "timeout",
     "reset",
     "protocol",
+    "overloaded",
     "status_502",
     "status_503",
 ];

@@ -1,16 +1,67 @@
-//! Request bodies that can be sent again. A body that fits the route's retry buffer is
-//! read whole and can be replayed on any attempt. A larger one is streamed: it can
-//! still be retried after a connect failure, because the upstream never polled it,
-//! but not once any of it was sent.
+//! Request bodies on their way upstream.
+//!
+//! - **Buffered** ([`Replay::buffer`]): a write's body read whole before a backend is
+//!   chosen, in memory up to `limits.buffer_memory` and then in an unlinked
+//!   temporary file; it can be sent on any attempt.
+//! - **Read ahead** ([`Replay::read`]): a body that fits the route's retry buffer is
+//!   read whole and can be replayed on any attempt. A larger one is streamed: it can
+//!   still be retried after a connect failure, because the upstream never polled it,
+//!   but not once any of it was sent.
+//!
+//! Either way the route's `max_body` and `timeouts.body_idle` hold: a body over the
+//! limit, or a client that sends no byte for the idle time, ends the request with a
+//! [`ClientBodyError`], which is the client's doing, not the backend's.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
+
+use crate::body::BoxError;
+
+/// The client's side of a request body went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("the client sent no byte of the request body for {0:?} (timeouts.body_idle)")]
+    Idle(Duration),
+    #[error("the request body is over the route's max_body of {0} bytes")]
+    TooLarge(u64),
+    #[error("the client's request body could not be read: {0}")]
+    Read(#[source] hyper::Error),
+    #[error("the request body could not be buffered in a temporary file: {0}")]
+    Spool(#[source] std::io::Error),
+}
+
+impl ClientBodyError {
+    /// The error in `e`'s source chain, if a client body error caused it.
+    pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(c) = err.downcast_ref::<ClientBodyError>() {
+                return Some(c);
+            }
+            cur = err.source();
+        }
+        None
+    }
+}
+
+/// What a request body may do: at most `max` bytes, no gap longer than `idle`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max: u64,
+    pub idle: Duration,
+}
 
 /// A streamed body not yet sent: the prefix already read and the rest of the
 /// client's body. Emptied by the first attempt that polls it.
@@ -21,6 +72,8 @@ pub enum UpBody {
     Empty,
     /// The body, then its trailers (gRPC clients may send some), each sent once.
     Full(Option<Bytes>, Option<HeaderMap>),
+    /// A buffered body in a temporary file.
+    File(FileBody),
     Stream(StreamBody),
 }
 
@@ -28,36 +81,142 @@ pub enum UpBody {
 pub struct StreamBody {
     slot: Unsent,
     taken: Option<(std::vec::IntoIter<Bytes>, Incoming)>,
+    limits: BodyLimits,
+    /// Bytes of the body so far.
+    seen: u64,
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set once the body has ended: the wait for the answer starts then.
+    ended: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// A body read whole into a file, sent in chunks read at their offsets (so every
+/// attempt reads its own copy).
+pub struct FileBody {
+    file: Arc<File>,
+    len: u64,
+    pos: u64,
+    reading: Option<JoinHandle<std::io::Result<Bytes>>>,
+    trailers: Option<HeaderMap>,
 }
 
 /// The request body as received, ready to make one [`UpBody`] per attempt.
 pub enum Replay {
     Empty,
     Buffered(Bytes, Option<HeaderMap>),
-    Stream(Unsent),
+    File(Arc<File>, u64, Option<HeaderMap>),
+    Stream(Unsent, BodyLimits, Arc<tokio::sync::Notify>),
+}
+
+/// Reads the next frame, failing after `idle` without one.
+async fn frame(
+    body: &mut Incoming,
+    idle: Duration,
+) -> Result<Option<Frame<Bytes>>, ClientBodyError> {
+    let next = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
+    match tokio::time::timeout(idle, next).await {
+        Err(_) => Err(ClientBodyError::Idle(idle)),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(e))) => Err(ClientBodyError::Read(e)),
+        Ok(Some(Ok(f))) => Ok(Some(f)),
+    }
+}
+
+/// The size the client announced, when it did.
+fn announced(body: &Incoming) -> Option<u64> {
+    body.size_hint().exact()
 }
 
 impl Replay {
-    /// Reads up to `limit` bytes of `body`. A body that ends within the limit is kept
-    /// whole; otherwise what was read is kept as a prefix and the rest streams.
-    pub async fn read(mut body: Incoming, limit: usize) -> Result<Replay, hyper::Error> {
+    /// Reads the whole body: in memory up to `memory` bytes, then in an unlinked
+    /// file in `dir` (the system's temporary directory when none).
+    pub async fn buffer(
+        mut body: Incoming,
+        limits: BodyLimits,
+        memory: usize,
+        dir: Option<&Path>,
+    ) -> Result<Replay, ClientBodyError> {
         if body.is_end_stream() {
             return Ok(Replay::Empty);
         }
-        if body.size_hint().lower() as usize > limit {
-            return Ok(Replay::Stream(Arc::new(Mutex::new(Some((
-                Vec::new(),
-                body,
-            ))))));
+        if announced(&body).is_some_and(|n| n > limits.max) {
+            return Err(ClientBodyError::TooLarge(limits.max));
         }
         let mut buf = BytesMut::new();
-        let mut chunks = Vec::new();
+        let mut file: Option<(tokio::fs::File, u64)> = None;
+        let mut trailers = None;
+        while let Some(f) = frame(&mut body, limits.idle).await? {
+            let data = match f.into_data() {
+                Ok(d) => d,
+                Err(f) => {
+                    trailers = f.into_trailers().ok();
+                    continue;
+                }
+            };
+            let total = buf.len() as u64 + file.as_ref().map_or(0, |f| f.1) + data.len() as u64;
+            if total > limits.max {
+                return Err(ClientBodyError::TooLarge(limits.max));
+            }
+            if file.is_none() && buf.len() + data.len() <= memory {
+                buf.extend_from_slice(&data);
+                continue;
+            }
+            let (f, written) = match &mut file {
+                Some(f) => f,
+                None => {
+                    let std_file = match dir {
+                        Some(d) => tempfile::tempfile_in(d),
+                        None => tempfile::tempfile(),
+                    }
+                    .map_err(ClientBodyError::Spool)?;
+                    let mut f = tokio::fs::File::from_std(std_file);
+                    f.write_all(&buf).await.map_err(ClientBodyError::Spool)?;
+                    let n = buf.len() as u64;
+                    buf = BytesMut::new();
+                    file.insert((f, n))
+                }
+            };
+            f.write_all(&data).await.map_err(ClientBodyError::Spool)?;
+            *written += data.len() as u64;
+        }
+        match file {
+            None => Ok(Replay::Buffered(buf.freeze(), trailers)),
+            Some((mut f, len)) => {
+                f.flush().await.map_err(ClientBodyError::Spool)?;
+                let f = f.into_std().await;
+                Ok(Replay::File(Arc::new(f), len, trailers))
+            }
+        }
+    }
+
+    /// Reads up to `limit` bytes of `body`. A body that ends within the limit is kept
+    /// whole; otherwise what was read is kept as a prefix and the rest streams.
+    pub async fn read(
+        mut body: Incoming,
+        limit: usize,
+        limits: BodyLimits,
+    ) -> Result<Replay, ClientBodyError> {
+        if body.is_end_stream() {
+            return Ok(Replay::Empty);
+        }
+        if announced(&body).is_some_and(|n| n > limits.max) {
+            return Err(ClientBodyError::TooLarge(limits.max));
+        }
+        let stream = |chunks, body| {
+            Replay::Stream(
+                Arc::new(Mutex::new(Some((chunks, body)))),
+                limits,
+                Arc::new(tokio::sync::Notify::new()),
+            )
+        };
+        if body.size_hint().lower() as usize > limit {
+            return Ok(stream(Vec::new(), body));
+        }
+        let mut buf = BytesMut::new();
         let mut trailers = None;
         loop {
-            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            match frame(&mut body, limits.idle).await? {
                 None => return Ok(Replay::Buffered(buf.freeze(), trailers)),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(frame)) => {
+                Some(frame) => {
                     let data = match frame.into_data() {
                         Ok(data) => data,
                         Err(frame) => {
@@ -65,11 +224,13 @@ impl Replay {
                             continue;
                         }
                     };
+                    if (buf.len() + data.len()) as u64 > limits.max {
+                        return Err(ClientBodyError::TooLarge(limits.max));
+                    }
                     if buf.len() + data.len() > limit {
-                        chunks.push(buf.split().freeze());
-                        chunks.push(data);
+                        let mut chunks = vec![buf.split().freeze(), data];
                         chunks.retain(|c| !c.is_empty());
-                        return Ok(Replay::Stream(Arc::new(Mutex::new(Some((chunks, body))))));
+                        return Ok(stream(chunks, body));
                     }
                     buf.extend_from_slice(&data);
                 }
@@ -82,15 +243,37 @@ impl Replay {
         match self {
             Replay::Empty => Some(UpBody::Empty),
             Replay::Buffered(b, t) => Some(UpBody::Full(Some(b.clone()), t.clone())),
-            Replay::Stream(slot) => {
+            Replay::File(f, len, t) => Some(UpBody::File(FileBody {
+                file: f.clone(),
+                len: *len,
+                pos: 0,
+                reading: None,
+                trailers: t.clone(),
+            })),
+            Replay::Stream(slot, limits, ended) => {
                 let present = slot.lock().unwrap_or_else(|p| p.into_inner()).is_some();
                 present.then(|| {
                     UpBody::Stream(StreamBody {
                         slot: slot.clone(),
                         taken: None,
+                        limits: *limits,
+                        seen: 0,
+                        idle: None,
+                        ended: Some(ended.clone()),
                     })
                 })
             }
+        }
+    }
+
+    /// Resolves once a streamed body has been sent to its end (at once for any
+    /// other): the wait for the answer's head counts from then.
+    pub async fn sent(&self) {
+        if let Replay::Stream(slot, _, ended) = self {
+            let done = ended.notified();
+            // Not taken yet, or taken and not ended: wait for the notice.
+            let _ = slot;
+            done.await;
         }
     }
 
@@ -99,13 +282,19 @@ impl Replay {
         match self {
             Replay::Empty => Some(0),
             Replay::Buffered(b, _) => Some(b.len() as u64),
-            Replay::Stream(_) => None,
+            Replay::File(_, len, _) => Some(*len),
+            Replay::Stream(..) => None,
         }
     }
 
     /// Whether a failed attempt that may have sent bytes can be replayed.
     pub fn replayable(&self) -> bool {
-        !matches!(self, Replay::Stream(_))
+        !matches!(self, Replay::Stream(..))
+    }
+
+    /// Whether the body streams from the client during the attempt.
+    pub fn streams(&self) -> bool {
+        matches!(self, Replay::Stream(..))
     }
 }
 
@@ -115,19 +304,117 @@ impl UpBody {
         match self {
             UpBody::Empty => Some(UpBody::Empty),
             UpBody::Full(Some(b), t) => Some(UpBody::Full(Some(b.clone()), t.clone())),
+            UpBody::File(f) => Some(UpBody::File(FileBody {
+                file: f.file.clone(),
+                len: f.len,
+                pos: 0,
+                reading: None,
+                trailers: f.trailers.clone(),
+            })),
             UpBody::Full(None, _) | UpBody::Stream(_) => None,
+        }
+    }
+}
+
+/// Chunks a file body is read in.
+const FILE_CHUNK: u64 = 64 * 1024;
+
+impl FileBody {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.pos >= self.len {
+            return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
+        }
+        let reading = self.reading.get_or_insert_with(|| {
+            let (file, pos) = (self.file.clone(), self.pos);
+            let n = FILE_CHUNK.min(self.len - pos) as usize;
+            tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n];
+                file.read_exact_at(&mut buf, pos)?;
+                Ok(Bytes::from(buf))
+            })
+        });
+        let chunk = match Pin::new(reading).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        self.reading = None;
+        match chunk {
+            Ok(Ok(b)) => {
+                self.pos += b.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            Ok(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Spool(e))))),
+            Err(e) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Spool(
+                std::io::Error::other(e),
+            ))))),
+        }
+    }
+}
+
+impl StreamBody {
+    fn poll_stream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.taken.is_none() {
+            // First poll: from now on the body is spent for any retry.
+            let taken = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match taken {
+                Some((prefix, rest)) => self.taken = Some((prefix.into_iter(), rest)),
+                None => return Poll::Ready(None),
+            }
+        }
+        let Some((prefix, rest)) = self.taken.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = match prefix.next() {
+            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            None => Pin::new(&mut *rest).poll_frame(cx),
+        };
+        let ended = matches!(polled, Poll::Ready(None)) || rest.is_end_stream();
+        match polled {
+            Poll::Pending => {
+                let idle = self.limits.idle;
+                let timer = self
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Box::new(ClientBodyError::Idle(idle)))));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Read(e))))),
+            Poll::Ready(frame) => {
+                self.idle = None;
+                if let Some(Ok(f)) = &frame
+                    && let Some(d) = f.data_ref()
+                {
+                    self.seen += d.len() as u64;
+                    if self.seen > self.limits.max {
+                        return Poll::Ready(Some(Err(Box::new(ClientBodyError::TooLarge(
+                            self.limits.max,
+                        )))));
+                    }
+                }
+                if ended && let Some(n) = self.ended.take() {
+                    n.notify_one();
+                }
+                frame
+                    .map(|f| f.map_err(|e| Box::new(ClientBodyError::Read(e)) as BoxError))
+                    .into()
+            }
         }
     }
 }
 
 impl Body for UpBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpBody::Empty => Poll::Ready(None),
             UpBody::Full(b, t) => Poll::Ready(
@@ -136,23 +423,8 @@ impl Body for UpBody {
                     .or_else(|| t.take().map(Frame::trailers))
                     .map(Ok),
             ),
-            UpBody::Stream(s) => {
-                if s.taken.is_none() {
-                    // First poll: from now on the body is spent for any retry.
-                    let taken = s.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    match taken {
-                        Some((prefix, rest)) => s.taken = Some((prefix.into_iter(), rest)),
-                        None => return Poll::Ready(None),
-                    }
-                }
-                let Some((prefix, rest)) = s.taken.as_mut() else {
-                    return Poll::Ready(None);
-                };
-                if let Some(chunk) = prefix.next() {
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                }
-                Pin::new(rest).poll_frame(cx)
-            }
+            UpBody::File(f) => f.poll_chunk(cx),
+            UpBody::Stream(s) => s.poll_stream(cx),
         }
     }
 
@@ -160,6 +432,7 @@ impl Body for UpBody {
         match self {
             UpBody::Empty => true,
             UpBody::Full(b, t) => b.is_none() && t.is_none(),
+            UpBody::File(f) => f.pos >= f.len && f.trailers.is_none(),
             UpBody::Stream(_) => false,
         }
     }
@@ -169,6 +442,7 @@ impl Body for UpBody {
             UpBody::Empty => SizeHint::with_exact(0),
             UpBody::Full(Some(b), _) => SizeHint::with_exact(b.len() as u64),
             UpBody::Full(None, _) => SizeHint::with_exact(0),
+            UpBody::File(f) => SizeHint::with_exact(f.len - f.pos),
             UpBody::Stream(_) => SizeHint::default(),
         }
     }

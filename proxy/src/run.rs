@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use cutover_config::reload::{self, Reloaded, WatchOptions};
 use cutover_config::{AdminSettings, Config, format_duration};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::metrics::{Metrics, MetricsError};
+use crate::server::Graceful;
 use crate::state::{Shared, StateError, UpdateError};
 use crate::upgrade::{Role, Start};
 use crate::upstream::Upstream;
@@ -97,7 +97,12 @@ pub async fn run(
     let grace = config.proxy.grace;
     let proxy_protocol = config.listen.proxy_protocol;
 
-    let upstream = Upstream::default();
+    let limits = config.limits.clone();
+    let upstream = Upstream::new(crate::upstream::PoolLimits {
+        max_connections: limits.upstream_max_connections,
+        max_waiting: limits.upstream_max_waiting,
+        idle: limits.upstream_idle,
+    });
     let dns = crate::resolve::Dns::new(&config.resolver)?;
     let initial = config.clone();
     let shared = Arc::new(Shared::new(
@@ -137,14 +142,20 @@ pub async fn run(
         }
     });
 
+    let guards = Arc::new(server::Guards {
+        limits,
+        counts: shared.conns.clone(),
+        events: Arc::new(ListenerEvents(shared.clone())),
+    });
     let (data_stop, stop) = server::stop_pair();
     let s = shared.clone();
     let data_task = tokio::spawn(server::accept_loop(
         data,
         stop.clone(),
-        GracefulShutdown::new(),
+        Graceful::new(),
         None,
         proxy_protocol,
+        Some(guards.clone()),
         move |peer, req| handle::handle(s.clone(), peer, req),
     ));
     let https_task = match https {
@@ -155,9 +166,10 @@ pub async fn run(
             let task = tokio::spawn(server::accept_loop(
                 listener,
                 stop,
-                GracefulShutdown::new(),
+                Graceful::new(),
                 Some(acceptor),
                 proxy_protocol,
+                Some(guards),
                 move |peer, req| handle::handle(s.clone(), peer, req),
             ));
             if let Some(addr) = https_addr {
@@ -172,9 +184,10 @@ pub async fn run(
     let admin_task = tokio::spawn(server::accept_loop(
         admin_listener,
         admin_stop_rx,
-        GracefulShutdown::new(),
+        Graceful::new(),
         None,
         false,
+        None,
         move |_peer, req| admin::handle(s.clone(), req),
     ));
     tracing::info!(addr = %data_addr, "listening for traffic");
@@ -208,7 +221,7 @@ pub async fn run(
     let data_graceful = data_task.await.unwrap_or_default();
     let https_graceful = match https_task {
         Some(t) => t.await.unwrap_or_default(),
-        None => GracefulShutdown::new(),
+        None => Graceful::new(),
     };
     let linger = match successor {
         Some(h) => {
@@ -339,5 +352,19 @@ async fn apply_reloads(
                 shared.record_reload(Err(e.diagnostics()));
             }
         }
+    }
+}
+
+/// The data-plane listeners' refusals and timeouts, as metrics.
+struct ListenerEvents(Arc<Shared>);
+
+impl server::Events for ListenerEvents {
+    fn refused(&self, reason: &'static str) {
+        self.0.metrics.connection_refused(reason);
+        tracing::debug!(reason, "connection refused at accept: over a [limits] cap");
+    }
+
+    fn timed_out(&self, kind: &'static str) {
+        self.0.metrics.client_timeout("-", kind);
     }
 }

@@ -2,12 +2,17 @@
 //! HTTP/2 (prior knowledge, or ALPN over TLS) with hyper, and stop accepting on
 //! request while the connections already open finish.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use cutover_config::Limits;
 
 use futures_util::FutureExt;
 use http::header::CONNECTION;
@@ -16,9 +21,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::ProxyBody;
@@ -82,40 +87,144 @@ impl StopHandle {
     }
 }
 
+/// What guards a data-plane listener: `[limits]` as the process started with them,
+/// the open connections of every data-plane listener, and where refusals and
+/// timeouts are reported.
+pub struct Guards {
+    pub limits: Limits,
+    pub counts: Arc<ConnCounts>,
+    pub events: Arc<dyn Events>,
+}
+
+/// Where the listener reports what it refused or cut off.
+pub trait Events: Send + Sync + 'static {
+    /// A connection closed at accept: `"total"` or `"per_ip"` cap.
+    fn refused(&self, reason: &'static str);
+    /// A connection cut off by a client timeout: `"request_head"`, `"send"`.
+    fn timed_out(&self, kind: &'static str);
+}
+
+/// Open client connections, in all and per client address.
+#[derive(Default)]
+pub struct ConnCounts {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnCounts {
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// A ticket for one more connection, unless `max` (0: no cap) are open.
+    fn admit(self: &Arc<Self>, max: usize) -> Option<Ticket> {
+        let before = self.total.fetch_add(1, Ordering::Relaxed);
+        let ticket = Ticket {
+            counts: self.clone(),
+            ip: None,
+        };
+        (max == 0 || before < max).then_some(ticket)
+    }
+}
+
+/// One open connection in [`ConnCounts`], given back on drop.
+pub struct Ticket {
+    counts: Arc<ConnCounts>,
+    ip: Option<IpAddr>,
+}
+
+impl Ticket {
+    /// Counts the connection against its client address; false when `max` (0: no
+    /// cap) connections from it are open already.
+    fn per_ip(&mut self, ip: IpAddr, max: usize) -> bool {
+        if max == 0 {
+            return true;
+        }
+        let mut map = self.counts.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        true
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.counts.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            let mut map = self.counts.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 /// Accepts until `stop` fires, then drops the listener: this process accepts no
 /// more (the kernel refuses new connections unless another process shares the
 /// socket). With `proxy_protocol`, each connection first names its real client in a
 /// PROXY header; with `tls`, its handshake follows. Both run in the connection's own
 /// task. Each connection is registered with `graceful`, which is handed back so the
 /// caller can wait for those connections to finish.
+///
+/// With `guards` (the data plane), a connection over the caps is closed at accept;
+/// one whose first request head has not arrived `request_head` after the accept
+/// (PROXY header and TLS handshake included) is closed; an HTTP/1 connection waits
+/// at most `keepalive` for each next request, and an HTTP/2 connection with no
+/// request under way for `keepalive` is shut down gracefully (GOAWAY); a client that
+/// takes no byte for `send` is cut off.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: Stop,
-    graceful: GracefulShutdown,
+    graceful: Graceful,
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
+    guards: Option<Arc<Guards>>,
     handler: F,
-) -> GracefulShutdown
+) -> Graceful
 where
     F: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
+    let limits = guards.as_ref().map(|g| g.limits.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    let keepalive = limits
+        .as_ref()
+        .map_or(Duration::from_secs(30), |l| l.keepalive);
     builder
         .http1()
         .timer(TokioTimer::new())
-        // Slow clients may not hold a connection open without sending a request.
-        .header_read_timeout(Duration::from_secs(30))
+        // Between requests, and for each next request's head.
+        .header_read_timeout(keepalive)
         .keep_alive(true);
     // Extended CONNECT (RFC 8441): WebSockets over HTTP/2.
     builder
         .http2()
         .timer(TokioTimer::new())
         .enable_connect_protocol();
+    if let Some(l) = &limits {
+        // The exact limits are the request path's (431, counted, alike on both
+        // versions); these are the backstop for heads far beyond them.
+        builder
+            .http1()
+            .max_buf_size((2 * l.max_header_size).max(8192))
+            .max_headers(2 * l.max_headers);
+        builder
+            .http2()
+            .max_header_list_size(u32::try_from(2 * l.max_header_size).unwrap_or(u32::MAX))
+            .keep_alive_interval(l.h2_ping)
+            .keep_alive_timeout(l.h2_ping_timeout);
+    }
     let builder = Arc::new(builder);
     let mut stop_rx = stop.rx.clone();
     loop {
-        let (mut stream, peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             () = until_stopped(&mut stop_rx) => break,
             accepted = listener.accept() => match accepted {
@@ -128,6 +237,18 @@ where
                 }
             },
         };
+        let mut ticket = None;
+        if let (Some(g), Some(l)) = (&guards, &limits) {
+            let Some(mut t) = g.counts.admit(l.max_connections) else {
+                g.events.refused("total");
+                continue;
+            };
+            if !proxy_protocol && !t.per_ip(peer.ip(), l.max_connections_per_ip) {
+                g.events.refused("per_ip");
+                continue;
+            }
+            ticket = Some(t);
+        }
         let _ = stream.set_nodelay(true);
         // Taken before the handshake, so a shutdown also waits for (and then
         // signals) connections still negotiating TLS.
@@ -137,63 +258,127 @@ where
         } else {
             Scheme::Http
         };
-        if tls.is_none() && !proxy_protocol {
-            let (h, closing) = (handler.clone(), stop.closing.clone());
-            let svc = service_fn(move |req| respond(&h, peer, scheme, &closing, req));
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .into_owned();
-            tokio::spawn(finish(watcher.watch(conn), peer));
-            continue;
-        }
-        let (h, closing, tls, builder) = (
-            handler.clone(),
-            stop.closing.clone(),
-            tls.clone(),
-            builder.clone(),
-        );
-        tokio::spawn(async move {
-            let client = if proxy_protocol {
-                match crate::proxy_protocol::read_header(&mut stream, HANDSHAKE_TIMEOUT).await {
-                    Ok(named) => named.unwrap_or(peer),
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "connection refused");
-                        return;
-                    }
-                }
-            } else {
-                peer
-            };
-            let svc = service_fn(move |req| respond(&h, client, scheme, &closing, req));
-            let Some(acceptor) = tls else {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .into_owned();
-                return finish(watcher.watch(conn), client).await;
-            };
-            let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(peer = %client, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .into_owned();
-            finish(watcher.watch(conn), client).await;
-        });
+        let conn = Accepted {
+            stream,
+            peer,
+            scheme,
+            ticket,
+            guards: guards.clone(),
+            tls: tls.clone(),
+            proxy_protocol,
+            builder: builder.clone(),
+            closing: stop.closing.clone(),
+        };
+        tokio::spawn(conn.serve(watcher, handler.clone()));
     }
     graceful
 }
 
-/// Runs the handler on one request: marks it with its scheme, and once the
-/// listener is stopping asks an HTTP/1 client to close after this response.
+/// A connection just accepted, with what serving it takes.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    scheme: Scheme,
+    ticket: Option<Ticket>,
+    guards: Option<Arc<Guards>>,
+    tls: Option<TlsAcceptor>,
+    proxy_protocol: bool,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    closing: Arc<AtomicBool>,
+}
+
+impl Accepted {
+    async fn serve<F, Fut>(self, watcher: Watcher, handler: F)
+    where
+        F: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+    {
+        let Accepted {
+            mut stream,
+            peer,
+            scheme,
+            mut ticket,
+            guards,
+            tls,
+            proxy_protocol,
+            builder,
+            closing,
+        } = self;
+        let limits = guards.as_ref().map(|g| &g.limits);
+        let head_within = limits.map_or(HANDSHAKE_TIMEOUT, |l| l.request_head);
+        let head_deadline = tokio::time::Instant::now() + head_within;
+        let client = if proxy_protocol {
+            match crate::proxy_protocol::read_header(&mut stream, head_within).await {
+                Ok(named) => named.unwrap_or(peer),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection refused");
+                    return;
+                }
+            }
+        } else {
+            peer
+        };
+        if proxy_protocol
+            && let (Some(t), Some(g)) = (ticket.as_mut(), &guards)
+            && !t.per_ip(client.ip(), g.limits.max_connections_per_ip)
+        {
+            g.events.refused("per_ip");
+            return;
+        }
+        let send = limits.map(|l| l.send);
+        let events = guards.as_ref().map(|g| g.events.clone());
+        let io = Timed::new(stream, send, events.clone());
+        let state = Arc::new(ConnState::default());
+        let svc = {
+            let state = state.clone();
+            service_fn(move |req| respond(&handler, client, scheme, &closing, &state, req))
+        };
+        // The admin listener, without `[limits]`, still closes silent connections.
+        let keepalive = limits.map_or(Duration::from_secs(30), |l| l.keepalive);
+        let idle = Some((head_deadline, keepalive));
+        let Some(acceptor) = tls else {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+            return drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                watcher,
+                &state,
+                idle,
+                events.as_deref(),
+                client,
+            )
+            .await;
+        };
+        let stream = match tokio::time::timeout_at(head_deadline, acceptor.accept(io)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                if let Some(e) = &events {
+                    e.timed_out("request_head");
+                }
+                tracing::debug!(peer = %client, "TLS handshake timed out");
+                return;
+            }
+        };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            watcher,
+            &state,
+            idle,
+            events.as_deref(),
+            client,
+        )
+        .await;
+    }
+}
+/// Runs the handler on one request: marks it with its scheme, counts it as under
+/// way on its connection, and once the listener is stopping asks an HTTP/1 client
+/// to close after this response.
 ///
 /// A combinator rather than an `async` block: the block would keep the handler's
 /// future both as a captured value and as the awaited one, doubling the state hyper
@@ -203,6 +388,7 @@ fn respond<F, Fut>(
     peer: SocketAddr,
     scheme: Scheme,
     closing: &Arc<AtomicBool>,
+    conn: &Arc<ConnState>,
     mut req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + use<F, Fut>
 where
@@ -214,7 +400,9 @@ where
     }
     let http1 = req.version() < Version::HTTP_2;
     let closing = closing.clone();
+    let underway = ConnState::begin(conn);
     handler(peer, req).map(move |resp| {
+        drop(underway);
         resp.map(|mut resp| {
             // Read at answer time: a request that began before the stop still
             // tells its client to move on.
@@ -227,27 +415,327 @@ where
     })
 }
 
+/// What a connection's supervisor knows of its requests: how many began, how many
+/// are waiting for their answer's head, and when the last of those ended.
+#[derive(Default)]
+struct ConnState {
+    began: AtomicU64,
+    underway: AtomicUsize,
+    /// Milliseconds since `BASE` when `underway` last fell to zero.
+    idle_since: AtomicU64,
+    changed: Notify,
+}
+
+/// A request under way on its connection, until its answer's head is ready (or the
+/// request is abandoned).
+struct Underway(Arc<ConnState>);
+
+impl ConnState {
+    fn begin(this: &Arc<ConnState>) -> Underway {
+        this.began.fetch_add(1, Ordering::Relaxed);
+        this.underway.fetch_add(1, Ordering::AcqRel);
+        Underway(this.clone())
+    }
+}
+
+impl Drop for Underway {
+    fn drop(&mut self) {
+        if self.0.underway.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle_since.store(millis_now(), Ordering::Relaxed);
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+static BASE: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
+
+fn millis_now() -> u64 {
+    BASE.elapsed().as_millis() as u64
+}
+
+/// Serves one connection to its end. It shuts down gracefully when the listener's
+/// [`Graceful`] says so. With `idle` (the data plane: the first head's deadline and
+/// the keep-alive), a connection whose first request has not begun by the deadline
+/// is closed, and one with no request under way for the keep-alive is shut down
+/// gracefully: an HTTP/1 connection is closed (hyper's own timer bounds its wait
+/// for each next head), an HTTP/2 one gets GOAWAY and its open streams finish.
+async fn drive<C, E>(
+    conn: C,
+    shutdown: impl Fn(Pin<&mut C>),
+    mut watcher: Watcher,
+    state: &ConnState,
+    idle: Option<(tokio::time::Instant, Duration)>,
+    events: Option<&dyn Events>,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut first = idle.map(|(deadline, _)| deadline);
+    let mut shutting = false;
+    loop {
+        // When the supervisor next has something to judge.
+        let wake = match (first, idle) {
+            (Some(deadline), _) => Some(deadline),
+            (None, Some((_, keepalive))) if !shutting => {
+                if state.underway.load(Ordering::Acquire) == 0 {
+                    let since = state.idle_since.load(Ordering::Relaxed);
+                    let at = since + keepalive.as_millis() as u64;
+                    let wait = Duration::from_millis(at.saturating_sub(millis_now()));
+                    Some(tokio::time::Instant::now() + wait)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        let timer = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = watcher.signalled(), if !shutting => {
+                shutting = true;
+                shutdown(conn.as_mut());
+            }
+            () = state.changed.notified(), if first.is_none() && !shutting => {}
+            () = timer => {
+                if first.take().is_some() {
+                    if state.began.load(Ordering::Relaxed) == 0 {
+                        if let Some(e) = events {
+                            e.timed_out("request_head");
+                        }
+                        tracing::debug!(%peer, "no request head within the limit; closing");
+                        return;
+                    }
+                    // The first request came: from now on idle counts from the
+                    // end of the last one (or from now, if none ended yet).
+                    if state.underway.load(Ordering::Acquire) == 0
+                        && state.idle_since.load(Ordering::Relaxed) == 0
+                    {
+                        state.idle_since.store(millis_now(), Ordering::Relaxed);
+                    }
+                } else if state.underway.load(Ordering::Acquire) == 0 {
+                    let since = state.idle_since.load(Ordering::Relaxed);
+                    let keepalive = idle.map_or(Duration::MAX, |(_, k)| k);
+                    if millis_now().saturating_sub(since) >= keepalive.as_millis() as u64 {
+                        if let Some(e) = events {
+                            e.timed_out("keepalive");
+                        }
+                        shutting = true;
+                        shutdown(conn.as_mut());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Tracks a listener's connections so that a shutdown can signal them and wait
+/// for them: each connection's [`Watcher`] counts it until its task ends.
+#[derive(Clone)]
+pub struct Graceful {
+    inner: Arc<GracefulInner>,
+}
+
+struct GracefulInner {
+    signal: watch::Sender<bool>,
+    count: AtomicUsize,
+    gone: Notify,
+}
+
+impl Default for Graceful {
+    fn default() -> Self {
+        Graceful::new()
+    }
+}
+
+impl Graceful {
+    pub fn new() -> Self {
+        Graceful {
+            inner: Arc::new(GracefulInner {
+                signal: watch::Sender::new(false),
+                count: AtomicUsize::new(0),
+                gone: Notify::new(),
+            }),
+        }
+    }
+
+    /// Connections still open.
+    pub fn count(&self) -> usize {
+        self.inner.count.load(Ordering::Acquire)
+    }
+
+    fn watcher(&self) -> Watcher {
+        self.inner.count.fetch_add(1, Ordering::AcqRel);
+        Watcher {
+            inner: self.inner.clone(),
+            rx: self.inner.signal.subscribe(),
+        }
+    }
+
+    /// Tells every connection to shut down gracefully, then waits until all ended.
+    pub async fn shutdown(self) {
+        self.inner.signal.send_replace(true);
+        loop {
+            let gone = self.inner.gone.notified();
+            if self.count() == 0 {
+                return;
+            }
+            gone.await;
+        }
+    }
+}
+
+/// One connection of a [`Graceful`]: counted until dropped.
+struct Watcher {
+    inner: Arc<GracefulInner>,
+    rx: watch::Receiver<bool>,
+}
+
+impl Watcher {
+    /// Resolves once a shutdown has been signalled.
+    async fn signalled(&mut self) {
+        if self.rx.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if self.inner.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.gone.notify_waiters();
+        }
+    }
+}
+
+/// A client connection whose writes may not stall: once a write (or flush) has
+/// made no progress for `send`, it fails with `TimedOut`, so a client that stops
+/// reading is cut off and what it held (the response body, the upstream
+/// connection, the in-flight count) is let go.
+pub struct Timed<S> {
+    inner: S,
+    send: Option<Duration>,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    events: Option<Arc<dyn Events>>,
+}
+
+impl<S> Timed<S> {
+    fn new(inner: S, send: Option<Duration>, events: Option<Arc<dyn Events>>) -> Self {
+        Timed {
+            inner,
+            send,
+            stalled: None,
+            events,
+        }
+    }
+
+    /// After a write returned `Pending`: fails once the stall has lasted `send`.
+    fn stall(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        let Some(send) = self.send else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if let Some(e) = &self.events {
+            e.timed_out("send");
+        }
+        self.send = None;
+        Poll::Ready(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client took no byte of the answer within limits.send",
+        ))
+    }
+
+    fn progress<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        p: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match p {
+            Poll::Pending => self.stall(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Timed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Timed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progress(cx, p)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.progress(cx, p)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progress(cx, p)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.progress(cx, p)
+    }
+}
+
 /// Resolves once the stop has been signalled (at once if it already was).
 async fn until_stopped(rx: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send; drop it here.
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
-async fn finish<C, E>(conn: C, peer: SocketAddr)
-where
-    C: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    if let Err(e) = conn.await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-    }
-}
-
 /// Waits for the connections `graceful` watches to end. For `linger` they may
 /// close on their own (HTTP/1 clients are told `Connection: close` with their next
 /// response); then hyper shuts the rest down gracefully (idle HTTP/1 connections
 /// close, HTTP/2 gets GOAWAY). True when all ended before `grace` ran out.
-pub async fn drain(graceful: GracefulShutdown, linger: Duration, grace: Duration) -> bool {
+pub async fn drain(graceful: Graceful, linger: Duration, grace: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + grace;
     let linger_until = tokio::time::Instant::now() + linger.min(grace);
     while graceful.count() > 0 && tokio::time::Instant::now() < linger_until {

@@ -34,6 +34,10 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// The admin token, when one is configured.
     pub admin_token: Option<String>,
+    /// The data-plane listeners' open client connections.
+    pub conns: Arc<crate::server::ConnCounts>,
+    /// Requests held, over every route (`hold.max_queued` caps it).
+    pub held: std::sync::atomic::AtomicUsize,
     registry: Mutex<Registry>,
     reload: Mutex<ReloadStatus>,
     /// Serializes read-modify-write of the snapshot.
@@ -44,6 +48,7 @@ pub struct Shared {
 #[derive(Default)]
 pub struct Registry {
     holds: HashMap<String, Arc<HoldCell>>,
+    budgets: HashMap<String, Arc<crate::budget::Budget>>,
     counters: HashMap<(String, String), Arc<PairCounters>>,
     /// By backend and `ip:port`.
     endpoints: HashMap<(String, String), Arc<EndpointRt>>,
@@ -189,6 +194,7 @@ pub struct RouteRt {
     /// Indexed by backend id.
     pub counters: Vec<Arc<PairCounters>>,
     pub hold: Arc<HoldCell>,
+    pub budget: Arc<crate::budget::Budget>,
     /// Per backend: the pooled client with this route's connect timeout and the
     /// backend's TLS setting.
     pub clients: Vec<UpClient>,
@@ -285,6 +291,8 @@ impl Shared {
             dns,
             config_path,
             admin_token,
+            conns: Arc::default(),
+            held: std::sync::atomic::AtomicUsize::new(0),
             registry: Mutex::new(registry),
             reload: Mutex::new(ReloadStatus::default()),
             writer: Mutex::new(()),
@@ -434,6 +442,7 @@ impl Live {
                 .map(|&m| config.backends[m].name.as_str())
                 .collect();
             metrics.retries_start(&r.name, &members);
+            metrics.route_start(&r.name);
             let mut clients = Vec::with_capacity(config.backends.len());
             for b in &config.backends {
                 let sni = default_sni(&b.addrs);
@@ -471,6 +480,7 @@ impl Live {
                     .entry(r.name.clone())
                     .or_insert_with(|| Arc::new(HoldCell::new(metrics.held(&r.name))))
                     .clone(),
+                budget: registry.budgets.entry(r.name.clone()).or_default().clone(),
                 clients,
                 cookie_attrs: match &r.sticky {
                     Sticky::Cookie { max_age, .. } => {

@@ -25,6 +25,7 @@
 //! WebSocket) always goes over an HTTP/1.1 connection of its own.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -42,7 +43,7 @@ use tokio::sync::oneshot;
 use cutover_config::{Protocol, UpstreamTls};
 
 use crate::connect::{Connector, TlsSetupError};
-use crate::replay::UpBody;
+use crate::replay::{ClientBodyError, UpBody};
 
 /// The connections of one kind of upstream: plain or TLS with one SNI name.
 pub type UpClient = Arc<Client>;
@@ -52,16 +53,35 @@ type ClientKey = (Duration, Protocol, Option<(UpstreamTls, String)>);
 
 /// Idle connections kept per address at most; more are closed when they come free.
 const MAX_IDLE_PER_ADDR: usize = 1024;
-/// An idle connection unused this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// How often idle connections are checked for age and for a close by the backend.
+/// How often idle connections are checked for age and for a close by the backend
+/// (more often when `upstream_idle` is short).
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+/// `[limits]` of the pool, per address: connections at most, requests waiting
+/// for one at most, and how long a connection may sit idle.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    pub max_connections: usize,
+    pub max_waiting: usize,
+    pub idle: Duration,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits {
+            max_connections: 1024,
+            max_waiting: 1024,
+            idle: Duration::from_secs(55),
+        }
+    }
+}
 
 /// Builds clients, one per distinct connect timeout and TLS setting, so that every
 /// route with the same settings shares one pool.
 #[derive(Default)]
 pub struct Upstream {
     clients: Mutex<HashMap<ClientKey, UpClient>>,
+    limits: PoolLimits,
 }
 
 /// Connects to upstream addresses and keeps their idle connections.
@@ -72,6 +92,7 @@ pub struct Client {
     scheme: Scheme,
     /// By `ip:port`. Keyed by the string: `Authority` hashes byte by byte.
     pools: Mutex<HashMap<Box<str>, Pool>>,
+    limits: PoolLimits,
 }
 
 /// One address's connections.
@@ -84,6 +105,8 @@ struct Pool {
     connecting: usize,
     /// Requests waiting for a connection or a connect slot, oldest first.
     waiters: VecDeque<oneshot::Sender<Handoff>>,
+    /// Pooled connections open (idle or lent), under [`PoolLimits::max_connections`].
+    open: usize,
 }
 
 struct Idle {
@@ -99,7 +122,7 @@ impl Pool {
     /// the top few that is ready now: a connection handed back the moment its
     /// response ended may still be finishing that exchange, and waiting for it
     /// would delay this request behind its task.
-    fn take_idle(&mut self) -> Option<SendRequest<UpBody>> {
+    fn take_idle(&mut self, max_idle: Duration) -> Option<SendRequest<UpBody>> {
         loop {
             let n = self.idle.len();
             let top = n.checked_sub(1)?;
@@ -108,7 +131,7 @@ impl Pool {
                 .find(|&k| self.idle[k].tx.is_ready())
                 .unwrap_or(top);
             let i = self.idle.remove(k);
-            if !i.tx.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
+            if !i.tx.is_closed() && i.since.elapsed() < max_idle {
                 return Some(i.tx);
             }
         }
@@ -135,6 +158,8 @@ enum Next {
     Reuse(Tx),
     Connect(Slot),
     Wait(oneshot::Receiver<Handoff>),
+    /// Every connection the address may have is busy and its queue is full.
+    Full,
 }
 
 /// A counted connect slot. Dropping it (connected, failed, or the request gone)
@@ -193,14 +218,18 @@ pub enum FailureKind {
     Reset,
     /// The backend spoke something other than valid HTTP.
     Protocol,
+    /// The address has all the connections it may have busy and as many requests
+    /// waiting as it may: nothing was sent.
+    Overloaded,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 4] = [
+    pub const ALL: [FailureKind; 5] = [
         FailureKind::Connect,
         FailureKind::Timeout,
         FailureKind::Reset,
         FailureKind::Protocol,
+        FailureKind::Overloaded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -209,6 +238,7 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::Reset => "reset",
             FailureKind::Protocol => "protocol",
+            FailureKind::Overloaded => "overloaded",
         }
     }
 }
@@ -223,6 +253,17 @@ pub struct Failure {
     /// connect, however many requests were waiting on it, is one strike against the
     /// address's health.
     pub shared: bool,
+    /// The client's request body failed (it went idle, grew over the limit, or
+    /// broke off): not the backend's doing.
+    pub client: Option<ClientFault>,
+}
+
+/// How the client's request body failed an upstream call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    Idle,
+    TooLarge,
+    Gone,
 }
 
 impl Failure {
@@ -231,11 +272,20 @@ impl Failure {
             kind,
             detail,
             shared: false,
+            client: None,
         }
     }
 }
 
 impl Upstream {
+    /// Clients whose pools keep to `limits`.
+    pub fn new(limits: PoolLimits) -> Self {
+        Upstream {
+            clients: Mutex::default(),
+            limits,
+        }
+    }
+
     /// The shared client whose connections give up connecting after
     /// `connect_timeout`, speaking TLS to `sni` when `tls` is set.
     pub fn client(
@@ -263,13 +313,14 @@ impl Upstream {
             } else {
                 Scheme::HTTP
             },
-            connector: Connector::new(http, tls, protocol)?,
+            connector: Connector::new(http, connect_timeout, tls, protocol)?,
             protocol,
             pools: Mutex::default(),
+            limits: self.limits,
         });
         // Outside a runtime (unit tests building state) there is nothing to sweep.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(sweep(Arc::downgrade(&client)));
+            rt.spawn(sweep(Arc::downgrade(&client), self.limits.idle));
         }
         clients.insert(key, client.clone());
         Ok(client)
@@ -286,17 +337,33 @@ pub async fn send(
     head_timeout: Duration,
     upgrade: bool,
 ) -> Result<(http::Response<Incoming>, Lease), Failure> {
-    let sent = if upgrade && client.protocol != Protocol::Http1 {
-        tokio::time::timeout(head_timeout, client.upgrade(authority, req)).await
-    } else {
-        tokio::time::timeout(head_timeout, client.request(authority, req)).await
+    let timer = tokio::time::sleep(head_timeout);
+    send_until(client, authority, req, timer, head_timeout, upgrade).await
+}
+
+/// [`send`], giving up when `timer` resolves (the request path starts the
+/// `head_timeout` once a streamed body has ended).
+pub async fn send_until(
+    client: &UpClient,
+    authority: &Authority,
+    req: http::Request<UpBody>,
+    timer: impl Future<Output = ()>,
+    head_timeout: Duration,
+    upgrade: bool,
+) -> Result<(http::Response<Incoming>, Lease), Failure> {
+    let sent = async {
+        if upgrade && client.protocol != Protocol::Http1 {
+            client.upgrade(authority, req).await
+        } else {
+            client.request(authority, req).await
+        }
     };
-    match sent {
-        Err(_) => Err(Failure::new(
+    tokio::select! {
+        r = sent => r,
+        () = timer => Err(Failure::new(
             FailureKind::Timeout,
             format!("no response head within {head_timeout:?}"),
         )),
-        Ok(r) => r,
     }
 }
 
@@ -327,15 +394,22 @@ impl Client {
                     Ok(Handoff::Conn(tx)) => tx,
                     Ok(Handoff::Slot(slot)) => break slot,
                     Ok(Handoff::Failed(detail)) => {
-                        return Err(Failure {
-                            kind: FailureKind::Connect,
-                            detail,
-                            shared: true,
-                        });
+                        let mut f = Failure::new(FailureKind::Connect, detail);
+                        f.shared = true;
+                        return Err(f);
                     }
                     // The pool never drops a waiter without an answer; try again.
                     Err(_) => continue,
                 },
+                Next::Full => {
+                    return Err(Failure::new(
+                        FailureKind::Overloaded,
+                        format!(
+                            "{} connections busy and {} requests waiting (limits.upstream_max_connections, limits.upstream_max_waiting)",
+                            self.limits.max_connections, self.limits.max_waiting
+                        ),
+                    ));
+                }
             };
             match self.try_send(authority, tx, req).await {
                 Ok(done) => return Ok(done),
@@ -359,7 +433,7 @@ impl Client {
         req: http::Request<UpBody>,
     ) -> Result<(http::Response<Incoming>, Lease), Failure> {
         let tx = self
-            .open(authority, true)
+            .open(authority, true, None)
             .await
             .map_err(|cause| Failure::new(FailureKind::Connect, cause))?;
         once(self.try_send(authority, tx, req).await)
@@ -427,7 +501,11 @@ impl Client {
         mut slot: Slot,
         h1_only: bool,
     ) -> Result<Tx, Failure> {
-        match self.open(authority, h1_only).await {
+        let counted = Counted {
+            client: Arc::downgrade(self),
+            authority: authority.clone(),
+        };
+        match self.open(authority, h1_only, Some(counted)).await {
             Ok(Tx::H2(tx)) => {
                 self.share_h2(authority, &tx);
                 Ok(Tx::H2(tx))
@@ -442,7 +520,12 @@ impl Client {
 
     /// Connects and speaks the backend's protocol: HTTP/2 when configured (or, with
     /// `auto`, when ALPN chose it), else HTTP/1.1.
-    async fn open(&self, authority: &Authority, h1_only: bool) -> Result<Tx, String> {
+    async fn open(
+        &self,
+        authority: &Authority,
+        h1_only: bool,
+        counted: Option<Counted>,
+    ) -> Result<Tx, String> {
         let io = self
             .connector
             .connect(authority, h1_only)
@@ -464,7 +547,9 @@ impl Client {
                 .handshake(io)
                 .await
                 .map_err(|e| chain(&e))?;
+            let counted = counted.map(Counted::count);
             tokio::spawn(async move {
+                let _counted = counted;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %chain(&e), "upstream HTTP/2 connection ended with an error");
                 }
@@ -475,7 +560,9 @@ impl Client {
             .handshake(io)
             .await
             .map_err(|e| chain(&e))?;
+        let counted = counted.map(Counted::count);
         tokio::spawn(async move {
+            let _counted = counted;
             // A 101 hands the connection over to the tunnel (see `tunnel`).
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %chain(&e), "upstream connection ended with an error");
@@ -519,7 +606,7 @@ impl Client {
             }
             pool.h2 = None;
         }
-        if let Some(tx) = pool.take_idle() {
+        if let Some(tx) = pool.take_idle(self.limits.idle) {
             return Next::Reuse(Tx::H1(tx));
         }
         // One HTTP/2 connection carries every request: open one at a time.
@@ -528,10 +615,16 @@ impl Client {
         } else {
             MAX_CONNECTING
         };
-        if pool.connecting < most {
+        if pool.connecting < most && pool.connecting + pool.open < self.limits.max_connections {
             pool.connecting += 1;
             drop(pools);
             return Next::Connect(self.slot(authority));
+        }
+        if pool.waiters.len() >= self.limits.max_waiting {
+            pool.waiters.retain(|w| !w.is_closed());
+            if pool.waiters.len() >= self.limits.max_waiting {
+                return Next::Full;
+            }
         }
         let (tx, rx) = oneshot::channel();
         pool.waiters.push_back(tx);
@@ -607,6 +700,19 @@ impl Client {
                 }
             }
             None => {
+                self.hand_slot(pool, authority);
+            }
+        }
+    }
+
+    /// Gives a connect slot to the oldest waiter still waiting, if the address may
+    /// open another connection.
+    fn hand_slot(self: &Arc<Self>, pool: &mut Pool, authority: &Authority) {
+        if pool.connecting + pool.open >= self.limits.max_connections {
+            return;
+        }
+        {
+            {
                 while let Some(w) = pool.waiters.pop_front() {
                     pool.connecting += 1;
                     match w.send(Handoff::Slot(self.slot(authority))) {
@@ -623,20 +729,36 @@ impl Client {
         }
     }
 
+    /// A pooled connection closed: under the cap again, so a waiter may connect.
+    fn closed(self: &Arc<Self>, authority: &Authority) {
+        let mut pools = self.lock();
+        if let Some(pool) = pools.get_mut(authority.as_str()) {
+            pool.open = pool.open.saturating_sub(1);
+            if !pool.waiters.is_empty() && pool.connecting < MAX_CONNECTING {
+                self.hand_slot(pool, authority);
+            }
+        }
+    }
+
     /// Closes idle connections past their age or already closed by the backend,
     /// and forgets addresses with nothing left.
     fn sweep(&self) {
+        let max_idle = self.limits.idle;
         let mut pools = self.lock();
         for pool in pools.values_mut() {
             pool.idle
-                .retain(|i| !i.tx.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
+                .retain(|i| !i.tx.is_closed() && i.since.elapsed() < max_idle);
             pool.waiters.retain(|w| !w.is_closed());
             if pool.h2.as_ref().is_some_and(|h2| h2.is_closed()) {
                 pool.h2 = None;
             }
         }
         pools.retain(|_, p| {
-            !p.idle.is_empty() || p.h2.is_some() || p.connecting > 0 || !p.waiters.is_empty()
+            !p.idle.is_empty()
+                || p.h2.is_some()
+                || p.connecting > 0
+                || p.open > 0
+                || !p.waiters.is_empty()
         });
     }
 
@@ -647,8 +769,9 @@ impl Client {
     }
 }
 
-async fn sweep(client: Weak<Client>) {
-    let mut every = tokio::time::interval(SWEEP_EVERY);
+async fn sweep(client: Weak<Client>, idle: Duration) {
+    let mut every =
+        tokio::time::interval(SWEEP_EVERY.min(idle / 4).max(Duration::from_millis(100)));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
@@ -656,6 +779,35 @@ async fn sweep(client: Weak<Client>) {
             return;
         };
         client.sweep();
+    }
+}
+
+/// A pooled connection, counted in its address's `open` from its handshake until
+/// its task ends.
+struct Counted {
+    client: Weak<Client>,
+    authority: Authority,
+}
+
+impl Counted {
+    fn count(self) -> Counted {
+        if let Some(client) = self.client.upgrade() {
+            let mut pools = client.lock();
+            let pool = match pools.get_mut(self.authority.as_str()) {
+                Some(p) => p,
+                None => pools.entry(self.authority.as_str().into()).or_default(),
+            };
+            pool.open += 1;
+        }
+        self
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.upgrade() {
+            client.closed(&self.authority);
+        }
     }
 }
 
@@ -749,7 +901,13 @@ fn refused(e: &hyper::Error) -> bool {
 }
 
 fn failure(e: &hyper::Error) -> Failure {
-    Failure::new(classify(e), chain(e))
+    let mut f = Failure::new(classify(e), chain(e));
+    f.client = ClientBodyError::find(e).map(|c| match c {
+        ClientBodyError::Idle(_) => ClientFault::Idle,
+        ClientBodyError::TooLarge(_) => ClientFault::TooLarge,
+        ClientBodyError::Read(_) | ClientBodyError::Spool(_) => ClientFault::Gone,
+    });
+    f
 }
 
 fn classify(e: &hyper::Error) -> FailureKind {

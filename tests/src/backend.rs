@@ -1,8 +1,10 @@
 //! A real HTTP backend that answers with its name. It runs on its own thread and
 //! runtime, so killing it closes every socket it holds, as a dying process would.
 //!
-//! Paths it understands: `/slow/{ms}` answers after that many milliseconds; any
-//! other path answers at once. A WebSocket handshake (`Upgrade: websocket`) on any
+//! Paths it understands: `/slow/{ms}` answers after that many milliseconds;
+//! `/bytes/{n}` answers with a body of `n` zero bytes, streamed; `/healthz` answers
+//! as [`Backend::health`] and [`Backend::health_host`] say; any other path answers
+//! at once. A WebSocket handshake (`Upgrade: websocket`) on any
 //! path gets its `101` and then an echo: each text message comes back as
 //! `{name}: {message}`. Every answer carries `x-backend: {name}` and echoes
 //! what the proxy forwarded (`x-seen-host`, `x-seen-xff`, `x-seen-proto`,
@@ -40,6 +42,8 @@ pub struct BackendStats {
     pub fail_one_in_status: AtomicU16,
     /// When non-zero, `/healthz` answers with this status.
     pub health_status: AtomicU16,
+    /// When set, `/healthz` with any other Host answers `421 Misdirected Request`.
+    pub health_host: std::sync::Mutex<Option<String>>,
     pub health_checks: AtomicU64,
     /// WebSocket handshakes answered, and echoes open now.
     pub websockets: AtomicU64,
@@ -146,6 +150,11 @@ impl Backend {
     /// Make `/healthz` answer `status`; 0 means 200.
     pub fn health(&self, status: u16) {
         self.stats.health_status.store(status, Ordering::SeqCst);
+    }
+
+    /// Make `/healthz` answer `421` unless its Host is `host` (`None`: any Host).
+    pub fn health_host(&self, host: Option<&str>) {
+        *self.stats.health_host.lock().expect("health_host lock") = host.map(str::to_string);
     }
 }
 
@@ -297,6 +306,10 @@ async fn respond(
             );
             Ok(resp)
         }
+        p if p.starts_with("/bytes/") => {
+            let n: u64 = p["/bytes/".len()..].parse()?;
+            Ok(zeros(n))
+        }
         "/upload" => {
             let mut body = req.into_body();
             let mut n = 0u64;
@@ -312,6 +325,26 @@ async fn respond(
         }
         _ => Ok(answer(req, name, stats).await?.map(|b| b.boxed())),
     }
+}
+
+/// A response of `n` zero bytes with its `Content-Length`, streamed in 64 KiB
+/// chunks as the peer takes them (never held whole).
+fn zeros(n: u64) -> Response<Streamed> {
+    static ZEROS: [u8; 65536] = [0; 65536];
+    let chunks = futures_util::stream::unfold(n, |left| async move {
+        let k = left.min(ZEROS.len() as u64);
+        (k > 0).then(|| {
+            let chunk = Bytes::from_static(&ZEROS[..k as usize]);
+            (
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk)),
+                left - k,
+            )
+        })
+    });
+    let mut resp = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(chunks)));
+    resp.headers_mut()
+        .insert("content-length", HeaderValue::from(n));
+    resp
 }
 
 /// Answers a WebSocket handshake with `101` and echoes on the upgraded
@@ -381,7 +414,20 @@ async fn answer(
     }
     if req.uri().path() == "/healthz" {
         stats.health_checks.fetch_add(1, Ordering::SeqCst);
-        let code = stats.health_status.load(Ordering::SeqCst);
+        let mut code = stats.health_status.load(Ordering::SeqCst);
+        let misdirected = stats
+            .health_host
+            .lock()
+            .expect("health_host lock")
+            .as_deref()
+            .is_some_and(|want| {
+                req.headers()
+                    .get("host")
+                    .is_none_or(|h| h.as_bytes() != want.as_bytes())
+            });
+        if misdirected {
+            code = 421;
+        }
         let mut resp = Response::new(Full::new(Bytes::from_static(b"ok\n")));
         if code != 0 {
             *resp.status_mut() = http::StatusCode::from_u16(code)?;

@@ -33,7 +33,7 @@ pub use openbao::{OpenBao, bao_bin, find_on_path, free_port, http_json};
 pub use pgbouncer::{Pgbouncer, pgbouncer_bin};
 pub use postgres::{APP_PASSWORD, Pair, Postgres, SUPERUSER_PASSWORD, pg_bin};
 pub use process::BackendProcess;
-pub use proxy::{Proxy, ProxyBuilder, two_backend_config, two_backends};
+pub use proxy::{Proxy, ProxyBuilder, metric_sum, two_backend_config, two_backends};
 pub use run::Run;
 pub use writers::{
     Ack, COLUMN_ROLE, Conn, DEFINER_ROLE, MEMBER_ROLE, Prepared, WRITER_PASSWORD, WRITERS_GROUP,

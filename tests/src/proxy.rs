@@ -193,6 +193,33 @@ fn spawn(
     }
 }
 
+/// The sum of the series of metric `name` in Prometheus text whose labels include
+/// every `(label, value)` in `labels` (all of its series when `labels` is empty); 0
+/// when none matches.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (set, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let has = |(k, v): &(&str, &str)| {
+                set.split(',').any(|p| {
+                    p.split_once('=').is_some_and(|(pk, pv)| {
+                        pk == *k
+                            && pv.strip_prefix('"').and_then(|x| x.strip_suffix('"')) == Some(v)
+                    })
+                })
+            };
+            labels
+                .iter()
+                .all(has)
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 fn find_addr(lines: &[String], marker: &str) -> Option<SocketAddr> {
     lines
         .iter()
@@ -320,6 +347,26 @@ impl Proxy {
 
     pub async fn metrics(&self) -> String {
         self.admin_call(Method::GET, "/metrics", "").await.body
+    }
+
+    /// The sum of metric `name`'s series whose labels include every pair in
+    /// `labels` (see [`metric_sum`]), scraped now.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&self.metrics().await, name, labels)
+    }
+
+    /// The process's resident set size in bytes (`VmRSS`), None once it exited.
+    pub fn rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        Some(kib * 1024)
     }
 
     pub async fn put_weights(&self, host: &str, body: &str) -> Reply {

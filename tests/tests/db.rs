@@ -37,5 +37,7 @@ mod switchover;
 mod sync;
 #[path = "db/tls.rs"]
 mod tls;
+#[path = "db/uploads.rs"]
+mod uploads;
 #[path = "db/writers.rs"]
 mod writers;

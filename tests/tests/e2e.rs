@@ -15,6 +15,10 @@ mod grpc_proxy;
 mod headers;
 #[path = "e2e/hold.rs"]
 mod hold;
+#[path = "e2e/limits.rs"]
+mod limits;
+#[path = "e2e/limits_caps.rs"]
+mod limits_caps;
 #[path = "e2e/reload.rs"]
 mod reload;
 #[path = "e2e/resilience.rs"]

@@ -157,7 +157,18 @@ impl Validator<'_> {
                 grpc_reads.push(g.into_inner());
             }
         }
+        let max_body = self.size(
+            r.max_body,
+            0..=u64::MAX >> 1,
+            self.max_body_default,
+            &format!("{at}.max_body"),
+        );
+        let request_buffering = r.request_buffering.is_none_or(|b| *b.get_ref());
+        let retry_budget = self.retry_budget(&at, r.retry_budget);
         Route {
+            max_body,
+            request_buffering,
+            retry_budget,
             name,
             hosts,
             weights,
@@ -260,6 +271,7 @@ impl Validator<'_> {
                 connect: connect_default,
                 response_header: DEFAULT_RESPONSE_HEADER,
                 total: None,
+                body_idle: self.body_idle_default,
             };
         };
         let t = raw.into_inner();
@@ -285,10 +297,16 @@ impl Validator<'_> {
             }
             d
         });
+        let body_idle = self.duration(
+            t.body_idle,
+            self.body_idle_default,
+            &format!("{at}.timeouts.body_idle"),
+        );
         Timeouts {
             connect,
             response_header,
             total,
+            body_idle,
         }
     }
 }

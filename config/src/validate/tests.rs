@@ -218,6 +218,58 @@ failover = false
 }
 
 #[test]
+fn a_health_check_has_a_host_and_a_status_range() {
+    let with = |health: &str| {
+        format!(
+            "[backends.old]\naddrs = [\"127.0.0.1:1\"]\nhealth = {{ {health} }}\n\
+             [[routes]]\nhosts = [\"a.test\"]\nweights = {{ old = 100 }}\n"
+        )
+    };
+    let check = |health: &str| {
+        parse_str(&with(health)).unwrap().backends[0]
+            .health
+            .clone()
+            .unwrap()
+    };
+    let h = check("path = \"/ready\"");
+    assert_eq!((h.host, h.status), (None, (200, 399)));
+    let h = check("host = \"ready.internal\", status = 200");
+    assert_eq!(
+        (h.host.as_deref(), h.status),
+        (Some("ready.internal"), (200, 200))
+    );
+    assert_eq!(check("status = \"200-299\"").status, (200, 299));
+    assert_eq!(check("status = \"204\"").status, (204, 204));
+
+    for bad in [
+        "status = 600",
+        "status = \"600\"",
+        "status = \"300-200\"",
+        "status = \"2xx\"",
+        "status = true",
+    ] {
+        let d = errors(&with(bad));
+        let paths: Vec<&str> = d.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["backends.old.health.status"], "{bad}: {d:?}");
+    }
+    let d = errors(&with("status = \"300-200\""));
+    assert!(
+        d[0].message.contains("300 is above 200"),
+        "{}",
+        d[0].message
+    );
+    let d = errors(&with("status = \"600\""));
+    assert!(
+        d[0].message.contains("600 is not an HTTP status"),
+        "{}",
+        d[0].message
+    );
+    let d = errors(&with("host = \"\""));
+    let paths: Vec<&str> = d.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["backends.old.health.host"]);
+}
+
+#[test]
 fn upgrades_go_with_the_writes_unless_the_route_says_split() {
     let c = parse_str(GOOD).unwrap();
     assert_eq!(c.routes[0].upgrades, crate::model::Upgrades::Writes);
@@ -284,4 +336,74 @@ fn protocols_grpc_reads_proxy_protocol_and_the_access_log() {
     );
     assert!(d[1].message.contains("ALPN"), "{}", d[1].message);
     assert!(d[2].message.contains("\"http3\""), "{}", d[2].message);
+}
+
+#[test]
+fn limits_have_defaults_and_every_bad_one_is_named() {
+    let c = parse_str(
+        "[backends.old]\naddrs = [\"127.0.0.1:1\"]\n\
+         [[routes]]\nhosts = [\"a.test\"]\nweights = { old = 100 }\n",
+    )
+    .unwrap();
+    let l = &c.limits;
+    assert_eq!(l.request_head, Duration::from_secs(10));
+    assert_eq!(l.keepalive, Duration::from_secs(60));
+    assert_eq!(
+        (l.body_idle, l.send),
+        (Duration::from_secs(30), Duration::from_secs(30))
+    );
+    assert_eq!((l.max_connections, l.max_connections_per_ip), (10_000, 0));
+    assert_eq!((l.max_header_size, l.max_headers), (64 * 1024, 100));
+    assert_eq!((l.max_body, l.buffer_memory), (1 << 30, 1 << 20));
+    assert_eq!(l.upstream_idle, Duration::from_secs(55));
+    let r = &c.routes[0];
+    assert_eq!(r.max_body, 1 << 30, "a route inherits limits.max_body");
+    assert!(r.request_buffering);
+    assert_eq!(r.timeouts.body_idle, Duration::from_secs(30));
+    assert_eq!(r.retry_budget.ratio, 0.2);
+
+    let c = parse_str(
+        "[limits]\nmax_body = \"10MB\"\nbody_idle = \"5s\"\nmax_header_size = 8192\n\
+         [backends.old]\naddrs = [\"127.0.0.1:1\"]\n\
+         [[routes]]\nhosts = [\"a.test\"]\nweights = { old = 100 }\n\
+         [[routes]]\nhosts = [\"b.test\"]\nweights = { old = 100 }\nmax_body = \"1KiB\"\n\
+         request_buffering = false\ntimeouts = { body_idle = \"1s\" }\n\
+         retry_budget = { ratio = 0.5, window = \"30s\", min_per_second = 0 }\n",
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_header_size, 8192);
+    assert_eq!(c.routes[0].max_body, 10_000_000);
+    assert_eq!(c.routes[0].timeouts.body_idle, Duration::from_secs(5));
+    let b = &c.routes[1];
+    assert_eq!((b.max_body, b.request_buffering), (1024, false));
+    assert_eq!(b.timeouts.body_idle, Duration::from_secs(1));
+    assert_eq!(
+        (
+            b.retry_budget.ratio,
+            b.retry_budget.window,
+            b.retry_budget.min_per_second
+        ),
+        (0.5, Duration::from_secs(30), 0)
+    );
+
+    let d = errors(
+        "[limits]\nrequest_head = \"0s\"\nmax_body = \"lots\"\nmax_header_size = 10\n\
+         max_connections = -1\n\
+         [backends.old]\naddrs = [\"127.0.0.1:1\"]\n\
+         [[routes]]\nhosts = [\"a.test\"]\nweights = { old = 100 }\n\
+         retry_budget = { ratio = 20.0, window = \"1h\" }\n",
+    );
+    let paths: Vec<&str> = d.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "limits.request_head",
+            "limits.max_body",
+            "limits.max_header_size",
+            "limits.max_connections",
+            "routes[0].retry_budget.ratio",
+            "routes[0].retry_budget.window",
+        ]
+    );
+    assert!(d[1].message.contains("\"lots\""), "{}", d[1].message);
 }

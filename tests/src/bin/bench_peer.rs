@@ -1,7 +1,8 @@
 //! `cutover-bench-peer`: the far ends of `bench/proxy.sh`'s WebSocket and gRPC
 //! cases. Two servers (a WebSocket echo and the harness's gRPC `Echo` service)
 //! and two bounded load generators that talk to them through a proxy and report
-//! throughput and latency as a line and as JSON.
+//! throughput and latency as a line and as JSON; and a bounded slowloris client
+//! (connections that never finish their request head) for its slowloris phase.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use clap::{Parser, Subcommand};
 use cutover_tests::{EchoClient, EchoServer, GrpcStats, serve_grpc};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -110,6 +112,43 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Slowloris: opens `--conns` connections to `--target` (a loopback address
+    /// only), sends each a request line and a `Host` header, then one more byte of
+    /// header every `--every` seconds, never ending the head. Holds them at most
+    /// `--secs` seconds from the start, and stops sooner once the server has
+    /// closed them all. Prints `slowloris: N of M connections open` once the
+    /// connections are open, then a summary; `--json` also writes `conns`,
+    /// `opened`, `connect_errors`, `closed_by_server`, `answered` (closed after
+    /// the server sent something, such as a 408), `still_open` (at the end),
+    /// `closed_after_s` (`min`, `p50`, `max`: from each connection's connect to
+    /// its close), `first_close_s` (from the start) and `held_s`.
+    Slowloris {
+        /// Where to connect, e.g. 127.0.0.1:8080 (a loopback address).
+        #[arg(long)]
+        target: SocketAddr,
+        /// The `Host` header sent before the trickle.
+        #[arg(long, default_value = "shop.test")]
+        host: String,
+        /// Connections to open.
+        #[arg(long, default_value_t = 2000)]
+        conns: usize,
+        /// Seconds at most, from the start (opening included).
+        #[arg(long, default_value_t = 15)]
+        secs: u64,
+        /// Seconds between two bytes on one connection (the connections' bytes
+        /// are spread over this interval).
+        #[arg(long, default_value_t = 3)]
+        every: u64,
+        /// Connections opened at once (a batch finishes before the next starts).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Runtime worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Also write the results to this file as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 impl Command {
@@ -119,7 +158,8 @@ impl Command {
             Command::WsEcho { threads, .. }
             | Command::WsLoad { threads, .. }
             | Command::GrpcServer { threads, .. }
-            | Command::GrpcLoad { threads, .. } => (*threads).max(1),
+            | Command::GrpcLoad { threads, .. }
+            | Command::Slowloris { threads, .. } => (*threads).max(1),
         }
     }
 }
@@ -178,6 +218,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
             json,
             ..
         } => grpc_load(target, &host, conns, concurrency, secs, json).await,
+        Command::Slowloris {
+            target,
+            host,
+            conns,
+            secs,
+            every,
+            batch,
+            json,
+            ..
+        } => {
+            let opts = Slowloris {
+                target,
+                host,
+                conns,
+                secs,
+                every,
+                batch,
+            };
+            slowloris(opts, json).await
+        }
     }
 }
 
@@ -463,6 +523,187 @@ async fn grpc_load(
         "errors": errors,
     });
     write_json(json, &report)
+}
+
+/// What a `slowloris` run does.
+struct Slowloris {
+    target: SocketAddr,
+    host: String,
+    conns: usize,
+    secs: u64,
+    every: u64,
+    batch: usize,
+}
+
+/// How one slowloris connection ended.
+enum SlowEnd {
+    /// Still open at the deadline.
+    Open,
+    /// Closed (or reset) by the server this long after the connect, at `at`;
+    /// `answered` when the server sent something first.
+    Closed {
+        after: Duration,
+        at: Instant,
+        answered: bool,
+    },
+}
+
+/// Opens the connections, trickles their heads until the deadline or until the
+/// server has closed them all, and reports.
+async fn slowloris(opts: Slowloris, json: Option<PathBuf>) -> anyhow::Result<()> {
+    if !opts.target.ip().is_loopback() {
+        bail!(
+            "slowloris only targets loopback addresses, not {}",
+            opts.target
+        );
+    }
+    let every = Duration::from_secs(opts.every.max(1));
+    let prefix: Arc<[u8]> = format!("GET / HTTP/1.1\r\nHost: {}\r\n", opts.host)
+        .into_bytes()
+        .into();
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::from_std(start + Duration::from_secs(opts.secs));
+
+    let mut tasks = Vec::with_capacity(opts.conns);
+    let mut connect_errors = 0u64;
+    let mut first_error = None;
+    let mut left = opts.conns;
+    while left > 0 && tokio::time::Instant::now() < deadline {
+        let n = left.min(opts.batch.max(1));
+        left -= n;
+        let batch = (0..n).map(|_| async {
+            let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(opts.target));
+            match tokio::time::timeout_at(deadline, connect).await {
+                Ok(Ok(result)) => Ok((result?, Instant::now())),
+                _ => Err(anyhow!("no connection within {CONNECT_TIMEOUT:?}")),
+            }
+        });
+        for result in futures_util::future::join_all(batch).await {
+            match result {
+                Ok((tcp, connected)) => {
+                    let index = tasks.len();
+                    // Each connection's bytes at its own point of the interval.
+                    let offset = every.mul_f64((index % 100) as f64 / 100.0);
+                    let task = slow_conn(tcp, connected, prefix.clone(), offset, every, deadline);
+                    tasks.push(tokio::spawn(task));
+                }
+                Err(e) => {
+                    connect_errors += 1;
+                    first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+    }
+    connect_errors += left as u64;
+    if let Some(e) = &first_error {
+        eprintln!("slowloris: {connect_errors} connection(s) failed, the first: {e}");
+    }
+    let opened = tasks.len();
+    println!(
+        "slowloris: {opened} of {} connections open after {:.1} s",
+        opts.conns,
+        start.elapsed().as_secs_f64()
+    );
+
+    let (mut still_open, mut answered) = (0u64, 0u64);
+    let mut ages = Vec::with_capacity(opened);
+    let mut first_close: Option<Instant> = None;
+    for task in tasks {
+        // Every task ends by the deadline; one that does not is abandoned.
+        match tokio::time::timeout_at(deadline + GRACE, task).await {
+            Ok(Ok(SlowEnd::Closed {
+                after,
+                at,
+                answered: a,
+            })) => {
+                ages.push(after);
+                answered += u64::from(a);
+                first_close = Some(first_close.map_or(at, |f| f.min(at)));
+            }
+            _ => still_open += 1,
+        }
+    }
+    let held = start.elapsed().as_secs_f64();
+    ages.sort();
+    let age = |q: f64| -> Option<f64> {
+        let i = ((ages.len() as f64 - 1.0) * q).round() as usize;
+        ages.get(i).map(Duration::as_secs_f64)
+    };
+    let (min, p50, max) = (age(0.0), age(0.5), age(1.0));
+    let first_close_s = first_close.map(|f| (f - start).as_secs_f64());
+    let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    println!(
+        "slowloris: {opened} opened, {} closed by the server ({answered} after an answer; \
+         {} to {} s after their connect, median {}), {still_open} still open after {held:.1} s, \
+         {connect_errors} failed to connect",
+        ages.len(),
+        show(min),
+        show(max),
+        show(p50),
+    );
+    let report = serde_json::json!({
+        "conns": opts.conns,
+        "opened": opened,
+        "connect_errors": connect_errors,
+        "closed_by_server": ages.len(),
+        "answered": answered,
+        "still_open": still_open,
+        "closed_after_s": { "min": min, "p50": p50, "max": max },
+        "first_close_s": first_close_s,
+        "held_s": held,
+    });
+    write_json(json, &report)
+}
+
+/// One slowloris connection, open since `connected`: the request line and
+/// `Host`, then a byte of a never-ending run of headers every `every` (the first
+/// after `offset`), until the server closes the connection or the deadline.
+async fn slow_conn(
+    mut tcp: TcpStream,
+    connected: Instant,
+    prefix: Arc<[u8]>,
+    offset: Duration,
+    every: Duration,
+    deadline: tokio::time::Instant,
+) -> SlowEnd {
+    const TRICKLE: &[u8] = b"X-a: b\r\n";
+    let _ = tcp.set_nodelay(true);
+    let (mut rd, mut wr) = tcp.split();
+    let closed = |answered| SlowEnd::Closed {
+        after: connected.elapsed(),
+        at: Instant::now(),
+        answered,
+    };
+    match tokio::time::timeout_at(deadline, wr.write_all(&prefix)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return closed(false),
+        Err(_) => return SlowEnd::Open,
+    }
+    let mut next = tokio::time::Instant::now() + offset;
+    let mut sent = 0usize;
+    let mut answered = false;
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            biased;
+            read = rd.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return closed(answered),
+                // A 408, say: the close follows.
+                Ok(_) => answered = true,
+            },
+            () = tokio::time::sleep_until(deadline) => return SlowEnd::Open,
+            () = tokio::time::sleep_until(next) => {
+                let byte = &TRICKLE[sent % TRICKLE.len()..][..1];
+                match tokio::time::timeout_at(deadline, wr.write_all(byte)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return closed(answered),
+                    Err(_) => return SlowEnd::Open,
+                }
+                sent += 1;
+                next += every;
+            }
+        }
+    }
 }
 
 /// A histogram of microseconds, from 1 µs to 60 s at 3 significant figures.

@@ -353,3 +353,99 @@ async fn a_slow_backend_hits_the_response_header_timeout() {
     );
     assert!(proxy.metrics().await.contains(r#"kind="timeout""#));
 }
+
+/// `two_backend_config` with a `health = { ... }` line under each backend.
+fn with_health_checks(old: &Backend, new: &Backend, old_check: &str, new_check: &str) -> String {
+    two_backend_config(old.addr, new.addr, &[HOST], (50.0, 50.0), "")
+        .replace(
+            &format!("addrs = [\"{}\"]", old.addr),
+            &format!("addrs = [\"{}\"]\nhealth = {{ {old_check} }}", old.addr),
+        )
+        .replace(
+            &format!("addrs = [\"{}\"]", new.addr),
+            &format!("addrs = [\"{}\"]\nhealth = {{ {new_check} }}", new.addr),
+        )
+}
+
+/// Waits until `b` has answered `n` probes; every probe but the last has then been
+/// judged, since a backend's next probe goes out only after the last one's verdict.
+async fn probed(b: &Backend, n: u64) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{n} probes of {}", b.name),
+        || async { (b.stats.health_checks.load(Ordering::SeqCst) >= n).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_health_check_sends_its_configured_host() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    // Both answer their check only for this name; only old's check sends it.
+    old.health_host(Some("ready.internal"));
+    new.health_host(Some("ready.internal"));
+    let check = "path = \"/healthz\", interval = \"100ms\", healthy = 1, unhealthy = 1";
+    let cfg = with_health_checks(
+        &old,
+        &new,
+        &format!("{check}, host = \"ready.internal\""),
+        check,
+    );
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    // new's check sends its address as Host, gets 421, and takes it out.
+    let s = eventually(Duration::from_secs(10), "new to be marked down", || async {
+        let s = proxy.status().await;
+        (s["backends"][1]["addrs"][0]["healthy"] == false).then_some(s)
+    })
+    .await;
+    assert_eq!(s["backends"][1]["name"], "new", "{s}");
+    // old has been judged on several probes (one failure would take it out) and stays.
+    probed(&old, 4).await;
+    let s = proxy.status().await;
+    assert_eq!(s["backends"][0]["name"], "old", "{s}");
+    assert_eq!(
+        s["backends"][0]["addrs"][0]["healthy"],
+        true,
+        "{s}\n{}",
+        proxy.logs()
+    );
+    assert_eq!(s["backends"][0]["healthy"], true, "{s}");
+    assert_eq!(proxy.get(HOST, "/").await.backend(), "old");
+}
+
+#[tokio::test]
+async fn a_health_check_judges_by_its_status_range() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    // old answers 204 where only 200 is healthy; new answers 301, which the default
+    // range 200-399 counts as healthy (and `is_success` would not).
+    old.health(204);
+    new.health(301);
+    let check = "path = \"/healthz\", interval = \"100ms\", healthy = 1, unhealthy = 1";
+    let cfg = with_health_checks(&old, &new, &format!("{check}, status = 200"), check);
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let s = eventually(Duration::from_secs(10), "old to be marked down", || async {
+        let s = proxy.status().await;
+        (s["backends"][0]["addrs"][0]["healthy"] == false).then_some(s)
+    })
+    .await;
+    assert_eq!(s["backends"][0]["name"], "old", "{s}");
+    assert_eq!(s["backends"][0]["healthy"], false, "{s}");
+    probed(&new, 4).await;
+    let s = proxy.status().await;
+    assert_eq!(s["backends"][1]["name"], "new", "{s}");
+    assert_eq!(
+        s["backends"][1]["addrs"][0]["healthy"],
+        true,
+        "{s}\n{}",
+        proxy.logs()
+    );
+    for _ in 0..5 {
+        assert_eq!(proxy.get(HOST, "/").await.backend(), "new");
+    }
+    // 200 brings old back.
+    old.health(0);
+    eventually(Duration::from_secs(10), "old to come back", || async {
+        (proxy.status().await["backends"][0]["addrs"][0]["healthy"] == true).then_some(())
+    })
+    .await;
+}

@@ -1,0 +1,734 @@
+//! `[limits]` on the client side: slow and idle clients are cut off at
+//! `request_head`, `keepalive`, `send` and `body_idle`, while a good client next to
+//! them keeps its latency (measured by the real `cutover-load` and its `--slo`). The
+//! caps (connections, header and body sizes, upstream pool, retry budget, hold
+//! queue) are in `limits_caps.rs`; the helpers here serve both.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cutover_tests::{Backend, Proxy, ProxyBuilder, binary, eventually, two_backend_config};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+pub(crate) const HOST: &str = "shop.test";
+
+/// Tests that measure a good client's latency (or load the proxy hard) take this,
+/// so that they do not run at the same time in this process and skew each other.
+pub(crate) static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `two_backend_config` for [`HOST`] with `route` lines and a `[limits]` table.
+pub(crate) fn config(
+    old: &Backend,
+    new: &Backend,
+    weights: (f64, f64),
+    route: &str,
+    limits: &str,
+) -> String {
+    two_backend_config(
+        old.addr,
+        new.addr,
+        &[HOST],
+        weights,
+        &format!("{route}\n\n[limits]\n{limits}\n"),
+    )
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+pub(crate) async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(to).await
+}
+
+/// One HTTP/1.1 response read off a raw connection.
+#[derive(Debug)]
+pub(crate) struct Raw {
+    pub status: u16,
+    pub head: String,
+    /// As sent (a chunked body keeps its framing).
+    pub body: Vec<u8>,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Appends what `s` reads next to `buf`; an error when it closed.
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    let mut chunk = [0u8; 16 * 1024];
+    match s.read(&mut chunk).await {
+        Ok(0) => Err(format!(
+            "closed after {} bytes: {:?}",
+            buf.len(),
+            String::from_utf8_lossy(&buf[..buf.len().min(300)])
+        )),
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+        Err(e) => Err(format!("after {} bytes: {e}", buf.len())),
+    }
+}
+
+/// Reads one response (its body delimited by Content-Length or chunked) within 5 s.
+pub(crate) async fn read_response(s: &mut TcpStream) -> Result<Raw, String> {
+    let read = async {
+        let mut buf = Vec::new();
+        let head_end = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            read_more(s, &mut buf).await?;
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("no status in {head:?}"))?;
+        let lower = head.to_ascii_lowercase();
+        let length = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let chunked = lower.contains("transfer-encoding: chunked");
+        loop {
+            let done = match length {
+                Some(n) => buf.len() >= head_end + n,
+                None => !chunked || buf.ends_with(b"0\r\n\r\n"),
+            };
+            if done {
+                break;
+            }
+            read_more(s, &mut buf).await?;
+        }
+        Ok(Raw {
+            status,
+            head,
+            body: buf[head_end..].to_vec(),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .map_err(|_| "no complete answer within 5 s".to_string())?
+}
+
+/// A keep-alive `GET /` for [`HOST`] on `s`, and its response.
+pub(crate) async fn get_on(s: &mut TcpStream) -> Result<Raw, String> {
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    read_response(s).await
+}
+
+/// Sends `request` on a new connection (a write error is ignored: the proxy may
+/// answer and close before taking it all) and reads the response.
+pub(crate) async fn exchange(addr: SocketAddr, request: &[u8]) -> Result<Raw, String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = s.write_all(request).await;
+    read_response(&mut s).await
+}
+
+/// Waits until the peer closes `s` (end of stream or reset), reading and discarding
+/// what arrives meanwhile: how long that took and how many bytes came; None if `s`
+/// is still open after `within`.
+pub(crate) async fn wait_closed(s: &mut TcpStream, within: Duration) -> Option<(Duration, usize)> {
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some((start.elapsed(), got)),
+            Ok(Ok(n)) => got += n,
+        }
+    }
+}
+
+/// A finished `cutover-load` run.
+pub(crate) struct LoadRun {
+    pub code: Option<i32>,
+    /// The JSON report (Null when there is none).
+    pub report: Value,
+    pub stderr: String,
+}
+
+impl LoadRun {
+    pub fn passed(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The figures that matter here, for messages.
+    pub fn summary(&self) -> String {
+        let r = &self.report;
+        format!(
+            "exit {:?}: {} requests at {:.0}/s, errors {}, status {}, p50 {} ms, p99 {} ms, max {} ms, slo {}; stderr: {}",
+            self.code,
+            r["requests"],
+            r["rate_achieved"].as_f64().unwrap_or(0.0),
+            r["errors"],
+            r["status"],
+            r["latency_ms"]["p50"],
+            r["latency_ms"]["p99"],
+            r["latency_ms"]["max"],
+            r["slo"],
+            self.stderr.trim()
+        )
+    }
+}
+
+/// Runs the real `cutover-load` against the proxy at `addr` for [`HOST`] with
+/// `args` (rate, duration, `--slo` …), quietly, and returns its report.
+pub(crate) async fn load(addr: SocketAddr, args: &[&str]) -> LoadRun {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let json = dir.path().join("report.json");
+        let out = Command::new(binary("cutover-load"))
+            .args(&args)
+            .arg("--json")
+            .arg(&json)
+            .arg("-H")
+            .arg(format!("Host: {HOST}"))
+            .arg(format!("http://{addr}/"))
+            .output()
+            .expect("run cutover-load");
+        let report = std::fs::read_to_string(&json)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        LoadRun {
+            code: out.status.code(),
+            report,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .expect("the cutover-load thread")
+}
+
+/// Requests in flight on the first route, all backends together.
+pub(crate) async fn inflight(proxy: &Proxy) -> u64 {
+    let s = proxy.status().await;
+    s["routes"][0]["inflight"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
+}
+
+async fn client_timeouts(proxy: &Proxy, route: &str, kind: &str) -> f64 {
+    proxy
+        .metric(
+            "cutover_client_timeouts_total",
+            &[("route", route), ("kind", kind)],
+        )
+        .await
+}
+
+/// Lets this process (and the proxies it starts, which inherit it) hold `want`
+/// open files, up to the hard limit.
+fn raise_nofile(want: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < want {
+        setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard).expect("setrlimit");
+    }
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    assert!(
+        soft >= want,
+        "RLIMIT_NOFILE is {soft} (hard {hard}); need {want}"
+    );
+}
+
+const SLOWLORIS: usize = 500;
+
+/// A slowloris client: opens a connection, sends the start of a request head and
+/// then one byte every 200 ms until the proxy closes it; again, until `stop` (at
+/// most 10 rounds). Returns how long each connection lived.
+async fn trickle(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    opened: Arc<AtomicUsize>,
+) -> Vec<Duration> {
+    let mut lives = Vec::new();
+    for _ in 0..10 {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let since = Instant::now();
+        opened.fetch_add(1, Ordering::SeqCst);
+        let head = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Slow: ");
+        let mut next = tokio::time::Instant::now();
+        let mut buf = [0u8; 512];
+        let _ = s.write_all(head.as_bytes()).await;
+        // Bounded: a connection the proxy never closes ends here after 10 s.
+        while since.elapsed() < Duration::from_secs(10) {
+            next += Duration::from_millis(200);
+            tokio::select! {
+                // End of stream, a reset, or an answer (which is not expected).
+                _ = s.read(&mut buf) => break,
+                () = tokio::time::sleep_until(next) => {
+                    if s.write_all(b"a").await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        lives.push(since.elapsed());
+    }
+    lives
+}
+
+/// 500 connections trickle a request head, a byte every 200 ms, and reconnect when
+/// closed; each is closed at `request_head` (2 s) while `cutover-load` sends 1,000
+/// req/s alongside with p99 under 50 ms and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_heads_are_cut_at_request_head_while_a_good_client_keeps_its_slo() {
+    let _heavy = HEAVY.lock().await;
+    binary("cutover-load");
+    raise_nofile(4096);
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = config(&old, &new, (50.0, 50.0), "", "request_head = \"2s\"");
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let before = client_timeouts(&proxy, "-", "request_head").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let attackers: Vec<_> = (0..SLOWLORIS)
+        .map(|_| tokio::spawn(trickle(proxy.http, stop.clone(), opened.clone())))
+        .collect();
+    eventually(Duration::from_secs(10), "500 slow connections", || async {
+        (opened.load(Ordering::SeqCst) >= SLOWLORIS).then_some(())
+    })
+    .await;
+    let run = load(
+        proxy.http,
+        &[
+            "-r",
+            "1000",
+            "-d",
+            "3s",
+            "--warmup",
+            "500ms",
+            "--slo",
+            "p99<50ms,errors<=0",
+        ],
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut lives = Vec::new();
+    for a in attackers {
+        let a = tokio::time::timeout(Duration::from_secs(15), a)
+            .await
+            .expect("a slow client ends");
+        lives.extend(a.unwrap());
+    }
+    let (shortest, longest) = (
+        lives.iter().min().copied().unwrap(),
+        lives.iter().max().copied().unwrap(),
+    );
+    eprintln!(
+        "slowloris: {} slow connections lived {shortest:?}..{longest:?}; good client: {}",
+        lives.len(),
+        run.summary()
+    );
+    assert!(lives.len() >= 2 * SLOWLORIS, "{} connections", lives.len());
+    // Closed at the limit (2 s from the accept), not before and not much after.
+    assert!(
+        shortest >= Duration::from_millis(1800) && longest <= Duration::from_millis(3500),
+        "slow connections lived {shortest:?}..{longest:?}"
+    );
+    let counted = client_timeouts(&proxy, "-", "request_head").await - before;
+    assert!(
+        counted >= lives.len() as f64,
+        "{counted} request_head timeouts counted for {} slow connections",
+        lives.len()
+    );
+    assert!(
+        run.passed(),
+        "the good client missed its SLO: {}",
+        run.summary()
+    );
+}
+
+const IDLE: usize = 5000;
+
+/// 5,000 connections that send nothing, opened over about two seconds (2,500 a
+/// second), are all closed at `request_head`; the proxy's resident memory stays
+/// bounded meanwhile, and a good client at 1,000 req/s keeps p99 under 50 ms
+/// throughout: before, while they are opened, held and closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_idle_connections_are_closed_with_bounded_memory() {
+    let _heavy = HEAVY.lock().await;
+    binary("cutover-load");
+    // This process and the proxy (which inherits the limit) hold them all.
+    raise_nofile(2 * IDLE as u64 + 1000);
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = config(&old, &new, (50.0, 50.0), "", "request_head = \"3s\"");
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    // Warm up on connections that close, so that none is left open.
+    let warm = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    for _ in 0..20 {
+        assert_eq!(
+            exchange(proxy.http, warm.as_bytes()).await.unwrap().status,
+            200
+        );
+    }
+    let baseline = proxy.rss().expect("the proxy's VmRSS");
+    let before = client_timeouts(&proxy, "-", "request_head").await;
+    let addr = proxy.http;
+    let good = tokio::spawn(async move {
+        let slo = ["--slo", "p99<50ms,errors<=0"];
+        let args = ["-r", "1000", "-d", "6s", "--warmup", "500ms"];
+        load(addr, &[&args[..], &slo[..]].concat()).await
+    });
+    // The good client is in its measured phase before the flood.
+    eventually(
+        Duration::from_secs(10),
+        "the good client's traffic",
+        || async {
+            let n = proxy
+                .metric("cutover_requests_total", &[("route", HOST)])
+                .await;
+            (n >= 1000.0).then_some(())
+        },
+    )
+    .await;
+    let opened = Arc::new(AtomicUsize::new(0));
+    let mut idle = Vec::with_capacity(IDLE);
+    let mut next = tokio::time::Instant::now();
+    for _ in 0..IDLE / 50 {
+        // 50 every 20 ms.
+        for _ in 0..50 {
+            let opened = opened.clone();
+            idle.push(tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.expect("connect");
+                opened.fetch_add(1, Ordering::SeqCst);
+                wait_closed(&mut s, Duration::from_secs(15)).await
+            }));
+        }
+        next += Duration::from_millis(20);
+        tokio::time::sleep_until(next).await;
+    }
+    eventually(
+        Duration::from_secs(20),
+        "5,000 idle connections",
+        || async { (opened.load(Ordering::SeqCst) >= IDLE).then_some(()) },
+    )
+    .await;
+    let all_open = Instant::now();
+    // Peak memory and connections while they are open, until the proxy let them go.
+    let (mut peak, mut seen_open) = (baseline, 0.0f64);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for i in 0.. {
+        peak = peak.max(proxy.rss().unwrap_or(0));
+        if i % 10 == 0 {
+            let open = proxy.metric("cutover_client_connections", &[]).await;
+            seen_open = seen_open.max(open);
+        }
+        if idle.iter().all(|t| t.is_finished()) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut lives = Vec::new();
+    for t in idle {
+        let closed = t.await.unwrap();
+        lives.push(
+            closed
+                .expect("every idle connection is closed within 15 s")
+                .0,
+        );
+    }
+    let run = good.await.unwrap();
+    let (shortest, longest) = (
+        lives.iter().min().copied().unwrap(),
+        lives.iter().max().copied().unwrap(),
+    );
+    let grown = peak.saturating_sub(baseline);
+    eprintln!(
+        "idle: {IDLE} connections (at most {seen_open} open at once) lived {shortest:?}..{longest:?}, \
+         all closed {:?} after the last opened; RSS {} MiB -> peak {} MiB (+{} KiB per connection); good client: {}",
+        all_open.elapsed(),
+        baseline >> 20,
+        peak >> 20,
+        (grown >> 10) / IDLE as u64,
+        run.summary()
+    );
+    assert!(
+        seen_open >= IDLE as f64,
+        "the proxy held {seen_open} connections at most"
+    );
+    // From the client's side: its task may see the connect complete a little after
+    // the proxy accepted.
+    assert!(
+        shortest >= Duration::from_millis(2500) && longest <= Duration::from_secs(5),
+        "idle connections lived {shortest:?}..{longest:?} (request_head 3s)"
+    );
+    let counted = client_timeouts(&proxy, "-", "request_head").await - before;
+    assert!(counted >= IDLE as f64, "{counted} request_head timeouts");
+    assert!(
+        grown < 64 << 20,
+        "the proxy grew by {} MiB for {IDLE} idle connections",
+        grown >> 20
+    );
+    eventually(
+        Duration::from_secs(5),
+        "no client connection open",
+        || async {
+            let open = proxy.metric("cutover_client_connections", &[]).await;
+            (open == 0.0).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        run.passed(),
+        "the good client missed its SLO: {}",
+        run.summary()
+    );
+}
+
+/// The first 10 bytes of the HTTP/2 preface, then silence: closed at `request_head`.
+#[tokio::test]
+async fn a_partial_http2_preface_is_closed_at_request_head() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = config(&old, &new, (50.0, 50.0), "", "request_head = \"1s\"");
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let before = client_timeouts(&proxy, "-", "request_head").await;
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..10])
+        .await
+        .unwrap();
+    let (after, got) = wait_closed(&mut s, Duration::from_secs(5))
+        .await
+        .expect("the connection is closed within 5 s");
+    assert!(
+        after >= Duration::from_millis(900) && after <= Duration::from_millis(2500),
+        "closed after {after:?} (request_head 1s)"
+    );
+    assert_eq!(got, 0, "no answer to a half preface");
+    assert_eq!(
+        client_timeouts(&proxy, "-", "request_head").await - before,
+        1.0
+    );
+    // A whole preface is served as ever.
+    let r = cutover_tests::h2_get(proxy.http, HOST, "/").await.unwrap();
+    assert_eq!(r.status, 200);
+}
+
+/// A client that asks for 50 MB and reads none of it is cut off `send` (1 s) after
+/// the proxy's writes stall; the request leaves the in-flight count and the proxy
+/// serves on.
+#[tokio::test]
+async fn a_client_that_never_reads_is_cut_off_at_send() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = config(&old, &new, (100.0, 0.0), "", "send = \"1s\"");
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let before = client_timeouts(&proxy, "-", "send").await;
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(format!("GET /bytes/50000000 HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "the 50 MB answer in flight",
+        || async { (inflight(&proxy).await == 1).then_some(()) },
+    )
+    .await;
+    let cut = eventually(Duration::from_secs(10), "the client cut off", || async {
+        (client_timeouts(&proxy, "-", "send").await > before).then(|| sent.elapsed())
+    })
+    .await;
+    assert!(
+        cut >= Duration::from_secs(1) && cut <= Duration::from_millis(3500),
+        "cut off {cut:?} after the request (send 1s)"
+    );
+    eventually(Duration::from_secs(5), "nothing in flight", || async {
+        (inflight(&proxy).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(client_timeouts(&proxy, "-", "send").await - before, 1.0);
+    // What the client can still read is what the socket buffers held: it ends.
+    let (_, got) = wait_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the connection was closed");
+    assert!(got < 50_000_000, "the client got {got} bytes");
+    let r = proxy.get(HOST, "/").await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "old"));
+}
+
+/// An upload at one byte a second against `body_idle = "500ms"` gets 408 (counted as
+/// the route's `request_body` timeout) and never reaches a backend; an upload with
+/// shorter gaps is served whole.
+#[tokio::test]
+async fn a_trickled_upload_gets_408_at_body_idle_and_reaches_no_backend() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let route = "timeouts = { body_idle = \"500ms\" }";
+    let proxy = ProxyBuilder::new(config(&old, &new, (50.0, 50.0), route, ""))
+        .start()
+        .unwrap();
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(
+        format!("POST /x HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100\r\n\r\na").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut next = tokio::time::Instant::now();
+    // At most 10 more bytes, one a second.
+    for _ in 0..10 {
+        next += Duration::from_secs(1);
+        tokio::select! {
+            r = s.read(&mut buf) => {
+                if let Ok(n @ 1..) = r {
+                    answer.extend_from_slice(&buf[..n]);
+                }
+                break;
+            }
+            () = tokio::time::sleep_until(next) => {
+                let _ = s.write_all(b"a").await;
+            }
+        }
+    }
+    let answered = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert!(
+        answered >= Duration::from_millis(450) && answered <= Duration::from_millis(1500),
+        "answered after {answered:?} (body_idle 500ms)"
+    );
+    eprintln!("upload: {:?} after {answered:?}", answer.lines().next());
+    assert_eq!(old.requests() + new.requests(), 0, "no backend saw it");
+    assert_eq!(
+        client_timeouts(&proxy, HOST, "request_body").await,
+        1.0,
+        "{}",
+        proxy.metrics().await
+    );
+    assert_eq!(
+        proxy
+            .metric(
+                "cutover_requests_total",
+                &[("backend", "proxy"), ("code", "408"), ("route", HOST)]
+            )
+            .await,
+        1.0
+    );
+
+    // Ten bytes 200 ms apart: never idle for 500 ms, so served whole.
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 10\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(b"b").await.unwrap();
+    }
+    let r = read_response(&mut s).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(String::from_utf8_lossy(&r.body).trim(), "10");
+    assert_eq!(client_timeouts(&proxy, HOST, "request_body").await, 1.0);
+}
+
+/// A proxy with `keepalive = "1s"` and `request_head = "3s"`.
+fn keepalive_proxy() -> (Backend, Backend, Proxy) {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let limits = "keepalive = \"1s\"\nrequest_head = \"3s\"";
+    let proxy = ProxyBuilder::new(config(&old, &new, (50.0, 50.0), "", limits))
+        .start()
+        .unwrap();
+    (old, new, proxy)
+}
+
+/// `keepalive = "1s"`: an HTTP/1.1 connection idle after its response is closed
+/// about a second later, counted as a `keepalive` timeout.
+#[tokio::test]
+async fn an_idle_http1_connection_is_closed_at_keepalive() {
+    let (_old, _new, proxy) = keepalive_proxy();
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    assert_eq!(get_on(&mut s).await.unwrap().status, 200);
+    let (after, got) = wait_closed(&mut s, Duration::from_secs(5))
+        .await
+        .expect("the idle connection is closed within 5 s");
+    assert!(
+        after >= Duration::from_millis(900) && after <= Duration::from_millis(2500),
+        "closed {after:?} after the response (keepalive 1s)"
+    );
+    assert_eq!(got, 0);
+    eventually(
+        Duration::from_secs(2),
+        "a keepalive timeout counted",
+        || async { (client_timeouts(&proxy, "-", "keepalive").await == 1.0).then_some(()) },
+    )
+    .await;
+}
+
+/// `keepalive = "1s"`: an HTTP/2 connection with no request under way gets GOAWAY
+/// about a second after its last response, and ends.
+#[tokio::test]
+async fn an_idle_http2_connection_gets_goaway_at_keepalive() {
+    let (_old, _new, proxy) = keepalive_proxy();
+    let stream = TcpStream::connect(proxy.http).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://{HOST}/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let done = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the idle HTTP/2 connection ends within 5 s")
+        .unwrap()
+        .unwrap();
+    let after = done.elapsed();
+    drop(send);
+    assert!(
+        after >= Duration::from_millis(900) && after <= Duration::from_millis(2500),
+        "the HTTP/2 connection ended {after:?} after its response (keepalive 1s, request_head 3s)"
+    );
+    assert_eq!(client_timeouts(&proxy, "-", "keepalive").await, 1.0);
+}
+
+/// The first request head has `request_head` (3 s) to arrive, not `keepalive`
+/// (1 s): a head begun at once and finished 1.5 s later is served.
+#[tokio::test]
+async fn a_first_head_has_request_head_not_keepalive_to_arrive() {
+    let (_old, _new, proxy) = keepalive_proxy();
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rest = format!("Host: {HOST}\r\n\r\n");
+    let r = match s.write_all(rest.as_bytes()).await {
+        Ok(()) => read_response(&mut s).await,
+        Err(e) => Err(e.to_string()),
+    };
+    assert_eq!(
+        r.as_ref().map(|r| r.status),
+        Ok(200),
+        "a first head sent over 1.5 s (request_head 3s, keepalive 1s): {r:?}"
+    );
+    assert_eq!(client_timeouts(&proxy, "-", "keepalive").await, 0.0);
+}
