@@ -367,4 +367,9 @@ impl server::Events for ListenerEvents {
     fn timed_out(&self, kind: &'static str) {
         self.0.metrics.client_timeout("-", kind);
     }
+
+    fn head_too_large(&self) {
+        let status = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        self.0.metrics.local_answer("unrouted", status);
+    }
 }

@@ -102,6 +102,9 @@ pub trait Events: Send + Sync + 'static {
     fn refused(&self, reason: &'static str);
     /// A connection cut off by a client timeout: `"request_head"`, `"send"`.
     fn timed_out(&self, kind: &'static str);
+    /// hyper answered 431 to a head far beyond the limits, before the request path
+    /// could see it.
+    fn head_too_large(&self);
 }
 
 /// Open client connections, in all and per client address.
@@ -194,13 +197,14 @@ where
 {
     let limits = guards.as_ref().map(|g| g.limits.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    let keepalive = limits
-        .as_ref()
-        .map_or(Duration::from_secs(30), |l| l.keepalive);
+    let keepalive = limits.as_ref().map_or(Duration::from_secs(30), |l| {
+        l.keepalive.max(l.request_head) + Duration::from_secs(1)
+    });
     builder
         .http1()
         .timer(TokioTimer::new())
-        // Between requests, and for each next request's head.
+        // A backstop: the supervisor (`drive`) closes a connection whose first
+        // head is late, or that is idle for the keep-alive, before this fires.
         .header_read_timeout(keepalive)
         .keep_alive(true);
     // Extended CONNECT (RFC 8441): WebSockets over HTTP/2.
@@ -213,11 +217,11 @@ where
         // versions); these are the backstop for heads far beyond them.
         builder
             .http1()
-            .max_buf_size((2 * l.max_header_size).max(8192))
-            .max_headers(2 * l.max_headers);
+            .max_buf_size((4 * l.max_header_size).max(8192))
+            .max_headers(4 * l.max_headers);
         builder
             .http2()
-            .max_header_list_size(u32::try_from(2 * l.max_header_size).unwrap_or(u32::MAX))
+            .max_header_list_size(u32::try_from(4 * l.max_header_size).unwrap_or(u32::MAX))
             .keep_alive_interval(l.h2_ping)
             .keep_alive_timeout(l.h2_ping_timeout);
     }
@@ -450,17 +454,19 @@ impl Drop for Underway {
 static BASE: std::sync::LazyLock<std::time::Instant> =
     std::sync::LazyLock::new(std::time::Instant::now);
 
+/// Milliseconds since the first call in the process, from 1.
 fn millis_now() -> u64 {
-    BASE.elapsed().as_millis() as u64
+    BASE.elapsed().as_millis() as u64 + 1
 }
 
 /// Serves one connection to its end. It shuts down gracefully when the listener's
-/// [`Graceful`] says so. With `idle` (the data plane: the first head's deadline and
-/// the keep-alive), a connection whose first request has not begun by the deadline
-/// is closed, and one with no request under way for the keep-alive is shut down
-/// gracefully: an HTTP/1 connection is closed (hyper's own timer bounds its wait
-/// for each next head), an HTTP/2 one gets GOAWAY and its open streams finish.
-async fn drive<C, E>(
+/// [`Graceful`] says so. With `idle` (the first head's deadline and the
+/// keep-alive), a connection whose first request has not begun by the deadline is
+/// closed, and one with no request under way for the keep-alive is shut down
+/// gracefully: an idle HTTP/1 connection is closed, an HTTP/2 one gets GOAWAY and
+/// its open streams finish. hyper's own head timer is set beyond both, as a
+/// backstop, so these closes are the supervisor's and are counted.
+async fn drive<C>(
     conn: C,
     shutdown: impl Fn(Pin<&mut C>),
     mut watcher: Watcher,
@@ -469,27 +475,24 @@ async fn drive<C, E>(
     events: Option<&dyn Events>,
     peer: SocketAddr,
 ) where
-    C: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 {
     let mut conn = std::pin::pin!(conn);
-    let mut first = idle.map(|(deadline, _)| deadline);
     let mut shutting = false;
     loop {
-        // When the supervisor next has something to judge.
-        let wake = match (first, idle) {
-            (Some(deadline), _) => Some(deadline),
-            (None, Some((_, keepalive))) if !shutting => {
-                if state.underway.load(Ordering::Acquire) == 0 {
-                    let since = state.idle_since.load(Ordering::Relaxed);
-                    let at = since + keepalive.as_millis() as u64;
-                    let wait = Duration::from_millis(at.saturating_sub(millis_now()));
-                    Some(tokio::time::Instant::now() + wait)
-                } else {
-                    None
-                }
+        // When the supervisor next has something to judge: the first head's
+        // deadline until a request began; then, while none is under way, the end
+        // of the keep-alive; else nothing until a request ends.
+        let wake = match idle {
+            None => None,
+            Some(_) if shutting => None,
+            Some((deadline, _)) if state.began.load(Ordering::Relaxed) == 0 => Some(deadline),
+            Some((_, keepalive)) if state.underway.load(Ordering::Acquire) == 0 => {
+                let at = state.idle_since.load(Ordering::Relaxed) + keepalive.as_millis() as u64;
+                let wait = Duration::from_millis(at.saturating_sub(millis_now()));
+                Some(tokio::time::Instant::now() + wait)
             }
-            _ => None,
+            Some(_) => None,
         };
         let timer = async {
             match wake {
@@ -500,6 +503,12 @@ async fn drive<C, E>(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
+                    // hyper answered 431 itself: a head far beyond the limits.
+                    if let (Some(ev), Some(h)) = (events, e.downcast_ref::<hyper::Error>())
+                        && h.is_parse_too_large()
+                    {
+                        ev.head_too_large();
+                    }
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
@@ -508,33 +517,25 @@ async fn drive<C, E>(
                 shutting = true;
                 shutdown(conn.as_mut());
             }
-            () = state.changed.notified(), if first.is_none() && !shutting => {}
+            () = state.changed.notified(), if !shutting => {}
             () = timer => {
-                if first.take().is_some() {
-                    if state.began.load(Ordering::Relaxed) == 0 {
-                        if let Some(e) = events {
-                            e.timed_out("request_head");
-                        }
-                        tracing::debug!(%peer, "no request head within the limit; closing");
-                        return;
+                if state.began.load(Ordering::Relaxed) == 0 {
+                    if let Some(e) = events {
+                        e.timed_out("request_head");
                     }
-                    // The first request came: from now on idle counts from the
-                    // end of the last one (or from now, if none ended yet).
-                    if state.underway.load(Ordering::Acquire) == 0
-                        && state.idle_since.load(Ordering::Relaxed) == 0
-                    {
-                        state.idle_since.store(millis_now(), Ordering::Relaxed);
+                    tracing::debug!(%peer, "no request head within the limit; closing");
+                    return;
+                }
+                let keepalive = idle.map_or(Duration::MAX, |(_, k)| k);
+                let since = state.idle_since.load(Ordering::Relaxed);
+                if state.underway.load(Ordering::Acquire) == 0
+                    && millis_now().saturating_sub(since) >= keepalive.as_millis() as u64
+                {
+                    if let Some(e) = events {
+                        e.timed_out("keepalive");
                     }
-                } else if state.underway.load(Ordering::Acquire) == 0 {
-                    let since = state.idle_since.load(Ordering::Relaxed);
-                    let keepalive = idle.map_or(Duration::MAX, |(_, k)| k);
-                    if millis_now().saturating_sub(since) >= keepalive.as_millis() as u64 {
-                        if let Some(e) = events {
-                            e.timed_out("keepalive");
-                        }
-                        shutting = true;
-                        shutdown(conn.as_mut());
-                    }
+                    shutting = true;
+                    shutdown(conn.as_mut());
                 }
             }
         }

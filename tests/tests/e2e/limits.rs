@@ -296,6 +296,7 @@ async fn slowloris_heads_are_cut_at_request_head_while_a_good_client_keeps_its_s
     let _heavy = HEAVY.lock().await;
     binary("cutover-load");
     raise_nofile(4096);
+    let began = Instant::now();
     let (old, new) = (Backend::start("old"), Backend::start("new"));
     let cfg = config(&old, &new, (50.0, 50.0), "", "request_head = \"2s\"");
     let proxy = ProxyBuilder::new(cfg).start().unwrap();
@@ -336,7 +337,8 @@ async fn slowloris_heads_are_cut_at_request_head_while_a_good_client_keeps_its_s
         lives.iter().max().copied().unwrap(),
     );
     eprintln!(
-        "slowloris: {} slow connections lived {shortest:?}..{longest:?}; good client: {}",
+        "slowloris ({:?}): {} slow connections lived {shortest:?}..{longest:?}; good client: {}",
+        began.elapsed(),
         lives.len(),
         run.summary()
     );
@@ -371,6 +373,7 @@ async fn five_thousand_idle_connections_are_closed_with_bounded_memory() {
     binary("cutover-load");
     // This process and the proxy (which inherits the limit) hold them all.
     raise_nofile(2 * IDLE as u64 + 1000);
+    let began = Instant::now();
     let (old, new) = (Backend::start("old"), Backend::start("new"));
     let cfg = config(&old, &new, (50.0, 50.0), "", "request_head = \"3s\"");
     let proxy = ProxyBuilder::new(cfg).start().unwrap();
@@ -455,8 +458,9 @@ async fn five_thousand_idle_connections_are_closed_with_bounded_memory() {
     );
     let grown = peak.saturating_sub(baseline);
     eprintln!(
-        "idle: {IDLE} connections (at most {seen_open} open at once) lived {shortest:?}..{longest:?}, \
+        "idle ({:?}): {IDLE} connections (at most {seen_open} open at once) lived {shortest:?}..{longest:?}, \
          all closed {:?} after the last opened; RSS {} MiB -> peak {} MiB (+{} KiB per connection); good client: {}",
+        began.elapsed(),
         all_open.elapsed(),
         baseline >> 20,
         peak >> 20,
