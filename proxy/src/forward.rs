@@ -47,6 +47,9 @@ pub struct Outcome {
     pub retries: Vec<&'static str>,
     /// The request body's size, when known.
     pub bytes_in: Option<u64>,
+    /// The answer is the proxy's own (a full upstream pool's 503), counted as
+    /// `backend="proxy"`.
+    pub local: bool,
 }
 
 impl Outcome {
@@ -144,6 +147,7 @@ pub async fn forward(
         attempts: 0,
         retries: Vec::new(),
         bytes_in: None,
+        local: false,
     };
     if let Err(status) = prepare_request(&mut parts, peer, &live.snap.config.proxy.trusted_proxies)
     {
@@ -389,6 +393,7 @@ pub async fn forward(
     if last == FailureKind::Overloaded {
         resp.headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        outcome.local = true;
     }
     (resp, outcome.at(backend))
 }

@@ -166,7 +166,12 @@ async fn proxy(
             headers.append(SET_COOKIE, v);
         }
     }
-    live.routes[ri].pairs[backend].count(resp.status().as_u16());
+    if outcome.local {
+        let route = &live.snap.routes()[ri].name;
+        shared.metrics.local_answer(route, resp.status());
+    } else {
+        live.routes[ri].pairs[backend].count(resp.status().as_u16());
+    }
     let sticky = if minted.is_some() {
         "minted"
     } else if backend == pick {

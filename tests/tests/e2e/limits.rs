@@ -736,3 +736,106 @@ async fn a_first_head_has_request_head_not_keepalive_to_arrive() {
     );
     assert_eq!(client_timeouts(&proxy, "-", "keepalive").await, 0.0);
 }
+
+/// The one-connection attacks all at once, beside a good client: 50 half HTTP/2
+/// prefaces, 20 clients that never read a 50 MB answer, and 50 uploads at one byte
+/// a second. Each is cut off within its limit while `cutover-load` sends 1,000
+/// req/s with p99 under 50 ms and no error, and nothing stays in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_attacks_together_leave_a_good_client_its_slo() {
+    let _heavy = HEAVY.lock().await;
+    binary("cutover-load");
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let route = "timeouts = { body_idle = \"500ms\" }";
+    let limits = "request_head = \"2s\"\nsend = \"2s\"";
+    let cfg = config(&old, &new, (100.0, 0.0), route, limits);
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let addr = proxy.http;
+    let mut attacks = Vec::new();
+    for _ in 0..50 {
+        attacks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..10])
+                .await
+                .unwrap();
+            wait_closed(&mut s, Duration::from_secs(15))
+                .await
+                .map(|(t, _)| t)
+        }));
+    }
+    for _ in 0..20 {
+        attacks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let head = format!("GET /bytes/50000000 HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+            s.write_all(head.as_bytes()).await.unwrap();
+            // The attack: read nothing for twice `send`. Then drain what the socket
+            // buffers held: the connection ends well short of 50 MB.
+            let start = Instant::now();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            match wait_closed(&mut s, Duration::from_secs(10)).await {
+                Some((_, got)) if got < 50_000_000 => Some(start.elapsed()),
+                _ => None,
+            }
+        }));
+    }
+    for _ in 0..50 {
+        attacks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let head = format!("POST /x HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100\r\n\r\n");
+            s.write_all(head.as_bytes()).await.unwrap();
+            let start = Instant::now();
+            let mut buf = [0u8; 1024];
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for _ in 0..15 {
+                tokio::select! {
+                    _ = s.read(&mut buf) => return Some(start.elapsed()),
+                    _ = tick.tick() => { let _ = s.write_all(b"a").await; }
+                }
+            }
+            None
+        }));
+    }
+    let run = load(
+        addr,
+        &[
+            "-r",
+            "1000",
+            "-d",
+            "4s",
+            "--warmup",
+            "500ms",
+            "--slo",
+            "p99<50ms,errors<=0",
+        ],
+    )
+    .await;
+    let mut cut = Vec::new();
+    for (i, a) in attacks.into_iter().enumerate() {
+        let what = match i {
+            0..50 => "a half preface",
+            50..70 => "a client that never reads",
+            _ => "a trickled upload",
+        };
+        let t = tokio::time::timeout(Duration::from_secs(30), a)
+            .await
+            .expect("an attack ends")
+            .unwrap();
+        cut.push(t.unwrap_or_else(|| panic!("{what} (attack {i}) was not cut off")));
+    }
+    let longest = cut.iter().max().copied().unwrap();
+    eprintln!(
+        "{} attacking connections cut off, the last after {longest:?}; good client: {}",
+        cut.len(),
+        run.summary()
+    );
+    assert!(longest < Duration::from_secs(20), "{longest:?}");
+    assert!(
+        run.passed(),
+        "the good client missed its SLO: {}",
+        run.summary()
+    );
+    eventually(Duration::from_secs(10), "nothing in flight", || async {
+        (inflight(&proxy).await == 0).then_some(())
+    })
+    .await;
+}
