@@ -227,14 +227,19 @@ pub async fn forward(
                 head_timeout.min(t.saturating_duration_since(tokio::time::Instant::now()));
         }
         guard.forwarded(start);
-        // The wait for the answer counts from the end of the request body: a slow
-        // upload is not a slow backend.
-        let streams = replay.streams();
+        // The wait for the answer counts from the request body's last move (its
+        // end, once sent): a slow upload is not a slow backend.
         let timer = async {
-            if streams {
-                replay.sent().await;
+            let Some(progress) = replay.progress() else {
+                return tokio::time::sleep(head_timeout).await;
+            };
+            loop {
+                let at = progress.last() + head_timeout;
+                if std::time::Instant::now() >= at {
+                    return;
+                }
+                tokio::time::sleep_until(at.into()).await;
             }
-            tokio::time::sleep(head_timeout).await;
         };
         let sent = upstream::send_until(
             &rt.clients[b],

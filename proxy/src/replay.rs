@@ -16,7 +16,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -85,8 +86,8 @@ pub struct StreamBody {
     /// Bytes of the body so far.
     seen: u64,
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Set once the body has ended: the wait for the answer starts then.
-    ended: Option<Arc<tokio::sync::Notify>>,
+    /// When the body last moved: the wait for the answer counts from then.
+    progress: Arc<Progress>,
 }
 
 /// A body read whole into a file, sent in chunks read at their offsets (so every
@@ -104,7 +105,29 @@ pub enum Replay {
     Empty,
     Buffered(Bytes, Option<HeaderMap>),
     File(Arc<File>, u64, Option<HeaderMap>),
-    Stream(Unsent, BodyLimits, Arc<tokio::sync::Notify>),
+    Stream(Unsent, BodyLimits, Arc<Progress>),
+}
+
+/// When a streamed body last moved (a frame went upstream, or it ended), as
+/// milliseconds since the process's first body.
+pub struct Progress(AtomicU64);
+
+static BASE: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+
+impl Progress {
+    fn now() -> Progress {
+        Progress(AtomicU64::new(BASE.elapsed().as_millis() as u64))
+    }
+
+    fn moved(&self) {
+        self.0
+            .store(BASE.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// When it last moved.
+    pub fn last(&self) -> std::time::Instant {
+        *BASE + Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
 }
 
 /// Reads the next frame, failing after `idle` without one.
@@ -205,7 +228,7 @@ impl Replay {
             Replay::Stream(
                 Arc::new(Mutex::new(Some((chunks, body)))),
                 limits,
-                Arc::new(tokio::sync::Notify::new()),
+                Arc::new(Progress::now()),
             )
         };
         if body.size_hint().lower() as usize > limit {
@@ -250,7 +273,7 @@ impl Replay {
                 reading: None,
                 trailers: t.clone(),
             })),
-            Replay::Stream(slot, limits, ended) => {
+            Replay::Stream(slot, limits, progress) => {
                 let present = slot.lock().unwrap_or_else(|p| p.into_inner()).is_some();
                 present.then(|| {
                     UpBody::Stream(StreamBody {
@@ -259,21 +282,20 @@ impl Replay {
                         limits: *limits,
                         seen: 0,
                         idle: None,
-                        ended: Some(ended.clone()),
+                        progress: progress.clone(),
                     })
                 })
             }
         }
     }
 
-    /// Resolves once a streamed body has been sent to its end (at once for any
-    /// other): the wait for the answer's head counts from then.
-    pub async fn sent(&self) {
-        if let Replay::Stream(slot, _, ended) = self {
-            let done = ended.notified();
-            // Not taken yet, or taken and not ended: wait for the notice.
-            let _ = slot;
-            done.await;
+    /// For a body that streams during the attempt, when it last moved: the wait
+    /// for the answer's head counts from then, so a slow upload is not a slow
+    /// backend, while a backend that stops reading the body still times out.
+    pub fn progress(&self) -> Option<&Progress> {
+        match self {
+            Replay::Stream(_, _, p) => Some(p),
+            _ => None,
         }
     }
 
@@ -290,11 +312,6 @@ impl Replay {
     /// Whether a failed attempt that may have sent bytes can be replayed.
     pub fn replayable(&self) -> bool {
         !matches!(self, Replay::Stream(..))
-    }
-
-    /// Whether the body streams from the client during the attempt.
-    pub fn streams(&self) -> bool {
-        matches!(self, Replay::Stream(..))
     }
 }
 
@@ -371,7 +388,6 @@ impl StreamBody {
             Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
             None => Pin::new(&mut *rest).poll_frame(cx),
         };
-        let ended = matches!(polled, Poll::Ready(None)) || rest.is_end_stream();
         match polled {
             Poll::Pending => {
                 let idle = self.limits.idle;
@@ -396,9 +412,7 @@ impl StreamBody {
                         )))));
                     }
                 }
-                if ended && let Some(n) = self.ended.take() {
-                    n.notify_one();
-                }
+                self.progress.moved();
                 frame
                     .map(|f| f.map_err(|e| Box::new(ClientBodyError::Read(e)) as BoxError))
                     .into()
