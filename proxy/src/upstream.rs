@@ -341,8 +341,8 @@ pub async fn send(
     send_until(client, authority, req, timer, head_timeout, upgrade).await
 }
 
-/// [`send`], giving up when `timer` resolves (the request path starts the
-/// `head_timeout` once a streamed body has ended).
+/// [`send`], giving up when `timer` resolves (for a streamed body the request
+/// path counts `head_timeout` from the body's last move).
 pub async fn send_until(
     client: &UpClient,
     authority: &Authority,
