@@ -5,11 +5,13 @@
 //! database.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures_util::{StreamExt, pin_mut};
+use tokio::time::Instant;
 
 use super::{Fnv, SESSION, exists, ordering};
-use crate::catalog::{self, Table};
+use crate::catalog::{self, Table, ident};
 use crate::db::Db;
 use crate::error::Error;
 use crate::plan::record::TableCheck;
@@ -20,6 +22,9 @@ use crate::plan::record::TableCheck;
 /// target are later writes, not errors, and rows changed on the target since are
 /// counted but do not fail the check. Source rows absent from the target
 /// (`missing`) are lost writes and fail it, as does a table absent from the target.
+/// Before a row is called missing it is looked for again for [`SETTLE`], since a
+/// row that reverse replication brought back from the target can reach the source
+/// a moment before the target's own snapshots see it.
 ///
 /// Same tables (unlogged ones skipped), keys, row digests and snapshots as
 /// [`verify`], and the same `source_checksum` for a table that has not changed. A
@@ -41,7 +46,138 @@ pub async fn verify_contains(src: &Db, tgt: &Db) -> Result<Vec<TableCheck>, Erro
     open_snapshots(src, tgt).await?;
     let checks = contains_all(src, tgt, &tables).await;
     close_snapshots(src, tgt).await;
-    checks
+    let mut checks = checks?;
+    let until = Instant::now() + SETTLE;
+    for c in &mut checks {
+        if let Checked::Open { sql, c, .. } = c {
+            settle(src, tgt, sql, c, until).await?;
+        }
+    }
+    Ok(checks.into_iter().map(Checked::finish).collect())
+}
+
+/// How long source rows the target lacked at its snapshot are looked for again.
+///
+/// With reverse replication the source receives the target's writes, and a
+/// target transaction is sent as soon as its commit is in the WAL, a moment
+/// before the target's own new snapshots see it. A loaded server can stretch that
+/// moment, so a target snapshot taken after the source's can still lack a row the
+/// source already holds. Such a row shows up on the target within moments; a
+/// lost write never does, since nothing writes the frozen source's rows to the
+/// target any more.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// At most this many missing keys of one table are looked for again: a handful
+/// is a row in flight, more is a loss that waiting will not mend.
+const SETTLE_KEYS: usize = 10_000;
+
+/// One table's check: decided, or with source rows the target lacked at its
+/// snapshot, to be looked for again.
+enum Checked {
+    Done(TableCheck),
+    Open {
+        table: String,
+        /// `SELECT key, md5` of the table, to which `WHERE key = ANY($1)` is added.
+        sql: String,
+        c: Containment,
+    },
+}
+
+impl Checked {
+    fn finish(self) -> TableCheck {
+        match self {
+            Checked::Done(t) => t,
+            Checked::Open { table, c, .. } => c.finish(table),
+        }
+    }
+}
+
+/// Looks again, outside the snapshots and until `until`, for the source rows
+/// `c` still misses: a key is settled once the target holds, at least as often,
+/// each digest the source holds for it now (read first), or the source no longer
+/// has it (a delete that came back from the target).
+async fn settle(
+    src: &Db,
+    tgt: &Db,
+    select: &str,
+    c: &mut Containment,
+    until: Instant,
+) -> Result<(), Error> {
+    if c.source.len() > SETTLE_KEYS {
+        return Ok(());
+    }
+    let sql = format!("{select} WHERE {}", c.key);
+    let mut pause = Duration::from_millis(50);
+    while !c.source.is_empty() {
+        let keys: Vec<String> = c.source.keys().cloned().collect();
+        let now_src = digests(src, &sql, &keys).await?;
+        let now_tgt = digests(tgt, &sql, &keys).await?;
+        for k in keys {
+            let on_target = now_tgt.get(&k).map(Vec::as_slice).unwrap_or_default();
+            let held = now_src.get(&k).map(Vec::as_slice).unwrap_or_default();
+            let mut left = on_target.to_vec();
+            let all_there = held.iter().all(|d| match left.iter().position(|t| t == d) {
+                Some(i) => {
+                    left.swap_remove(i);
+                    true
+                }
+                None => false,
+            });
+            if all_there {
+                c.source.remove(&k);
+            }
+        }
+        if c.source.is_empty() || Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(pause.min(until.saturating_duration_since(Instant::now()))).await;
+        pause *= 2;
+    }
+    Ok(())
+}
+
+/// The condition that finds rows by their `key` text among `$1`: on the column
+/// itself for a one-column primary key, so that its index serves; on the key's
+/// text otherwise.
+async fn lookup(src: &Db, t: &Table, key: &str) -> Result<String, Error> {
+    let cols = src
+        .query(
+            &format!("read the primary key type of {}", t.name),
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+             FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+             WHERE i.indrelid = $1::text::regclass AND i.indisprimary",
+            &[&t.name.sql()],
+        )
+        .await?;
+    Ok(match cols.as_slice() {
+        [one] => format!(
+            "t.{} = ANY($1::text[]::{}[])",
+            ident(&one.get::<_, String>(0)),
+            one.get::<_, String>(1)
+        ),
+        _ => format!("{key} = ANY($1::text[])"),
+    })
+}
+
+/// The digests of the rows with `keys`, by key, read in a short transaction with
+/// [`SESSION`]'s settings.
+async fn digests(
+    db: &Db,
+    sql: &str,
+    keys: &[String],
+) -> Result<HashMap<String, Vec<String>>, Error> {
+    db.batch(
+        "look again for missing rows",
+        &format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {SESSION}"),
+    )
+    .await?;
+    let rows = db.query("look again for missing rows", sql, &[&keys]).await;
+    let _ = db.batch("close the look again", "COMMIT").await;
+    let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
+    for r in rows? {
+        by_key.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    Ok(by_key)
 }
 
 /// One snapshot per side, with [`SESSION`]'s settings, so that each side is read
@@ -73,7 +209,7 @@ async fn close_snapshots(src: &Db, tgt: &Db) {
     }
 }
 
-async fn contains_all(src: &Db, tgt: &Db, tables: &[Table]) -> Result<Vec<TableCheck>, Error> {
+async fn contains_all(src: &Db, tgt: &Db, tables: &[Table]) -> Result<Vec<Checked>, Error> {
     let mut checks = Vec::with_capacity(tables.len());
     for t in tables {
         checks.push(contains(src, tgt, t).await?);
@@ -81,7 +217,7 @@ async fn contains_all(src: &Db, tgt: &Db, tables: &[Table]) -> Result<Vec<TableC
     Ok(checks)
 }
 
-async fn contains(src: &Db, tgt: &Db, t: &Table) -> Result<TableCheck, Error> {
+async fn contains(src: &Db, tgt: &Db, t: &Table) -> Result<Checked, Error> {
     let on_target = exists(tgt, t).await?;
     let (order, key) = ordering(src, t).await?;
     let what = format!("read {}", t.name);
@@ -92,7 +228,7 @@ async fn contains(src: &Db, tgt: &Db, t: &Table) -> Result<TableCheck, Error> {
     if !on_target {
         let mut c = Containment::new();
         each_row(src, &what, &source_sql, |_, digest| c.count_source(&digest)).await?;
-        return Ok(c.absent(t.name.to_string()));
+        return Ok(Checked::Done(c.absent(t.name.to_string())));
     }
     let mut c = Containment::new();
     each_row(src, &what, &source_sql, |key, digest| {
@@ -100,7 +236,15 @@ async fn contains(src: &Db, tgt: &Db, t: &Table) -> Result<TableCheck, Error> {
     })
     .await?;
     each_row(tgt, &what, &from, |key, digest| c.add_target(&key, &digest)).await?;
-    Ok(c.finish(t.name.to_string()))
+    if c.source.is_empty() {
+        return Ok(Checked::Done(c.finish(t.name.to_string())));
+    }
+    c.key = lookup(src, t, &key).await?;
+    Ok(Checked::Open {
+        table: t.name.to_string(),
+        sql: from,
+        c,
+    })
 }
 
 /// Streams `sql`'s (key, digest) rows into `f`, never holding the result set.
@@ -145,6 +289,8 @@ struct SourceRow {
 /// remains at [`Containment::finish`] is missing on the target.
 struct Containment {
     source: HashMap<String, SourceRow>,
+    /// The key expression, for looking missing rows up again.
+    key: String,
     source_rows: u64,
     target_rows: u64,
     changed: u64,
@@ -155,6 +301,7 @@ impl Containment {
     fn new() -> Containment {
         Containment {
             source: HashMap::new(),
+            key: String::new(),
             source_rows: 0,
             target_rows: 0,
             changed: 0,
