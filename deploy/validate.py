@@ -8,7 +8,9 @@
    ServiceMonitor) are checked against the small schemas below: the fields their
    controllers require, with their types.
 3. Ports, paths, names and labels referenced across files must agree, with the
-   ConfigMap's cutover.toml and the Dockerfile.
+   ConfigMap's cutover.toml and the Dockerfile; so must the replicas' [fleet]
+   wiring (peers through the headless admin Service, the state file on an
+   emptyDir, readiness on /readyz, the admin port open between replicas).
 
 Exit 0 when everything holds; otherwise exit 1 and print every problem found.
 Usage: deploy/validate.py [--kubernetes-version 1.33.0] [--root REPO]
@@ -238,10 +240,18 @@ def cross_check(docs, p):
     p.check(ports.get("admin") == admin_port, d, f"container port admin must be admin.listen's {admin_port}")
     p.check(not conf["admin"]["listen"].startswith("127."), d,
             "admin.listen must not be loopback in Kubernetes (probes and the controller reach it)")
-    for probe in ("readinessProbe", "livenessProbe"):
+    # Readiness is /readyz: a replica that has not adopted the fleet's state yet (or
+    # knows it is behind) gets no traffic. Liveness stays /healthz: being behind
+    # wants a catch-up, not a restart.
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         g = c.get(probe, {}).get("httpGet", {})
-        p.check(g.get("path") == "/healthz" and g.get("port") in ("admin", admin_port), d,
-                f"{probe} must be GET /healthz on the admin port")
+        p.check(g.get("path") == path and g.get("port") in ("admin", admin_port), d,
+                f"{probe} must be GET {path} on the admin port")
+    roll = spec.get("strategy", {}).get("rollingUpdate", {})
+    p.check(spec.get("strategy", {}).get("type", "RollingUpdate") == "RollingUpdate"
+            and roll.get("maxUnavailable") == 0, d,
+            "rollingUpdate.maxUnavailable must be 0: an old pod stops only once a new one "
+            "has adopted the fleet's state")
     pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre_s = int(pre[1]) if len(pre) == 2 and pre[0] == "sleep" else None
     p.check(pre_s is not None, d, "preStop must be [sleep, N]")
@@ -282,10 +292,26 @@ def cross_check(docs, p):
             p.check(cred["name"] == secret and cred["key"] in keys, "ServiceMonitor",
                     f"must use the token Secret {secret}")
 
+    def on_emptydir(path):
+        return any(path.startswith(m["mountPath"].rstrip("/") + "/") and "emptyDir" in vols.get(n, {})
+                   and not m.get("readOnly") for n, m in mounts.items())
+
     ctl = conf["proxy"].get("control_socket")
     if ctl:
-        p.check(any(ctl.startswith(m["mountPath"] + "/") and "emptyDir" in vols[n]
-                    for n, m in mounts.items()), d, f"control_socket {ctl} must be on a writable emptyDir")
+        p.check(on_emptydir(ctl), d, f"control_socket {ctl} must be on a writable emptyDir")
+
+    # [fleet]: the state file survives a container restart (an emptyDir lives as
+    # long as the pod), and the peers are every pod behind the headless Service.
+    fleet = conf.get("fleet", {})
+    state_file = fleet.get("state_file")
+    if state_file is None and ctl:
+        # The proxy's default: beside the control socket, <stem>.state.json.
+        stem = os.path.splitext(ctl)[0]
+        state_file = stem + ".state.json"
+    if p.check(state_file, "cutover.toml", "fleet.state_file must be set (not \"\") in Kubernetes, "
+               "so a restarted container comes back with its weights and holds"):
+        p.check(on_emptydir(state_file), d,
+                f"fleet.state_file {state_file}: its directory must be a writable emptyDir mount")
 
     svcs = [x for _, x in docs if x.get("kind") == "Service"]
     lb = [s for s in svcs if s["spec"].get("type") == "LoadBalancer"]
@@ -300,6 +326,19 @@ def cross_check(docs, p):
         hp = headless[0]["spec"]["ports"][0]
         p.check(hp["port"] == admin_port and hp["targetPort"] in ("admin", admin_port), "Service (headless)",
                 f"must expose the admin port {admin_port}")
+        p.check(headless[0]["spec"].get("publishNotReadyAddresses") is True, "Service (headless)",
+                "publishNotReadyAddresses must be true: a starting replica is not ready until it "
+                "has found its peers through this name")
+        name = headless[0]["metadata"]["name"]
+        peers = fleet.get("peers")
+        ok = False
+        if isinstance(peers, str) and ":" in peers:
+            host, _, port = peers.rpartition(":")
+            parts = host.rstrip(".").split(".")
+            ok = (port.isdigit() and int(port) == hp["port"] and parts[:2] == [name, NAMESPACE]
+                  and (len(parts) == 2 or parts[2] == "svc"))
+        p.check(ok, "cutover.toml", f"fleet.peers {peers!r} must be the headless Service and its port, "
+                f"\"{name}.{NAMESPACE}.svc.cluster.local:{hp['port']}\"")
         sm = one(docs, "ServiceMonitor")
         if sm:
             p.check(selects(sm["spec"]["selector"]["matchLabels"], headless[0]["metadata"]["labels"]),
@@ -332,6 +371,9 @@ def cross_check(docs, p):
         p.check(any(f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name")
                     == "cutover-controller" for r in admin_rules for f in r.get("from", [])),
                 "NetworkPolicy", "the controller must reach the admin port")
+        p.check(any("namespaceSelector" not in f and selects(f.get("podSelector", {}).get("matchLabels"), labels)
+                    for r in admin_rules for f in r.get("from", [])),
+                "NetworkPolicy", "the proxy replicas must reach each other's admin port ([fleet] peers)")
         open_rules = [r for r in np["spec"]["ingress"] if not r.get("from")]
         p.check(all(x["port"] in (http_port, "http") for r in open_rules for x in r.get("ports", [{"port": None}])),
                 "NetworkPolicy", "only the traffic port may be open to everyone")

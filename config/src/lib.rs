@@ -20,11 +20,11 @@ pub use diag::{ConfigError, Diagnostic};
 pub use duration::{format_duration, parse_duration};
 pub use hash::{BUCKETS, bucket_of, stable_hash};
 pub use model::{
-    AdminSettings, Backend, BackendId, Certificate, Cidr, Config, Eject, HealthCheck, HoldSettings,
-    Limits, Listen, LogSettings, Protocol, ProxySettings, ResolverSettings, RetryBudget, Route,
-    Sticky, Timeouts, Upgrades, UpstreamTls, WriteSide,
+    AdminSettings, Backend, BackendId, Certificate, Cidr, Config, Eject, FleetSettings,
+    HealthCheck, HoldSettings, Limits, Listen, LogSettings, Peers, Protocol, ProxySettings,
+    ResolverSettings, RetryBudget, Route, Sticky, Timeouts, Upgrades, UpstreamTls, WriteSide,
 };
-pub use snapshot::{Snapshot, WeightsError, WeightsSource};
+pub use snapshot::{RouteRuntime, Snapshot, WeightsError, WeightsSource};
 pub use table::RouteTable;
 pub use validate::parse_size;
 pub use weights::{Weights, format_percent, parse_percent};

@@ -22,6 +22,7 @@ pub struct Config {
     pub admin: AdminSettings,
     pub proxy: ProxySettings,
     pub hold: HoldSettings,
+    pub fleet: FleetSettings,
     pub resolver: ResolverSettings,
     pub log: LogSettings,
     pub limits: Limits,
@@ -200,6 +201,39 @@ pub struct HoldSettings {
     /// side losing writes are closed, so that their clients reconnect (and are
     /// held, then released to the new side).
     pub upgrade_grace: Duration,
+}
+
+/// `[fleet]`: how replicas keep the runtime state (weights, write sides and holds
+/// set over the admin API) durable and shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSettings {
+    /// This replica's name; default the host name and the process id.
+    pub name: Option<String>,
+    /// Where the runtime state is written on every change and read at start;
+    /// `None` when turned off (`state_file = ""`). Default: beside the control
+    /// socket, `<control socket stem>.state.json`.
+    pub state_file: Option<PathBuf>,
+    /// Where the other replicas' admin APIs are.
+    pub peers: Peers,
+    /// How long a starting replica waits for a peer to answer before it serves
+    /// with its own state.
+    pub bootstrap_timeout: Duration,
+    /// How often a running replica compares epochs with its peers.
+    pub sync_interval: Duration,
+}
+
+/// The other replicas' admin addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peers {
+    None,
+    /// `NAME:PORT`: every address the name resolves to, re-resolved each round
+    /// (a headless Service).
+    Dns {
+        host: String,
+        port: u16,
+    },
+    /// `HOST:PORT` each.
+    Static(Vec<String>),
 }
 
 /// `[resolver]`: how backend host names are resolved.

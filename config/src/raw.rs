@@ -17,6 +17,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub hold: RawHold,
     #[serde(default)]
+    pub fleet: RawFleet,
+    #[serde(default)]
     pub resolver: RawResolver,
     #[serde(default)]
     pub log: RawLog,
@@ -69,6 +71,17 @@ pub(crate) struct RawHold {
     pub max_queued: Option<Spanned<i64>>,
     pub max: Option<Spanned<String>>,
     pub upgrade_grace: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    pub name: Option<Spanned<String>>,
+    pub state_file: Option<Spanned<String>>,
+    /// `"NAME:PORT"` or a list of `"HOST:PORT"`.
+    pub peers: Option<Spanned<toml::Value>>,
+    pub bootstrap_timeout: Option<Spanned<String>>,
+    pub sync_interval: Option<Spanned<String>>,
 }
 
 /// `[limits]`: sizes are a byte count or a string such as `"64KiB"` or `"10MB"`.

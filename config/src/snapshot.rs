@@ -43,6 +43,10 @@ pub struct Snapshot {
     writes_sources: Vec<WeightsSource>,
 }
 
+/// A route's runtime state to adopt: its index, the weights set over the admin API
+/// (`None`: the file's) and the write side (`None`: the file's).
+pub type RouteRuntime<'a> = (usize, Option<&'a [(String, f64)]>, Option<&'a str>);
+
 /// Why an admin weight change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WeightsError {
@@ -142,6 +146,48 @@ impl Snapshot {
         let route = self
             .route_by_host(host)
             .ok_or_else(|| WeightsError::NoSuchRoute(host.to_string()))?;
+        let weights = self.parse_weights(requested)?;
+        let mut next = self.clone();
+        next.generation += 1;
+        next.weights[route] = weights;
+        next.sources[route] = WeightsSource::Admin;
+        Ok(next)
+    }
+
+    /// The snapshot with the runtime state of other routes adopted (from a peer or
+    /// the state file): per route index, its weights and write side as the admin
+    /// API set them, or `None` for the file's own.
+    pub fn with_runtime(&self, routes: &[RouteRuntime<'_>]) -> Result<Snapshot, WeightsError> {
+        let mut next = self.clone();
+        next.generation += 1;
+        for &(ri, weights, writes) in routes {
+            let route = &self.config.routes[ri];
+            match weights {
+                Some(w) => {
+                    next.weights[ri] = self.parse_weights(w)?;
+                    next.sources[ri] = WeightsSource::Admin;
+                }
+                None => {
+                    next.weights[ri] = route.weights.clone();
+                    next.sources[ri] = WeightsSource::File;
+                }
+            }
+            match writes {
+                Some(b) => {
+                    next.writes[ri] = self.write_side(b)?;
+                    next.writes_sources[ri] = WeightsSource::Admin;
+                }
+                None => {
+                    next.writes[ri] = route.writes;
+                    next.writes_sources[ri] = WeightsSource::File;
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// Percent per backend name → weights over every backend; names not given get 0.
+    fn parse_weights(&self, requested: &[(String, f64)]) -> Result<Weights, WeightsError> {
         let mut bp = vec![0u16; self.config.backends.len()];
         let mut problems = Vec::new();
         for (name, value) in requested {
@@ -166,27 +212,30 @@ impl Snapshot {
         if !problems.is_empty() {
             return Err(WeightsError::Invalid(problems));
         }
-        let mut next = self.clone();
-        next.generation += 1;
-        next.weights[route] = Weights::from_basis_points(bp);
-        next.sources[route] = WeightsSource::Admin;
-        Ok(next)
+        Ok(Weights::from_basis_points(bp))
+    }
+
+    /// `split` or a backend's name.
+    fn write_side(&self, backend: &str) -> Result<WriteSide, WeightsError> {
+        if backend == "split" {
+            return Ok(WriteSide::Split);
+        }
+        self.config
+            .backend_id(backend)
+            .map(WriteSide::Backend)
+            .ok_or_else(|| {
+                WeightsError::Invalid(vec![format!(
+                    "unknown backend {backend:?}; use \"split\" or one of: {}",
+                    self.config.backend_names().collect::<Vec<_>>().join(", ")
+                )])
+            })
     }
 
     /// The snapshot after a switchover sets the write side of the routes `host`
     /// names (`*` = every route) to `backend`.
     pub fn with_writes(&self, host: &str, backend: &str) -> Result<Snapshot, WeightsError> {
         let routes = self.routes_for(host)?;
-        let side = if backend == "split" {
-            WriteSide::Split
-        } else {
-            WriteSide::Backend(self.config.backend_id(backend).ok_or_else(|| {
-                WeightsError::Invalid(vec![format!(
-                    "unknown backend {backend:?}; use \"split\" or one of: {}",
-                    self.config.backend_names().collect::<Vec<_>>().join(", ")
-                )])
-            })?)
-        };
+        let side = self.write_side(backend)?;
         let mut next = self.clone();
         next.generation += 1;
         for r in routes {

@@ -185,6 +185,7 @@ impl Validator<'_> {
                 "hold.upgrade_grace",
             ),
         };
+        let fleet = self.fleet(raw.fleet, &proxy.control_socket, file);
         let resolver = self.resolver(raw.resolver);
         let log = self.log(raw.log);
         let limits = self.limits(raw.limits, file);
@@ -212,6 +213,7 @@ impl Validator<'_> {
             admin,
             proxy,
             hold,
+            fleet,
             resolver,
             log,
             limits,
@@ -501,7 +503,8 @@ fn check_upstream_addr(addr: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) mod limits;
+mod fleet;
+mod limits;
 mod route;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use cutover_api::duration::parse_duration;
 
 pub use commands::run;
 
@@ -323,10 +324,6 @@ fn parse_size(s: &str) -> Result<i64, String> {
         .and_then(|n| n.checked_mul(unit))
         .filter(|n| *n > 0)
         .ok_or_else(|| format!("{s:?}: too large, or zero"))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 5s, 2m)"))
 }
 
 #[cfg(test)]

@@ -57,6 +57,37 @@ pub enum Error {
     #[error("bad proxy admin URL {url:?}: {reason}")]
     ProxyUrl { url: String, reason: String },
 
+    /// A replica refused a change (409) because it has seen a newer epoch than the
+    /// change carried: the fleet was changed by someone else since this controller
+    /// read it. Never retried: going on would undo their change unseen.
+    #[error(
+        "proxy {url}: {what}: refused: the replica is at epoch {replica_epoch}, this call \
+         carried epoch {call_epoch}; another controller (or an operator) has changed the fleet \
+         since this run read it. Nothing was retried: compare GET /state on the replicas and \
+         find who else is changing them before going on"
+    )]
+    EpochConflict {
+        url: String,
+        what: String,
+        replica_epoch: u64,
+        call_epoch: u64,
+    },
+
+    /// Before a change: a replica is past the last change this controller sent,
+    /// so someone else changed the fleet (a replica takes a change at its own
+    /// epoch, so sending this one could overwrite theirs unseen). Nothing was sent.
+    #[error(
+        "proxy {url}: the replica is at epoch {replica_epoch}, past epoch {ours} of this \
+         controller's last change; another controller (or an operator) has changed the fleet \
+         since. Nothing was sent: compare GET /state on the replicas and find who else is \
+         changing them before going on"
+    )]
+    FleetMoved {
+        url: String,
+        replica_epoch: u64,
+        ours: u64,
+    },
+
     /// The state of the databases or proxies does not allow the command.
     #[error("{0}")]
     Precondition(String),

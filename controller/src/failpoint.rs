@@ -3,11 +3,35 @@
 //! a SIGKILL would leave it (no undo, no state saved, connections cut). The
 //! switchover has `before-fence`, `after-fence` and `after-drop`; the controller's
 //! initial copy has `during-copy` (after its first part).
+//!
+//! Pause points stand in for a controller that stalls (a slow disk, a paused VM):
+//! with `CUTOVER_PAUSE_AT=NAME:DURATION` it waits `DURATION` at the point `NAME`.
+//! The switchover has `after-hold` (every replica holds; nothing drained yet).
 
 /// Exits the process with status 137 if `CUTOVER_CRASH_AT` names this point.
 pub fn crash_point(name: &str) {
     if std::env::var("CUTOVER_CRASH_AT").is_ok_and(|v| v == name) {
         eprintln!("cutover: crash point {name} reached (CUTOVER_CRASH_AT): exiting at once");
         std::process::exit(137);
+    }
+}
+
+/// Waits if `CUTOVER_PAUSE_AT` is `name:DURATION` (e.g. `after-hold:3s`).
+pub async fn pause_point(name: &str) {
+    let Ok(v) = std::env::var("CUTOVER_PAUSE_AT") else {
+        return;
+    };
+    let Some((point, d)) = v.split_once(':') else {
+        return;
+    };
+    if point != name {
+        return;
+    }
+    match cutover_api::duration::parse_duration(d) {
+        Ok(d) => {
+            eprintln!("cutover: pause point {name} reached (CUTOVER_PAUSE_AT): waiting {d:?}");
+            tokio::time::sleep(d).await;
+        }
+        Err(e) => eprintln!("cutover: CUTOVER_PAUSE_AT={v}: {e}"),
     }
 }

@@ -38,7 +38,7 @@ pub use error::Error;
 pub use heartbeat::{Heartbeat, LagSeconds};
 pub use link::{Link, Slot, Subscription};
 pub use observe::{Observer, Phase, Quiet, TableProgress};
-pub use proxy::{Proxies, RouteState};
+pub use proxy::{CatchUp, Caught, Note, Proxies, Seen, StatePut};
 pub use status::{Status, status};
 pub use switchover::{
     Blocked, PhaseTiming, Recovery, SwitchoverOptions, SwitchoverReport, recover, rollback,

@@ -1,51 +1,82 @@
 //! The proxies' admin API as the switchover and the plan runner use it: status,
-//! hold, release, weights, metrics. One [`Proxies`] is the list of every replica's
-//! admin URL plus the bearer token.
+//! state, hold, release, weights, metrics, each body and answer a `cutover_api`
+//! type. One [`Proxies`] is the list of every replica's admin URL plus the bearer
+//! token and, when built from a [`ProxySource`], how to find the replicas again.
+//!
+//! This file has the calls to one replica; `proxy/fleet.rs` the fleet as a whole
+//! (finding replicas again, bringing a new one up to date, the epoch of each
+//! change); `proxy/book.rs` what is remembered between calls.
+//!
+//! A change carries an epoch ([`Proxies::next_epoch`]): a replica that has seen a
+//! newer one refuses it (409), and the refusal comes back as
+//! [`Error::EpochConflict`], never retried; a replica found past this controller's
+//! last change before a change is sent stops it as [`Error::FleetMoved`]. A
+//! replica that has no `/state` (an older cutover-proxy) is sent no epoch, as
+//! before.
+
+mod book;
+mod fleet;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use book::{Note, Seen};
+pub use fleet::{CatchUp, Caught};
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use cutover_api::duration::format_duration;
+use cutover_api::{
+    ErrorBody, HoldAnswer, HoldRequest, ReleaseAnswer, ReleaseRequest, RouteStatus, Scope, State,
+    Status, WeightsRequest,
+};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::Error;
+use crate::plan::discover::ProxySource;
+use book::Book;
 
 /// How long one admin call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Every proxy replica in front of the application.
+/// Every proxy replica in front of the application. Clones share what is known
+/// of the fleet (the epoch counter, what each replica showed), not the list:
+/// [`Proxies::refresh`] updates the list of the clone it is called on.
 #[derive(Clone)]
 pub struct Proxies {
     urls: Vec<String>,
     token: Option<String>,
     client: Client<HttpConnector, Full<Bytes>>,
+    source: Option<ProxySource>,
+    book: Arc<Mutex<Book>>,
 }
 
 impl std::fmt::Debug for Proxies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxies")
             .field("urls", &self.urls)
+            .field("source", &self.source)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
 
-/// One route as a proxy's `/status` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RouteState {
-    pub name: String,
-    pub hosts: Vec<String>,
-    /// The write side: a backend name or `split`.
-    pub writes: String,
-    /// Writes in flight per backend.
-    pub inflight_writes: BTreeMap<String, u64>,
-    pub hold: Option<Value>,
+/// What `PUT /state` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatePut {
+    /// The replica took it (or had it already); its state now.
+    Adopted(State),
+    /// The replica's own state is newer (409); its epoch.
+    Newer(u64),
 }
 
 impl Proxies {
@@ -57,58 +88,50 @@ impl Proxies {
                 reason: "give at least one proxy admin URL".into(),
             });
         }
-        let mut clean = Vec::new();
-        for u in urls {
-            let t = u.trim().trim_end_matches('/');
-            let t = if t.contains("://") {
-                t.to_string()
-            } else {
-                format!("http://{t}")
-            };
-            let uri: http::Uri = t.parse().map_err(|e| Error::ProxyUrl {
-                url: u.clone(),
-                reason: format!("{e}"),
-            })?;
-            if uri.scheme_str() != Some("http") {
-                return Err(Error::ProxyUrl {
-                    url: u.clone(),
-                    reason: "the admin API is plain HTTP; use http://HOST:PORT".into(),
-                });
-            }
-            if uri.authority().is_none() || uri.path() != "/" && !uri.path().is_empty() {
-                return Err(Error::ProxyUrl {
-                    url: u.clone(),
-                    reason: "expected http://HOST:PORT with no path".into(),
-                });
-            }
-            clean.push(t);
-        }
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         Ok(Proxies {
-            urls: clean,
+            urls: clean_urls(urls)?,
             token: token.filter(|t| !t.is_empty()),
             client,
+            source: None,
+            book: Arc::default(),
         })
+    }
+
+    /// The replicas `source` finds now; [`Proxies::refresh`] asks it again.
+    pub async fn discover(source: ProxySource, token: Option<String>) -> Result<Proxies, Error> {
+        let mut p = Proxies::new(&source.urls().await?, token)?;
+        p.book().resolved(&p.urls);
+        p.source = Some(source);
+        Ok(p)
     }
 
     pub fn urls(&self) -> &[String] {
         &self.urls
     }
 
-    async fn call(
+    fn book(&self) -> MutexGuard<'_, Book> {
+        // Never held across an await; a panic while holding it leaves bookkeeping
+        // that is still worth reading.
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A call whose answer is a `T`; a non-2xx answer is an error (a 409 naming a
+    /// newer epoch than `epoch` an [`Error::EpochConflict`]).
+    async fn call<T: DeserializeOwned>(
         &self,
         url: &str,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<String>,
         what: &str,
-    ) -> Result<Value, Error> {
+        epoch: Option<u64>,
+    ) -> Result<T, Error> {
         let (status, bytes) = self.exchange(url, method, path, body, what).await?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(value);
+        if !status.is_success() {
+            return Err(refusal(url, what, status, &bytes, epoch));
         }
-        Err(refusal(url, what, status, &value, &bytes))
+        answer(url, what, &bytes)
     }
 
     /// One admin request: the answer's status and body, whatever the status. The
@@ -118,7 +141,7 @@ impl Proxies {
         url: &str,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<String>,
         what: &str,
     ) -> Result<(StatusCode, Bytes), Error> {
         let fail = |detail: String| Error::Proxy {
@@ -138,10 +161,7 @@ impl Proxies {
         if mutating {
             req = req.header("content-type", "application/json");
         }
-        let body = match body {
-            Some(v) => Full::new(Bytes::from(v.to_string())),
-            None => Full::new(Bytes::new()),
-        };
+        let body = Full::new(body.map(Bytes::from).unwrap_or_default());
         let req = req.body(body).map_err(|e| fail(e.to_string()))?;
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
@@ -163,26 +183,93 @@ impl Proxies {
                 .to_bytes();
             Ok::<_, Error>((status, bytes))
         };
-        tokio::time::timeout(CALL_TIMEOUT, exchange)
+        let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, exchange)
             .await
-            .map_err(|_| fail(format!("no answer within {}s", CALL_TIMEOUT.as_secs())))?
+            .map_err(|_| fail(format!("no answer within {}s", CALL_TIMEOUT.as_secs())))??;
+        self.book().answered(url, unix_now());
+        Ok((status, bytes))
+    }
+
+    /// `epoch` for a body to replica `url`, or none if it is an older proxy that
+    /// takes none (asked with `GET /state` the first time).
+    async fn stamp(&self, url: &str, epoch: u64) -> Result<Option<u64>, Error> {
+        let serves = self.book().serves_state(url);
+        let serves = match serves {
+            Some(s) => s,
+            None => self.state(url).await?.is_some(),
+        };
+        Ok(serves.then_some(epoch))
+    }
+
+    /// Replica `url`'s runtime state (`GET /state`); `None` from an older proxy
+    /// that has no such endpoint (404).
+    pub async fn state(&self, url: &str) -> Result<Option<State>, Error> {
+        let what = "read /state";
+        let (status, bytes) = self
+            .exchange(url, Method::GET, "/state", None, what)
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            self.book().set_serves_state(url, false);
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(refusal(url, what, status, &bytes, None));
+        }
+        let state: State = answer(url, what, &bytes)?;
+        let mut book = self.book();
+        book.set_serves_state(url, true);
+        book.showed(url, &state.replica, Some(state.epoch), unix_now());
+        Ok(Some(state))
+    }
+
+    /// Offers `state` to replica `url` (`PUT /state`): it adopts a newer one and
+    /// keeps its own otherwise.
+    pub async fn put_state(&self, url: &str, state: &State) -> Result<StatePut, Error> {
+        let what = format!("bring it to epoch {} (PUT /state)", state.epoch);
+        let (status, bytes) = self
+            .exchange(url, Method::PUT, "/state", Some(to_json(state)), &what)
+            .await?;
+        if status == StatusCode::CONFLICT
+            && let Some(epoch) = serde_json::from_slice::<ErrorBody>(&bytes)
+                .ok()
+                .and_then(|b| b.epoch)
+        {
+            return Ok(StatePut::Newer(epoch));
+        }
+        if !status.is_success() {
+            return Err(refusal(url, &what, status, &bytes, None));
+        }
+        let now: State = answer(url, &what, &bytes)?;
+        self.book()
+            .showed(url, &now.replica, Some(now.epoch), unix_now());
+        Ok(StatePut::Adopted(now))
+    }
+
+    /// Proxy `url`'s `/status`, read as the contract says.
+    pub async fn read_status(&self, url: &str) -> Result<Status, Error> {
+        let status: Status = self
+            .call(url, Method::GET, "/status", None, "read /status", None)
+            .await?;
+        let epoch = (!status.replica.is_empty()).then_some(status.epoch);
+        self.book().showed(url, &status.replica, epoch, unix_now());
+        Ok(status)
+    }
+
+    /// Proxy `url`'s whole `/status` document as it came, for showing it; code
+    /// that reads fields uses [`Proxies::read_status`].
+    pub async fn status(&self, url: &str) -> Result<Value, Error> {
+        self.call(url, Method::GET, "/status", None, "read /status", None)
+            .await
     }
 
     /// The routes of proxy `url` that `route` names: by route name or by one of its
     /// hosts; `*` names every route.
-    pub async fn routes(&self, url: &str, route: &str) -> Result<Vec<RouteState>, Error> {
-        let status = self
-            .call(url, Method::GET, "/status", None, "read /status")
-            .await?;
-        let routes = status
-            .get("routes")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+    pub async fn routes(&self, url: &str, route: &str) -> Result<Vec<RouteStatus>, Error> {
+        let status = self.read_status(url).await?;
         let want = route.to_ascii_lowercase();
-        let found: Vec<RouteState> = routes
-            .iter()
-            .map(parse_route)
+        let found: Vec<RouteStatus> = status
+            .routes
+            .into_iter()
             .filter(|r| {
                 want == "*"
                     || r.name.eq_ignore_ascii_case(&want)
@@ -199,83 +286,114 @@ impl Proxies {
         Ok(found)
     }
 
-    /// Holds writes on `route`, answering 503 by itself after `max` if nobody
-    /// releases them. Returns the names of the routes held.
-    pub async fn hold(&self, url: &str, route: &str, max: Duration) -> Result<Vec<String>, Error> {
-        let body = json!({ "scope": "writes", "max": duration_text(max) });
-        let v = self
+    /// Holds writes on `route` as part of change `epoch`, answering 503 by itself
+    /// after `max` if nobody releases them. Returns the names of the routes held.
+    pub async fn hold(
+        &self,
+        url: &str,
+        route: &str,
+        max: Duration,
+        epoch: u64,
+    ) -> Result<Vec<String>, Error> {
+        let epoch = self.stamp(url, epoch).await?;
+        let body = HoldRequest {
+            scope: Some(Scope::Writes),
+            max: Some(format_duration(max)),
+            epoch,
+        };
+        let what = format!("hold writes on route {route}{}", at(epoch));
+        let a: HoldAnswer = self
             .call(
                 url,
                 Method::POST,
                 &format!("/routes/{}/hold", encode(route)),
-                Some(body),
-                &format!("hold writes on route {route}"),
+                Some(to_json(&body)),
+                &what,
+                epoch,
             )
             .await?;
-        Ok(names(&v))
+        self.served(url, epoch, a.epoch);
+        Ok(a.routes)
     }
 
-    /// Releases the hold on `route`, switching its write side to `writes` in the
-    /// same step when given. Returns how many held requests were let go.
+    /// Releases the hold on `route` as part of change `epoch`, switching its write
+    /// side to `writes` in the same step when given. Returns how many held
+    /// requests were let go.
     pub async fn release(
         &self,
         url: &str,
         route: &str,
         writes: Option<&str>,
+        epoch: u64,
     ) -> Result<u64, Error> {
-        let body = writes.map(|w| json!({ "writes": w }));
-        let v = self
+        let epoch = self.stamp(url, epoch).await?;
+        let body = ReleaseRequest {
+            writes: writes.map(str::to_string),
+            epoch,
+        };
+        // An older proxy gets what it always got: no body without a write side.
+        let body = (body != ReleaseRequest::default()).then(|| to_json(&body));
+        let what = format!(
+            "release route {route}{}{}",
+            writes
+                .map(|w| format!(" with writes={w}"))
+                .unwrap_or_default(),
+            at(epoch)
+        );
+        let a: ReleaseAnswer = self
             .call(
                 url,
                 Method::POST,
                 &format!("/routes/{}/release", encode(route)),
                 body,
-                &format!(
-                    "release route {route}{}",
-                    writes
-                        .map(|w| format!(" with writes={w}"))
-                        .unwrap_or_default()
-                ),
+                &what,
+                epoch,
             )
             .await?;
-        Ok(v.get("released").and_then(Value::as_u64).unwrap_or(0))
-    }
-
-    /// Proxy `url`'s `/metrics` exposition as text (parse it with
-    /// [`crate::plan::metrics`]).
-    pub async fn metrics_text(&self, url: &str) -> Result<String, Error> {
-        let what = "read /metrics";
-        let (status, bytes) = self
-            .exchange(url, Method::GET, "/metrics", None, what)
-            .await?;
-        if !status.is_success() {
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(refusal(url, what, status, &value, &bytes));
-        }
-        String::from_utf8(bytes.to_vec()).map_err(|e| Error::Proxy {
-            url: url.to_string(),
-            what: what.to_string(),
-            detail: format!("the exposition is not UTF-8: {e}"),
-        })
-    }
-
-    /// Proxy `url`'s whole `/status` document.
-    pub async fn status(&self, url: &str) -> Result<Value, Error> {
-        self.call(url, Method::GET, "/status", None, "read /status")
-            .await
+        self.served(url, epoch, a.epoch);
+        Ok(a.released as u64)
     }
 
     /// Sets the weights (backend → percent) of the route that `host` names (one of
-    /// its hosts or its name) on proxy `url`. The proxy applies them before it
-    /// answers; a refusal (422: invalid weights, 404: no such route) is an error
-    /// carrying the proxy's reason.
+    /// its hosts or its name) on proxy `url`, with no epoch: the replica counts the
+    /// change itself. The proxy applies them before it answers; a refusal (422:
+    /// invalid weights, 404: no such route) is an error carrying the proxy's reason.
     pub async fn set_weights(
         &self,
         url: &str,
         host: &str,
         weights: &BTreeMap<String, f64>,
     ) -> Result<(), Error> {
-        let body = Value::Object(weights.iter().map(|(k, w)| (k.clone(), json!(w))).collect());
+        self.put_weights(url, host, weights, None).await
+    }
+
+    /// [`Proxies::set_weights`] as part of change `epoch`.
+    pub async fn set_weights_at(
+        &self,
+        url: &str,
+        host: &str,
+        weights: &BTreeMap<String, f64>,
+        epoch: u64,
+    ) -> Result<(), Error> {
+        let epoch = self.stamp(url, epoch).await?;
+        self.put_weights(url, host, weights, epoch).await
+    }
+
+    async fn put_weights(
+        &self,
+        url: &str,
+        host: &str,
+        weights: &BTreeMap<String, f64>,
+        epoch: Option<u64>,
+    ) -> Result<(), Error> {
+        let body = match epoch {
+            Some(_) => WeightsRequest::Epoch {
+                weights: weights.clone(),
+                epoch,
+            },
+            // The bare map: what every version of the proxy reads.
+            None => WeightsRequest::Bare(weights.clone()),
+        };
         let shown = weights
             .iter()
             .map(|(k, w)| format!("{k}={w}"))
@@ -287,83 +405,138 @@ impl Proxies {
         } else {
             encode(host)
         };
-        self.call(
-            url,
-            Method::PUT,
-            &format!("/routes/{segment}/weights"),
-            Some(body),
-            &format!("set weights {shown} on route {host}"),
-        )
-        .await
-        .map(|_| ())
+        let what = format!("set weights {shown} on route {host}{}", at(epoch));
+        let (status, bytes) = self
+            .exchange(
+                url,
+                Method::PUT,
+                &format!("/routes/{segment}/weights"),
+                Some(to_json(&body)),
+                &what,
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(refusal(url, &what, status, &bytes, epoch));
+        }
+        self.served(url, epoch, epoch.unwrap_or(0));
+        Ok(())
     }
-}
 
-fn parse_route(v: &Value) -> RouteState {
-    let counts = |key: &str| -> BTreeMap<String, u64> {
-        v.get(key)
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    RouteState {
-        name: v
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
-        hosts: v
-            .get("hosts")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        writes: v
-            .get("writes")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
-        inflight_writes: counts("inflight_writes"),
-        hold: v.get("hold").filter(|h| !h.is_null()).cloned(),
+    /// Records the epoch a change's answer carried, from a replica that takes
+    /// epochs (an older proxy's answers have none).
+    fn served(&self, url: &str, sent: Option<u64>, answered: u64) {
+        if let Some(sent) = sent {
+            self.book()
+                .showed(url, "", Some(answered.max(sent)), unix_now());
+        }
     }
-}
 
-/// `30s`, or `2500ms` when not whole seconds: what the proxy's duration parser reads.
-fn duration_text(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
-fn names(v: &Value) -> Vec<String> {
-    v.get("routes")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
+    /// Proxy `url`'s `/metrics` exposition as text (parse it with
+    /// [`crate::plan::metrics`]).
+    pub async fn metrics_text(&self, url: &str) -> Result<String, Error> {
+        let what = "read /metrics";
+        let (status, bytes) = self
+            .exchange(url, Method::GET, "/metrics", None, what)
+            .await?;
+        if !status.is_success() {
+            return Err(refusal(url, what, status, &bytes, None));
+        }
+        String::from_utf8(bytes.to_vec()).map_err(|e| Error::Proxy {
+            url: url.to_string(),
+            what: what.to_string(),
+            detail: format!("the exposition is not UTF-8: {e}"),
         })
-        .unwrap_or_default()
+    }
 }
 
-/// A non-2xx answer as an error: the status, the proxy's own reason (its JSON
-/// `error`, else the body), and a hint for the usual 401.
-fn refusal(url: &str, what: &str, status: StatusCode, value: &Value, bytes: &Bytes) -> Error {
-    let reason = value
-        .get("error")
-        .and_then(Value::as_str)
-        .map(str::to_string)
+/// The route of `status` that `host` names exactly: its name or one of its hosts.
+pub(crate) fn find_route<'s>(status: &'s Status, host: &str) -> Option<&'s RouteStatus> {
+    status
+        .routes
+        .iter()
+        .find(|r| r.name == host || r.hosts.iter().any(|h| h == host))
+}
+
+/// Admin base URLs as the calls use them: `http://HOST:PORT`, no trailing slash.
+fn clean_urls(urls: &[String]) -> Result<Vec<String>, Error> {
+    let mut clean = Vec::new();
+    for u in urls {
+        let t = u.trim().trim_end_matches('/');
+        let t = if t.contains("://") {
+            t.to_string()
+        } else {
+            format!("http://{t}")
+        };
+        let uri: http::Uri = t.parse().map_err(|e| Error::ProxyUrl {
+            url: u.clone(),
+            reason: format!("{e}"),
+        })?;
+        if uri.scheme_str() != Some("http") {
+            return Err(Error::ProxyUrl {
+                url: u.clone(),
+                reason: "the admin API is plain HTTP; use http://HOST:PORT".into(),
+            });
+        }
+        if uri.authority().is_none() || uri.path() != "/" && !uri.path().is_empty() {
+            return Err(Error::ProxyUrl {
+                url: u.clone(),
+                reason: "expected http://HOST:PORT with no path".into(),
+            });
+        }
+        clean.push(t);
+    }
+    Ok(clean)
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A body as JSON. The contract's types serialize whatever their values (string
+/// keys, finite or not, become JSON), so this cannot fail.
+fn to_json<T: Serialize>(body: &T) -> String {
+    serde_json::to_string(body).unwrap_or_default()
+}
+
+/// " at epoch N" for a call's description, nothing without one.
+fn at(epoch: Option<u64>) -> String {
+    epoch.map(|e| format!(" at epoch {e}")).unwrap_or_default()
+}
+
+/// A 2xx answer's body as the contract's type.
+fn answer<T: DeserializeOwned>(url: &str, what: &str, bytes: &Bytes) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Proxy {
+        url: url.to_string(),
+        what: what.to_string(),
+        detail: format!(
+            "the answer is not what the admin API serves ({e}); is this a cutover-proxy of the \
+             same version?"
+        ),
+    })
+}
+
+/// A non-2xx answer as an error: a 409 that names the replica's epoch, against a
+/// call that carried one, is an [`Error::EpochConflict`]; anything else the
+/// status, the proxy's own reason (its `error`, else the body), and a hint for the
+/// usual 401.
+fn refusal(url: &str, what: &str, status: StatusCode, bytes: &Bytes, epoch: Option<u64>) -> Error {
+    let body: Option<ErrorBody> = serde_json::from_slice(bytes).ok();
+    if status == StatusCode::CONFLICT
+        && let (Some(call_epoch), Some(replica_epoch)) =
+            (epoch, body.as_ref().and_then(|b| b.epoch))
+    {
+        return Error::EpochConflict {
+            url: url.to_string(),
+            what: what.to_string(),
+            replica_epoch,
+            call_epoch,
+        };
+    }
+    let reason = body
+        .map(|b| b.error)
         .unwrap_or_else(|| String::from_utf8_lossy(bytes).trim().to_string());
     let hint = if status == StatusCode::UNAUTHORIZED {
         " (give the admin token with --proxy-token-file or CUTOVER_ADMIN_TOKEN)"

@@ -16,8 +16,11 @@
 //! gates and report format belong to the plan runner.
 
 pub mod app;
+mod balancer;
 pub mod binaries;
 pub mod cluster;
+mod dns;
+mod fleet;
 mod platform;
 mod procs;
 mod rig;
@@ -55,6 +58,34 @@ pub struct RehearseArgs {
     /// report and ledger, and the logs (passwords redacted).
     #[arg(long, value_name = "DIR", default_value = "cutover-report")]
     pub out: PathBuf,
+
+    /// Proxy replicas (1 to 8). With more than one, they run as a fleet behind one
+    /// local L4 balancer, like pods behind a Service: each on its own loopback
+    /// address (127.0.0.2, .3, ...), found by its peers and by the plan through a
+    /// local DNS name, in the balancer only while its /readyz answers 200. During
+    /// the 50% bake one replica is restarted as Kubernetes does it (out of the
+    /// balancer, SIGTERM, drained, started again on its state file, back in once
+    /// ready); during the first switchover's write hold one more replica is added.
+    /// The report lists both, with their times.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_replicas)]
+    pub replicas: usize,
+}
+
+fn parse_replicas(text: &str) -> Result<usize, String> {
+    let max = fleet::MAX_REPLICAS;
+    match text.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        Ok(0) => Err(format!(
+            "at least one proxy is needed: give 1 (one proxy) to {max} (a fleet)"
+        )),
+        Ok(n) => Err(format!(
+            "{n} replicas is too many: give 1 to {max} (each needs its own loopback \
+             address and a share of this machine, and one more is added during the run)"
+        )),
+        Err(_) => Err(format!(
+            "expected a number of replicas from 1 to {max}, e.g. 3"
+        )),
+    }
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -146,10 +177,19 @@ impl Progress {
     /// The plan runner's own lines count from the plan's start in `[  0.0s]`;
     /// these count from the rehearsal's and say so.
     fn line(&self, what: &str) {
-        eprintln!(
-            "rehearse {:>6.1}s  {what}",
-            self.start.elapsed().as_secs_f64()
-        );
+        // On a terminal the runner may have a status line drawn: clear it first (it
+        // is drawn again at its next update).
+        let clear = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            "\r\x1b[2K"
+        } else {
+            ""
+        };
+        eprintln!("{clear}rehearse {:>6.1}s  {what}", self.at());
+    }
+
+    /// Seconds since the rehearsal began.
+    fn at(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
     }
 
     /// A stage's closing line: what, and how long it took since `since`.

@@ -80,6 +80,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     if path == "/healthz" {
         return text(StatusCode::OK, "ok\n");
     }
+    // A readiness probe carries no token, as `/healthz`; it reveals only whether
+    // this replica caught up with its peers.
+    if path == "/readyz" {
+        return readyz(shared);
+    }
     // The page is the same static file on every proxy and carries no state; the
     // data it shows comes from /status and /metrics, which need the token.
     if path == "/" && req.method() == Method::GET {
@@ -100,8 +105,30 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     {
         return refused;
     }
+    // A starting replica has not got its peers' state yet: a change now would be
+    // made to the wrong base (or rank it as current without that state). Only the
+    // state itself may be put.
+    if method != Method::GET
+        && method != Method::HEAD
+        && path != "/state"
+        && shared.fleet.starting()
+    {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is starting and has not adopted its peers' state yet; \
+             retry once GET /readyz answers 200, or PUT /state to bring it up to date",
+        );
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
     match (method, path.as_str()) {
-        (Method::GET, "/status") => json_response(StatusCode::OK, &status::status(shared)),
+        (Method::GET, "/status") => typed(StatusCode::OK, &status::status(shared)),
+        (Method::GET, "/state") => typed(StatusCode::OK, &crate::fleet::state(shared)),
+        (Method::PUT, "/state") => match read_body(req).await {
+            Ok(body) => put_state(shared, &body),
+            Err(r) => r,
+        },
         (Method::GET, "/metrics") => {
             let gauges = status::gauges(shared);
             shared
@@ -165,9 +192,13 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
         (_, "/status" | "/metrics" | "/healthz") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
+        (_, "/state") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET, or PUT with a newer state to adopt",
+        ),
         _ => error(
             StatusCode::NOT_FOUND,
-            "no such endpoint; see GET / (status page), GET /healthz, GET /status, GET /metrics, PUT /routes/{host}/weights, POST /routes/{host}/hold, POST /routes/{host}/release, POST /routes/{host}/disconnect",
+            "no such endpoint; see GET / (status page), GET /healthz, GET /readyz, GET /status, GET /state, PUT /state, GET /metrics, PUT /routes/{host}/weights, POST /routes/{host}/hold, POST /routes/{host}/release, POST /routes/{host}/disconnect",
         ),
     }
 }
@@ -182,20 +213,31 @@ async fn put_weights(shared: &Shared, host: &str, req: Request<Incoming>) -> Res
             );
         }
     };
-    let requested = match parse_weights(&body) {
-        Ok(w) => w,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+    let (requested, epoch) = match serde_json::from_slice::<cutover_api::WeightsRequest>(&body) {
+        Ok(r) => (
+            r.weights().iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            r.epoch(),
+        ),
+        Err(_) => match parse_weights(&body) {
+            Ok(w) => (w, None),
+            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+        },
+    };
+    let change = match shared.fleet.begin(epoch) {
+        Ok(c) => c,
+        Err(current) => return stale(epoch, current),
     };
     match shared.update(|snap| snap.with_weights(host, &requested)) {
         Ok(live) => {
+            change.commit(shared);
             let ri = live.snap.route_by_host(host).unwrap_or(0);
             tracing::info!(
                 route = %live.snap.routes()[ri].name,
                 generation = live.snap.generation,
-                weights = %status::weights_json(&live.snap, ri),
+                weights = ?status::weights_map(&live.snap, ri),
                 "weights set over the admin API"
             );
-            json_response(StatusCode::OK, &status::route_json(&live, ri))
+            typed(StatusCode::OK, &status::route_status(&live, ri))
         }
         Err(UpdateError::Rejected(WeightsError::NoSuchRoute(h))) => {
             error(StatusCode::NOT_FOUND, &format!("no route lists host {h:?}"))
@@ -205,6 +247,66 @@ async fn put_weights(shared: &Shared, host: &str, req: Request<Incoming>) -> Res
         }
         Err(UpdateError::State(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+/// `GET /readyz`: 200 once this replica has a state at least as new as every peer
+/// that answered; 503 with the reason before.
+fn readyz(shared: &Shared) -> Response<ProxyBody> {
+    let epoch = shared.fleet.epoch();
+    match shared.fleet.not_ready_reason() {
+        None => json_response(StatusCode::OK, &json!({ "ready": true, "epoch": epoch })),
+        Some(why) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "ready": false, "epoch": epoch, "reason": why }),
+        ),
+    }
+}
+
+/// `PUT /state`: adopts a newer state; the same one is a no-op; an older one is
+/// refused with 409.
+fn put_state(shared: &Shared, body: &Bytes) -> Response<ProxyBody> {
+    let st: cutover_api::State = match serde_json::from_slice(body) {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("body is not a state as GET /state answers it: {e}"),
+            );
+        }
+    };
+    match crate::fleet::adopt(shared, &st) {
+        Ok(true) => {
+            shared.metrics.fleet_epoch.set(st.epoch as i64);
+            typed(StatusCode::OK, &crate::fleet::state(shared))
+        }
+        Ok(false) => {
+            let current = crate::fleet::state(shared);
+            if st.epoch < current.epoch {
+                stale(Some(st.epoch), current.epoch)
+            } else {
+                typed(StatusCode::OK, &current)
+            }
+        }
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+    }
+}
+
+/// The 409 for a call naming an epoch older than this replica's.
+pub(super) fn stale(given: Option<u64>, current: u64) -> Response<ProxyBody> {
+    let body = cutover_api::ErrorBody {
+        error: format!(
+            "epoch {} is older than this replica's epoch {current}: another controller or an \
+             operator changed the fleet since; read GET /state and act on it",
+            given.unwrap_or_default()
+        ),
+        epoch: Some(current),
+    };
+    typed(StatusCode::CONFLICT, &body)
+}
+
+/// A contract type as the answer.
+pub(super) fn typed<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<ProxyBody> {
+    json_response(status, &serde_json::to_value(v).unwrap_or(Value::Null))
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<ProxyBody>> {

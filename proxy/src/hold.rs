@@ -101,6 +101,27 @@ impl HoldCell {
         new
     }
 
+    /// Starts (or replaces) a hold with given absolute times: one adopted from a
+    /// peer or read back from the state file ends when the original does, and one
+    /// whose deadline has passed is expired at once (it still holds).
+    pub fn hold_until(&self, scope: Scope, since: SystemTime, deadline: SystemTime) -> HoldInfo {
+        let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
+        let left = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let new = HoldInfo {
+            scope,
+            since,
+            deadline,
+            deadline_at: Instant::now() + left,
+        };
+        *info = Some(new.clone());
+        self.covers_reads
+            .store(scope == Scope::All, Ordering::SeqCst);
+        self.active.store(true, Ordering::SeqCst);
+        new
+    }
+
     /// Ends the hold and wakes every held request. Returns how many were held.
     pub fn release(&self) -> usize {
         let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());

@@ -10,6 +10,7 @@ mod admin;
 mod body;
 mod budget;
 mod connect;
+mod fleet;
 mod forward;
 mod handle;
 mod headers;

@@ -29,6 +29,12 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub config_generation: IntGauge,
     pub config_reload_errors: IntCounter,
+    /// Writes of the fleet state file that failed.
+    pub state_file_errors: IntCounter,
+    /// The fleet epoch this replica serves.
+    pub fleet_epoch: IntGauge,
+    /// 1 while `/readyz` answers 200.
+    pub fleet_ready: IntGauge,
     /// Set at scrape time from the live state (see [`Metrics::render_with`]).
     route_weight: GaugeVec,
     route_effective_weight: GaugeVec,
@@ -167,6 +173,18 @@ impl Metrics {
             "cutover_config_reload_errors_total",
             "Reloads refused because the file was unreadable or invalid.",
         )?;
+        let state_file_errors = IntCounter::new(
+            "cutover_state_file_errors_total",
+            "Writes of the [fleet] state_file that failed; a restart would lose the change.",
+        )?;
+        let fleet_epoch = IntGauge::new(
+            "cutover_fleet_epoch",
+            "The epoch of the runtime state (weights, write sides, holds) this replica serves.",
+        )?;
+        let fleet_ready = IntGauge::new(
+            "cutover_fleet_ready",
+            "1 while this replica has a state at least as new as every peer that answered (/readyz).",
+        )?;
         let route_weight = GaugeVec::new(
             Opts::new(
                 "cutover_route_weight",
@@ -210,6 +228,9 @@ impl Metrics {
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(config_reload_errors.clone()))?;
+        registry.register(Box::new(state_file_errors.clone()))?;
+        registry.register(Box::new(fleet_epoch.clone()))?;
+        registry.register(Box::new(fleet_ready.clone()))?;
         registry.register(Box::new(route_weight.clone()))?;
         registry.register(Box::new(route_effective_weight.clone()))?;
         registry.register(Box::new(backend_drained.clone()))?;
@@ -231,6 +252,9 @@ impl Metrics {
             connections_open,
             config_generation,
             config_reload_errors,
+            state_file_errors,
+            fleet_epoch,
+            fleet_ready,
             route_weight,
             route_effective_weight,
             backend_drained,

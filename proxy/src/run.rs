@@ -114,6 +114,9 @@ pub async fn run(
         dns,
     )?);
     crate::resolve::prefetch(&shared, &initial).await;
+    // The state file before anything is served: a replica restarted mid-hold
+    // comes back held.
+    crate::fleet::load(&shared);
     if let Some(t) = takeover.as_mut() {
         upgrade::apply_carried(&shared, t.carried());
     }
@@ -147,6 +150,28 @@ pub async fn run(
         counts: shared.conns.clone(),
         events: Arc::new(ListenerEvents(shared.clone())),
     });
+    let (admin_stop, admin_stop_rx) = server::stop_pair();
+    let s = shared.clone();
+    let admin_task = tokio::spawn(server::accept_loop(
+        admin_listener,
+        admin_stop_rx,
+        Graceful::new(),
+        None,
+        false,
+        None,
+        move |_peer, req| admin::handle(s.clone(), req),
+    ));
+    tracing::info!(addr = %admin_addr, "admin API listening");
+    // Peers are asked before the data plane serves: a replica that starts during a
+    // migration serves the fleet's weights, write sides and holds, not its file's.
+    // Connections wait in the listen queue meanwhile.
+    crate::fleet::bootstrap(&shared).await;
+    let _sync = crate::fleet::start_sync(shared.clone());
+    shared.metrics.fleet_epoch.set(shared.fleet.epoch() as i64);
+    shared
+        .metrics
+        .fleet_ready
+        .set(i64::from(shared.fleet.ready()));
     let (data_stop, stop) = server::stop_pair();
     let s = shared.clone();
     let data_task = tokio::spawn(server::accept_loop(
@@ -179,19 +204,7 @@ pub async fn run(
         }
         None => None,
     };
-    let (admin_stop, admin_stop_rx) = server::stop_pair();
-    let s = shared.clone();
-    let admin_task = tokio::spawn(server::accept_loop(
-        admin_listener,
-        admin_stop_rx,
-        Graceful::new(),
-        None,
-        false,
-        None,
-        move |_peer, req| admin::handle(s.clone(), req),
-    ));
     tracing::info!(addr = %data_addr, "listening for traffic");
-    tracing::info!(addr = %admin_addr, "admin API listening");
     if let Some(t) = takeover {
         let old_pid = t.old_pid;
         match t.finish().await {
@@ -312,6 +325,7 @@ async fn apply_reloads(
                 // New host names get addresses before the snapshot that needs them.
                 crate::resolve::prefetch(&shared, &config).await;
                 let mut kept = Vec::new();
+                let before = crate::fleet::state(&shared).routes;
                 let result = shared.update(|snap| {
                     let (next, k) = snap.reload(*config);
                     kept = k;
@@ -320,6 +334,9 @@ async fn apply_reloads(
                 match result {
                     Ok(live) => {
                         shared.record_reload(Ok(()));
+                        if crate::fleet::state(&shared).routes != before {
+                            crate::fleet::reloaded(&shared);
+                        }
                         // Checks follow the new addresses and settings; the verdicts
                         // so far are kept per address.
                         let next = (

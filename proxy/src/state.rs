@@ -38,6 +38,8 @@ pub struct Shared {
     pub conns: Arc<crate::server::ConnCounts>,
     /// Requests held, over every route (`hold.max_queued` caps it).
     pub held: std::sync::atomic::AtomicUsize,
+    /// The runtime state's epoch, state file and peers.
+    pub fleet: crate::fleet::Fleet,
     registry: Mutex<Registry>,
     reload: Mutex<ReloadStatus>,
     /// Serializes read-modify-write of the snapshot.
@@ -282,6 +284,7 @@ impl Shared {
         dns: crate::resolve::Dns,
     ) -> Result<Self, StateError> {
         let mut registry = Registry::default();
+        let fleet = crate::fleet::Fleet::new(&config.fleet);
         let live = Live::build(Snapshot::new(config), &metrics, &mut registry, &upstream)?;
         metrics.config_generation.set(gen_i64(live.snap.generation));
         Ok(Shared {
@@ -293,6 +296,7 @@ impl Shared {
             admin_token,
             conns: Arc::default(),
             held: std::sync::atomic::AtomicUsize::new(0),
+            fleet,
             registry: Mutex::new(registry),
             reload: Mutex::new(ReloadStatus::default()),
             writer: Mutex::new(()),

@@ -1,6 +1,7 @@
 //! The end-to-end harness: real HTTP backends, real `cutover-proxy` processes, and a
-//! small client, each bound to `127.0.0.1:0` and stopped on drop; real PostgreSQL
-//! clusters, a real PgBouncer, and writers that reach a database around the proxy.
+//! small client, each bound to `127.0.0.1:0` and stopped on drop; a TCP relay that
+//! cuts a link on demand; real PostgreSQL clusters, a real PgBouncer, and writers
+//! that reach a database around the proxy.
 //! Test modules live in `tests/`; this crate is the toolbox they share.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,6 +17,7 @@ mod pgbouncer;
 mod postgres;
 mod process;
 mod proxy;
+mod relay;
 mod run;
 mod writers;
 
@@ -34,6 +36,7 @@ pub use pgbouncer::{Pgbouncer, pgbouncer_bin};
 pub use postgres::{APP_PASSWORD, Pair, Postgres, SUPERUSER_PASSWORD, pg_bin};
 pub use process::BackendProcess;
 pub use proxy::{Proxy, ProxyBuilder, metric_sum, two_backend_config, two_backends};
+pub use relay::{Relay, free_port_on, listeners_on_one_port};
 pub use run::Run;
 pub use writers::{
     Ack, COLUMN_ROLE, Conn, DEFINER_ROLE, MEMBER_ROLE, Prepared, WRITER_PASSWORD, WRITERS_GROUP,

@@ -108,8 +108,27 @@ impl ProxyBuilder {
         dir: tempfile::TempDir,
         path: &Path,
     ) -> Result<Proxy, (Option<ExitStatus>, String)> {
-        spawn(Arc::new(dir), path, self.env, self.args)
+        spawn(Arc::new(dir), path, self.env, self.args, Until::Serving)
     }
+
+    /// Starts the proxy and returns once its admin API listens, which may be before
+    /// it serves traffic (a replica with `[fleet] peers` asks them first). `http` is
+    /// `0.0.0.0:0` until [`Proxy::wait_serving`] learns it.
+    pub fn start_until_admin(self) -> Result<Proxy, (Option<ExitStatus>, String)> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("cutover.toml");
+        std::fs::write(&path, &self.config).expect("write config");
+        spawn(Arc::new(dir), &path, self.env, self.args, Until::Admin)
+    }
+}
+
+/// Which log line [`spawn`] waits for before it returns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// "listening for traffic" (and the admin API).
+    Serving,
+    /// "admin API listening" only.
+    Admin,
 }
 
 /// Starts `cutover-proxy --config path` plus `extra` arguments and waits until its
@@ -119,6 +138,7 @@ fn spawn(
     path: &Path,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    until: Until,
 ) -> Result<Proxy, (Option<ExitStatus>, String)> {
     let mut cmd = Command::new(binary("cutover-proxy"));
     cmd.arg("--config").arg(path).arg("--log").arg("info");
@@ -162,6 +182,11 @@ fn spawn(
                 find_addr(&l, "listening for traffic"),
                 find_addr(&l, "admin API listening"),
             )
+        };
+        // Not serving yet: the address is learnt by `Proxy::wait_serving`.
+        let http = match until {
+            Until::Serving => http,
+            Until::Admin => http.or(Some(SocketAddr::from(([0, 0, 0, 0], 0)))),
         };
         if let (Some(http), Some(admin)) = (http, admin) {
             let https = find_addr(&logs.lock().unwrap(), "listening for HTTPS traffic");
@@ -262,7 +287,73 @@ impl Proxy {
             .cloned()
             .collect();
         args.push("--upgrade".into());
-        spawn(self.dir.clone(), &self.path, self.env.clone(), args)
+        spawn(
+            self.dir.clone(),
+            &self.path,
+            self.env.clone(),
+            args,
+            Until::Serving,
+        )
+    }
+
+    /// Starts a new process on the same config and directory (so the same state
+    /// file), without `--upgrade`: a restart after [`Proxy::kill`]. Returns it once
+    /// it serves.
+    pub fn restart(&self) -> Result<Proxy, (Option<ExitStatus>, String)> {
+        let args: Vec<String> = self
+            .args
+            .iter()
+            .filter(|a| *a != "--upgrade")
+            .cloned()
+            .collect();
+        spawn(
+            self.dir.clone(),
+            &self.path,
+            self.env.clone(),
+            args,
+            Until::Serving,
+        )
+    }
+
+    /// SIGKILL, as a crash or an OOM kill: nothing is flushed or drained. Returns
+    /// once the process is reaped.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// After [`ProxyBuilder::start_until_admin`]: waits until the proxy logs that it
+    /// serves traffic, up to `within`, and learns its data-plane address. Panics
+    /// with the log when it does not, or when the process exits.
+    pub async fn wait_serving(&mut self, within: Duration) -> SocketAddr {
+        let deadline = Instant::now() + within;
+        loop {
+            let (http, https) = {
+                let l = self.logs.lock().unwrap();
+                (
+                    find_addr(&l, "listening for traffic"),
+                    find_addr(&l, "listening for HTTPS traffic"),
+                )
+            };
+            if let Some(http) = http {
+                self.http = http;
+                self.https = https;
+                return http;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the proxy exited ({status}) before serving:\n{}",
+                    self.logs()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the proxy did not serve within {within:?}:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The access log lines the proxy has written so far.

@@ -7,6 +7,10 @@ mod admin;
 mod check;
 #[path = "e2e/dns.rs"]
 mod dns;
+#[path = "e2e/fleet.rs"]
+mod fleet;
+#[path = "e2e/fleet_epoch.rs"]
+mod fleet_epoch;
 #[path = "e2e/grpc.rs"]
 mod grpc;
 #[path = "e2e/grpc_proxy.rs"]

@@ -10,6 +10,8 @@ mod common;
 mod discover;
 #[path = "plan/exporter.rs"]
 mod exporter;
+#[path = "plan/fleet.rs"]
+mod fleet;
 #[path = "plan/gate_failure.rs"]
 mod gate_failure;
 #[path = "plan/lag_gate.rs"]

@@ -161,7 +161,7 @@ impl Validator<'_> {
 }
 
 /// The folder relative paths in the config are resolved against.
-fn base_dir(file: &Path) -> PathBuf {
+pub(super) fn base_dir(file: &Path) -> PathBuf {
     match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

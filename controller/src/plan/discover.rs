@@ -2,10 +2,11 @@
 //! (a headless Service) whose A/AAAA records are the replicas.
 //!
 //! A discovered name is resolved again on every call, with no cache: the runner
-//! asks before every action, so a replica that was added by an autoscaler gets the
-//! weights too and one that went away is not waited for. A weight change that
-//! missed a replica would split users differently on it, which is exactly what the
-//! runner exists to prevent.
+//! asks before every action and its background watch every second
+//! ([`crate::proxy::Proxies::refresh`]), so a replica that was added by an
+//! autoscaler is brought up to the fleet's state at once and one that went away is
+//! not waited for. A replica that missed a weight change would split users
+//! differently, which is exactly what the runner exists to prevent.
 
 use std::collections::BTreeSet;
 use std::fmt;

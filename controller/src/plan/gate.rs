@@ -2,9 +2,26 @@
 //!
 //! A gate is written as text in the plan (`"p99 < 1s"`) so that it reads like the
 //! runbook it replaces; it is parsed once, when the plan is loaded, so a typo stops
-//! the run before any weight moves. A gate with nothing to measure (no requests in
-//! the window, or no replication lag reading) fails: a step that saw no traffic has
-//! shown nothing, and the runner must not promote on silence.
+//! the run before any weight moves. The metrics:
+//!
+//! - `error_ratio` (5xx answers over all answers) and the latency quantiles `p50`,
+//!   `p90`, `p99`, `p999` judge the new side by its own figures: the answers of each
+//!   app's new backend on the app's route, summed over every replica. At 10% new, a
+//!   new side failing half its requests fails `error_ratio < 0.01` although the
+//!   route as a whole sees 5%.
+//! - `route_error_ratio`, `route_p50`, `route_p90`, `route_p99`, `route_p999`: the
+//!   same over every answer on the app's route, what its users saw: the old side's,
+//!   the new side's, and the proxy's own answers given before a backend was chosen
+//!   (a 503 at a hold's deadline, say), which no side can be blamed for.
+//! - `replication_lag`: the largest replication lag of any database in the bake.
+//!
+//! Each app's route is judged alone, and a traffic gate passes only when every one
+//! passes; its value is the worst of those that decided the verdict. A gate with
+//! nothing to measure fails: a step that saw no traffic has shown nothing, and the
+//! runner must not promote on silence. So a new side that answered no request in
+//! the window fails its gates, unless the proxies give it weight 0: then no request
+//! is what the step asked for, and the gate passes saying so. No replication lag
+//! reading fails likewise.
 //!
 //! The values come from elsewhere: latency and errors from a [`Window`] of the
 //! proxies' metrics, the lag from the runner's heartbeat readings.
@@ -15,11 +32,14 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::heartbeat::LagSeconds;
-use crate::plan::metrics::Window;
+use crate::plan::metrics::{DEFAULT_NEW, Figures, RouteWindow, Window};
+use crate::plan::model::fmt_percent;
 use crate::plan::record::GateRecord;
 
-/// The metrics a gate may name, as the plan spells them.
-const METRICS: &str = "error_ratio, p50, p90, p99, p999, replication_lag";
+/// The metrics a gate may name, as the plan spells them, and whose answers they read.
+const METRICS: &str = "error_ratio, p50, p90, p99, p999 (the new backend's answers), \
+                       route_error_ratio, route_p50, route_p90, route_p99, route_p999 \
+                       (every answer on the route), replication_lag";
 
 /// What a gate measures.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,6 +50,15 @@ pub enum Metric {
     Latency(f64),
     /// The largest replication lag of any database, in seconds.
     ReplicationLag,
+}
+
+/// Whose answers a traffic gate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The app's new backend's, on the app's route: the side the step tries out.
+    New,
+    /// Every answer on the app's route (`route_` metrics).
+    Route,
 }
 
 /// `<` or `<=`.
@@ -45,6 +74,8 @@ pub struct Gate {
     text: String,
     name: &'static str,
     metric: Metric,
+    /// Whose answers it reads (unused by a lag gate).
+    scope: Scope,
     op: Op,
     /// In the metric's unit: a ratio or seconds.
     threshold: f64,
@@ -96,6 +127,11 @@ impl Gate {
             "p90" => ("p90", Metric::Latency(0.9)),
             "p99" => ("p99", Metric::Latency(0.99)),
             "p999" => ("p999", Metric::Latency(0.999)),
+            "route_error_ratio" => ("route_error_ratio", Metric::ErrorRatio),
+            "route_p50" => ("route_p50", Metric::Latency(0.5)),
+            "route_p90" => ("route_p90", Metric::Latency(0.9)),
+            "route_p99" => ("route_p99", Metric::Latency(0.99)),
+            "route_p999" => ("route_p999", Metric::Latency(0.999)),
             "replication_lag" => ("replication_lag", Metric::ReplicationLag),
             other => {
                 return Err(fail(format!(
@@ -114,10 +150,16 @@ impl Gate {
                 "{name} < {limit} can never pass; write {name} <= {limit} to allow none"
             )));
         }
+        let scope = if name.starts_with("route_") {
+            Scope::Route
+        } else {
+            Scope::New
+        };
         Ok(Gate {
             text: text.to_string(),
             name,
             metric,
+            scope,
             op,
             threshold,
             limit: limit.to_string(),
@@ -131,6 +173,11 @@ impl Gate {
 
     pub fn metric(&self) -> Metric {
         self.metric
+    }
+
+    /// Whose answers a traffic gate reads.
+    pub fn scope(&self) -> Scope {
+        self.scope
     }
 
     /// The limit in the metric's unit (a ratio, or seconds).
@@ -153,41 +200,14 @@ impl Gate {
         window: &Window,
         replication_lag: Option<LagSeconds>,
     ) -> GateRecord {
-        let (value, detail) = match self.metric {
-            Metric::ErrorRatio => match window.error_ratio() {
-                None => (None, "no requests in the window".to_string()),
-                Some(r) => (
-                    Some(r),
-                    format!(
-                        "error_ratio {} ({} of {} requests) {}",
-                        ratio_text(r),
-                        window.errors,
-                        window.requests,
-                        self.compare(r, |_| String::new()),
-                    ),
-                ),
-            },
-            Metric::Latency(q) => match window.quantile(q) {
-                None if window.requests == 0 => (None, "no requests in the window".to_string()),
-                None => (None, "no latency observations in the window".to_string()),
-                Some(s) => (Some(s), self.seconds_detail(s)),
-            },
-            Metric::ReplicationLag => match replication_lag {
-                None => (None, "replication lag unknown".to_string()),
-                Some(l) if l.at_least => (
-                    Some(l.seconds),
-                    format!(
-                        "replication_lag at least {:.3}s: the heartbeat written on the publisher \
-                         had not been applied on the subscriber when the reading gave up",
-                        l.seconds
-                    ),
-                ),
-                Some(l) => (Some(l.seconds), self.seconds_detail(l.seconds)),
-            },
+        let Verdict {
+            value,
+            passed,
+            detail,
+        } = match self.metric {
+            Metric::ReplicationLag => self.lag_verdict(replication_lag),
+            Metric::ErrorRatio | Metric::Latency(_) => self.traffic_verdict(window),
         };
-        let unproven =
-            self.metric == Metric::ReplicationLag && replication_lag.is_some_and(|l| l.at_least);
-        let passed = !unproven && value.is_some_and(|v| self.passes(v));
         GateRecord {
             step,
             gate: self.text.clone(),
@@ -195,6 +215,147 @@ impl Gate {
             threshold: self.threshold,
             passed,
             detail,
+        }
+    }
+
+    fn lag_verdict(&self, lag: Option<LagSeconds>) -> Verdict {
+        match lag {
+            None => Verdict::unmeasured(false, "replication lag unknown".into()),
+            Some(l) if l.at_least => Verdict {
+                value: Some(l.seconds),
+                passed: false,
+                detail: format!(
+                    "replication_lag at least {:.3}s: the heartbeat written on the publisher \
+                     had not been applied on the subscriber when the reading gave up",
+                    l.seconds
+                ),
+            },
+            Some(l) => Verdict {
+                value: Some(l.seconds),
+                passed: self.passes(l.seconds),
+                detail: self.seconds_detail(l.seconds),
+            },
+        }
+    }
+
+    /// Every route of the window judged alone. The verdict's value and detail are
+    /// those of the routes that decided it: the failing ones, or all when it passes.
+    fn traffic_verdict(&self, window: &Window) -> Verdict {
+        if window.routes.is_empty() {
+            return Verdict::unmeasured(false, "no requests in the window".into());
+        }
+        let verdicts: Vec<Verdict> = window
+            .routes
+            .iter()
+            .map(|r| self.route_verdict(r, window.seconds))
+            .collect();
+        let passed = verdicts.iter().all(|v| v.passed);
+        let deciding: Vec<Verdict> = verdicts
+            .into_iter()
+            .filter(|v| passed || !v.passed)
+            .collect();
+        Verdict {
+            value: deciding.iter().filter_map(|v| v.value).reduce(f64::max),
+            passed,
+            detail: deciding
+                .into_iter()
+                .map(|v| v.detail)
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+
+    /// One route's verdict: `error_ratio of new (shop.test) 0.5000 >= 0.01 over 4.0 s
+    /// (60 of 120 requests)`.
+    fn route_verdict(&self, r: &RouteWindow, seconds: Option<f64>) -> Verdict {
+        let over = seconds.map_or(String::new(), |s| format!(" over {s:.1} s"));
+        let (who, figures): (String, &Figures) = match (self.scope, &r.new_backend) {
+            (Scope::Route, _) => (r.route.clone(), &r.all),
+            (Scope::New, Some(b)) if b == DEFAULT_NEW => (format!("new ({})", r.route), &r.new),
+            (Scope::New, Some(b)) => (format!("new ({b} on {})", r.route), &r.new),
+            // Only a caller that did not name the new backend gets here: the route is
+            // still judged, as a whole, rather than not at all.
+            (Scope::New, None) => (
+                format!(
+                    "{} (every backend: none there is named {DEFAULT_NEW:?})",
+                    r.route
+                ),
+                &r.all,
+            ),
+        };
+        if figures.requests == 0 {
+            if self.scope == Scope::Route || r.new_backend.is_none() {
+                return Verdict::unmeasured(
+                    false,
+                    format!("no requests on {who} in the window{over}"),
+                );
+            }
+            return match r.new_weight {
+                Some(0.0) => Verdict::unmeasured(
+                    true,
+                    format!(
+                        "no requests answered by {who} in the window, as none were sent: \
+                         its weight is 0"
+                    ),
+                ),
+                Some(_) | None if r.all.requests > 0 => {
+                    // The route had requests and new answered none: they can all be
+                    // writes, which stay on the write side until the switchover
+                    // whatever the weights. Judge what there is, the whole route,
+                    // and say so, rather than pass on silence or fail a write-only app.
+                    let whole = Gate {
+                        scope: Scope::Route,
+                        ..self.clone()
+                    };
+                    let mut v = whole.route_verdict(r, seconds);
+                    v.detail = format!(
+                        "no requests answered by {who} in the window (at weight {}; writes \
+                         stay on the write side until the switchover), so the whole route \
+                         is judged: {}",
+                        r.new_weight
+                            .map_or("unknown".into(), |w| format!("{}%", fmt_percent(w))),
+                        v.detail
+                    );
+                    v
+                }
+                _ => Verdict::unmeasured(
+                    false,
+                    format!("no requests on {} in the window{over}", r.route),
+                ),
+            };
+        }
+        let value = match self.metric {
+            Metric::ErrorRatio => figures.error_ratio(),
+            Metric::Latency(q) => figures.quantile(q),
+            Metric::ReplicationLag => None,
+        };
+        let Some(v) = value else {
+            return Verdict::unmeasured(
+                false,
+                format!("no latency observations of {who} in the window{over}"),
+            );
+        };
+        let passed = self.passes(v);
+        let (shown, requests) = match self.metric {
+            Metric::ErrorRatio => (
+                ratio_text(v),
+                format!("{} of {} requests", figures.errors, figures.requests),
+            ),
+            _ => (format!("{v:.3}s"), format!("{} requests", figures.requests)),
+        };
+        let relation = match (self.op, passed) {
+            (Op::Lt, true) => "<",
+            (Op::Lt, false) => ">=",
+            (Op::Le, true) => "<=",
+            (Op::Le, false) => ">",
+        };
+        Verdict {
+            value: Some(v),
+            passed,
+            detail: format!(
+                "{} of {who} {shown} {relation} {}{over} ({requests})",
+                self.name, self.limit
+            ),
         }
     }
 
@@ -229,6 +390,23 @@ impl Gate {
     }
 }
 
+/// A verdict before it becomes a [`GateRecord`].
+struct Verdict {
+    value: Option<f64>,
+    passed: bool,
+    detail: String,
+}
+
+impl Verdict {
+    fn unmeasured(passed: bool, detail: String) -> Verdict {
+        Verdict {
+            value: None,
+            passed,
+            detail,
+        }
+    }
+}
+
 /// `0.0001` or `0.01%`: a ratio in 0..=1.
 fn ratio(limit: &str) -> Result<f64, String> {
     let (number, scale) = match limit.strip_suffix('%') {
@@ -248,16 +426,15 @@ fn ratio(limit: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// `250ms`, `1s`, `1.5s`: a duration with its unit.
+/// `250ms`, `1s`, `1.5s`: a duration with its unit, in the workspace's grammar.
 fn duration(name: &str, limit: &str) -> Result<Duration, String> {
     if limit.parse::<f64>().is_ok() {
         return Err(format!(
             "{name} takes a duration with its unit, e.g. {limit}s or {limit}ms"
         ));
     }
-    humantime::parse_duration(limit).map_err(|e| {
-        format!("{name} takes a duration such as 250ms, 1s or 1.5s; {limit:?} is not one ({e})")
-    })
+    cutover_api::duration::parse_duration(limit)
+        .map_err(|e| format!("{name} takes a duration such as 250ms, 1s or 1.5s; {e}"))
 }
 
 /// A ratio with 4 decimals, or enough to show a small one: `0.0500`, `0.000050`.
@@ -301,7 +478,6 @@ impl Serialize for Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::record::BackendTraffic;
 
     fn seen(seconds: f64) -> LagSeconds {
         LagSeconds {
@@ -318,21 +494,33 @@ mod tests {
         Gate::parse(s).unwrap_err().to_string()
     }
 
-    /// `requests` requests, `errors` of them 5xx, all in one latency bucket.
+    /// Over 4 s, new (at 10%) answered `requests` requests on `shop.test`,
+    /// `errors` of them 5xx, all in one latency bucket; old answered nothing.
     fn window(requests: u64, errors: u64, bucket: (f64, f64)) -> Window {
-        let mut by_backend = std::collections::BTreeMap::new();
-        by_backend.insert("new".to_string(), BackendTraffic { requests, errors });
         let n = requests as f64;
-        Window {
+        let new = Figures {
             requests,
             errors,
-            by_backend,
             buckets: vec![
                 (bucket.0, 0.0),
                 (bucket.1, n),
                 (10.0, n),
                 (f64::INFINITY, n),
             ],
+        };
+        Window {
+            requests,
+            errors,
+            buckets: new.buckets.clone(),
+            seconds: Some(4.0),
+            routes: vec![RouteWindow {
+                route: "shop.test".into(),
+                all: new.clone(),
+                new_backend: Some("new".into()),
+                new,
+                new_weight: Some(10.0),
+            }],
+            ..Window::default()
         }
     }
 
@@ -352,6 +540,18 @@ mod tests {
         assert_eq!(lag.threshold(), 5.0);
         assert_eq!(lag.to_string(), "replication_lag < 5s");
         assert_eq!(gate("error_ratio <= 0").threshold(), 0.0);
+        assert_eq!(gate("error_ratio < 0.01").scope(), Scope::New);
+        assert_eq!(gate("p99 < 1s").scope(), Scope::New);
+        let route = gate("route_error_ratio < 1%");
+        assert_eq!(
+            (route.metric_name(), route.metric(), route.scope()),
+            ("route_error_ratio", Metric::ErrorRatio, Scope::Route)
+        );
+        let route = gate("route_p999 <= 3s");
+        assert_eq!(
+            (route.metric(), route.scope(), route.threshold()),
+            (Metric::Latency(0.999), Scope::Route, 3.0)
+        );
     }
 
     #[test]
@@ -359,8 +559,10 @@ mod tests {
         assert_eq!(
             err("p98 < 1s"),
             "gate \"p98 < 1s\": unknown metric \"p98\"; use one of error_ratio, p50, p90, \
-             p99, p999, replication_lag"
+             p99, p999 (the new backend's answers), route_error_ratio, route_p50, route_p90, \
+             route_p99, route_p999 (every answer on the route), replication_lag"
         );
+        assert!(err("route_replication_lag < 1s").contains("unknown metric"));
         assert!(
             err("p99 > 1s").contains("use < or <="),
             "{}",
@@ -373,7 +575,7 @@ mod tests {
         assert!(err("< 1s").contains("expected METRIC < VALUE"));
         assert!(err("p99 << 1s").contains("expected METRIC < VALUE"));
         assert!(err("p99 < 1").contains("with its unit, e.g. 1s or 1ms"));
-        assert!(err("p99 < fast").contains("\"fast\" is not one"));
+        assert!(err("p99 < fast").contains("\"fast\" is not a duration"));
         assert!(err("error_ratio < 5").contains("between 0 and 1"));
         assert!(err("error_ratio < -0.1").contains("between 0 and 1"));
         assert!(err("error_ratio < 200%").contains("between 0 and 1"));
@@ -412,30 +614,34 @@ mod tests {
         assert_eq!(r.threshold, 0.0001);
         assert_eq!(
             r.detail,
-            "error_ratio 0.0500 (50 of 1000 requests) is over 0.0001"
+            "error_ratio of new (shop.test) 0.0500 >= 0.0001 over 4.0 s (50 of 1000 requests)"
         );
 
         let r = g.evaluate(0, &window(1000, 0, (0.01, 0.025)), None);
         assert!(r.passed, "{}", r.detail);
         assert_eq!(
             r.detail,
-            "error_ratio 0.0000 (0 of 1000 requests) is under 0.0001"
+            "error_ratio of new (shop.test) 0.0000 < 0.0001 over 4.0 s (0 of 1000 requests)"
         );
 
         let r = g.evaluate(0, &window(20000, 1, (0.01, 0.025)), None);
         assert!(r.passed);
         assert_eq!(
             r.detail,
-            "error_ratio 0.000050 (1 of 20000 requests) is under 0.0001"
+            "error_ratio of new (shop.test) 0.000050 < 0.0001 over 4.0 s (1 of 20000 requests)"
         );
 
         let r = gate("error_ratio <= 0").evaluate(0, &window(10, 0, (0.01, 0.025)), None);
         assert!(r.passed);
-        assert!(r.detail.ends_with("is at the limit 0"), "{}", r.detail);
+        assert!(r.detail.contains(" 0.0000 <= 0 over"), "{}", r.detail);
 
         let r = gate("error_ratio < 1%").evaluate(0, &window(100, 1, (0.01, 0.025)), None);
         assert!(!r.passed);
-        assert!(r.detail.ends_with("is not under 1%"), "{}", r.detail);
+        assert!(r.detail.contains(" 0.0100 >= 1% over"), "{}", r.detail);
+
+        let r = gate("error_ratio <= 0").evaluate(0, &window(10, 1, (0.01, 0.025)), None);
+        assert!(!r.passed);
+        assert!(r.detail.contains(" 0.1000 > 0 over"), "{}", r.detail);
     }
 
     #[test]
@@ -444,12 +650,18 @@ mod tests {
         let slow = window(100, 0, (1.0, 2.5));
         let r = gate("p99 < 1s").evaluate(1, &slow, None);
         assert!(!r.passed);
-        assert_eq!(r.detail, "p99 2.485s is 1.485s over 1s");
+        assert_eq!(
+            r.detail,
+            "p99 of new (shop.test) 2.485s >= 1s over 4.0 s (100 requests)"
+        );
         // Every request between 10 and 25 ms.
         let fast = window(100, 0, (0.01, 0.025));
         let r = gate("p99 < 1s").evaluate(1, &fast, None);
         assert!(r.passed);
-        assert_eq!(r.detail, "p99 0.025s is under 1s");
+        assert_eq!(
+            r.detail,
+            "p99 of new (shop.test) 0.025s < 1s over 4.0 s (100 requests)"
+        );
         let r = gate("p50 <= 250ms").evaluate(1, &fast, None);
         assert!(r.passed);
         assert!((r.value.unwrap() - 0.0175).abs() < 1e-12, "{:?}", r.value);
@@ -465,13 +677,14 @@ mod tests {
             assert_eq!(r.detail, "no requests in the window");
         }
         // Counted requests but no histogram (should not happen; still fails).
-        let counted = Window {
-            requests: 5,
-            ..Window::default()
-        };
+        let mut counted = window(5, 0, (0.01, 0.025));
+        counted.routes[0].new.buckets.clear();
         let r = gate("p99 < 1s").evaluate(0, &counted, None);
         assert!(!r.passed);
-        assert_eq!(r.detail, "no latency observations in the window");
+        assert_eq!(
+            r.detail,
+            "no latency observations of new (shop.test) in the window over 4.0 s"
+        );
 
         let lag = gate("replication_lag < 5s");
         let r = lag.evaluate(3, &empty, None);
@@ -495,6 +708,97 @@ mod tests {
         assert!(!r.passed);
         assert!(
             r.detail.starts_with("replication_lag at least 2.000s"),
+            "{}",
+            r.detail
+        );
+    }
+
+    #[test]
+    fn a_silent_new_side_is_judged_by_its_route() {
+        let mut w = window(0, 0, (0.01, 0.025));
+        w.routes[0].all = Figures {
+            requests: 900,
+            ..Figures::default()
+        };
+        // New answered nothing at 10%: the route's own figures are judged instead
+        // (a write-only app sends new nothing before its switchover).
+        let r = gate("error_ratio < 0.01").evaluate(0, &w, None);
+        assert!(r.passed, "{}", r.detail);
+        assert!(
+            r.detail.starts_with(
+                "no requests answered by new (shop.test) in the window (at weight 10%; writes \
+                 stay on the write side until the switchover), so the whole route is judged: "
+            ),
+            "{}",
+            r.detail
+        );
+        w.routes[0].all.errors = 90;
+        let r = gate("error_ratio < 0.01").evaluate(0, &w, None);
+        assert!(!r.passed, "{}", r.detail);
+        w.routes[0].all.errors = 0;
+        w.routes[0].new_weight = None;
+        let r = gate("error_ratio < 0.01").evaluate(0, &w, None);
+        assert!(r.detail.contains("(at weight unknown;"), "{}", r.detail);
+        w.routes[0].new_weight = Some(0.0);
+        let r = gate("error_ratio < 0.01").evaluate(0, &w, None);
+        assert!(r.passed, "{}", r.detail);
+        assert_eq!(r.value, None);
+        assert_eq!(
+            r.detail,
+            "no requests answered by new (shop.test) in the window, as none were sent: its \
+             weight is 0"
+        );
+        // The route as a whole had requests; with none at all, it fails.
+        let r = gate("route_error_ratio < 0.01").evaluate(0, &w, None);
+        assert!(r.passed, "{}", r.detail);
+        w.routes[0].all = Figures::default();
+        let r = gate("route_error_ratio < 0.01").evaluate(0, &w, None);
+        assert!(!r.passed);
+        assert_eq!(
+            r.detail,
+            "no requests on shop.test in the window over 4.0 s"
+        );
+    }
+
+    #[test]
+    fn every_route_is_judged_alone() {
+        // shop.test's new side is fine; blog.test's (named "green") fails 1 in 4.
+        let mut w = window(1000, 0, (0.01, 0.025));
+        let mut blog = window(8, 2, (1.0, 2.5)).routes.remove(0);
+        blog.route = "blog.test".into();
+        blog.new_backend = Some("green".into());
+        w.routes.push(blog);
+        let r = gate("error_ratio < 0.01").evaluate(0, &w, None);
+        assert!(!r.passed);
+        assert_eq!(r.value, Some(0.25));
+        assert_eq!(
+            r.detail,
+            "error_ratio of new (green on blog.test) 0.2500 >= 0.01 over 4.0 s (2 of 8 requests)"
+        );
+        let r = gate("p99 < 3s").evaluate(0, &w, None);
+        assert!(r.passed, "{}", r.detail);
+        assert!(
+            (r.value.unwrap() - 2.485).abs() < 1e-9,
+            "the worst: {:?}",
+            r.value
+        );
+        assert_eq!(
+            r.detail,
+            "p99 of new (shop.test) 0.025s < 3s over 4.0 s (1000 requests); \
+             p99 of new (green on blog.test) 2.485s < 3s over 4.0 s (8 requests)"
+        );
+
+        // A route whose new backend nobody named is judged as a whole.
+        w.routes[1].new_backend = None;
+        w.routes[1].all.errors = 0;
+        w.seconds = None;
+        let r = gate("error_ratio < 0.01").evaluate(0, &w, None);
+        assert!(r.passed, "{}", r.detail);
+        assert!(
+            r.detail.ends_with(
+                "; error_ratio of blog.test (every backend: none there is named \"new\") \
+                 0.0000 < 0.01 (0 of 8 requests)"
+            ),
             "{}",
             r.detail
         );

@@ -9,17 +9,26 @@
 //! querying a Prometheus server keeps the runner free of one more dependency in the
 //! migration's critical path, and the windows exact to the step.
 //!
+//! A window keeps each route's figures twice: every answer on the route, and the
+//! answers of the app's new backend alone, with the weight the proxies gave that
+//! backend (`cutover_route_weight`). The gates judge the new side by the latter: at
+//! 10% new, a new side failing half its requests is a 5% route, and only its own
+//! figures show the 50%.
+//!
 //! A replica that restarted during a window (one of its counters went down, or a
-//! series it had is gone) contributes everything it counted since its restart; a
-//! replica that appeared during the window contributes from the next window on,
-//! since its counts before the window's start are unknown.
+//! series it had is gone) contributes everything it counted since its restart. A
+//! replica missing from the window's first scrape is new to the run (the runner
+//! scrapes every replica it knows when a window starts) and contributes everything it
+//! counted since it started, as if its earlier counters were zero. A replica gone by
+//! the window's end contributes nothing: its last counts are lost with it.
 //!
 //! The parser reads the text exposition format (comments, escaped label values,
 //! `+Inf`, `NaN`, optional timestamps); it is not a general OpenMetrics parser.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::future::join_all;
+use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::plan::record::{BackendTraffic, Traffic};
@@ -29,6 +38,11 @@ use crate::proxy::Proxies;
 const REQUESTS: &str = "cutover_requests_total";
 /// The proxy's latency histogram's buckets, labelled `route`, `backend`, `le`.
 const BUCKETS: &str = "cutover_request_duration_seconds_bucket";
+/// The proxy's routing gauge: a backend's configured share of a route's reads in
+/// percent, labelled `route`, `backend`.
+const WEIGHT: &str = "cutover_route_weight";
+/// The new side's backend name when a plan names none (`proxies.new`'s default).
+pub const DEFAULT_NEW: &str = "new";
 
 /// One sample line of an exposition.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,6 +192,10 @@ pub type Pair = (String, String);
 pub struct Scrape {
     /// Replica admin URL → (route, backend) → counters.
     pub replicas: BTreeMap<String, BTreeMap<Pair, Series>>,
+    /// Replica admin URL → (route, backend) → configured weight in percent.
+    pub weights: BTreeMap<String, BTreeMap<Pair, f64>>,
+    /// When the scrape began; `None` for one assembled by hand.
+    pub at: Option<Instant>,
 }
 
 impl Scrape {
@@ -189,6 +207,7 @@ impl Scrape {
             detail,
         })?;
         let mut pairs: BTreeMap<Pair, Series> = BTreeMap::new();
+        let mut weights: BTreeMap<Pair, f64> = BTreeMap::new();
         for s in &samples {
             let (Some(route), Some(backend)) = (s.label("route"), s.label("backend")) else {
                 continue;
@@ -205,12 +224,15 @@ impl Scrape {
                     continue;
                 };
                 pairs.entry(key).or_default().buckets.push((le, s.value));
+            } else if s.name == WEIGHT {
+                weights.insert(key, s.value);
             }
         }
         for series in pairs.values_mut() {
             series.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         }
         self.replicas.insert(url.to_string(), pairs);
+        self.weights.insert(url.to_string(), weights);
         Ok(())
     }
 }
@@ -219,6 +241,7 @@ impl Scrape {
 /// read fails the scrape, naming it: a window missing a replica's errors would let
 /// a gate pass on partial data.
 pub async fn scrape(proxies: &Proxies) -> Result<Scrape, Error> {
+    let at = Instant::now();
     let texts = join_all(
         proxies
             .urls()
@@ -226,70 +249,98 @@ pub async fn scrape(proxies: &Proxies) -> Result<Scrape, Error> {
             .map(|url| async move { (url, proxies.metrics_text(url).await) }),
     )
     .await;
-    let mut scrape = Scrape::default();
+    let mut scrape = Scrape {
+        at: Some(at),
+        ..Scrape::default()
+    };
     for (url, text) in texts {
         scrape.add_replica(url, &text?)?;
     }
     Ok(scrape)
 }
 
-/// The traffic between two scrapes, summed over replicas and routes.
-#[derive(Debug, Clone, Default)]
-pub struct Window {
+/// Requests, 5xx answers and latency of some of a window's traffic.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures {
     pub requests: u64,
     /// 5xx answers.
     pub errors: u64,
-    /// Per backend.
+    /// Cumulative latency buckets (upper bound → count), `+Inf` last.
+    pub buckets: Vec<(f64, f64)>,
+}
+
+impl Figures {
+    /// 5xx answers over all answers; `None` without requests.
+    pub fn error_ratio(&self) -> Option<f64> {
+        error_ratio(self.requests, self.errors)
+    }
+
+    /// The `q` quantile of latency in seconds, as [`quantile`](fn@quantile) computes
+    /// it.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        quantile(&self.buckets, q)
+    }
+
+    fn add(&mut self, s: &Series) {
+        self.requests += count(s.requests);
+        self.errors += count(s.errors);
+        self.buckets = add_buckets(&self.buckets, &s.buckets);
+    }
+}
+
+/// One route's traffic in a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteWindow {
+    /// The route as the proxies label it.
+    pub route: String,
+    /// Every answer on the route: the old side's, the new side's and the proxy's own
+    /// (given before any backend was chosen).
+    pub all: Figures,
+    /// The app's new backend as the proxies label it; `None` when the caller did not
+    /// name it and the route has no backend called [`DEFAULT_NEW`] (none with a
+    /// weight on it, nor answering on it, in the window).
+    pub new_backend: Option<String>,
+    /// The answers of the new backend alone.
+    pub new: Figures,
+    /// The new backend's configured weight on the route in percent, the largest any
+    /// replica reported at either end of the window; `None` without a reading.
+    pub new_weight: Option<f64>,
+}
+
+/// An app's route and its new backend, as the proxies label them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Side {
+    pub route: String,
+    pub new: String,
+}
+
+/// The traffic between two scrapes, summed over replicas.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    /// Answers on every route of the window.
+    pub requests: u64,
+    /// 5xx answers on every route of the window.
+    pub errors: u64,
+    /// Per backend, over every route.
     pub by_backend: BTreeMap<String, BackendTraffic>,
     /// Cumulative latency buckets over every pair (upper bound → count), `+Inf` last.
     pub buckets: Vec<(f64, f64)>,
+    /// Seconds between the two scrapes, when both carry their time.
+    pub seconds: Option<f64>,
+    /// Each route's own figures and its new backend's, in the order asked for.
+    pub routes: Vec<RouteWindow>,
 }
 
 impl Window {
     /// 5xx answers over all answers; `None` without requests.
     pub fn error_ratio(&self) -> Option<f64> {
-        (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
+        error_ratio(self.requests, self.errors)
     }
 
-    /// The `q` quantile (0..=1) of latency in seconds, as `histogram_quantile`
-    /// computes it: linear interpolation inside the bucket the rank falls in; a rank
-    /// in the `+Inf` bucket gives the highest finite bound. `None` without
-    /// observations.
+    /// The `q` quantile (0..=1) of latency in seconds over every route, as
+    /// [`quantile`](fn@quantile) computes it.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        if !(0.0..=1.0).contains(&q) {
-            return None;
-        }
-        // Cumulative counts never fall; a scrape that interleaved with observations
-        // can make them look as if they did, so force monotonicity like Prometheus.
-        let mut buckets = self.buckets.clone();
-        let mut top: f64 = 0.0;
-        for b in &mut buckets {
-            top = top.max(b.1);
-            b.1 = top;
-        }
-        let &(last_le, total) = buckets.last()?;
-        if last_le != f64::INFINITY || total <= 0.0 || buckets.len() < 2 {
-            return None;
-        }
-        let rank = q * total;
-        let i = buckets.iter().position(|b| b.1 >= rank)?;
-        if i == buckets.len() - 1 {
-            return Some(buckets[i - 1].0);
-        }
-        let (end, count) = buckets[i];
-        let (start, below) = if i == 0 {
-            if end <= 0.0 {
-                return Some(end);
-            }
-            (0.0, 0.0)
-        } else {
-            buckets[i - 1]
-        };
-        let inside = count - below;
-        if inside <= 0.0 {
-            return Some(end);
-        }
-        Some(start + (end - start) * (rank - below) / inside)
+        quantile(&self.buckets, q)
     }
 
     /// The window as the run record stores it.
@@ -304,17 +355,88 @@ impl Window {
     }
 }
 
+fn error_ratio(requests: u64, errors: u64) -> Option<f64> {
+    (requests > 0).then(|| errors as f64 / requests as f64)
+}
+
+/// The `q` quantile (0..=1) of latency in seconds from cumulative `buckets`, as
+/// `histogram_quantile` computes it: linear interpolation inside the bucket the rank
+/// falls in; a rank in the `+Inf` bucket gives the highest finite bound. `None`
+/// without observations.
+pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    if !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    // Cumulative counts never fall; a scrape that interleaved with observations
+    // can make them look as if they did, so force monotonicity like Prometheus.
+    let mut buckets = buckets.to_vec();
+    let mut top: f64 = 0.0;
+    for b in &mut buckets {
+        top = top.max(b.1);
+        b.1 = top;
+    }
+    let &(last_le, total) = buckets.last()?;
+    if last_le != f64::INFINITY || total <= 0.0 || buckets.len() < 2 {
+        return None;
+    }
+    let rank = q * total;
+    let i = buckets.iter().position(|b| b.1 >= rank)?;
+    if i == buckets.len() - 1 {
+        return Some(buckets[i - 1].0);
+    }
+    let (end, count) = buckets[i];
+    let (start, below) = if i == 0 {
+        if end <= 0.0 {
+            return Some(end);
+        }
+        (0.0, 0.0)
+    } else {
+        buckets[i - 1]
+    };
+    let inside = count - below;
+    if inside <= 0.0 {
+        return Some(end);
+    }
+    Some(start + (end - start) * (rank - below) / inside)
+}
+
 /// The traffic of `routes` (route names, as the proxies label them; empty means
-/// every route) between `before` and `after`.
+/// every route) between `before` and `after`. A route's new backend is the one called
+/// [`DEFAULT_NEW`], if it has one; [`window_of`] names each app's own.
 pub fn window(before: &Scrape, after: &Scrape, routes: &[String]) -> Window {
+    measure(before, after, routes, &BTreeMap::new())
+}
+
+/// The traffic of the apps' routes between `before` and `after`, each route's new
+/// backend the one `sides` names for it.
+pub fn window_of(before: &Scrape, after: &Scrape, sides: &[Side]) -> Window {
+    let mut routes: Vec<String> = Vec::new();
+    let mut named = BTreeMap::new();
+    for s in sides {
+        if !routes.contains(&s.route) {
+            routes.push(s.route.clone());
+        }
+        named.insert(s.route.as_str(), s.new.as_str());
+    }
+    measure(before, after, &routes, &named)
+}
+
+/// The window of `routes`, with `named` route → new backend.
+fn measure(
+    before: &Scrape,
+    after: &Scrape,
+    routes: &[String],
+    named: &BTreeMap<&str, &str>,
+) -> Window {
+    let wanted = |route: &str| routes.is_empty() || routes.iter().any(|r| r == route);
     let mut pairs: BTreeMap<Pair, Series> = BTreeMap::new();
+    let unseen = BTreeMap::new();
     for (url, now) in &after.replicas {
-        let Some(then) = before.replicas.get(url) else {
-            continue;
-        };
+        // Missing from the first scrape: new to the run, so its counters began at 0.
+        let then = before.replicas.get(url).unwrap_or(&unseen);
         let restarted = restarted(then, now);
         for (key, series) in now {
-            if !routes.is_empty() && !routes.contains(&key.0) {
+            if !wanted(&key.0) {
                 continue;
             }
             let delta = match then.get(key) {
@@ -327,17 +449,82 @@ pub fn window(before: &Scrape, after: &Scrape, routes: &[String]) -> Window {
             sum.buckets = add_buckets(&sum.buckets, &delta.buckets);
         }
     }
-    let mut w = Window::default();
-    for ((_, backend), s) in &pairs {
-        let (requests, errors) = (count(s.requests), count(s.errors));
-        w.requests += requests;
-        w.errors += errors;
-        let b = w.by_backend.entry(backend.clone()).or_default();
-        b.requests += requests;
-        b.errors += errors;
-        w.buckets = add_buckets(&w.buckets, &s.buckets);
+    let mut weights: BTreeMap<&Pair, f64> = BTreeMap::new();
+    for (key, &w) in before
+        .weights
+        .values()
+        .chain(after.weights.values())
+        .flatten()
+    {
+        if wanted(&key.0) && !w.is_nan() {
+            let top = weights.entry(key).or_insert(w);
+            *top = top.max(w);
+        }
     }
-    w
+
+    let mut total = Figures::default();
+    let mut by_backend: BTreeMap<String, BackendTraffic> = BTreeMap::new();
+    for ((_, backend), s) in &pairs {
+        total.add(s);
+        let b = by_backend.entry(backend.clone()).or_default();
+        b.requests += count(s.requests);
+        b.errors += count(s.errors);
+    }
+    let names: Vec<String> = if routes.is_empty() {
+        let every: BTreeSet<&String> = pairs
+            .keys()
+            .chain(weights.keys().copied())
+            .map(|k| &k.0)
+            .collect();
+        every.into_iter().cloned().collect()
+    } else {
+        routes.to_vec()
+    };
+    let routes = names
+        .into_iter()
+        .map(|route| {
+            let new_backend = match named.get(route.as_str()) {
+                Some(b) => Some(b.to_string()),
+                None => {
+                    // The proxy keeps a (zero) series for every backend on every
+                    // route; only a weight, or answers, make one the route's.
+                    let key = (route.clone(), DEFAULT_NEW.to_string());
+                    (weights.contains_key(&key)
+                        || pairs.get(&key).is_some_and(|s| count(s.requests) > 0))
+                    .then(|| DEFAULT_NEW.to_string())
+                }
+            };
+            let new_weight = new_backend
+                .as_ref()
+                .and_then(|b| weights.get(&(route.clone(), b.clone())).copied());
+            let mut r = RouteWindow {
+                route,
+                new_backend,
+                new_weight,
+                ..RouteWindow::default()
+            };
+            for ((route, backend), s) in &pairs {
+                if *route == r.route {
+                    r.all.add(s);
+                    if r.new_backend.as_ref() == Some(backend) {
+                        r.new.add(s);
+                    }
+                }
+            }
+            r
+        })
+        .collect();
+    Window {
+        requests: total.requests,
+        errors: total.errors,
+        by_backend,
+        buckets: total.buckets,
+        seconds: match (before.at, after.at) {
+            (Some(a), Some(b)) if b >= a => Some((b - a).as_secs_f64()),
+            _ => None,
+        },
+        routes,
+    }
 }
 
 /// Whether a replica's counters went back: a series that fell or vanished, or a

@@ -1,111 +1,28 @@
-//! The plan file: parsed with serde (unknown keys are errors, with line and column),
-//! then checked as a whole, so that every problem names the file and the field
-//! (`plan.toml: apps[2] (tasks).database: …`) before anything is touched.
+//! The plan file and its reading. A plan is read the way the proxy reads its
+//! config (`cutover-config`'s validator): the TOML is parsed into its spanned
+//! tree, then every field is checked and every problem collected, so that one run
+//! shows them all, each as `FILE:LINE:COL: FIELD.PATH: what is wrong; how to fix
+//! it`, before anything is touched. Unknown keys are errors that name the nearest
+//! known key.
+//!
+//! This file owns the plan's types; `read` knows the plan's fields and rules,
+//! `check` knows TOML's shapes and where each value is.
 //!
 //! Secrets stay out of the plan where possible: DSNs and the admin token may come
 //! from environment variables or files, and a DSN is never shown with its password.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+mod check;
+mod read;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use super::discover::{self, ProxySource};
+use self::check::Checker;
+use super::discover::ProxySource;
 use super::gate::Gate;
-use crate::dsn::{Dsn, Side};
+use crate::dsn::Dsn;
 use crate::error::Error;
 use crate::secrets::SecretsPlan;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPlan {
-    name: Option<String>,
-    proxies: RawProxies,
-    #[serde(default)]
-    apps: Vec<RawApp>,
-    #[serde(default)]
-    steps: Vec<RawStep>,
-    #[serde(default)]
-    switchover: RawSwitchover,
-    #[serde(default)]
-    finalize: RawFinalize,
-    secrets: Option<SecretsPlan>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProxies {
-    admin: Option<Vec<String>>,
-    discover: Option<String>,
-    #[serde(default)]
-    nameservers: Vec<String>,
-    token_file: Option<PathBuf>,
-    token_env: Option<String>,
-    #[serde(default = "old")]
-    old: String,
-    #[serde(default = "new")]
-    new: String,
-}
-
-fn old() -> String {
-    "old".into()
-}
-
-fn new() -> String {
-    "new".into()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApp {
-    name: String,
-    route: String,
-    old: Option<String>,
-    new: Option<String>,
-    database: Option<RawDatabase>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDatabase {
-    source: Option<String>,
-    source_env: Option<String>,
-    target: Option<String>,
-    target_env: Option<String>,
-    source_for_target: Option<String>,
-    source_for_target_env: Option<String>,
-    target_for_source: Option<String>,
-    target_for_source_env: Option<String>,
-    /// The replication name (publication, slot, subscription); default
-    /// `cutover_{app}`.
-    replication: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStep {
-    weights: BTreeMap<String, f64>,
-    bake: String,
-    #[serde(default)]
-    gates: Vec<Gate>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSwitchover {
-    max_lag: Option<String>,
-    max_pause: Option<String>,
-    reverse: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFinalize {
-    drain_timeout: Option<String>,
-    retire_replication: Option<bool>,
-}
 
 /// Where the admin bearer token comes from.
 #[derive(Debug, Clone)]
@@ -227,129 +144,14 @@ impl Plan {
     }
 
     /// Parses plan text; `path` names the file in errors and is kept for the
-    /// default state file location.
+    /// default state file location. The error lists every problem found.
     pub fn parse(text: &str, path: &Path) -> Result<Plan, Error> {
         let file = path.display().to_string();
-        let raw: RawPlan = toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| {
-                    let (line, col) = line_col(text, s.start);
-                    format!(":{line}:{col}")
-                })
-                .unwrap_or_default();
-            Error::Plan(format!("{file}{at}: {}", e.message()))
-        })?;
-        let bad = |field: String, reason: String| Error::Plan(format!("{file}: {field}: {reason}"));
-        let name = match raw.name {
-            Some(n) if !n.trim().is_empty() => n,
-            _ => path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "plan".into()),
-        };
-        let proxies = proxy_source(&raw.proxies, &bad)?;
-        let token = match (&raw.proxies.token_file, &raw.proxies.token_env) {
-            (Some(_), Some(_)) => {
-                return Err(bad(
-                    "proxies".into(),
-                    "give token_file or token_env, not both".into(),
-                ));
-            }
-            (Some(f), None) => TokenSource::File(relative_to(path, f)),
-            (None, Some(v)) => TokenSource::Env(v.clone()),
-            (None, None) => TokenSource::None,
-        };
-        if raw.apps.is_empty() {
-            return Err(bad(
-                "apps".into(),
-                "the plan names no [[apps]]; give each application's route".into(),
-            ));
+        let mut c = Checker::new(&file, text);
+        match read::plan(&mut c, text, path) {
+            Some(plan) if c.is_clean() => Ok(plan),
+            _ => Err(c.into_error()),
         }
-        let mut apps = Vec::new();
-        let mut seen = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-        for (i, a) in raw.apps.iter().enumerate() {
-            let at = format!("apps[{i}] ({})", a.name);
-            if a.name.trim().is_empty() {
-                return Err(bad(format!("apps[{i}].name"), "must not be empty".into()));
-            }
-            if !seen.0.insert(a.name.clone()) {
-                return Err(bad(
-                    format!("{at}.name"),
-                    "another app has this name".into(),
-                ));
-            }
-            if a.route.trim().is_empty() || a.route.contains('/') {
-                return Err(bad(
-                    format!("{at}.route"),
-                    format!("{:?} is not a Host (e.g. shop.example.com)", a.route),
-                ));
-            }
-            if !seen.1.insert(a.route.to_ascii_lowercase()) {
-                return Err(bad(
-                    format!("{at}.route"),
-                    "another app has this route".into(),
-                ));
-            }
-            let database = match &a.database {
-                None => None,
-                Some(d) => {
-                    let db = database(d, &a.name, &format!("{at}.database"), &bad)?;
-                    if !seen.2.insert(db.replication.clone()) {
-                        return Err(bad(
-                            format!("{at}.database.replication"),
-                            format!("{:?} is used by another app", db.replication),
-                        ));
-                    }
-                    Some(db)
-                }
-            };
-            apps.push(App {
-                name: a.name.clone(),
-                route: a.route.to_ascii_lowercase(),
-                old: a.old.clone().unwrap_or_else(|| raw.proxies.old.clone()),
-                new: a.new.clone().unwrap_or_else(|| raw.proxies.new.clone()),
-                database,
-            });
-        }
-        let mut steps = Vec::new();
-        for (i, s) in raw.steps.iter().enumerate() {
-            steps.push(step(s, &format!("steps[{i}]"), &bad)?);
-        }
-        let dur = |field: &str, v: &Option<String>, default: Duration| -> Result<Duration, Error> {
-            match v {
-                None => Ok(default),
-                Some(s) => humantime::parse_duration(s)
-                    .map_err(|e| bad(field.into(), format!("{s:?}: {e} (e.g. 500ms, 5s, 2m)"))),
-            }
-        };
-        Ok(Plan {
-            name,
-            path: path.to_path_buf(),
-            sha256: sha256_hex(text.as_bytes()),
-            proxies,
-            token,
-            apps,
-            steps,
-            max_lag: dur(
-                "switchover.max_lag",
-                &raw.switchover.max_lag,
-                Duration::from_secs(5),
-            )?,
-            max_pause: dur(
-                "switchover.max_pause",
-                &raw.switchover.max_pause,
-                Duration::from_secs(10),
-            )?,
-            reverse: raw.switchover.reverse.unwrap_or(true),
-            drain_timeout: dur(
-                "finalize.drain_timeout",
-                &raw.finalize.drain_timeout,
-                Duration::from_secs(300),
-            )?,
-            retire_replication: raw.finalize.retire_replication.unwrap_or(true),
-            secrets: raw.secrets,
-        })
     }
 
     /// The apps with a database, in plan order (the switchover order).
@@ -358,193 +160,6 @@ impl Plan {
             .iter()
             .filter_map(|a| a.database.as_ref().map(|d| (a, d)))
     }
-}
-
-fn proxy_source(
-    p: &RawProxies,
-    bad: &dyn Fn(String, String) -> Error,
-) -> Result<ProxySource, Error> {
-    let mut nameservers = Vec::new();
-    for (i, ns) in p.nameservers.iter().enumerate() {
-        let addr: SocketAddr =
-            ns.parse()
-                .or_else(|_| format!("{ns}:53").parse())
-                .map_err(|_| {
-                    bad(
-                        format!("proxies.nameservers[{i}]"),
-                        format!("{ns:?} is not IP:PORT"),
-                    )
-                })?;
-        nameservers.push(addr);
-    }
-    match (&p.admin, &p.discover) {
-        (Some(_), Some(_)) => Err(bad(
-            "proxies".into(),
-            "give admin (a list of URLs) or discover (a DNS name), not both".into(),
-        )),
-        (None, None) => Err(bad(
-            "proxies".into(),
-            "give admin = [\"http://HOST:PORT\", …] or discover = \"NAME:PORT\"".into(),
-        )),
-        (Some(urls), None) if urls.is_empty() => Err(bad(
-            "proxies.admin".into(),
-            "the list is empty; give every replica's admin URL".into(),
-        )),
-        (Some(urls), None) => {
-            // Checks each URL the way the switchover will use it.
-            crate::proxy::Proxies::new(urls, None)
-                .map_err(|e| bad("proxies.admin".into(), e.to_string()))?;
-            Ok(ProxySource::Admin(urls.clone()))
-        }
-        (None, Some(d)) => discover::parse_discover(d, nameservers)
-            .map_err(|e| bad("proxies.discover".into(), e.to_string())),
-    }
-}
-
-fn database(
-    d: &RawDatabase,
-    app: &str,
-    at: &str,
-    bad: &dyn Fn(String, String) -> Error,
-) -> Result<Database, Error> {
-    let dsn = |side: Side,
-               key: &str,
-               inline: &Option<String>,
-               env: &Option<String>,
-               required: bool|
-     -> Result<Option<Dsn>, Error> {
-        let raw = match (inline, env) {
-            (Some(_), Some(_)) => {
-                return Err(bad(at.into(), format!("give {key} or {key}_env, not both")));
-            }
-            (Some(s), None) => s.clone(),
-            (None, Some(v)) => std::env::var(v).map_err(|_| {
-                bad(
-                    format!("{at}.{key}_env"),
-                    format!("the environment variable {v} is not set"),
-                )
-            })?,
-            (None, None) if required => {
-                return Err(bad(at.into(), format!("give {key} or {key}_env")));
-            }
-            (None, None) => return Ok(None),
-        };
-        Dsn::parse(side, &raw)
-            .map(Some)
-            .map_err(|e| bad(format!("{at}.{key}"), e.to_string()))
-    };
-    let source = dsn(Side::Source, "source", &d.source, &d.source_env, true)?;
-    let target = dsn(Side::Target, "target", &d.target, &d.target_env, true)?;
-    let (Some(source), Some(target)) = (source, target) else {
-        return Err(bad(at.into(), "give source and target".into()));
-    };
-    let replication = match &d.replication {
-        Some(r) => r.clone(),
-        None => default_replication(app),
-    };
-    crate::cli::parse_name(&replication)
-        .map_err(|e| bad(format!("{at}.replication"), format!("{replication:?}: {e}")))?;
-    Ok(Database {
-        source,
-        target,
-        source_for_target: dsn(
-            Side::Source,
-            "source_for_target",
-            &d.source_for_target,
-            &d.source_for_target_env,
-            false,
-        )?,
-        target_for_source: dsn(
-            Side::Target,
-            "target_for_source",
-            &d.target_for_source,
-            &d.target_for_source_env,
-            false,
-        )?,
-        replication,
-    })
-}
-
-/// `cutover_{app}`, lowercased, other characters as `_`, at most 40 long.
-fn default_replication(app: &str) -> String {
-    let mut s: String = format!("cutover_{app}")
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    s.truncate(40);
-    s
-}
-
-fn step(s: &RawStep, at: &str, bad: &dyn Fn(String, String) -> Error) -> Result<Step, Error> {
-    for (k, v) in &s.weights {
-        if k != "old" && k != "new" {
-            return Err(bad(
-                format!("{at}.weights.{k}"),
-                "the weights name the two sides: old and new".into(),
-            ));
-        }
-        if !(0.0..=100.0).contains(v) || (v * 100.0).fract().abs() > 1e-9 {
-            return Err(bad(
-                format!("{at}.weights.{k}"),
-                format!("{v} must be a percent from 0 to 100 with at most two decimals"),
-            ));
-        }
-    }
-    let old = s.weights.get("old").copied();
-    let new = s.weights.get("new").copied();
-    let new_percent = match (old, new) {
-        (None, None) => {
-            return Err(bad(
-                format!("{at}.weights"),
-                "give { old = …, new = … }".into(),
-            ));
-        }
-        (Some(o), None) => 100.0 - o,
-        (None, Some(n)) => n,
-        (Some(o), Some(n)) => {
-            if ((o + n) - 100.0).abs() > 1e-9 {
-                return Err(bad(
-                    format!("{at}.weights"),
-                    format!("old {o} + new {n} must be 100"),
-                ));
-            }
-            n
-        }
-    };
-    let bake = humantime::parse_duration(&s.bake).map_err(|e| {
-        bad(
-            format!("{at}.bake"),
-            format!("{:?}: {e} (e.g. 30s, 2m)", s.bake),
-        )
-    })?;
-    Ok(Step {
-        new_percent,
-        bake,
-        gates: s.gates.clone(),
-    })
-}
-
-fn relative_to(plan: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    plan.parent()
-        .map(|d| d.join(p))
-        .unwrap_or_else(|| p.to_path_buf())
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {

@@ -204,6 +204,51 @@ pub struct RetiredObject {
     pub detail: String,
 }
 
+/// One proxy replica the run heard from, under one name (a replica that restarts
+/// at the same address under another name is another entry).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    /// Its admin URL.
+    pub url: String,
+    /// The name it gives (`/state`'s `replica`); empty for an older proxy.
+    #[serde(default)]
+    pub replica: String,
+    /// When it first and last answered, in seconds since the run started.
+    pub first_answered_s: f64,
+    pub last_answered_s: f64,
+    /// The distinct epochs it served, ascending.
+    #[serde(default)]
+    pub epochs: Vec<u64>,
+}
+
+impl ReplicaRecord {
+    /// Adds `seen` to `list`: to the newest entry of the same URL if it has the
+    /// same name (or either has none yet), widening its times and adding its
+    /// epochs; as a new entry otherwise. Merging the same figures again changes
+    /// nothing, so the runner can merge everything it knows at every save.
+    pub fn merge(list: &mut Vec<ReplicaRecord>, seen: ReplicaRecord) {
+        let same = list
+            .iter_mut()
+            .rev()
+            .find(|r| r.url == seen.url)
+            .filter(|r| {
+                r.replica == seen.replica || r.replica.is_empty() || seen.replica.is_empty()
+            });
+        let Some(r) = same else {
+            list.push(seen);
+            return;
+        };
+        if r.replica.is_empty() {
+            r.replica = seen.replica;
+        }
+        r.first_answered_s = r.first_answered_s.min(seen.first_answered_s);
+        r.last_answered_s = r.last_answered_s.max(seen.last_answered_s);
+        r.epochs.extend(seen.epochs);
+        r.epochs.sort_unstable();
+        r.epochs.dedup();
+    }
+}
+
 /// Everything about a run so far.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
@@ -255,4 +300,57 @@ pub struct Record {
     /// verdict's downtime is the longest run of consecutive seconds.
     #[serde(default)]
     pub error_seconds: Vec<u64>,
+    /// Every proxy replica the run heard from, in the order they first answered.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(url: &str, replica: &str, first: f64, last: f64, epochs: &[u64]) -> ReplicaRecord {
+        ReplicaRecord {
+            url: url.into(),
+            replica: replica.into(),
+            first_answered_s: first,
+            last_answered_s: last,
+            epochs: epochs.to_vec(),
+        }
+    }
+
+    #[test]
+    fn replicas_merge_by_url_and_name() {
+        let mut list = Vec::new();
+        ReplicaRecord::merge(&mut list, seen("http://a", "", 0.5, 1.0, &[]));
+        ReplicaRecord::merge(&mut list, seen("http://a", "proxy-0", 0.5, 9.0, &[3, 4]));
+        ReplicaRecord::merge(&mut list, seen("http://b", "proxy-1", 4.0, 9.0, &[4]));
+        // The same figures again (the runner merges at every save): no change.
+        ReplicaRecord::merge(&mut list, seen("http://a", "proxy-0", 0.5, 9.0, &[3, 4]));
+        // A resumed run hears from it again, at a later epoch.
+        ReplicaRecord::merge(&mut list, seen("http://a", "proxy-0", 30.0, 40.0, &[6, 4]));
+        assert_eq!(
+            list,
+            vec![
+                seen("http://a", "proxy-0", 0.5, 40.0, &[3, 4, 6]),
+                seen("http://b", "proxy-1", 4.0, 9.0, &[4]),
+            ]
+        );
+        // Restarted at the same address under another name: its own entry.
+        ReplicaRecord::merge(&mut list, seen("http://a", "proxy-9", 50.0, 51.0, &[7]));
+        assert_eq!(list.len(), 3);
+        assert_eq!(list[2].replica, "proxy-9");
+    }
+
+    #[test]
+    fn an_old_state_file_reads_without_replicas() {
+        let r: Record = serde_json::from_value(serde_json::json!({
+            "version": 1, "plan_name": "p", "plan_path": "p.toml", "plan_sha256": "x",
+            "started_at": 0.0, "updated_at": 1.0, "outcome": "running",
+            "phase": "steps", "next_step": 0, "timeline": [], "spans": [],
+            "gates": [], "lag": {}, "switchovers": [], "verify": []
+        }))
+        .unwrap();
+        assert!(r.replicas.is_empty());
+    }
 }

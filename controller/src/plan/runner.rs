@@ -11,6 +11,11 @@
 //! span gives its requests, errors and percentiles (deltas per replica, summed), and
 //! a scrape every second marks the seconds in which users got errors, which is what
 //! the verdict's downtime is made of.
+//!
+//! The replicas are found again before every action and, in the background, every
+//! second ([`sampler`]); one that appears is brought up to the newest replica's
+//! state at once and scraped from then on. Every change to the proxies carries an
+//! epoch (see [`crate::proxy`]); the record keeps every replica the run heard from.
 
 mod finish;
 mod prepare;
@@ -28,18 +33,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
-
 use super::exporter::{self, ControllerMetrics};
 use super::metrics::{self, Scrape};
 use super::model::{Database, Plan};
-use super::record::{Event, Outcome, PhaseName, RECORD_VERSION, Record, Span};
+use super::record::{Event, Outcome, PhaseName, RECORD_VERSION, Record, ReplicaRecord, Span};
 use super::report;
 use super::state::{self, StateFile};
 use crate::db::Db;
 use crate::error::Error;
 use crate::lock;
-use crate::proxy::Proxies;
+use crate::proxy::{self, Proxies};
 use sampler::Sampler;
 use ui::Ui;
 
@@ -100,6 +103,9 @@ pub(crate) struct Runner<'a> {
     token: Option<String>,
     /// Every app's route name as the proxies call it (metrics label `route`).
     route_names: Vec<String>,
+    /// The replicas, found again before each action; what its clones learn of
+    /// the fleet (epochs, who answered) is shared with the sampler's.
+    fleet: Option<Proxies>,
     /// The replicas seen last, to note changes.
     last_urls: Vec<String>,
     /// Connected database pairs by app.
@@ -184,6 +190,7 @@ impl<'a> Runner<'a> {
             interrupted: Arc::new(AtomicBool::new(false)),
             token: plan.token.read()?,
             route_names: Vec::new(),
+            fleet: None,
             last_urls: Vec::new(),
             dbs: BTreeMap::new(),
         })
@@ -311,26 +318,75 @@ impl<'a> Runner<'a> {
         });
     }
 
-    /// Saves the record (with the error seconds seen so far).
+    /// Saves the record (with the error seconds and the replicas seen so far).
     fn save(&mut self) -> Result<(), Error> {
         self.sampler.drain_into(&mut self.rec.error_seconds);
+        self.absorb_fleet();
         self.rec.updated_at = now();
         self.file.save(&self.rec)
     }
 
-    /// The replicas now (a DNS plan re-resolves every time).
+    /// Moves what the proxies' clients learned of the fleet into the record (the
+    /// bake calls it every second, so that a replica joining shows at once): the
+    /// replicas that joined or left (timeline events), and every replica heard
+    /// from.
+    pub(super) fn absorb_fleet(&mut self) {
+        let Some(fleet) = &self.fleet else { return };
+        let (notes, seen) = (fleet.take_notes(), fleet.seen());
+        for n in notes {
+            let mark = if n.ok { "" } else { "FAILED: " };
+            self.ui
+                .line(&format!("{:<10} {mark}{}", self.rec.phase.as_str(), n.text));
+            // Noted in the background, taken later: in the timeline at its time.
+            let i = self.rec.timeline.partition_point(|e| e.at <= n.at);
+            self.rec.timeline.insert(
+                i,
+                Event {
+                    at: n.at,
+                    phase: self.rec.phase,
+                    step: None,
+                    app: None,
+                    what: n.text,
+                    ok: n.ok,
+                },
+            );
+        }
+        for s in seen {
+            ReplicaRecord::merge(
+                &mut self.rec.replicas,
+                ReplicaRecord {
+                    url: s.url,
+                    replica: s.replica,
+                    first_answered_s: s.first - self.rec.started_at,
+                    last_answered_s: s.last - self.rec.started_at,
+                    epochs: s.epochs.into_iter().collect(),
+                },
+            );
+        }
+    }
+
+    /// The replicas now (a DNS plan re-resolves every time); one that appeared
+    /// since the last look is brought up to the newest replica's state first.
     async fn proxies(&mut self) -> Result<Proxies, Error> {
-        let urls = self.plan.proxies.urls().await?;
-        if urls != self.last_urls {
+        let p = match &mut self.fleet {
+            Some(p) => {
+                p.refresh().await?;
+                p.clone()
+            }
+            None => {
+                let p = Proxies::discover(self.plan.proxies.clone(), self.token.clone()).await?;
+                self.fleet = Some(p.clone());
+                p
+            }
+        };
+        if p.urls() != self.last_urls.as_slice() {
             self.ui.line(&format!(
                 "proxy replicas ({}): {}",
-                urls.len(),
-                urls.join(", ")
+                p.urls().len(),
+                p.urls().join(", ")
             ));
-            self.last_urls = urls.clone();
+            self.last_urls = p.urls().to_vec();
         }
-        let p = Proxies::new(&urls, self.token.clone())?;
-        self.sampler.set_proxies(&p);
         Ok(p)
     }
 
@@ -339,32 +395,27 @@ impl<'a> Runner<'a> {
     async fn check_routes(&mut self, proxies: &Proxies) -> Result<(), Error> {
         let mut names = Vec::new();
         for url in proxies.urls() {
-            let status = proxies.status(url).await?;
+            let status = proxies.read_status(url).await?;
             for app in &self.plan.apps {
-                let route = find_route(&status, &app.route).ok_or_else(|| {
+                let route = proxy::find_route(&status, &app.route).ok_or_else(|| {
                     Error::Precondition(format!(
                         "proxy {url}: no route lists host {:?} (app {}); add it to the proxies' config",
                         app.route, app.name
                     ))
                 })?;
-                let members: Vec<&str> = route["members"]
-                    .as_array()
-                    .map(|m| m.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
+                let members = &route.members;
                 for b in [&app.old, &app.new] {
-                    if !members.is_empty() && !members.contains(&b.as_str()) {
+                    if !members.is_empty() && !members.contains(b) {
                         return Err(Error::Precondition(format!(
                             "proxy {url}: route {} (app {}) has no backend {b:?}; its backends: {}",
-                            route["name"].as_str().unwrap_or("?"),
+                            route.name,
                             app.name,
                             members.join(", ")
                         )));
                     }
                 }
-                if let Some(n) = route["name"].as_str()
-                    && !names.iter().any(|x| x == n)
-                {
-                    names.push(n.to_string());
+                if !names.contains(&route.name) {
+                    names.push(route.name.clone());
                 }
             }
         }
@@ -396,8 +447,11 @@ impl<'a> Runner<'a> {
         Ok(pair)
     }
 
-    async fn scrape(&mut self, proxies: &Proxies) -> Result<Scrape, Error> {
-        metrics::scrape(proxies).await
+    /// Every replica's counters now: the replicas are found again first, so that
+    /// one that left does not fail the scrape and one that joined counts.
+    async fn scrape(&mut self) -> Result<Scrape, Error> {
+        let proxies = self.proxies().await?;
+        metrics::scrape(&proxies).await
     }
 
     /// Closes a span: its traffic between two scrapes.
@@ -419,20 +473,22 @@ impl<'a> Runner<'a> {
         phase: PhaseName,
         next: PhaseName,
         started: f64,
-        proxies: &Proxies,
         a: &Scrape,
     ) -> Result<(), Error> {
-        let b = self.scrape(proxies).await?;
+        let b = self.scrape().await?;
         self.span(phase.as_str().to_string(), phase, started, a, &b);
         self.rec.phase = next;
         self.save()
     }
 
-    /// Sets `new_percent` on every app's route on every replica.
+    /// Sets `new_percent` on every app's route on every replica (each app's route
+    /// one change), then looks for replicas again: one that appeared while the
+    /// changes went out, and was given an older state, is given the newest.
     async fn set_weights(&mut self, proxies: &Proxies, new_percent: f64) -> Result<(), Error> {
         for app in &self.plan.apps {
             self.set_app_weights(proxies, app, new_percent).await?;
         }
+        self.proxies().await?;
         self.rec.weights = Some(
             [
                 ("old".to_string(), 100.0 - new_percent),
@@ -472,17 +528,8 @@ fn fresh_record(plan: &Plan) -> Record {
         ledger: None,
         client_failed_requests: None,
         error_seconds: Vec::new(),
+        replicas: Vec::new(),
     }
-}
-
-/// The `/status` route that lists `host` (or is named so).
-fn find_route<'v>(status: &'v Value, host: &str) -> Option<&'v Value> {
-    status["routes"].as_array()?.iter().find(|r| {
-        r["name"].as_str() == Some(host)
-            || r["hosts"]
-                .as_array()
-                .is_some_and(|h| h.iter().any(|x| x.as_str() == Some(host)))
-    })
 }
 
 /// "step 2 of 3 (new 50%)", "switchover of tasks", "preflight".

@@ -189,10 +189,58 @@ pub async fn create_databases(
 /// per app at 100/0 with writes on old and a sticky cookie, listeners on loopback
 /// ports the proxy picks (it logs them).
 pub fn proxy_config(old: SocketAddr, new: SocketAddr) -> String {
-    let mut s = format!(
+    proxy_config_with(
+        old,
+        new,
         "# cutover rehearse: the two sites behind one proxy\n\
-         [listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [proxy]\nthreads = 2\ngrace = \"5s\"\n\n\
+         [listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+}
+
+/// One replica of a fleet (`rehearse --replicas`).
+#[derive(Debug, Clone)]
+pub struct ReplicaConf<'a> {
+    /// `[fleet] name`.
+    pub name: &'a str,
+    /// Its data listener (port 0: the proxy picks one and logs it).
+    pub http: SocketAddr,
+    /// Its admin listener: its own address at the port every replica shares.
+    pub admin: SocketAddr,
+    /// `[fleet] peers`: `NAME:PORT`.
+    pub peers: &'a str,
+    /// The DNS server that resolves `peers`.
+    pub nameserver: SocketAddr,
+    pub state_file: &'a std::path::Path,
+}
+
+/// `cutover-proxy`'s config for one replica of a fleet: as [`proxy_config`], with
+/// its own listeners, `[fleet]` (name, state file, peers by DNS) and the resolver
+/// that answers for the peers' name.
+pub fn replica_config(old: SocketAddr, new: SocketAddr, r: &ReplicaConf<'_>) -> String {
+    proxy_config_with(
+        old,
+        new,
+        &format!(
+            "# cutover rehearse: replica {name} of the proxy fleet\n\
+             [listen]\nhttp = \"{http}\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+             [fleet]\nname = {name_str}\nstate_file = {state}\npeers = {peers}\n\
+             bootstrap_timeout = \"5s\"\nsync_interval = \"1s\"\n\n\
+             [resolver]\nnameservers = [\"{ns}\"]\n",
+            name = r.name,
+            name_str = toml_str(r.name),
+            http = r.http,
+            admin = r.admin,
+            state = toml_str(&r.state_file.display().to_string()),
+            peers = toml_str(r.peers),
+            ns = r.nameserver,
+        ),
+    )
+}
+
+/// The config's common part (proxy settings, backends, routes) after `head`.
+fn proxy_config_with(old: SocketAddr, new: SocketAddr, head: &str) -> String {
+    let mut s = format!(
+        "{head}\n[proxy]\nthreads = 2\ngrace = \"5s\"\n\n\
          [backends.old]\naddrs = [\"{old}\"]\n\n[backends.new]\naddrs = [\"{new}\"]\n"
     );
     for app in &PLATFORM {
@@ -252,12 +300,42 @@ pub struct Timing {
     pub bake: Duration,
 }
 
+/// How the plan finds the proxies.
+#[derive(Debug, Clone)]
+pub enum PlanProxies {
+    /// One proxy, by its admin address.
+    Admin(SocketAddr),
+    /// Every replica `name` resolves to (at `nameserver`), at admin port `port`.
+    Discover {
+        name: String,
+        port: u16,
+        nameserver: SocketAddr,
+    },
+}
+
+impl PlanProxies {
+    /// The `[proxies]` lines that say so.
+    fn toml(&self) -> String {
+        match self {
+            PlanProxies::Admin(admin) => format!("admin = [\"http://{admin}\"]\n"),
+            PlanProxies::Discover {
+                name,
+                port,
+                nameserver,
+            } => format!(
+                "discover = {}\nnameservers = [\"{nameserver}\"]\n",
+                toml_str(&format!("{name}:{port}"))
+            ),
+        }
+    }
+}
+
 /// The migration plan, in the real format: the six apps with their databases
 /// (superuser DSNs by database name inline: the file is private to this run and
 /// the servers are on loopback), 10% → 50% → 100% to new with gates, switchovers
 /// without reverse replication, and finalize.
 pub fn plan(
-    admin: SocketAddr,
+    proxies: &PlanProxies,
     old_dsn: impl Fn(&str) -> String,
     new_dsn: impl Fn(&str) -> String,
     timing: Timing,
@@ -265,7 +343,8 @@ pub fn plan(
     let bake = format!("{}ms", timing.bake.as_millis());
     let mut s = format!(
         "# cutover rehearse: the whole platform, migrated on this machine\n\
-         name = \"rehearsal\"\n\n[proxies]\nadmin = [\"http://{admin}\"]\nold = \"old\"\nnew = \"new\"\n"
+         name = \"rehearsal\"\n\n[proxies]\n{}old = \"old\"\nnew = \"new\"\n",
+        proxies.toml()
     );
     for app in &PLATFORM {
         let _ = write!(
@@ -366,7 +445,7 @@ mod tests {
             }
         };
         let text = plan(
-            "127.0.0.1:9901".parse().unwrap(),
+            &PlanProxies::Admin("127.0.0.1:9901".parse().unwrap()),
             dsn("old"),
             dsn("new"),
             Timing {
@@ -388,6 +467,79 @@ mod tests {
     fn strings_are_quoted_for_toml() {
         assert_eq!(toml_str(r#"a"b\c"#), r#""a\"b\\c""#);
         assert_eq!(toml_str("x\ny"), r#""x\ny""#);
+    }
+
+    #[test]
+    fn a_replica_config_joins_its_fleet_by_dns() {
+        let cfg = replica_config(
+            "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
+            "127.0.0.1:2".parse().unwrap_or_else(|e| panic!("{e}")),
+            &ReplicaConf {
+                name: "proxy-1",
+                http: "127.0.0.3:0".parse().unwrap_or_else(|e| panic!("{e}")),
+                admin: "127.0.0.3:9901".parse().unwrap_or_else(|e| panic!("{e}")),
+                peers: "proxies.rehearse:9901",
+                nameserver: "127.0.0.1:5353".parse().unwrap_or_else(|e| panic!("{e}")),
+                state_file: std::path::Path::new("/run/proxy-1/state.json"),
+            },
+        );
+        // The proxy's own validation runs in the rehearsal test; here, the shape.
+        let value: toml::Value = toml::from_str(&cfg).unwrap_or_else(|e| panic!("{e}\n{cfg}"));
+        let get = |table: &str, key: &str| {
+            value
+                .get(table)
+                .and_then(|t| t.get(key))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        assert_eq!(get("admin", "listen").as_deref(), Some("127.0.0.3:9901"));
+        assert_eq!(get("listen", "http").as_deref(), Some("127.0.0.3:0"));
+        assert_eq!(get("fleet", "name").as_deref(), Some("proxy-1"));
+        assert_eq!(
+            get("fleet", "peers").as_deref(),
+            Some("proxies.rehearse:9901")
+        );
+        assert_eq!(
+            get("fleet", "state_file").as_deref(),
+            Some("/run/proxy-1/state.json")
+        );
+        let ns = value
+            .get("resolver")
+            .and_then(|r| r.get("nameservers"))
+            .and_then(|n| n.as_array())
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>());
+        assert_eq!(ns, Some(vec!["127.0.0.1:5353"]));
+        let routes = value
+            .get("routes")
+            .and_then(|r| r.as_array())
+            .map_or(0, Vec::len);
+        assert_eq!(routes, 6);
+    }
+
+    #[test]
+    fn a_fleet_plan_discovers_its_replicas() {
+        let text = plan(
+            &PlanProxies::Discover {
+                name: "proxies.rehearse".into(),
+                port: 9901,
+                nameserver: "127.0.0.1:5353".parse().unwrap(),
+            },
+            |db| format!("host=127.0.0.1 port=1 user=postgres dbname={db}"),
+            |db| format!("host=127.0.0.1 port=2 user=postgres dbname={db}"),
+            Timing {
+                bake: Duration::from_secs(3),
+            },
+        );
+        let plan = crate::plan::model::Plan::parse(&text, std::path::Path::new("plan.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(
+            plan.proxies,
+            crate::plan::discover::ProxySource::Discover {
+                host: "proxies.rehearse".into(),
+                port: 9901,
+                nameservers: vec!["127.0.0.1:5353".parse().unwrap()],
+            }
+        );
     }
 
     #[test]

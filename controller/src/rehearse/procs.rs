@@ -53,6 +53,11 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its exit status, if it has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
@@ -119,13 +124,23 @@ pub struct ProxyProc {
 /// Starts `cutover-proxy --config config` and waits (up to 30 s) until it logs
 /// both listeners.
 pub async fn start_proxy(bin: &Path, config: &Path, log: &Path) -> Result<ProxyProc, String> {
+    wait_listening(spawn_proxy(bin, config, log)?).await
+}
+
+/// Starts `cutover-proxy --config config`, without waiting for anything.
+pub fn spawn_proxy(bin: &Path, config: &Path, log: &Path) -> Result<Proc, String> {
     let mut cmd = Command::new(bin);
     cmd.arg("--config")
         .arg(config)
         .args(["--log", "info"])
         .env_remove("CUTOVER_ADMIN_TOKEN");
-    let mut proc = Proc::spawn("cutover-proxy", cmd, log)
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    Proc::spawn("cutover-proxy", cmd, log)
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))
+}
+
+/// Waits (up to 30 s) until the proxy `proc` logs both listeners. The data
+/// listener is logged last: with `[fleet] peers`, after the state was synced.
+pub async fn wait_listening(mut proc: Proc) -> Result<ProxyProc, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = proc.output();
@@ -163,7 +178,7 @@ fn find_addr(log: &str, marker: &str) -> Option<SocketAddr> {
         })
 }
 
-fn strip_ansi(line: &str) -> String {
+pub(super) fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
@@ -243,7 +258,8 @@ pub fn requests_total(metrics: &str) -> f64 {
         .filter(|l| l.starts_with("cutover_requests_total"))
         .filter_map(|l| l.rsplit(' ').next())
         .filter_map(|v| v.parse::<f64>().ok())
-        .sum()
+        // Not `sum()`: an empty f64 sum is -0, which prints as "-0".
+        .fold(0.0, |a, b| a + b)
 }
 
 #[cfg(test)]

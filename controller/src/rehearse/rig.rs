@@ -13,6 +13,7 @@ use std::path::Path;
 use super::Progress;
 use super::app::Site;
 use super::cluster::Cluster;
+use super::fleet::Fleet;
 use super::platform::{self, PLATFORM};
 use super::procs::{Proc, ProxyProc};
 
@@ -20,6 +21,8 @@ use super::procs::{Proc, ProxyProc};
 pub(super) struct Rig {
     pub load: Option<Proc>,
     pub proxy: Option<ProxyProc>,
+    /// With `--replicas` above 1, instead of `proxy`.
+    pub fleet: Option<Fleet>,
     pub sites: Option<(Site, Site)>,
     pub clusters: Option<(Cluster, Cluster)>,
     pub dir: Option<tempfile::TempDir>,
@@ -33,6 +36,7 @@ impl Rig {
         Rig {
             load: None,
             proxy: None,
+            fleet: None,
             sites: None,
             clusters: None,
             dir: None,
@@ -43,7 +47,7 @@ impl Rig {
 
     /// The proxy and the apps are up (there is something to inspect).
     pub fn serving(&self) -> bool {
-        self.proxy.is_some() && self.sites.is_some()
+        (self.proxy.is_some() || self.fleet.is_some()) && self.sites.is_some()
     }
 
     /// Replaces every password in `text`.
@@ -56,11 +60,25 @@ impl Rig {
     pub fn collect_logs(&self, out: &Path) {
         let mut logs: Vec<(String, String)> = Vec::new();
         if let Some(dir) = &self.dir {
-            for name in ["proxy.log", "load.log"] {
-                if let Ok(text) = std::fs::read_to_string(dir.path().join(name)) {
-                    logs.push((name.to_string(), text));
+            let replicas = self
+                .fleet
+                .as_ref()
+                .map(Fleet::log_names)
+                .unwrap_or_default();
+            let names = ["proxy.log", "load.log"]
+                .into_iter()
+                .map(str::to_string)
+                .chain(replicas);
+            for name in names {
+                if let Ok(text) = std::fs::read_to_string(dir.path().join(&name)) {
+                    logs.push((name, text));
                 }
             }
+        }
+        if let Some(fleet) = &self.fleet {
+            let mut lines = fleet.balancer.stats().log;
+            lines.push(String::new());
+            logs.push(("balancer.log".into(), lines.join("\n")));
         }
         if let Some((old, new)) = &self.clusters {
             for c in [old, new] {
@@ -88,15 +106,17 @@ impl Rig {
 
     /// What is kept running and how to reach it, for `--keep`.
     pub fn show(&self) {
-        let (Some(proxy), Some((old_site, new_site)), Some((old, new))) =
-            (&self.proxy, &self.sites, &self.clusters)
-        else {
+        let (Some((old_site, new_site)), Some((old, new))) = (&self.sites, &self.clusters) else {
             return;
         };
-        let admin = proxy.admin;
+        let front = match (&self.proxy, &self.fleet) {
+            (Some(proxy), _) => proxy.http,
+            (None, Some(fleet)) => fleet.balancer.addr,
+            (None, None) => return,
+        };
         let mut s =
             String::from("\nkept running for inspection; Ctrl-C stops the proxy and the apps:\n");
-        let _ = writeln!(s, "  proxy        http://{}/ (routes by Host):", proxy.http);
+        let _ = writeln!(s, "  proxy        http://{front}/ (routes by Host):");
         for app in &PLATFORM {
             let path = if app.table.is_some() {
                 "/items"
@@ -105,16 +125,20 @@ impl Rig {
             };
             let _ = writeln!(
                 s,
-                "               curl -si -H 'Host: {}' http://{}{path}",
+                "               curl -si -H 'Host: {}' http://{front}{path}",
                 app.host(),
-                proxy.http
             );
         }
-        let _ = writeln!(s, "  status page  http://{admin}/");
-        let _ = writeln!(
-            s,
-            "  admin API    http://{admin}/status  http://{admin}/metrics"
-        );
+        if let Some(proxy) = &self.proxy {
+            let admin = proxy.admin;
+            let _ = writeln!(s, "  status page  http://{admin}/");
+            let _ = writeln!(
+                s,
+                "  admin API    http://{admin}/status  http://{admin}/metrics"
+            );
+        } else if let Some(fleet) = &self.fleet {
+            s.push_str(&fleet.show());
+        }
         let _ = writeln!(
             s,
             "  sites        old http://{}  new http://{}",
@@ -147,6 +171,9 @@ impl Rig {
         }
         if let Some(mut proxy) = self.proxy.take() {
             proxy.proc.kill();
+        }
+        if let Some(mut fleet) = self.fleet.take() {
+            fleet.kill();
         }
         drop(self.sites.take());
         let clusters = self.clusters.take();

@@ -13,7 +13,8 @@ use rand::distr::Alphanumeric;
 
 use super::app::Site;
 use super::cluster::{self, Cluster};
-use super::platform::{self, PLATFORM, Timing};
+use super::fleet::{self, Fleet, FleetReport};
+use super::platform::{self, PLATFORM, PlanProxies, Timing};
 use super::rig::Rig;
 use super::users::{self, LoadFiles};
 use super::{Progress, RehearseArgs, RehearseError, binaries, io, procs, writes};
@@ -183,22 +184,59 @@ pub(super) async fn rehearse(
         .map_err(io("start the new side's apps"))?;
     let (old_addr, new_addr) = (old_site.addr, new_site.addr);
     rig.sites = Some((old_site, new_site));
-    let proxy_config = run_dir.join("cutover-proxy.toml");
-    write_file(&proxy_config, &platform::proxy_config(old_addr, new_addr))?;
     let t = Instant::now();
-    let proxy = procs::start_proxy(&bins.proxy, &proxy_config, &run_dir.join("proxy.log"))
-        .await
-        .map_err(RehearseError::Step)?;
-    let (proxy_http, admin) = (proxy.http, proxy.admin);
-    rig.proxy = Some(proxy);
-    smoke_test(proxy_http).await?;
-    progress.done(
-        t,
-        &format!(
-            "apps up (old {old_addr}, new {new_addr}); cutover-proxy on {proxy_http} \
-             (admin {admin}), every route at 100% old answers"
-        ),
-    );
+    // Where the users connect, the admin APIs, and how the plan finds them.
+    let (proxy_http, admins, plan_proxies) = if args.replicas == 1 {
+        let proxy_config = run_dir.join("cutover-proxy.toml");
+        write_file(&proxy_config, &platform::proxy_config(old_addr, new_addr))?;
+        let proxy = procs::start_proxy(&bins.proxy, &proxy_config, &run_dir.join("proxy.log"))
+            .await
+            .map_err(RehearseError::Step)?;
+        let (proxy_http, admin) = (proxy.http, proxy.admin);
+        rig.proxy = Some(proxy);
+        smoke_test(proxy_http).await?;
+        progress.done(
+            t,
+            &format!(
+                "apps up (old {old_addr}, new {new_addr}); cutover-proxy on {proxy_http} \
+                 (admin {admin}), every route at 100% old answers"
+            ),
+        );
+        (proxy_http, vec![admin], PlanProxies::Admin(admin))
+    } else {
+        let fleet = rig.fleet.insert(Fleet::new(
+            args.replicas,
+            &bins.proxy,
+            &run_dir,
+            (old_addr, new_addr),
+            progress.start,
+        )?);
+        fleet.start(args.replicas).await?;
+        for r in &fleet.replicas {
+            if let Some(http) = r.http {
+                smoke_test(http).await?;
+            }
+        }
+        let front = fleet.balancer.addr;
+        smoke_test(front).await?;
+        let admins = fleet.admins();
+        let listed: Vec<String> = admins.iter().map(|a| a.ip().to_string()).collect();
+        progress.done(
+            t,
+            &format!(
+                "apps up (old {old_addr}, new {new_addr}); {} cutover-proxy replicas ready \
+                 (admin {} port {}, found by {}:{} at DNS {}) behind the balancer on {front}; \
+                 every route at 100% old answers on each",
+                args.replicas,
+                listed.join(", "),
+                fleet.port,
+                fleet::SERVICE,
+                fleet.port,
+                fleet.dns.addr,
+            ),
+        );
+        (front, admins, fleet.plan_proxies())
+    };
 
     // The users.
     let scenario = run_dir.join("scenario.toml");
@@ -215,7 +253,7 @@ pub(super) async fn rehearse(
     let load = rig.load.insert(users::start(
         &bins.load, args.rate, bound, proxy_http, &files,
     )?);
-    users::wait_for_traffic(admin, load, args.rate).await?;
+    users::wait_for_traffic(&admins, load, args.rate).await?;
     progress.line(&format!(
         "cutover-load: {} req/s open loop over the six hosts, 30% writes on the database apps, with a ledger",
         args.rate
@@ -223,7 +261,7 @@ pub(super) async fn rehearse(
 
     // The migration.
     let plan_path = run_dir.join("plan.toml");
-    let plan_text = platform::plan(admin, |db| old.dsn(db), |db| new.dsn(db), timing);
+    let plan_text = platform::plan(&plan_proxies, |db| old.dsn(db), |db| new.dsn(db), timing);
     write_private(&plan_path, &plan_text)?;
     let plan = crate::plan::model::Plan::load(&plan_path)?;
     let mut opts = crate::plan::runner::RunOptions::for_plan(&plan_path);
@@ -232,7 +270,22 @@ pub(super) async fn rehearse(
     let t = Instant::now();
     progress
         .line("running the plan: preflight, sync, 10% -> 50% -> 100% new, switchovers, finalize");
-    let ran = crate::plan::runner::run(&plan, &opts).await;
+    let ran = {
+        let run = crate::plan::runner::run(&plan, &opts);
+        match rig.fleet.as_mut() {
+            // The fleet's restart and addition happen while the plan runs; the
+            // exercise never ends on its own.
+            Some(fleet) => {
+                let exercise = fleet::exercise(fleet, progress);
+                tokio::pin!(run, exercise);
+                tokio::select! {
+                    ran = &mut run => ran,
+                    () = &mut exercise => run.await,
+                }
+            }
+            None => run.await,
+        }
+    };
     let plan_s = t.elapsed().as_secs_f64();
     progress.done(t, "plan finished");
 
@@ -267,18 +320,28 @@ pub(super) async fn rehearse(
     );
     record.ledger = Some(check);
     users::add_users_view(&mut record, &load_report);
+    let fleet_report = match &rig.fleet {
+        Some(fleet) => Some(fleet.report(args.replicas).await),
+        None => None,
+    };
 
     let (md_path, json_path) = crate::plan::report::write(&record, &args.out)?;
     let mut markdown = crate::plan::report::markdown(&record);
     markdown.push_str(&users::section(&load_report, &entries, plan_s));
+    if let Some(f) = &fleet_report {
+        markdown.push_str(&fleet::section(f));
+    }
     let clean = rig.redact(&markdown);
     let leaked = clean != markdown;
     write_file(&md_path, &clean)?;
-    let json =
+    let mut json =
         std::fs::read_to_string(&json_path).map_err(io(format!("read {}", json_path.display())))?;
+    if let Some(f) = &fleet_report {
+        json = with_rehearsal(&json, f)?;
+    }
     let clean_json = rig.redact(&json);
     let leaked = leaked || clean_json != json;
-    if clean_json != json {
+    if clean_json != json || fleet_report.is_some() {
         write_file(&json_path, &clean_json)?;
     }
     for (from, name) in [(&load_json, "load.json"), (&ledger, "ledger.jsonl")] {
@@ -291,9 +354,11 @@ pub(super) async fn rehearse(
 
     println!("{clean}");
     let v = crate::plan::report::verdict(&record);
+    let fleet_problems = fleet_report.as_ref().map_or(&[][..], |f| &f.problems[..]);
     let ok = record.outcome == Outcome::Succeeded
         && v.failed_requests == 0
         && v.lost_writes == 0
+        && fleet_problems.is_empty()
         && !leaked;
     progress.line(&format!(
         "{}: outcome {}, {} failed requests, {} lost writes, {:.0}s of downtime; report: {} and {}",
@@ -305,9 +370,28 @@ pub(super) async fn rehearse(
         md_path.display(),
         json_path.display()
     ));
+    for p in fleet_problems {
+        progress.line(&format!("fleet: {p}"));
+    }
     if leaked {
         progress
             .line("a password appeared in the report and was replaced by ********; that is a bug");
     }
     Ok(if ok { 0 } else { 1 })
+}
+
+/// The plan runner's report.json with rehearse's own part added under
+/// `"rehearsal"`: the fleet, its events and the balancer's figures.
+fn with_rehearsal(json: &str, fleet: &FleetReport) -> Result<String, RehearseError> {
+    let bad = |e: serde_json::Error| RehearseError::Step(format!("report.json: {e}"));
+    let mut value: serde_json::Value = serde_json::from_str(json).map_err(bad)?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "rehearsal".into(),
+            serde_json::json!({ "fleet": serde_json::to_value(fleet).map_err(bad)? }),
+        );
+    }
+    let mut text = serde_json::to_string_pretty(&value).map_err(bad)?;
+    text.push('\n');
+    Ok(text)
 }

@@ -55,10 +55,10 @@ pub(super) fn start(
     Proc::spawn("cutover-load", cmd, files.log).map_err(io(format!("start {}", bin.display())))
 }
 
-/// Waits (up to 30 s) until the proxy has answered about a second's worth of the
+/// Waits (up to 30 s) until the proxies have answered about a second's worth of the
 /// load, so the first step's gates have traffic to judge.
 pub(super) async fn wait_for_traffic(
-    admin: SocketAddr,
+    admins: &[SocketAddr],
     load: &mut Proc,
     rate: f64,
 ) -> Result<(), RehearseError> {
@@ -71,9 +71,16 @@ pub(super) async fn wait_for_traffic(
                 procs::last_lines(&load.output(), 15)
             )));
         }
-        if let Ok((200, text)) = procs::http_get(admin, "/metrics", Duration::from_secs(2)).await
-            && procs::requests_total(&text) >= want
-        {
+        // Every proxy (replica) together.
+        let mut seen = 0.0;
+        for admin in admins {
+            if let Ok((200, text)) =
+                procs::http_get(*admin, "/metrics", Duration::from_secs(2)).await
+            {
+                seen += procs::requests_total(&text);
+            }
+        }
+        if seen >= want {
             return Ok(());
         }
         if Instant::now() >= deadline {

@@ -122,6 +122,9 @@ impl Plan<'_> {
     ) -> Result<SwitchoverReport, Error> {
         let start = Instant::now();
         let mut warnings = self.preconditions(proxies, opts, obs).await?;
+        // This run's own view of the replicas: found again while writes are held,
+        // so that one that appears is held, drained and released too.
+        let proxies = &mut proxies.clone();
         let mut tl = Timeline {
             obs,
             phases: Vec::new(),
@@ -178,6 +181,8 @@ impl Plan<'_> {
 
         // 2. Hold writes on every proxy; each must acknowledge.
         tl.begin(Phase::Hold);
+        // A lookup that fails holds the replicas known.
+        let _ = proxies.refresh().await;
         let hold_start = Instant::now();
         let deadline = hold_start + opts.max_pause - reserve(opts.max_pause);
         match fleet::hold_all(proxies, &opts.routes, opts.max_pause).await {
@@ -193,6 +198,7 @@ impl Plan<'_> {
             undo.held.len(),
             proxies.urls().len()
         ));
+        crate::failpoint::pause_point("after-hold").await;
 
         // Every database call under the hold ends by the deadline.
         self.from.set_deadline(Some(deadline));
@@ -318,7 +324,7 @@ impl Plan<'_> {
     /// return passed.
     async fn before_no_return(
         &self,
-        proxies: &Proxies,
+        proxies: &mut Proxies,
         opts: &SwitchoverOptions,
         deadline: Instant,
         tl: &mut Timeline<'_>,
@@ -327,8 +333,27 @@ impl Plan<'_> {
     ) -> Result<Passed, Error> {
         // 3. No write may still be on its way to the old side.
         tl.begin(Phase::Drain);
-        fleet::drain(proxies, &opts.routes, self.from_backend, deadline).await?;
-        tl.end(format!("no write in flight to {:?}", self.from_backend));
+        // The proxies end the hold by themselves at the end of the pause budget.
+        let hold_ends = deadline + reserve(opts.max_pause);
+        let before = undo.held.len();
+        fleet::drain(
+            proxies,
+            &mut undo.held,
+            self.from_backend,
+            deadline,
+            hold_ends,
+        )
+        .await?;
+        let joined = undo.held.len() - before;
+        tl.end(format!(
+            "no write in flight to {:?}{}",
+            self.from_backend,
+            if joined > 0 {
+                format!("; {joined} hold(s) on replicas that appeared meanwhile")
+            } else {
+                String::new()
+            }
+        ));
 
         // 4. Block every write on the old writer, whoever sends it.
         tl.begin(Phase::Block);
@@ -442,7 +467,7 @@ impl Plan<'_> {
     /// `more()` (asked after the undo) appended to what the undo reports.
     async fn abort(
         &self,
-        proxies: &Proxies,
+        proxies: &mut Proxies,
         undo: &Undo,
         until: Instant,
         phase: String,

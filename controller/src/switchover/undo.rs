@@ -24,7 +24,7 @@ impl Plan<'_> {
     /// `hold_deadline`.
     pub(super) async fn undo(
         &self,
-        proxies: &Proxies,
+        proxies: &mut Proxies,
         undo: &Undo,
         hold_deadline: Instant,
     ) -> String {
@@ -84,7 +84,10 @@ impl Plan<'_> {
         proxies: &Proxies,
         opts: &SwitchoverOptions,
     ) -> Result<Recovery, Error> {
-        // Release is harmless where no hold is left, so every route is covered.
+        // Release is harmless where no hold is left, so every route of every
+        // replica there is now is covered (a lookup that fails covers those known).
+        let proxies = &mut proxies.clone();
+        let _ = proxies.refresh().await;
         let held = fleet::every(proxies, &opts.routes);
         let deadline = Instant::now() + opts.max_pause.max(Duration::from_secs(5));
         match self.link.subscription(self.to).await? {

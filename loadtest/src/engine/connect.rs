@@ -155,6 +155,15 @@ impl Driver {
     pub async fn drive<F: Future>(&mut self, fut: F, watchdog: &mut Watchdog) -> Option<F::Output> {
         let mut fut = pin!(fut);
         poll_fn(|cx| {
+            // The connection first, so that an end (a FIN from a server that closes idle
+            // keep-alive connections) that arrived while it was idle is seen before
+            // `ready()` says the connection is ready: hyper keeps the request channel
+            // open while the connection object lives, so a request sent now would
+            // wait for its timeout instead of failing over to a new connection.
+            if !self.closed && self.conn.as_mut().poll(cx).is_ready() {
+                self.closed = true;
+                self.conn = Box::pin(std::future::pending());
+            }
             // The request first (it queues its message), then the connection (which writes
             // it and reads what has arrived), then the request again (to pick that up in the
             // same wakeup rather than the next one).
@@ -165,6 +174,9 @@ impl Driver {
                 // The request future sees the closure as an error of its own, which is
                 // where it is classified; the connection's result adds nothing.
                 self.closed = true;
+                // Drop the finished connection, so that hyper drops its request
+                // channel and a pending `ready()` learns that it ended.
+                self.conn = Box::pin(std::future::pending());
             }
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));

@@ -3,112 +3,133 @@
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::collections::BTreeMap;
+
+use cutover_api::{
+    AddrStatus, BackendStatus, HoldStatus, ReloadError, RouteStatus, Source, Status, Sticky,
+};
 use cutover_config::{Snapshot, format_percent};
-use serde_json::{Map, Value, json};
 
 use crate::metrics::RouteGauges;
 use crate::state::{Live, Shared};
 
-pub(super) fn status(shared: &Shared) -> Value {
+pub(super) fn status(shared: &Shared) -> Status {
     let live = shared.live();
     let snap = &live.snap;
     let reload = shared.reload_status();
-    let routes: Vec<Value> = (0..snap.routes().len())
-        .map(|i| route_json(&live, i))
+    let routes = (0..snap.routes().len())
+        .map(|i| route_status(&live, i))
         .collect();
-    let backends: Vec<Value> = snap
+    let backends = snap
         .config
         .backends
         .iter()
         .zip(&live.backends)
-        .map(|(b, rt)| {
-            let addrs: Vec<Value> = rt
+        .map(|(b, rt)| BackendStatus {
+            name: b.name.clone(),
+            configured: b.addrs.clone(),
+            addrs: rt
                 .set
                 .list
                 .load()
                 .iter()
-                .map(|e| json!({ "addr": e.addr, "host": e.host, "healthy": e.health.is_up() }))
-                .collect();
-            json!({ "name": b.name, "configured": b.addrs, "addrs": addrs, "healthy": rt.any_up() })
+                .map(|e| AddrStatus {
+                    addr: e.addr.clone(),
+                    host: e.host.clone(),
+                    healthy: e.health.is_up(),
+                })
+                .collect(),
+            healthy: rt.any_up(),
         })
         .collect();
-    json!({
+    Status {
         // Tells an operator (and the upgrade test) which process answers.
-        "pid": std::process::id(),
+        pid: std::process::id(),
         // The server's clock, so pages compute a hold's age without client skew.
-        "now": unix(SystemTime::now()),
-        "generation": snap.generation,
-        "config_file": shared.config_path.display().to_string(),
-        "last_reload_error": reload.last_error.as_ref().map(|e| json!({
-            "at": unix(e.at),
-            "errors": e.errors,
-        })),
-        "last_reload": reload.last_success.map(unix),
-        "reload_errors_total": shared.metrics.config_reload_errors.get(),
-        "routes": routes,
-        "backends": backends,
-    })
+        now: unix(SystemTime::now()),
+        generation: snap.generation,
+        epoch: shared.fleet.epoch(),
+        replica: shared.fleet.name.clone(),
+        ready: shared.fleet.ready(),
+        config_file: shared.config_path.display().to_string(),
+        last_reload_error: reload.last_error.as_ref().map(|e| ReloadError {
+            at: unix(e.at),
+            errors: e.errors.clone(),
+        }),
+        last_reload: reload.last_success.map(unix),
+        reload_errors_total: shared.metrics.config_reload_errors.get(),
+        routes,
+        backends,
+        fleet: shared.fleet.status(),
+    }
 }
 
-pub(super) fn route_json(live: &Live, i: usize) -> Value {
+pub(super) fn route_status(live: &Live, i: usize) -> RouteStatus {
     let snap = &live.snap;
     let r = &snap.routes()[i];
     let rt = &live.routes[i];
-    let (mut inflight, mut reads, mut writes, mut drained, mut long_lived) =
-        (Map::new(), Map::new(), Map::new(), Map::new(), Map::new());
+    let mut s = RouteStatus {
+        name: r.name.clone(),
+        hosts: r.hosts.clone(),
+        weights: weights_map(snap, i),
+        weights_source: source(snap.weights_source(i)),
+        effective_weights: BTreeMap::new(),
+        effective_reason: None,
+        writes: snap.writes(i).describe(&snap.config).to_string(),
+        writes_source: source(snap.writes_source(i)),
+        sticky: match &r.sticky {
+            cutover_config::Sticky::Cookie { name, .. } => Sticky::Cookie(name.clone()),
+            cutover_config::Sticky::Header(h) => Sticky::Header(h.clone()),
+            cutover_config::Sticky::ClientIp => Sticky::ClientIp(true),
+        },
+        inflight: BTreeMap::new(),
+        inflight_reads: BTreeMap::new(),
+        inflight_writes: BTreeMap::new(),
+        drained: BTreeMap::new(),
+        long_lived: BTreeMap::new(),
+        hold: rt.hold.info().map(|h| HoldStatus {
+            scope: match h.scope {
+                crate::hold::Scope::Writes => cutover_api::Scope::Writes,
+                crate::hold::Scope::All => cutover_api::Scope::All,
+            },
+            since: unix(h.since),
+            deadline: unix(h.deadline),
+            held: rt.hold.held(),
+            expired: rt.hold.expired(),
+        }),
+        members: r
+            .members
+            .iter()
+            .map(|&m| snap.config.backends[m].name.clone())
+            .collect(),
+    };
     for (id, b) in snap.config.backends.iter().enumerate() {
         let c = &rt.counters[id];
-        let (r, w) = (
+        let (reads, writes) = (
             c.reads.load(Ordering::SeqCst),
             c.writes.load(Ordering::SeqCst),
         );
-        inflight.insert(b.name.clone(), json!(r + w));
-        reads.insert(b.name.clone(), json!(r));
-        writes.insert(b.name.clone(), json!(w));
-        drained.insert(b.name.clone(), json!(live.drained(i, id)));
-        long_lived.insert(b.name.clone(), json!(rt.pairs[id].upgraded.get()));
+        s.inflight.insert(b.name.clone(), reads + writes);
+        s.inflight_reads.insert(b.name.clone(), reads);
+        s.inflight_writes.insert(b.name.clone(), writes);
+        s.drained.insert(b.name.clone(), live.drained(i, id));
+        s.long_lived
+            .insert(b.name.clone(), rt.pairs[id].upgraded.get());
     }
-    let hold = rt.hold.info().map(|h| {
-        json!({
-            "scope": h.scope.as_str(),
-            "since": unix(h.since),
-            "deadline": unix(h.deadline),
-            "held": rt.hold.held(),
-            "expired": rt.hold.expired(),
-        })
-    });
     let (effective, why) = effective_weights(live, i);
-    let effective: Map<String, Value> = effective
+    s.effective_weights = effective
         .iter()
-        .map(|&(m, bp)| {
-            (
-                snap.config.backends[m].name.clone(),
-                json!(format_percent(bp)),
-            )
-        })
+        .map(|&(m, bp)| (snap.config.backends[m].name.clone(), format_percent(bp)))
         .collect();
-    json!({
-        "name": r.name,
-        "hosts": r.hosts,
-        "weights": weights_json(snap, i),
-        "weights_source": snap.weights_source(i).as_str(),
-        "effective_weights": effective,
-        "effective_reason": if why.is_empty() { Value::Null } else { json!(why) },
-        "writes": snap.writes(i).describe(&snap.config),
-        "writes_source": snap.writes_source(i).as_str(),
-        "sticky": match &r.sticky {
-            cutover_config::Sticky::Cookie { name, .. } => json!({ "cookie": name }),
-            cutover_config::Sticky::Header(h) => json!({ "header": h }),
-            cutover_config::Sticky::ClientIp => json!({ "client_ip": true }),
-        },
-        "inflight": inflight,
-        "inflight_reads": reads,
-        "inflight_writes": writes,
-        "drained": drained,
-        "long_lived": long_lived,
-        "hold": hold,
-        "members": r.members.iter().map(|&m| snap.config.backends[m].name.clone()).collect::<Vec<_>>(),
-    })
+    s.effective_reason = (!why.is_empty()).then_some(why);
+    s
+}
+
+fn source(s: cutover_config::WeightsSource) -> Source {
+    match s {
+        cutover_config::WeightsSource::File => Source::File,
+        cutover_config::WeightsSource::Admin => Source::Admin,
+    }
 }
 
 /// The routing gauges `/metrics` exports (weights, drained, hold start), read from
@@ -196,13 +217,15 @@ pub(super) fn effective_weights(live: &Live, i: usize) -> (Vec<(usize, u16)>, Ve
     (out, why)
 }
 
-pub(super) fn weights_json(snap: &Snapshot, i: usize) -> Value {
+/// Percent per backend, every backend of the config.
+pub(super) fn weights_map(snap: &Snapshot, i: usize) -> BTreeMap<String, f64> {
     let w = snap.weights(i);
-    let mut m = Map::new();
-    for (id, b) in snap.config.backends.iter().enumerate() {
-        m.insert(b.name.clone(), json!(format_percent(w.basis_points(id))));
-    }
-    Value::Object(m)
+    snap.config
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(id, b)| (b.name.clone(), format_percent(w.basis_points(id))))
+        .collect()
 }
 
 pub(super) fn unix(t: SystemTime) -> f64 {

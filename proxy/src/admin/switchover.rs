@@ -6,33 +6,31 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use cutover_api::{
+    DisconnectAnswer, DisconnectRequest, HoldAnswer, HoldRequest, HoldState, ReleaseAnswer,
+    ReleaseRequest,
+};
 use cutover_config::{WeightsError, WriteSide, format_duration, parse_duration};
 use http::{Response, StatusCode};
-use serde_json::{Value, json};
 
-use super::{error, json_response, status};
+use super::{error, stale, status, typed};
 use crate::body::ProxyBody;
 use crate::hold::Scope;
 use crate::state::{Live, Shared, UpdateError};
 
-/// `{"scope":"writes"|"all","max":"30s"}`, both optional (writes; `[hold] max`).
+/// `{"scope":"writes"|"all","max":"30s","epoch":N}`, each optional (writes;
+/// `[hold] max`; one more than this replica's epoch).
 pub(super) fn hold(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyBody> {
-    let v = match object(body) {
-        Ok(v) => v,
+    let req: HoldRequest = match parse(body) {
+        Ok(r) => r,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
     };
-    let scope = match v.get("scope").map(|s| s.as_str()) {
-        None | Some(Some("writes")) => Scope::Writes,
-        Some(Some("all")) => Scope::All,
-        Some(_) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "scope must be \"writes\" or \"all\"",
-            );
-        }
+    let scope = match req.scope.unwrap_or_default() {
+        cutover_api::Scope::Writes => Scope::Writes,
+        cutover_api::Scope::All => Scope::All,
     };
     let live = shared.live();
-    let max = match duration_field(&v, "max", live.snap.config.hold.max) {
+    let max = match duration_field(req.max.as_deref(), "max", live.snap.config.hold.max) {
         Ok(d) if d > Duration::ZERO => d,
         Ok(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, "max must be above zero"),
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
@@ -40,6 +38,10 @@ pub(super) fn hold(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyB
     let routes = match live.snap.routes_for(host) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::NOT_FOUND, &e.to_string()),
+    };
+    let change = match shared.fleet.begin(req.epoch) {
+        Ok(c) => c,
+        Err(current) => return stale(req.epoch, current),
     };
     let mut names = Vec::new();
     let mut info = None;
@@ -49,11 +51,21 @@ pub(super) fn hold(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyB
         names.push(live.snap.routes()[ri].name.clone());
         close_upgraded_after(&live, ri, grace);
     }
-    tracing::warn!(routes = ?names, scope = scope.as_str(), max = ?max, "hold started: requests in scope wait in the proxy");
-    let hold = info.map(|h| {
-        json!({ "scope": h.scope.as_str(), "since": status::unix(h.since), "deadline": status::unix(h.deadline) })
+    let epoch = change.commit(shared);
+    tracing::warn!(routes = ?names, scope = scope.as_str(), max = ?max, epoch, "hold started: requests in scope wait in the proxy");
+    let hold = info.map(|h| HoldState {
+        scope: req.scope.unwrap_or_default(),
+        since: status::unix(h.since),
+        deadline: status::unix(h.deadline),
     });
-    json_response(StatusCode::OK, &json!({ "hold": hold, "routes": names }))
+    typed(
+        StatusCode::OK,
+        &HoldAnswer {
+            hold,
+            routes: names,
+            epoch,
+        },
+    )
 }
 
 /// The writes are about to move: after `grace`, the upgraded connections (which
@@ -84,17 +96,17 @@ fn close_upgraded_after(live: &Live, ri: usize, grace: Duration) {
 /// that backend, each at a random moment within `over` (default at once), so that
 /// a thousand clients do not reconnect in the same second.
 pub(super) fn disconnect(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyBody> {
-    let v = match object(body) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+    let req: DisconnectRequest = match parse(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("{e}; e.g. {{\"backend\":\"old\",\"over\":\"30s\"}}"),
+            );
+        }
     };
     let live = shared.live();
-    let Some(Value::String(backend)) = v.get("backend") else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "backend must name a backend, e.g. {\"backend\":\"old\",\"over\":\"30s\"}",
-        );
-    };
+    let backend = &req.backend;
     let Some(b) = live
         .snap
         .config
@@ -107,7 +119,7 @@ pub(super) fn disconnect(shared: &Shared, host: &str, body: &Bytes) -> Response<
             &format!("backend {backend:?} is not in the config"),
         );
     };
-    let over = match duration_field(&v, "over", Duration::ZERO) {
+    let over = match duration_field(req.over.as_deref(), "over", Duration::ZERO) {
         Ok(d) => d,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
     };
@@ -124,47 +136,41 @@ pub(super) fn disconnect(shared: &Shared, host: &str, body: &Bytes) -> Response<
     }
     tracing::warn!(routes = ?names, backend = %backend, open, over = ?over,
         "closing upgraded connections on request");
-    json_response(
+    typed(
         StatusCode::OK,
-        &json!({ "routes": names, "backend": backend, "closing": open, "over": format_duration(over) }),
+        &DisconnectAnswer {
+            routes: names,
+            backend: backend.clone(),
+            closing: open,
+            over: format_duration(over),
+        },
     )
 }
 
-/// The body's field `name` as a duration (`"30s"`), `default` when absent, or why
-/// not (for a 422).
-fn duration_field(
-    v: &serde_json::Map<String, Value>,
-    name: &str,
-    default: Duration,
-) -> Result<Duration, String> {
-    match v.get(name) {
+/// A body's duration field (`"30s"`), `default` when absent, or why not (for a
+/// 422).
+fn duration_field(v: Option<&str>, name: &str, default: Duration) -> Result<Duration, String> {
+    match v {
         None => Ok(default),
-        Some(Value::String(s)) => parse_duration(s).map_err(|e| format!("{name}: {e}")),
-        Some(other) => Err(format!(
-            "{name} must be a duration such as \"30s\", got {other}"
-        )),
+        Some(s) => parse_duration(s).map_err(|e| format!("{name}: {e}")),
     }
 }
 
-/// Optional `{"writes":"new"}`: switch the write side, then release, in that order.
+/// Optional `{"writes":"new","epoch":N}`: switch the write side, then release, in
+/// that order.
 pub(super) fn release(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyBody> {
-    let v = match object(body) {
-        Ok(v) => v,
+    let req: ReleaseRequest = match parse(body) {
+        Ok(r) => r,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
     };
-    let writes = match v.get("writes") {
-        None => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &format!("writes must be a backend name, got {other}"),
-            );
-        }
-    };
+    let writes = req.writes.clone();
     let routes = match shared.live().snap.routes_for(host) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::NOT_FOUND, &e.to_string()),
+    };
+    let change = match shared.fleet.begin(req.epoch) {
+        Ok(c) => c,
+        Err(current) => return stale(req.epoch, current),
     };
     let mut released = 0;
     let wake = |live: &crate::state::Live| {
@@ -205,20 +211,29 @@ pub(super) fn release(shared: &Shared, host: &str, body: &Bytes) -> Response<Pro
         .iter()
         .map(|&ri| live.snap.writes(ri).describe(&live.snap.config))
         .collect();
-    tracing::warn!(routes = ?names, released, writes = ?writes_now, "hold released");
-    json_response(
+    let epoch = change.commit(shared);
+    tracing::warn!(routes = ?names, released, writes = ?writes_now, epoch, "hold released");
+    let writes = writes.unwrap_or_else(|| {
+        writes_now
+            .first()
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    });
+    typed(
         StatusCode::OK,
-        &json!({ "released": released, "routes": names, "writes": writes.unwrap_or_else(|| writes_now.first().map(|s| s.to_string()).unwrap_or_default()) }),
+        &ReleaseAnswer {
+            released,
+            routes: names,
+            writes,
+            epoch,
+        },
     )
 }
 
-fn object(body: &Bytes) -> Result<serde_json::Map<String, Value>, String> {
+/// A request body of the contract; an empty body is the type's default.
+fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, String> {
     if body.is_empty() {
-        return Ok(Default::default());
+        return Ok(T::default());
     }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err("body must be a JSON object".into()),
-        Err(e) => Err(format!("body is not JSON ({e})")),
-    }
+    serde_json::from_slice(body).map_err(|e| format!("body: {e}"))
 }

@@ -157,4 +157,22 @@ async fn plan_errors_name_the_file_line_and_column() {
     );
     let run = pd.cutover("status", &[]).await.code(1);
     assert!(run.stderr.contains(&at), "{}", run.stderr);
+
+    // Every problem at once, each where it is written: the typo (with the key it
+    // meant) and a duration without its unit.
+    let pd = PlanDir::new(
+        "[proxies]\nadmin = [\"http://127.0.0.1:9\"]\n\n\
+         [[apps]]\nname = \"web\"\nrout = \"web.test\"\n\n\
+         [[steps]]\nweights = { new = 10 }\nbake = \"5\"\n",
+    );
+    let run = pd.cutover("run", &[]).await.code(1);
+    let plan = pd.plan.display();
+    for want in [
+        "2 problems in the plan".to_string(),
+        format!("{plan}:6:1: apps[0].rout: unknown key; did you mean `route`?"),
+        format!("{plan}:10:8: steps[0].bake: \"5\": the unit is missing; use e.g. \"5s\""),
+    ] {
+        assert!(run.stderr.contains(&want), "want {want:?}:\n{}", run.stderr);
+    }
+    assert!(pd.state().is_none(), "a bad plan left a state file");
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use crate::plan::record::{
-    GateRecord, LedgerCheck, Record, Span, SwitchoverRecord, Traffic, VerifyRecord,
+    GateRecord, LedgerCheck, Record, ReplicaRecord, Span, SwitchoverRecord, Traffic, VerifyRecord,
 };
 
 use super::{count, duration, one_line, percent, timestamp, verdict};
@@ -20,6 +20,7 @@ pub fn markdown(r: &Record) -> String {
     verdict_section(&mut out, r);
     timeline(&mut out, r);
     traffic(&mut out, &r.spans);
+    replicas(&mut out, &r.replicas);
     gates(&mut out, &r.gates);
     lag(&mut out, r);
     switchovers(&mut out, &r.switchovers);
@@ -161,6 +162,60 @@ fn traffic(out: &mut String, spans: &[Span]) {
         out.push('\n');
     }
     out.push('\n');
+}
+
+fn replicas(out: &mut String, list: &[ReplicaRecord]) {
+    out.push_str("## Proxy replicas\n\n");
+    if list.is_empty() {
+        out.push_str("_No replica recorded._\n\n");
+        return;
+    }
+    out.push_str(
+        "Every replica the run heard from, found again every second: when it first and last \
+         answered (since the start), and the epochs of the fleet's state it served.\n\n",
+    );
+    out.push_str(
+        "| Replica | Admin URL | First answered | Last answered | Epochs |\n|---|---|---:|---:|---|\n",
+    );
+    for r in list {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            if r.replica.is_empty() {
+                "?".to_string()
+            } else {
+                cell(&r.replica)
+            },
+            cell(&r.url),
+            since(r.first_answered_s),
+            since(r.last_answered_s),
+            epochs(&r.epochs)
+        );
+    }
+    out.push('\n');
+}
+
+/// Epochs as ranges: "3-5, 9"; "none" for a proxy without them.
+fn epochs(list: &[u64]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < list.len() {
+        let mut j = i;
+        while j + 1 < list.len() && list[j].checked_add(1) == Some(list[j + 1]) {
+            j += 1;
+        }
+        parts.push(if i == j {
+            list[i].to_string()
+        } else {
+            format!("{}-{}", list[i], list[j])
+        });
+        i = j + 1;
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn error_ratio(t: &Traffic) -> String {

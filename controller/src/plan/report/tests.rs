@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::plan::record::{
     BackendTraffic, Event, GateRecord, LagRecord, LedgerCheck, Outcome, PhaseName, RECORD_VERSION,
-    RetiredObject, Span, SwitchoverRecord, TableCheck, Traffic, VerifyRecord,
+    ReplicaRecord, RetiredObject, Span, SwitchoverRecord, TableCheck, Traffic, VerifyRecord,
 };
 
 const START: f64 = 1_700_000_000.0;
@@ -172,6 +172,22 @@ fn record() -> Record {
         ledger: None,
         client_failed_requests: None,
         error_seconds: Vec::new(),
+        replicas: vec![
+            ReplicaRecord {
+                url: "http://10.0.0.5:9901".into(),
+                replica: "proxy-0".into(),
+                first_answered_s: 0.4,
+                last_answered_s: 425.0,
+                epochs: vec![3, 4, 5, 9],
+            },
+            ReplicaRecord {
+                url: "http://10.0.0.6:9901".into(),
+                replica: "proxy-1".into(),
+                first_answered_s: 130.0,
+                last_answered_s: 424.6,
+                epochs: vec![4, 5],
+            },
+        ],
     }
 }
 
@@ -261,6 +277,9 @@ fn markdown_names_the_failed_gate_and_shows_the_figures() {
         "- Plan: `examples/plan.toml` (sha256 `abababababab`)",
         "- Weights now: new 10%, old 90%",
         "ran for 7m 05s",
+        // Every replica, with when it answered and the epochs it served.
+        "| proxy-0 | http://10.0.0.5:9901 | +0:00 | +7:05 | 3-5, 9 |",
+        "| proxy-1 | http://10.0.0.6:9901 | +2:10 | +7:05 | 4-5 |",
         // What finalize retired.
         "## Replication retired",
         "| tasks | source | publication cutover_tasks | dropped |  |",
@@ -318,6 +337,8 @@ fn an_empty_run_still_renders() {
     assert!(md.contains("**Outcome: running**"), "{md}");
     assert!(md.contains("_No gates checked._"), "{md}");
     assert!(md.contains("_No switchover ran._"), "{md}");
+    r.replicas.clear();
+    assert!(markdown(&r).contains("_No replica recorded._"));
 }
 
 #[test]
@@ -333,6 +354,9 @@ fn json_has_the_verdict_and_outcome_at_the_top() {
     assert_eq!(v["plan_name"], "platform");
     assert_eq!(v["gates"][2]["gate"], "p99 < 1s");
     assert_eq!(v["verify"][0]["tables"][0]["changed"], 1);
+    assert_eq!(v["replicas"][1]["replica"], "proxy-1");
+    assert_eq!(v["replicas"][0]["epochs"], serde_json::json!([3, 4, 5, 9]));
+    assert_eq!(v["replicas"][1]["first_answered_s"], 130.0);
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::status::{bytes, slots};
 use crate::switchover::{SwitchoverOptions, rollback};
 
 impl Runner<'_> {
-    /// Sets one app's weights on every replica.
+    /// Sets one app's weights on every replica: one change, one epoch.
     pub(super) async fn set_app_weights(
         &self,
         proxies: &Proxies,
@@ -30,28 +30,32 @@ impl Runner<'_> {
         ]
         .into_iter()
         .collect();
+        let epoch = proxies.next_epoch().await?;
         for url in proxies.urls() {
-            proxies.set_weights(url, &app.route, &w).await?;
+            proxies.set_weights_at(url, &app.route, &w, epoch).await?;
         }
         Ok(())
     }
 
-    /// Moves a stateless app's writes (there is no database to switch).
+    /// Moves a stateless app's writes (there is no database to switch): one
+    /// change, one epoch.
     async fn stateless_writes(&self, proxies: &Proxies, app: &App, to: &str) -> Result<(), Error> {
+        let epoch = proxies.next_epoch().await?;
         for url in proxies.urls() {
-            proxies.release(url, &app.route, Some(to)).await?;
+            proxies.release(url, &app.route, Some(to), epoch).await?;
         }
         Ok(())
     }
 
     pub(super) async fn finalize(&mut self) -> PhaseResult {
         let started = now();
+        let a = self.scrape().await?;
         let proxies = self.proxies().await?;
-        let a = self.scrape(&proxies).await?;
         self.set_weights(&proxies, 100.0).await?;
         self.metrics
             .set_step(&self.plan.name, self.plan.steps.len(), 100.0);
         let plan = self.plan;
+        let proxies = self.proxies().await?;
         for app in plan.apps.iter().filter(|a| a.database.is_none()) {
             self.stateless_writes(&proxies, app, &app.new).await?;
         }
@@ -64,7 +68,11 @@ impl Runner<'_> {
         );
         self.save()?;
         let deadline = Instant::now() + plan.drain_timeout;
+        let mut proxies;
         loop {
+            // A replica that appears while the old side drains is brought to the
+            // newest state (weights 100% new) and checked too.
+            proxies = self.proxies().await?;
             let busy = self.old_side_busy(&proxies).await?;
             if busy.is_empty() {
                 break;
@@ -101,7 +109,7 @@ impl Runner<'_> {
             true,
         );
         self.retire().await?;
-        self.end_phase(PhaseName::Finalize, PhaseName::Done, started, &proxies, &a)
+        self.end_phase(PhaseName::Finalize, PhaseName::Done, started, &a)
             .await?;
         Ok(None)
     }
@@ -223,16 +231,13 @@ impl Runner<'_> {
     async fn old_side_busy(&self, proxies: &Proxies) -> Result<Vec<String>, Error> {
         let mut busy = Vec::new();
         for url in proxies.urls() {
-            let status = proxies.status(url).await?;
+            let status = proxies.read_status(url).await?;
             for app in &self.plan.apps {
-                let Some(route) = super::find_route(&status, &app.route) else {
+                let Some(route) = crate::proxy::find_route(&status, &app.route) else {
                     continue;
                 };
-                if route["drained"][app.old.as_str()].as_bool() != Some(true) {
-                    busy.push(format!(
-                        "{url} {}",
-                        route["name"].as_str().unwrap_or(&app.route)
-                    ));
+                if route.drained.get(&app.old) != Some(&true) {
+                    busy.push(format!("{url} {}", route.name));
                 }
             }
         }
@@ -306,6 +311,7 @@ impl Runner<'_> {
             );
             self.save()?;
         }
+        let proxies = self.proxies().await?;
         for app in &plan.apps {
             if stay_new.contains(&app.name) {
                 continue;
@@ -315,6 +321,8 @@ impl Runner<'_> {
                 self.stateless_writes(&proxies, app, &app.old).await?;
             }
         }
+        // A replica that appeared meanwhile is given the newest state.
+        self.proxies().await?;
         self.rec.weights = Some(
             [("old".to_string(), 100.0), ("new".to_string(), 0.0)]
                 .into_iter()

@@ -40,7 +40,7 @@ impl Runner<'_> {
     pub(super) async fn preflight(&mut self) -> PhaseResult {
         let started = now();
         let proxies = self.proxies().await?;
-        let a = self.scrape(&proxies).await?;
+        let a = self.scrape().await?;
         self.writes_where_expected(&proxies).await?;
         self.event(
             PhaseName::Preflight,
@@ -115,7 +115,7 @@ impl Runner<'_> {
                 true,
             );
         }
-        self.end_phase(PhaseName::Preflight, PhaseName::Sync, started, &proxies, &a)
+        self.end_phase(PhaseName::Preflight, PhaseName::Sync, started, &a)
             .await?;
         Ok(None)
     }
@@ -157,8 +157,7 @@ impl Runner<'_> {
 
     pub(super) async fn sync(&mut self) -> PhaseResult {
         let started = now();
-        let proxies = self.proxies().await?;
-        let a = self.scrape(&proxies).await?;
+        let a = self.scrape().await?;
         let plan = self.plan;
         for (app, d) in plan.databases() {
             if self.rec.switched.contains(&app.name) {
@@ -209,7 +208,7 @@ impl Runner<'_> {
                 true,
             );
         }
-        self.end_phase(PhaseName::Sync, PhaseName::Steps, started, &proxies, &a)
+        self.end_phase(PhaseName::Sync, PhaseName::Steps, started, &a)
             .await?;
         Ok(None)
     }

@@ -1,6 +1,12 @@
 //! A scrape of every replica each second, in the background: the latest scrape
 //! feeds the progress line, and each second in which the plan's routes answered
 //! any 5xx is marked, for the verdict's downtime (the longest run of such seconds).
+//!
+//! Beside it, a watch of the fleet each second: the replicas are found again (a
+//! discovered plan re-resolves), one that appeared is brought up to the newest
+//! replica's state and scraped from the next second on, and every replica's
+//! `/state` is read for the record (its name and epoch). The watch runs apart from
+//! the scrape so that a slow lookup never delays the second's sample.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -23,6 +29,7 @@ struct Shared {
 pub struct Sampler {
     shared: Arc<Mutex<Shared>>,
     task: Option<JoinHandle<()>>,
+    watch: Option<JoinHandle<()>>,
 }
 
 impl Sampler {
@@ -30,6 +37,7 @@ impl Sampler {
         Sampler {
             shared: Arc::new(Mutex::new(Shared::default())),
             task: None,
+            watch: None,
         }
     }
 
@@ -38,16 +46,13 @@ impl Sampler {
         f(&mut g)
     }
 
-    /// The replicas to scrape from now on.
-    pub fn set_proxies(&self, p: &Proxies) {
-        self.with(|s| s.proxies = Some(p.clone()));
-    }
-
+    /// Starts sampling `p`'s replicas (and those that join them) for `routes`.
     pub fn start(&mut self, p: &Proxies, routes: &[String]) {
         self.with(|s| {
             s.proxies = Some(p.clone());
             s.routes = routes.to_vec();
         });
+        self.watch = Some(tokio::spawn(watch(self.shared.clone())));
         let shared = self.shared.clone();
         self.task = Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -98,9 +103,33 @@ impl Sampler {
     }
 
     pub fn stop(&mut self) {
-        if let Some(t) = self.task.take() {
+        for t in [self.task.take(), self.watch.take()].into_iter().flatten() {
             t.abort();
         }
+    }
+}
+
+/// Each second: the replicas found again (those that appeared brought up to date
+/// by the refresh), every replica's `/state` read for the record, and the list the
+/// scrape uses replaced. A lookup that fails keeps the replicas known; the runner's
+/// own lookup before its next action reports it.
+async fn watch(shared: Arc<Mutex<Shared>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let proxies = shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .proxies
+            .clone();
+        let Some(mut proxies) = proxies else { continue };
+        let _ = proxies.refresh().await;
+        proxies.observe().await;
+        shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .proxies = Some(proxies);
     }
 }
 

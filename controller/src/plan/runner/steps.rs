@@ -113,7 +113,7 @@ impl Runner<'_> {
         );
         self.save()?;
         let started = now();
-        let a = self.scrape(&proxies).await?;
+        let a = self.scrape().await?;
         let a_done = Instant::now();
         let deadline = Instant::now() + step.bake;
         let mut next_lag = Instant::now();
@@ -135,6 +135,7 @@ impl Runner<'_> {
             if self.interrupted() {
                 return Ok(Some(Stop::Interrupted));
             }
+            self.absorb_fleet();
             if has_db && Instant::now() >= next_lag {
                 let l = self.sample_lag(lag_within).await;
                 next_lag = Instant::now() + LAG_EVERY;
@@ -156,9 +157,7 @@ impl Runner<'_> {
                         early.detail,
                         fmt_left(left)
                     );
-                    return self
-                        .fail_early(i, &label, started, &proxies, &a, early)
-                        .await;
+                    return self.fail_early(i, &label, started, &a, early).await;
                 }
             }
             let Some(latest) = self.sampler.latest_since(a_done) else {
@@ -189,9 +188,7 @@ impl Runner<'_> {
             // A failure certain to persist ends the bake early: errors already over
             // the allowance of the whole bake at the current rate.
             if let Some(early) = self.early_failure(i, &w, step.bake, left, worst_lag) {
-                return self
-                    .fail_early(i, &label, started, &proxies, &a, early)
-                    .await;
+                return self.fail_early(i, &label, started, &a, early).await;
             }
         }
         if has_db && !lag_read {
@@ -199,7 +196,7 @@ impl Runner<'_> {
             worst_lag = self.sample_lag(lag_within).await;
         }
         self.ui.clear();
-        let b = self.scrape(&proxies).await?;
+        let b = self.scrape().await?;
         let w = metrics::window(&a, &b, &self.route_names);
         self.span(label.clone(), PhaseName::Steps, started, &a, &b);
         let results: Vec<GateRecord> = step
@@ -257,12 +254,11 @@ impl Runner<'_> {
         i: usize,
         label: &str,
         started: f64,
-        proxies: &crate::proxy::Proxies,
         a: &metrics::Scrape,
         early: GateRecord,
     ) -> PhaseResult {
         self.ui.clear();
-        let b = self.scrape(proxies).await?;
+        let b = self.scrape().await?;
         self.span(label.to_string(), PhaseName::Steps, started, a, &b);
         self.metrics
             .set_gate(&self.plan.name, &early.gate, early.value, early.passed);

@@ -95,8 +95,8 @@ impl Runner<'_> {
 
     async fn switch_one(&mut self, app: &App, d: &Database) -> Result<(), Error> {
         let started = now();
+        let a = self.scrape().await?;
         let proxies = self.proxies().await?;
-        let a = self.scrape(&proxies).await?;
         let pair = self.db(&app.name, d).await?;
         let (src, tgt) = (&pair.0, &pair.1);
         self.rec.switching = Some(app.name.clone());
@@ -170,7 +170,7 @@ impl Runner<'_> {
             .as_ref()
             .map(|v| (v.table_checks(), v.chunks, v.took_ms));
         self.verify(app, src, tgt, fenced).await?;
-        let b = self.scrape(&proxies).await?;
+        let b = self.scrape().await?;
         self.span(
             format!("switchover {}", app.name),
             PhaseName::Switchover,
