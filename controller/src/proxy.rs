@@ -39,7 +39,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use crate::error::Error;
 use crate::plan::discover::ProxySource;
@@ -253,13 +252,6 @@ impl Proxies {
         let epoch = (!status.replica.is_empty()).then_some(status.epoch);
         self.book().showed(url, &status.replica, epoch, unix_now());
         Ok(status)
-    }
-
-    /// Proxy `url`'s whole `/status` document as it came, for showing it; code
-    /// that reads fields uses [`Proxies::read_status`].
-    pub async fn status(&self, url: &str) -> Result<Value, Error> {
-        self.call(url, Method::GET, "/status", None, "read /status", None)
-            .await
     }
 
     /// The routes of proxy `url` that `route` names: by route name or by one of its

@@ -103,7 +103,7 @@ async fn an_older_proxy_is_sent_no_epoch() {
     assert_eq!(release.body, "", "an older proxy gets no body, as before");
     let put = seen.iter().find(|s| s.path.ends_with("/weights")).unwrap();
     assert_eq!(
-        serde_json::from_str::<Value>(&put.body).unwrap(),
+        serde_json::from_str::<serde_json::Value>(&put.body).unwrap(),
         json!({"old": 90.0, "new": 10.0})
     );
     assert!(p.seen()[0].epochs.is_empty());
@@ -364,8 +364,6 @@ async fn an_answer_outside_the_contract_is_an_error() {
         e.contains(&url) && e.contains("read /status") && e.contains("not what the admin API"),
         "{e}"
     );
-    // The raw document is still there for showing it.
-    assert_eq!(p.status(&url).await.unwrap()["routes"][0]["name"], "shop");
 }
 
 #[test]
@@ -442,14 +440,14 @@ async fn weights_metrics_and_status_speak_the_admin_contract() {
     let text = p.metrics_text(&url).await.unwrap();
     assert!(text.contains("cutover_config_generation 3"), "{text}");
     assert_eq!(p.read_status(&url).await.unwrap().generation, 3);
-    assert_eq!(p.status(&url).await.unwrap()["generation"], 3);
+    assert_eq!(p.read_status(&url).await.unwrap().generation, 3);
 
     let calls = calls.lock().unwrap().clone();
     let puts: Vec<_> = calls.iter().filter(|c| c.method == "PUT").collect();
     assert_eq!(puts[0].path, "/routes/shop.test/weights");
     assert_eq!(puts[1].path, "/routes/%2A.shop.test/weights");
     assert_eq!(puts[2].path, "/routes/%2A/weights");
-    let body: Value = serde_json::from_str(&puts[0].body).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&puts[0].body).unwrap();
     assert_eq!(body, json!({"old": 90.0, "new": 10.0}));
 }
 

@@ -1,7 +1,7 @@
 //! `GET /status`: the routing state as JSON, for operators and the controller.
 
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use std::collections::BTreeMap;
 
@@ -228,7 +228,4 @@ pub(super) fn weights_map(snap: &Snapshot, i: usize) -> BTreeMap<String, f64> {
         .collect()
 }
 
-pub(super) fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
+pub(super) use crate::fleet::unix;

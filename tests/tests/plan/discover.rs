@@ -96,9 +96,9 @@ async fn discovered_replicas_take_weights_and_report_traffic() {
         .set_weights(url, "shop.test", &weights)
         .await
         .unwrap();
-    let status = proxies.status(url).await.unwrap();
-    assert_eq!(status["routes"][0]["weights"]["new"], 50.0, "{status}");
-    assert_eq!(status["routes"][0]["weights_source"], "admin");
+    let status = proxies.read_status(url).await.unwrap();
+    assert_eq!(status.routes[0].weights["new"], 50.0, "{status:?}");
+    assert_eq!(status.routes[0].weights_source, cutover_api::Source::Admin);
 
     new.fail_with(500);
     for _ in 0..200 {
