@@ -54,6 +54,15 @@ pub enum Error {
         detail: String,
     },
 
+    /// Nothing listens on the replica's admin port: a process that has not
+    /// started yet (its admin API listens before anything else), or has stopped.
+    #[error("proxy {url}: {what}: {detail}")]
+    ProxyNotListening {
+        url: String,
+        what: String,
+        detail: String,
+    },
+
     #[error("bad proxy admin URL {url:?}: {reason}")]
     ProxyUrl { url: String, reason: String },
 

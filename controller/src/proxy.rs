@@ -165,13 +165,25 @@ impl Proxies {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
                 let mut s = e.to_string();
+                let mut refused = false;
                 let mut cause = std::error::Error::source(&e);
                 while let Some(c) = cause {
                     s.push_str(": ");
                     s.push_str(&c.to_string());
+                    refused |= c
+                        .downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
                     cause = c.source();
                 }
-                fail(s)
+                if refused {
+                    Error::ProxyNotListening {
+                        url: url.to_string(),
+                        what: what.to_string(),
+                        detail: s,
+                    }
+                } else {
+                    fail(s)
+                }
             })?;
             let status = resp.status();
             let bytes = resp

@@ -19,10 +19,14 @@ use crate::upgrade::{Role, Start};
 use crate::upstream::Upstream;
 use crate::{admin, handle, server, tls, upgrade};
 
-/// After a handover, how long HTTP/1 keep-alive clients get to move to the new
-/// process on their own (each is told `Connection: close` with its next response)
-/// before idle connections are closed. Capped at half of `proxy.grace`.
-const UPGRADE_LINGER: Duration = Duration::from_secs(5);
+/// After SIGTERM or a handover, how long HTTP/1 keep-alive clients get to leave on
+/// their own (each is told `Connection: close` with its next response) before idle
+/// connections are closed. Capped at half of `proxy.grace`. Without it, a
+/// keep-alive connection closed while idle races the client's next request, which
+/// was already on its way: the client sees a reset for a request nobody answered
+/// (behind a load balancer that has just stopped sending new connections, every
+/// busy keep-alive connection is such a race).
+const LINGER: Duration = Duration::from_secs(5);
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -236,20 +240,18 @@ pub async fn run(
         Some(t) => t.await.unwrap_or_default(),
         None => Graceful::new(),
     };
-    let linger = match successor {
-        Some(h) => {
-            tracing::info!(pid = h.pid, "handed over to a new process");
-            h.confirm_stopped().await;
-            UPGRADE_LINGER.min(grace / 2)
-        }
-        None => Duration::ZERO,
-    };
+    if let Some(h) = successor {
+        tracing::info!(pid = h.pid, "handed over to a new process");
+        h.confirm_stopped().await;
+    }
+    let linger = LINGER.min(grace / 2);
     let open = data_graceful.count() + https_graceful.count();
     tracing::info!(
         reason = why,
         open_connections = open,
         grace = %format_duration(grace),
-        "stopped accepting; letting in-flight requests finish"
+        linger = %format_duration(linger),
+        "stopped accepting; letting in-flight requests finish (keep-alive clients are told to close)"
     );
     let (plain_done, tls_done) = tokio::join!(
         server::drain(data_graceful, linger, grace),

@@ -29,6 +29,10 @@ pub enum Caught {
     Current { epoch: u64 },
     /// It has no `/state` (an older cutover-proxy): the next change reaches it.
     NoState,
+    /// Listed, but nothing listens on its admin port yet: a process starting (its
+    /// admin API listens before it serves, and it then takes its peers' state),
+    /// so it serves nothing. It is not enrolled; the next look tries again.
+    NotListening(String),
     /// Why not.
     Failed(String),
 }
@@ -36,6 +40,11 @@ pub enum Caught {
 impl CatchUp {
     pub fn ok(&self) -> bool {
         !matches!(self.caught, Caught::Failed(_))
+    }
+
+    /// Whether it is enrolled: everything but a replica that is not listening yet.
+    pub fn enrolled(&self) -> bool {
+        !matches!(self.caught, Caught::NotListening(_))
     }
 
     /// For the timeline: "replica http://… (proxy-2) joined: brought to epoch 7
@@ -56,6 +65,9 @@ impl CatchUp {
                  file's weights until the next change"
             ),
             Caught::Failed(e) => format!("{who} joined and could not be brought up to date: {e}"),
+            Caught::NotListening(e) => format!(
+                "{who} is listed but not listening yet ({e}); it is enrolled once it answers"
+            ),
         }
     }
 }
@@ -66,17 +78,37 @@ impl Proxies {
     /// this returns; they are returned. Arrivals and departures are noted once for
     /// the timeline, however many clones see them.
     pub async fn refresh(&mut self) -> Result<Vec<String>, Error> {
-        let Some(source) = &self.source else {
+        let Some(src) = &self.source else {
             return Ok(Vec::new());
         };
-        let urls = super::clean_urls(&source.urls().await?)?;
+        let source = src.to_string();
+        let urls = super::clean_urls(&src.urls().await?)?;
         let added: Vec<String> = urls
             .iter()
             .filter(|u| !self.urls.contains(u))
             .cloned()
             .collect();
-        let (joined, left) = self.book().resolved(&urls);
         self.urls = urls;
+        let caught = if added.is_empty() {
+            Vec::new()
+        } else {
+            self.catch_up(&added).await
+        };
+        // A replica not listening yet serves nothing: it is left out (not a
+        // member) until it answers; the next refresh offers it again.
+        let waiting: Vec<&String> = caught
+            .iter()
+            .filter(|c| !c.enrolled())
+            .map(|c| &c.url)
+            .collect();
+        let urls: Vec<String> = self
+            .urls
+            .iter()
+            .filter(|u| !waiting.contains(u))
+            .cloned()
+            .collect();
+        self.urls = urls;
+        let (joined, left) = self.book().resolved(&self.urls);
         let now = unix_now();
         for url in left {
             self.book().note(
@@ -85,16 +117,14 @@ impl Proxies {
                 true,
             );
         }
-        if !added.is_empty() {
-            for c in self.catch_up(&added).await {
-                if joined.contains(&c.url) {
-                    let name = self.name_of(&c.url);
-                    let text = c.describe(&name);
-                    self.book().note(unix_now(), text, c.ok());
-                }
-            }
+        for c in caught.iter().filter(|c| joined.contains(&c.url)) {
+            let text = c.describe(&self.name_of(&c.url));
+            self.book().note(unix_now(), text, c.ok());
         }
-        Ok(added)
+        Ok(added
+            .into_iter()
+            .filter(|u| self.urls.contains(u))
+            .collect())
     }
 
     /// The name replica `url` last gave, if any.
@@ -129,6 +159,9 @@ impl Proxies {
         for url in targets {
             let own = states.iter().find(|(u, _)| u == url).map(|(_, s)| s);
             let caught = match (own, newest) {
+                (Some(Err(e @ Error::ProxyNotListening { .. })), _) => {
+                    Caught::NotListening(e.to_string())
+                }
                 (Some(Err(e)), _) => Caught::Failed(e.to_string()),
                 (Some(Ok(None)), _) => Caught::NoState,
                 (Some(Ok(Some(s))), Some((_, n))) if !n.newer_than(s) => {

@@ -292,6 +292,32 @@ async fn a_replica_that_joins_takes_the_newest_state() {
     );
 }
 
+/// A replica listed before its process listens (Kubernetes publishes a starting
+/// pod's address) serves nothing yet: it is not enrolled, rather than failing the
+/// action under way; one that answers but fails is still a failure.
+#[tokio::test]
+async fn a_replica_not_listening_yet_is_not_enrolled() {
+    let (live, _) = serve(fleet_answer::<4>).await;
+    let (broken, _) =
+        serve(|_: &Received| (StatusCode::INTERNAL_SERVER_ERROR, String::new())).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let urls = [url_of(live), url_of(broken), url_of(closed)];
+    let p = Proxies::new(&urls, None).unwrap();
+    let out = p.catch_up(&urls[1..]).await;
+    assert!(matches!(out[0].caught, Caught::Failed(_)), "{out:?}");
+    assert!(out[0].enrolled() && !out[0].ok());
+    assert!(matches!(out[1].caught, Caught::NotListening(_)), "{out:?}");
+    assert!(!out[1].enrolled() && out[1].ok());
+    let line = out[1].describe("");
+    assert!(
+        line.contains("not listening yet") && line.contains(&urls[2]),
+        "{line}"
+    );
+}
+
 #[tokio::test]
 async fn a_state_older_than_the_replicas_own_is_kept_out() {
     let (addr, _) = serve(fleet_answer::<6>).await;

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use cutover_tests::{Backend, ProxyBuilder, eventually, two_backend_config};
+use cutover_tests::{Backend, Proxy, ProxyBuilder, eventually, two_backend_config};
 
 const HOST: &str = "shop.test";
 
@@ -117,16 +117,7 @@ async fn a_refusing_backend_gives_a_prompt_502_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
-    let (old, new) = (Backend::start("old"), Backend::start("new"));
-    let mut proxy = ProxyBuilder::new(two_backend_config(
-        old.addr,
-        new.addr,
-        &[HOST],
-        (100.0, 0.0),
-        "",
-    ))
-    .start()
-    .unwrap();
+    let (_backends, mut proxy) = all_on_old();
     let (c, addr) = (proxy.client().clone(), proxy.http);
     let slow = tokio::spawn(async move { c.get(addr, HOST, "/slow/2000").await });
     eventually(
@@ -150,12 +141,98 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
         .expect("the in-flight request completes");
     assert_eq!(r.status, 200);
     assert_eq!(r.body.trim(), "old");
+    exits_zero_with_every_connection_finished(&mut proxy).await;
+}
+
+/// Behind a load balancer that has just stopped sending it new connections, a
+/// stopping proxy still has busy keep-alive connections whose next request may
+/// already be on its way. Closing them at once while idle resets that request; so
+/// after SIGTERM an idle keep-alive connection stays open for a moment, its next
+/// request is answered with `Connection: close`, and the proxy exits once the
+/// client has left.
+#[tokio::test]
+async fn after_sigterm_an_idle_keep_alive_connection_gets_its_next_answer_and_a_close() {
+    let (_backends, mut proxy) = all_on_old();
+    let addr = proxy.http;
+    let request = b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n";
+    let (mut conn, first) = tokio::task::spawn_blocking(move || {
+        let mut conn = TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.write_all(request).unwrap();
+        let first = read_head_and_body(&mut conn);
+        (conn, first)
+    })
+    .await
+    .unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
+
+    proxy.signal("TERM");
+    proxy.wait_for_log("stopped accepting").await;
+    // The connection was idle when the proxy stopped accepting; it still answers.
+    let second = tokio::task::spawn_blocking(move || {
+        conn.write_all(request).unwrap();
+        let answer = read_head_and_body(&mut conn);
+        let mut rest = Vec::new();
+        // The proxy closes its end after the answer; EOF, not a timeout.
+        let closed = conn.read_to_end(&mut rest).is_ok() && rest.is_empty();
+        (answer, closed)
+    })
+    .await
+    .unwrap();
+    assert!(second.0.starts_with("HTTP/1.1 200"), "{}", second.0);
+    assert!(
+        second.0.to_ascii_lowercase().contains("connection: close"),
+        "{}",
+        second.0
+    );
+    assert!(
+        second.1,
+        "the proxy kept the connection open after Connection: close"
+    );
+    exits_zero_with_every_connection_finished(&mut proxy).await;
+}
+
+/// Reads one HTTP/1.1 answer with a `Content-Length` body from `s`.
+fn read_head_and_body(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "EOF inside a response head");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .expect("a Content-Length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// A proxy that was sent SIGTERM exits 0 within 10 s, every connection finished.
+async fn exits_zero_with_every_connection_finished(proxy: &mut Proxy) {
     let status = proxy
         .wait_exit(Duration::from_secs(10))
         .await
         .expect("the proxy exits");
     assert_eq!(status.code(), Some(0), "{}", proxy.logs());
     proxy.wait_for_log("all connections finished").await;
+}
+
+/// A proxy sending all of `HOST` to `old`, and its two backends.
+fn all_on_old() -> ((Backend, Backend), Proxy) {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = two_backend_config(old.addr, new.addr, &[HOST], (100.0, 0.0), "");
+    ((old, new), ProxyBuilder::new(cfg).start().unwrap())
 }
 
 /// Sends one raw HTTP/1.1 request to `addr` and returns the whole answer.

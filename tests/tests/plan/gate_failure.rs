@@ -6,14 +6,57 @@
 
 use std::time::Duration;
 
-use cutover_tests::{Backend, ProxyBuilder, two_backend_config};
+use cutover_tests::{Backend, Proxy, ProxyBuilder, Run, two_backend_config};
 
-use crate::common::{PlanDir, Traffic, admin_url, binaries, route};
+use crate::common::{PlanDir, Seen, Traffic, admin_url, binaries, route};
 
 const HOST: &str = "web.test";
 const GATE: &str = "error_ratio < 0.001";
 
-fn plan(admin: &str) -> String {
+/// A run of the two-step plan gated by `gate` (and `p99 < 1s`), through a real
+/// proxy at 100% old, while client loops send GETs and `new` fails one request in
+/// `fail_one_in` with a 500. The run is expected to fail (exit code 1), and the
+/// clients saw no transport error.
+struct Gated {
+    _old: Backend,
+    new: Backend,
+    proxy: Proxy,
+    pd: PlanDir,
+    run: Run,
+    seen: Seen,
+}
+
+async fn run_gated(fail_one_in: u64, gate: &str) -> Gated {
+    binaries().await;
+    let old = Backend::start("old");
+    let new = Backend::start("new");
+    new.fail_one_in(fail_one_in, 500);
+    let cfg = two_backend_config(old.addr, new.addr, &[HOST], (100.0, 0.0), "");
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let pd = PlanDir::new(&plan(&admin_url(proxy.admin), gate));
+    let traffic = Traffic::start(
+        proxy.http,
+        HOST,
+        false,
+        4,
+        Duration::from_millis(4),
+        Duration::from_secs(60),
+    );
+    traffic.until_sent(50).await;
+    let run = pd.cutover("run", &[]).await.code(1);
+    let seen = traffic.stop().await;
+    assert!(seen.errors.is_empty(), "{:?}", seen.errors);
+    Gated {
+        _old: old,
+        new,
+        proxy,
+        pd,
+        run,
+        seen,
+    }
+}
+
+fn plan(admin: &str, gate: &str) -> String {
     format!(
         r#"name = "gates"
 
@@ -27,39 +70,27 @@ route = "{HOST}"
 [[steps]]
 weights = {{ old = 90, new = 10 }}
 bake = "3s"
-gates = ["{GATE}", "p99 < 1s"]
+gates = ["{gate}", "p99 < 1s"]
 
 [[steps]]
 weights = {{ old = 50, new = 50 }}
 bake = "3s"
-gates = ["{GATE}", "p99 < 1s"]
+gates = ["{gate}", "p99 < 1s"]
 "#
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gate_failure_rolls_back() {
-    binaries().await;
-    let old = Backend::start("old");
-    let new = Backend::start("new");
     // The first request `new` gets fails, then every 20th.
-    new.fail_one_in(20, 500);
-    let cfg = two_backend_config(old.addr, new.addr, &[HOST], (100.0, 0.0), "");
-    let proxy = ProxyBuilder::new(cfg).start().unwrap();
-    let pd = PlanDir::new(&plan(&admin_url(proxy.admin)));
-
-    let traffic = Traffic::start(
-        proxy.http,
-        HOST,
-        false,
-        4,
-        Duration::from_millis(4),
-        Duration::from_secs(60),
-    );
-    traffic.until_sent(50).await;
-    let run = pd.cutover("run", &[]).await.code(1);
-    let seen = traffic.stop().await;
-    assert!(seen.errors.is_empty(), "{:?}", seen.errors);
+    let Gated {
+        new,
+        proxy,
+        pd,
+        run,
+        seen,
+        ..
+    } = run_gated(20, GATE).await;
     assert!(
         new.requests() > 0,
         "no request reached new: {seen:?}\n{}",
@@ -123,6 +154,52 @@ async fn gate_failure_rolls_back() {
         "{}",
         status.stdout
     );
+}
+
+/// The new side is judged by its own answers, not diluted by the old side's: at
+/// 10% new, a new side failing one request in five makes the route as a whole fail
+/// about 2%, under a 5% gate, yet the gate fails (with new's own ratio, about 20%)
+/// and the weights go back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_new_side_is_not_hidden_by_the_old_sides_traffic() {
+    const LOOSE: &str = "error_ratio < 0.05";
+    let Gated {
+        proxy,
+        pd,
+        run,
+        seen,
+        ..
+    } = run_gated(5, LOOSE).await;
+    // What the users saw as a whole stayed under the gate's threshold.
+    let total: u64 = seen.codes.values().sum();
+    let failed = seen.codes.get(&500).copied().unwrap_or(0);
+    assert!(
+        failed > 0 && (failed as f64) < 0.05 * total as f64,
+        "{failed} of {total} failed: {seen:?}"
+    );
+
+    let report = pd.report();
+    assert_eq!(
+        report["outcome"], "gate_failed",
+        "{report:#}\n{}",
+        run.stderr
+    );
+    let g = report["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["passed"] == false)
+        .unwrap_or_else(|| panic!("no failed gate: {:#}", report["gates"]));
+    assert_eq!(
+        (&g["gate"], &g["step"]),
+        (&LOOSE.into(), &0.into()),
+        "{g:#}"
+    );
+    // New's own figure (about 0.2), not the route's (about 0.02).
+    let value = g["value"].as_f64().unwrap();
+    assert!(value >= 0.1, "{g:#}");
+    let r = route(&proxy.status().await, HOST).clone();
+    assert_eq!(r["weights"]["new"], 0.0, "{r:#}");
 }
 
 /// A typo in the plan stops everything before any proxy is called, with the file,

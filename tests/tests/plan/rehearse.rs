@@ -172,9 +172,6 @@ fn admin_port(stderr: &str) -> Option<u16> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "can fail until a proxy stopping on SIGTERM lingers before it closes idle \
-            keep-alive connections (as --upgrade does): a request sent on one in that instant \
-            is reset; run with --ignored"]
 async fn a_fleet_of_three_survives_a_restart_and_a_scale_out_mid_migration() {
     let _db = DATABASES.acquire().await.unwrap();
     let r = rehearse(&["--replicas", "3"], Duration::from_secs(180)).await;
