@@ -22,6 +22,10 @@ need pg_dump postgresql-client-15
 # A real connection pooler for the pooled bypass writer (the binary is in /usr/sbin).
 [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
 
+# Redis for `cutover cache` (one server per side, `redis-cli` for the benchmark).
+need redis-server redis-server
+need redis-cli redis-tools
+
 # The status page is tested in a real browser (headless Chromium over WebDriver).
 need chromium chromium
 need chromedriver chromium-driver

@@ -42,6 +42,12 @@ pub enum Command {
     /// Order: sync (--dry-run first) → verify → render.
     #[command(subcommand)]
     Secrets(crate::secrets::cli::SecretsCommand),
+    /// Copy a live Redis (a cache) into the new cluster's Redis, keep it following
+    /// until the cutover, and say whether the copy has converged.
+    ///
+    /// Order: sync (follows until Ctrl-C) → verify.
+    #[command(subcommand)]
+    Cache(crate::cache::cli::CacheCommand),
     /// Run a migration plan: preflight, database sync, traffic steps behind gates,
     /// switchovers, finalize; then write the report. Resumes from the state file if
     /// a run of this plan stopped.
@@ -308,7 +314,7 @@ fn parse_memory(s: &str) -> Result<String, String> {
 }
 
 /// A size with a unit, in bytes.
-fn parse_size(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<i64, String> {
     parse_memory(s)?;
     let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit: i64 = match &s[digits.len()..] {

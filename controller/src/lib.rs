@@ -7,6 +7,7 @@
 //! [`lock`] keeps a second controller off a database another one is working on.
 //! [`secrets`] moves Kubernetes Secrets into a secrets store (`cutover secrets …`).
 
+pub mod cache;
 mod catalog;
 mod check;
 mod cleanup;

@@ -17,6 +17,7 @@ mod pgbouncer;
 mod postgres;
 mod process;
 mod proxy;
+mod redis;
 mod relay;
 mod run;
 mod writers;
@@ -36,6 +37,7 @@ pub use pgbouncer::{Pgbouncer, pgbouncer_bin};
 pub use postgres::{APP_PASSWORD, Pair, Postgres, SUPERUSER_PASSWORD, pg_bin};
 pub use process::BackendProcess;
 pub use proxy::{Proxy, ProxyBuilder, metric_sum, two_backend_config, two_backends};
+pub use redis::{Cmd, RedisConn, RedisServer, Resp, redis_server_bin};
 pub use relay::{Relay, free_port_on, listeners_on_one_port};
 pub use run::Run;
 pub use writers::{

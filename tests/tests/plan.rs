@@ -4,6 +4,8 @@
 
 #[path = "plan/abort.rs"]
 mod abort;
+#[path = "plan/cache.rs"]
+mod cache;
 #[path = "plan/common.rs"]
 mod common;
 #[path = "plan/discover.rs"]

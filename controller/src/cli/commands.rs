@@ -25,6 +25,7 @@ pub async fn run(cli: Cli) -> u8 {
     let cmd = match cli.command {
         Command::Db(cmd) => cmd,
         Command::Secrets(cmd) => return crate::secrets::cli::run(cmd).await,
+        Command::Cache(cmd) => return crate::cache::cli::run(cmd).await,
         Command::Run(a) => return super::plan::run(a).await,
         Command::Status(a) => return super::plan::status(a),
         Command::Abort(a) => return super::plan::abort(a).await,
@@ -65,6 +66,7 @@ fn label(cmd: &Command) -> &'static str {
             DbCommand::Rollback(_) => "db rollback",
         },
         Command::Secrets(_) => "secrets",
+        Command::Cache(_) => "cache",
         Command::Run(_) => "run",
         Command::Status(_) => "status",
         Command::Abort(_) => "abort",

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::error::Error;
+use crate::plan::record::CacheRecord;
 
 /// The phases `cutover_plan_phase` exports, in order.
 const PHASES: [&str; 6] = [
@@ -55,6 +56,8 @@ struct State {
     step: BTreeMap<String, (usize, f64)>,
     /// (plan, gate text) → (value, passed).
     gates: BTreeMap<(String, String), (Option<f64>, bool)>,
+    /// app → its cache.
+    caches: BTreeMap<String, CacheRecord>,
 }
 
 impl ControllerMetrics {
@@ -100,6 +103,11 @@ impl ControllerMetrics {
             s.gates
                 .insert((plan.to_string(), gate_text.to_string()), (value, passed))
         });
+    }
+
+    /// An app's cache: the copy's figures, or the hit ratio.
+    pub fn set_cache(&self, app: &str, cache: &CacheRecord) {
+        self.with(|s| s.caches.insert(app.to_string(), cache.clone()));
     }
 
     /// The text exposition (format 0.0.4).
@@ -194,7 +202,60 @@ fn render(s: &State) -> String {
             )
         }),
     );
+    caches(&mut out, &s.caches);
     out
+}
+
+fn caches(out: &mut String, caches: &BTreeMap<String, CacheRecord>) {
+    fn app(a: &str) -> Vec<(&str, &str)> {
+        vec![("app", a)]
+    }
+    family(
+        out,
+        "cutover_cache_keys_copied",
+        "Keys the cache sync has written to the new cache (initial copy and following).",
+        caches.iter().map(|(a, c)| (app(a), c.keys_copied as f64)),
+    );
+    family(
+        out,
+        "cutover_cache_pending_keys",
+        "Keys changed on the old cache that the sync has not copied yet (its lag, in keys).",
+        caches.iter().map(|(a, c)| (app(a), c.pending as f64)),
+    );
+    family(
+        out,
+        "cutover_cache_converged",
+        "1 when the cache sync's last verification found no difference and nothing is pending.",
+        caches
+            .iter()
+            .map(|(a, c)| (app(a), f64::from(u8::from(c.converged)))),
+    );
+    let kinds: Vec<(Vec<(&str, &str)>, f64)> = caches
+        .iter()
+        .filter_map(|(a, c)| Some((a, c.last_verify.as_ref()?)))
+        .flat_map(|(a, t)| {
+            [
+                ("missing", t.missing),
+                ("different", t.different),
+                ("extra", t.extra),
+            ]
+            .map(|(k, n)| (vec![("app", a.as_str()), ("kind", k)], n as f64))
+        })
+        .collect();
+    family(
+        out,
+        "cutover_cache_verify_differences",
+        "Differences the last verification pass found (and had copied again), by kind.",
+        kinds.into_iter(),
+    );
+    family(
+        out,
+        "cutover_cache_hit_ratio",
+        "The new cache's hit ratio since the run started (judged in warm-only mode).",
+        caches
+            .iter()
+            .filter_map(|(a, c)| Some((app(a), c.hit_ratio?))),
+    );
 }
 
 /// Writes one gauge family: HELP, TYPE and its samples.

@@ -84,6 +84,30 @@ pub struct App {
     pub old: String,
     pub new: String,
     pub database: Option<Database>,
+    pub cache: Option<CachePlan>,
+}
+
+/// An app's cache (`[apps.cache]`): copied and followed (`sync`), or only watched
+/// warming up (`warm`). Either way the step that takes new to 100% waits for it.
+#[derive(Debug, Clone)]
+pub struct CachePlan {
+    pub source: crate::cache::RedisUrl,
+    pub target: crate::cache::RedisUrl,
+    pub mode: CacheMode,
+    /// `warm`: the new cache's hit ratio (`INFO stats`, since the run started)
+    /// that the step to 100% waits for.
+    pub hit_ratio: f64,
+    /// How long the step to 100% waits for convergence (or the hit ratio) before
+    /// it fails like a gate and the weights go back.
+    pub wait: Duration,
+    /// Turn on the source's keyspace notifications when they are off.
+    pub enable_notifications: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    Sync,
+    Warm,
 }
 
 /// One traffic step.

@@ -303,6 +303,51 @@ pub struct Record {
     /// Every proxy replica the run heard from, in the order they first answered.
     #[serde(default)]
     pub replicas: Vec<ReplicaRecord>,
+    /// App → its cache (`[apps.cache]`): the copy's figures, or the hit ratio.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub caches: BTreeMap<String, CacheRecord>,
+}
+
+/// An app's cache as the run last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// `sync` or `warm`.
+    pub mode: String,
+    pub source: String,
+    pub target: String,
+    pub converged: bool,
+    /// When the step to 100% saw it converged (or warm), in seconds since the run
+    /// started.
+    #[serde(default)]
+    pub ready_at_s: Option<f64>,
+    #[serde(default)]
+    pub keys_copied: u64,
+    #[serde(default)]
+    pub bytes_copied: u64,
+    #[serde(default)]
+    pub big_keys: u64,
+    #[serde(default)]
+    pub skipped_expired: u64,
+    #[serde(default)]
+    pub deleted: u64,
+    /// Writes the target refused.
+    #[serde(default)]
+    pub errors: u64,
+    #[serde(default)]
+    pub events: u64,
+    #[serde(default)]
+    pub pending: u64,
+    #[serde(default)]
+    pub notifications_lost: u64,
+    #[serde(default)]
+    pub verify_passes: u64,
+    #[serde(default)]
+    pub last_verify: Option<crate::cache::Tally>,
+    /// The new cache's hit ratio since the run started (judged in `warm` mode).
+    #[serde(default)]
+    pub hit_ratio: Option<f64>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //! state at once and scraped from then on. Every change to the proxies carries an
 //! epoch (see [`crate::proxy`]); the record keeps every replica the run heard from.
 
+mod cache;
 mod finish;
 mod prepare;
 mod sampler;
@@ -110,6 +111,8 @@ pub(crate) struct Runner<'a> {
     last_urls: Vec<String>,
     /// Connected database pairs by app.
     dbs: BTreeMap<String, Arc<(Db, Db)>>,
+    /// The apps' caches, while the run goes.
+    caches: cache::Caches,
 }
 
 /// Runs (or resumes) the plan. `Ok` carries the record whatever the outcome (a
@@ -193,6 +196,7 @@ impl<'a> Runner<'a> {
             fleet: None,
             last_urls: Vec::new(),
             dbs: BTreeMap::new(),
+            caches: BTreeMap::new(),
         })
     }
 
@@ -228,6 +232,7 @@ impl<'a> Runner<'a> {
         let proxies = self.proxies().await?;
         self.check_routes(&proxies).await?;
         self.sampler.start(&proxies, &self.route_names);
+        self.start_caches().await?;
         if let Some(app) = self.rec.switching.clone() {
             self.recover_switchover(&app).await?;
         }
@@ -254,6 +259,7 @@ impl<'a> Runner<'a> {
     /// Records how the run ended, saves, writes the report.
     async fn conclude(mut self, result: PhaseResult) -> Result<Record, Error> {
         self.ui.clear();
+        self.stop_caches().await;
         match result {
             Ok(None) => {
                 self.rec.outcome = Outcome::Succeeded;
@@ -529,6 +535,7 @@ fn fresh_record(plan: &Plan) -> Record {
         client_failed_requests: None,
         error_seconds: Vec::new(),
         replicas: Vec::new(),
+        caches: BTreeMap::new(),
     }
 }
 

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cutover_tests::{
-    Backend, Client, Postgres, ProxyBuilder, binary, eventually, two_backend_config,
+    Backend, Client, Postgres, ProxyBuilder, RedisServer, binary, eventually, two_backend_config,
 };
 use http::Method;
 use serde_json::Value;
@@ -324,6 +324,10 @@ async fn controller_exposition() -> String {
          INSERT INTO items (body) VALUES ('one'), ('two');",
     )
     .await;
+    // The shop's cache, copied and followed by the run: the cache families.
+    let cache_old = RedisServer::start_with(&["--notify-keyspace-events", "KA"]);
+    let cache_new = RedisServer::start();
+    cache_old.cmd(&["SET", "basket:1", "two apples"]);
     let (a, b) = (Backend::start("old"), Backend::start("new"));
     let cfg = two_backend_config(a.addr, b.addr, &[HOST], (100.0, 0.0), "writes = \"old\"");
     let proxy = ProxyBuilder::new(cfg).start().unwrap();
@@ -334,9 +338,10 @@ async fn controller_exposition() -> String {
         format!(
             "[proxies]\nadmin = [\"http://{}\"]\n\n\
              [[apps]]\nname = \"shop\"\nroute = \"{HOST}\"\n\
-             [apps.database]\nsource_env = \"SHOP_SOURCE\"\ntarget_env = \"SHOP_TARGET\"\n\n\
+             [apps.database]\nsource_env = \"SHOP_SOURCE\"\ntarget_env = \"SHOP_TARGET\"\n\
+             [apps.cache]\nsource = \"{}\"\ntarget = \"{}\"\n\n\
              [[steps]]\nweights = {{ new = 10 }}\nbake = \"30s\"\n",
-            proxy.admin
+            proxy.admin, cache_old.url, cache_new.url
         ),
     )
     .unwrap();
@@ -364,6 +369,8 @@ async fn controller_exposition() -> String {
     .await;
     let client = Client::new();
     let text = until(&stderr, "the replication lag in /metrics", || async {
+        // A lookup on the new cache, so that its hit ratio has something to show.
+        cache_new.cmd(&["GET", "basket:1"]);
         let r = client
             .send(addr, Method::GET, "controller", "/metrics", &[], "")
             .await
@@ -371,7 +378,9 @@ async fn controller_exposition() -> String {
         (r.status == 200
             && r.body.contains("cutover_replication_lag_seconds{")
             && r.body.contains("cutover_replication_slot_retained_bytes{")
-            && r.body.contains("cutover_plan_step{"))
+            && r.body.contains("cutover_plan_step{")
+            && r.body.contains("cutover_cache_verify_differences{")
+            && r.body.contains("cutover_cache_hit_ratio{"))
         .then_some(r.body)
     })
     .await;

@@ -13,7 +13,10 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::check::{Checker, Node, Table, Text};
-use super::{App, Database, Plan, Step, TokenSource, fmt_percent, sha256_hex};
+use super::{
+    App, CacheMode, CachePlan, Database, Plan, Step, TokenSource, fmt_percent, sha256_hex,
+};
+use crate::cache::RedisUrl;
 use crate::dsn::{Dsn, Side};
 use crate::plan::discover::{self, ProxySource};
 use crate::plan::gate::Gate;
@@ -37,7 +40,17 @@ const PROXIES_KEYS: &[&str] = &[
     "old",
     "new",
 ];
-pub(super) const APP_KEYS: &[&str] = &["name", "route", "old", "new", "database"];
+pub(super) const APP_KEYS: &[&str] = &["name", "route", "old", "new", "database", "cache"];
+const CACHE_KEYS: &[&str] = &[
+    "source",
+    "source_env",
+    "target",
+    "target_env",
+    "mode",
+    "hit_ratio",
+    "wait",
+    "enable_notifications",
+];
 const DATABASE_KEYS: &[&str] = &[
     "source",
     "source_env",
@@ -349,6 +362,7 @@ fn app(c: &mut Checker<'_>, t: &Table<'_, '_>, proxies: &Proxies<'_>, seen: &mut
     let database = c
         .section(t, "database", DATABASE_KEYS)
         .and_then(|d| database(c, &d, app_name, &t.path, seen));
+    let cache = c.section(t, "cache", CACHE_KEYS).and_then(|s| cache(c, &s));
     let side = |own: &Option<Text<'_>>, default: &Option<Text<'_>>, fallback: &str| {
         own.as_ref()
             .or(default.as_ref())
@@ -361,6 +375,94 @@ fn app(c: &mut Checker<'_>, t: &Table<'_, '_>, proxies: &Proxies<'_>, seen: &mut
         old: side(&old, &proxies.old, "old"),
         new: side(&new, &proxies.new, "new"),
         database,
+        cache,
+    }
+}
+
+/// `[apps.cache]`.
+fn cache(c: &mut Checker<'_>, t: &Table<'_, '_>) -> Option<CachePlan> {
+    let url = |c: &mut Checker<'_>, key: &str| -> Option<RedisUrl> {
+        let (raw, at) = inline_or_env(c, t, key, "redis://…")?;
+        RedisUrl::parse(&raw)
+            .map_err(|e| c.err(Some(at.span), at.path, e))
+            .ok()
+    };
+    let (source, target) = (url(c, "source"), url(c, "target"));
+    let mode = match c.text(t, "mode") {
+        None => Some(CacheMode::Sync),
+        Some(m) => match m.value {
+            "sync" => Some(CacheMode::Sync),
+            "warm" => Some(CacheMode::Warm),
+            other => {
+                let msg = format!(
+                    "{other:?} is not a mode; use \"sync\" (copy and follow the old cache) \
+                     or \"warm\" (wait for the new cache's hit ratio)"
+                );
+                c.err(Some(m.span), m.path, msg);
+                None
+            }
+        },
+    };
+    let hit_ratio = match t.get("hit_ratio") {
+        None => Some(0.8),
+        Some(node) => c.number_of(node, &t.field("hit_ratio")).and_then(|r| {
+            if (0.0..=1.0).contains(&r) {
+                Some(r)
+            } else {
+                let msg = format!("{r} is not a ratio; give a number from 0 to 1, e.g. 0.8");
+                c.err(Some(node.span()), t.field("hit_ratio"), msg);
+                None
+            }
+        }),
+    };
+    if mode == Some(CacheMode::Sync) && t.get("hit_ratio").is_some() {
+        let msg = "hit_ratio is for mode = \"warm\"; remove it, or set mode = \"warm\"";
+        c.err(t.at(), t.field("hit_ratio"), msg);
+    }
+    let wait = c.duration(t, "wait").unwrap_or(Duration::from_secs(300));
+    let enable_notifications = c.boolean(t, "enable_notifications").unwrap_or(false);
+    Some(CachePlan {
+        source: source?,
+        target: target?,
+        mode: mode?,
+        hit_ratio: hit_ratio?,
+        wait,
+        enable_notifications,
+    })
+}
+
+/// A value given inline (`key`) or by an environment variable (`key_env`); a
+/// missing one is an error whose fix shows `example`.
+fn inline_or_env<'t>(
+    c: &mut Checker<'_>,
+    t: &Table<'t, '_>,
+    key: &str,
+    example: &str,
+) -> Option<(String, Text<'t>)> {
+    let env_key = format!("{key}_env");
+    match (c.text(t, key), c.text(t, &env_key)) {
+        (Some(_), Some(env)) => {
+            let msg = format!("give {key} or {env_key}, not both; remove one");
+            c.err(Some(env.span), env.path, msg);
+            None
+        }
+        (Some(inline), None) => Some((inline.value.to_string(), inline)),
+        (None, Some(env)) => match std::env::var(env.value) {
+            Ok(v) => Some((v, env)),
+            Err(_) => {
+                let msg = format!(
+                    "the environment variable {} is not set; export it, or give {key} in the plan",
+                    env.value
+                );
+                c.err(Some(env.span), env.path, msg);
+                None
+            }
+        },
+        (None, None) => {
+            let msg = format!("missing; give {key} = \"{example}\" or {env_key} = \"VARIABLE\"");
+            c.err(t.at(), t.field(key), msg);
+            None
+        }
     }
 }
 
@@ -426,34 +528,10 @@ fn dsn(
     key: &str,
     required: bool,
 ) -> Option<Dsn> {
-    let env_key = format!("{key}_env");
-    let (raw, at) = match (c.text(t, key), c.text(t, &env_key)) {
-        (Some(_), Some(env)) => {
-            let msg = format!("give {key} or {env_key}, not both; remove one");
-            c.err(Some(env.span), env.path, msg);
-            return None;
-        }
-        (Some(inline), None) => (inline.value.to_string(), inline),
-        (None, Some(env)) => match std::env::var(env.value) {
-            Ok(v) => (v, env),
-            Err(_) => {
-                let msg = format!(
-                    "the environment variable {} is not set; export it, or give {key} in the plan",
-                    env.value
-                );
-                c.err(Some(env.span), env.path, msg);
-                return None;
-            }
-        },
-        (None, None) => {
-            if required {
-                let msg =
-                    format!("missing; give {key} = \"postgresql://…\" or {env_key} = \"VARIABLE\"");
-                c.err(t.at(), t.field(key), msg);
-            }
-            return None;
-        }
-    };
+    if !required && t.get(key).is_none() && t.get(&format!("{key}_env")).is_none() {
+        return None;
+    }
+    let (raw, at) = inline_or_env(c, t, key, "postgresql://…")?;
     Dsn::parse(side, &raw)
         .map_err(|e| c.err(Some(at.span), at.path, e.to_string()))
         .ok()

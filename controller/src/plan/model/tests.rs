@@ -355,3 +355,56 @@ fn secrets_and_syntax_errors_keep_their_positions() {
     let err = parse("name = \"x\"\n[proxies\n").unwrap_err();
     assert!(err.starts_with("plan.toml:2:"), "{err}");
 }
+
+#[test]
+fn an_app_cache_is_read_with_defaults_and_its_errors_are_placed() {
+    let with = |cache: &str| {
+        SMALL.replace(
+            "route = \"web.test\"\n",
+            &format!("route = \"web.test\"\n{cache}"),
+        )
+    };
+    let plan = parse(&with(
+        "[apps.cache]\nsource = \"redis://:pw@10.0.0.7:6379\"\ntarget = \"rediss://10.1.0.7?ca=/ca.pem\"\n",
+    ))
+    .unwrap();
+    let c = plan.apps[0].cache.as_ref().unwrap();
+    assert_eq!(c.mode, CacheMode::Sync);
+    assert_eq!(c.wait, Duration::from_secs(300));
+    assert_eq!(c.source.password.as_deref(), Some("pw"));
+    assert!(c.target.tls && !c.enable_notifications);
+    assert!(
+        !format!("{plan:?}").contains("pw@"),
+        "a password in {plan:?}"
+    );
+
+    let plan = parse(&with(
+        "[apps.cache]\nsource = \"redis://a\"\ntarget = \"redis://b\"\nmode = \"warm\"\nhit_ratio = 0.9\nwait = \"1m\"\n",
+    ))
+    .unwrap();
+    let c = plan.apps[0].cache.as_ref().unwrap();
+    assert_eq!(
+        (c.mode, c.hit_ratio, c.wait),
+        (CacheMode::Warm, 0.9, Duration::from_secs(60))
+    );
+
+    let text =
+        with("[apps.cache]\nsource = \"http://a\"\nmode = \"cold\"\nhit_ratio = 2\nttl = 1\n");
+    let err = parse(&text).unwrap_err();
+    for want in [
+        format!(
+            "plan.toml:{}:10: apps[0].cache.source: a Redis URL starts with redis://",
+            line_of(&text, "source")
+        ),
+        "apps[0].cache.target: missing; give target = \"redis://…\" or target_env = \"VARIABLE\""
+            .to_string(),
+        format!(
+            "plan.toml:{}:8: apps[0].cache.mode: \"cold\" is not a mode",
+            line_of(&text, "mode")
+        ),
+        "apps[0].cache.hit_ratio: 2 is not a ratio".to_string(),
+        "apps[0].cache.ttl: unknown key".to_string(),
+    ] {
+        assert!(err.contains(&want), "want {want:?} in:\n{err}");
+    }
+}

@@ -26,6 +26,7 @@ pub fn markdown(r: &Record) -> String {
     switchovers(&mut out, &r.switchovers);
     retired(&mut out, r);
     verification(&mut out, &r.verify);
+    caches(&mut out, r);
     if let Some(l) = &r.ledger {
         ledger(&mut out, l);
     }
@@ -280,6 +281,48 @@ fn lag(out: &mut String, r: &Record) {
             l.max_seconds.map_or("n/a".into(), duration),
             l.max_bytes.map_or("n/a".into(), bytes)
         );
+    }
+    out.push('\n');
+}
+
+fn caches(out: &mut String, r: &Record) {
+    if r.caches.is_empty() {
+        return;
+    }
+    out.push_str("## Caches\n\n");
+    out.push_str(
+        "| App | Mode | Ready | Keys copied | Bytes | Big keys | Expired, skipped | Notifications | Last verification | Hit ratio |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---|---:|\n",
+    );
+    for (app, c) in &r.caches {
+        let ready = match (c.converged, c.ready_at_s) {
+            (_, Some(at)) => format!("yes, at {}", since(at)),
+            (true, None) => "converged".into(),
+            (false, None) => "**no**".into(),
+        };
+        let verify = c.last_verify.as_ref().map_or("none".into(), |t| {
+            format!(
+                "{} compared: {} missing, {} different, {} extra",
+                t.compared, t.missing, t.different, t.extra
+            )
+        });
+        let _ = writeln!(
+            out,
+            "| {} | {} | {ready} | {} | {} | {} | {} | {} ({} lost subscriptions) | {verify} | {} |",
+            cell(app),
+            c.mode,
+            c.keys_copied,
+            bytes(c.bytes_copied as i64),
+            c.big_keys,
+            c.skipped_expired,
+            c.events,
+            c.notifications_lost,
+            c.hit_ratio
+                .map_or("n/a".into(), |h| format!("{:.1}%", h * 100.0)),
+        );
+        if let Some(e) = &c.error {
+            let _ = writeln!(out, "\n{}: {}", cell(app), one_line(e));
+        }
     }
     out.push('\n');
 }

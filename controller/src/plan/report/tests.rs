@@ -2,8 +2,9 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::plan::record::{
-    BackendTraffic, Event, GateRecord, LagRecord, LedgerCheck, Outcome, PhaseName, RECORD_VERSION,
-    ReplicaRecord, RetiredObject, Span, SwitchoverRecord, TableCheck, Traffic, VerifyRecord,
+    BackendTraffic, CacheRecord, Event, GateRecord, LagRecord, LedgerCheck, Outcome, PhaseName,
+    RECORD_VERSION, ReplicaRecord, RetiredObject, Span, SwitchoverRecord, TableCheck, Traffic,
+    VerifyRecord,
 };
 
 const START: f64 = 1_700_000_000.0;
@@ -188,6 +189,27 @@ fn record() -> Record {
                 epochs: vec![4, 5],
             },
         ],
+        caches: BTreeMap::from([(
+            "weather".to_string(),
+            CacheRecord {
+                mode: "sync".into(),
+                source: "redis://10.0.0.7:6379/0".into(),
+                target: "redis://***@10.1.0.7:6379/0".into(),
+                converged: true,
+                ready_at_s: Some(312.5),
+                keys_copied: 100_214,
+                bytes_copied: 53_000_000,
+                big_keys: 1,
+                events: 5_120,
+                verify_passes: 31,
+                last_verify: Some(crate::cache::Tally {
+                    compared: 100_000,
+                    complete: true,
+                    ..Default::default()
+                }),
+                ..CacheRecord::default()
+            },
+        )]),
     }
 }
 
@@ -273,6 +295,8 @@ fn markdown_names_the_failed_gate_and_shows_the_figures() {
         "| tasks | 800 ms | 3.0 MiB |",
         "### tasks: writes paused 850 ms",
         "| 2 | wait for the target | 640 ms |",
+        // The cache: when it was ready, and its figures.
+        "| weather | sync | yes, at +5:13 | 100214 | 50.5 MiB | 1 | 0 | 5120 (0 lost subscriptions) | 100000 compared: 0 missing, 0 different, 0 extra | n/a |",
         "| public.items | 5,000 | 5,012 | 0 | 1 | `00112233aabbccdd` | pass |",
         "- Plan: `examples/plan.toml` (sha256 `abababababab`)",
         "- Weights now: new 10%, old 90%",

@@ -96,6 +96,9 @@ impl Runner<'_> {
         let plan = self.plan;
         let step = &plan.steps[i];
         let label = step.label(i);
+        if let Some(stop) = self.cache_gate(i, &label).await? {
+            return Ok(Some(stop));
+        }
         let proxies = self.proxies().await?;
         self.set_weights(&proxies, step.new_percent).await?;
         self.metrics.set_step(&plan.name, i + 1, step.new_percent);
@@ -136,6 +139,7 @@ impl Runner<'_> {
                 return Ok(Some(Stop::Interrupted));
             }
             self.absorb_fleet();
+            self.cache_figures().await;
             if has_db && Instant::now() >= next_lag {
                 let l = self.sample_lag(lag_within).await;
                 next_lag = Instant::now() + LAG_EVERY;
@@ -299,7 +303,12 @@ impl Runner<'_> {
 
     /// Rolls the weights back to the last good step and stops. The caller has
     /// recorded the verdicts.
-    async fn gate_failed(&mut self, i: usize, label: &str, failed: Vec<GateRecord>) -> PhaseResult {
+    pub(super) async fn gate_failed(
+        &mut self,
+        i: usize,
+        label: &str,
+        failed: Vec<GateRecord>,
+    ) -> PhaseResult {
         let back = self
             .rec
             .last_good_step
