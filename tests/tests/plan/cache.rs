@@ -3,7 +3,7 @@
 //! to 100% waits for the copy to converge; a new cache that cannot take the copy
 //! (out of memory) keeps the weights short of 100% and fails the run like a gate.
 
-use cutover_tests::{Backend, Cmd, ProxyBuilder, RedisServer, two_backend_config};
+use cutover_tests::{Backend, Cmd, Proxy, ProxyBuilder, RedisServer, two_backend_config};
 
 use crate::common::{PlanDir, admin_url, binaries, route};
 
@@ -52,6 +52,13 @@ fn fill(redis: &RedisServer, n: usize, size: usize) {
     redis.conn().pipeline_ok(&cmds);
 }
 
+/// A proxy sending all of the weather app to `old`, and its two backends.
+fn weather_at_old() -> ((Backend, Backend), Proxy) {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = two_backend_config(old.addr, new.addr, &[HOST], (100.0, 0.0), "");
+    ((old, new), ProxyBuilder::new(cfg).start().unwrap())
+}
+
 fn dbsize(redis: &RedisServer) -> i64 {
     redis.cmd(&["DBSIZE"]).int()
 }
@@ -62,9 +69,7 @@ async fn the_step_to_100_waits_for_the_cache_to_converge() {
     let source = RedisServer::start_with(&["--notify-keyspace-events", "KA"]);
     let target = RedisServer::start();
     fill(&source, 5_000, 200);
-    let (old, new) = (Backend::start("old"), Backend::start("new"));
-    let cfg = two_backend_config(old.addr, new.addr, &[HOST], (100.0, 0.0), "");
-    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let (_backends, proxy) = weather_at_old();
     let pd = PlanDir::new(&plan(
         &admin_url(proxy.admin),
         &source.url,
@@ -129,9 +134,7 @@ async fn a_cache_that_cannot_converge_keeps_new_short_of_100() {
     let target =
         RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
     fill(&source, 6_000, 1_000);
-    let (old, new) = (Backend::start("old"), Backend::start("new"));
-    let cfg = two_backend_config(old.addr, new.addr, &[HOST], (100.0, 0.0), "");
-    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let (_backends, proxy) = weather_at_old();
     let pd = PlanDir::new(&plan(
         &admin_url(proxy.admin),
         &source.url,
@@ -169,9 +172,7 @@ async fn a_warm_only_cache_is_judged_by_its_hit_ratio() {
     binaries().await;
     let source = RedisServer::start();
     let target = RedisServer::start();
-    let (old, new) = (Backend::start("old"), Backend::start("new"));
-    let cfg = two_backend_config(old.addr, new.addr, &[HOST], (100.0, 0.0), "");
-    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let (_backends, proxy) = weather_at_old();
     let warm = |wait: &str| {
         plan(&admin_url(proxy.admin), &source.url, &target.url, wait)
             .replace("wait = ", "mode = \"warm\"\nhit_ratio = 0.5\nwait = ")
