@@ -51,7 +51,8 @@ pub struct FollowOptions {
 /// Where a sync stands; what the status file and the plan's gate read.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
-    /// `connecting`, `copying`, `following`, `stopping`, `stopped` or `failed`.
+    /// `copying`, then `following` (or `verifying`, with `--once`), `stopping`,
+    /// and `stopped` or `failed`.
     pub phase: &'static str,
     pub source: String,
     pub target: String,

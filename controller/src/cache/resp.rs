@@ -155,7 +155,7 @@ impl Conn {
                     auth = auth.arg(user);
                 }
                 if let Value::Error(e) = conn.call(auth.arg(password)).await? {
-                    return Err(fail(format!("AUTH refused: {}", first_word_free(&e))));
+                    return Err(fail(format!("AUTH refused: {}", bounded(&e))));
                 }
             }
             if url.db != 0
@@ -325,8 +325,8 @@ enum Head {
     Array(usize),
 }
 
-/// An AUTH error without anything the server may have echoed back.
-fn first_word_free(e: &str) -> String {
+/// An AUTH refusal as the server worded it, bounded in length.
+fn bounded(e: &str) -> String {
     // Redis answers "WRONGPASS invalid username-password pair or user is
     // disabled." and never echoes the password; keep the text but bound it.
     e.chars().take(200).collect()

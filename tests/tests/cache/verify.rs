@@ -96,3 +96,35 @@ fn verify_reports_differences_and_fails() {
     assert_same(&source, &target);
     assert_eq!(target.cmd(&["EXISTS", "only-on-target"]).int(), 0);
 }
+
+/// `--sample N` compares N random keys each way: equal sides converge, and the
+/// answer says it was a sample.
+#[test]
+fn a_sampled_verify_of_equal_sides_converges_and_says_it_sampled() {
+    cutover_bin();
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    for server in [&source, &target] {
+        let mut conn = server.conn();
+        for i in 0..300 {
+            conn.cmd(&["SET", &format!("k:{i}"), "v"]).ok();
+        }
+    }
+    let run = cutover(&[
+        "cache",
+        "verify",
+        "--source",
+        &source.url,
+        "--target",
+        &target.url,
+        "--sample",
+        "50",
+        "--json",
+    ]);
+    let v = run.json();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(v["converged"], true, "{v}");
+    assert_eq!(v["complete"], false, "{v}");
+    let compared = num(&v, "compared");
+    assert!(compared > 0 && compared <= 50, "{v}");
+}
