@@ -41,7 +41,7 @@
 #   --out FILE    also write the Markdown to FILE
 #
 # Environment: CUTOVER, the controller binary (default target/release/cutover; this
-# script builds nothing: `cargo build --release -p cutover-controller`); TMPDIR,
+# script builds nothing: `cargo build --release --bin cutover`); TMPDIR,
 # where the servers' dirs and the protocol file go (per million keys: a 170 MB
 # protocol file and a 130 MB RDB; each server takes about 220 MB of memory). Needs redis-server and redis-cli 7 (`scripts/
 # install-deps.sh --bench`), python3 and timeout; installs nothing. Traffic goes to
@@ -120,9 +120,9 @@ if want cutover; then
     else
         CUTOVER=${CARGO_TARGET_DIR:-$ROOT/target}/release/cutover
     fi
-    [[ -x $CUTOVER ]] || die "$CUTOVER not found; build it with: cargo build --release -p cutover-controller (or set CUTOVER, or leave cutover out: --contenders pipe,rdb)"
+    [[ -x $CUTOVER ]] || die "$CUTOVER not found; build it with: cargo build --release --bin cutover (or set CUTOVER, or leave cutover out: --contenders pipe,rdb)"
     "$CUTOVER" cache sync --help >/dev/null 2>&1 \
-        || die "$CUTOVER has no \`cache sync\` subcommand; rebuild it with: cargo build --release -p cutover-controller (or leave cutover out: --contenders pipe,rdb)"
+        || die "$CUTOVER has no \`cache sync\` subcommand; rebuild it with: cargo build --release --bin cutover (or leave cutover out: --contenders pipe,rdb)"
     CUTOVER_DESC=${CUTOVER#"$ROOT"/}
 fi
 

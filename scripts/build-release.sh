@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dist="${1:-dist}"
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release --locked -p cutover-proxy -p cutover-controller -p cutover-load
+cargo build --release --locked -p cutover-proxy -p cutover-cli -p cutover-load
 mkdir -p "$dist"
 for bin in cutover-proxy cutover cutover-load; do
   install -m 0755 "$target/release/$bin" "$dist/$bin"

@@ -10,22 +10,19 @@ mod term;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 use cutover_api::duration::parse_duration;
 
 pub use commands::run;
 
-/// Move live web applications from one cluster to another with zero failed requests
-/// and zero lost writes.
-///
-/// The data plane is `cutover-proxy`; validate each step with `cutover-load`.
-#[derive(Parser, Debug)]
-#[command(name = "cutover", version, about, long_about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
+/// Names a command that is not one of [`Command`]'s (such as `rehearse`) in the
+/// `application_name` of the database sessions it opens.
+pub fn set_command_label(label: &str) {
+    crate::db::set_command(label);
 }
 
+/// The operator's commands. The `cutover` binary (the `cli/` package) puts these
+/// beside `rehearse`, whose platform lives in its own crate.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Migrate a PostgreSQL database with logical replication and a coordinated,
@@ -61,10 +58,6 @@ pub enum Command {
     /// Roll a run back to its last safe point: writes back on old where reverse
     /// replication allows it, every route back to 100% old.
     Abort(plan::PlanArgs),
-    /// Rehearse the whole migration locally: two PostgreSQL clusters, six demo apps,
-    /// cutover-proxy and cutover-load, through the real plan runner; prints the
-    /// report and exits 1 if any request failed or any write was lost.
-    Rehearse(crate::rehearse::RehearseArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -335,12 +328,6 @@ pub(crate) fn parse_size(s: &str) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn the_command_line_is_consistent() {
-        Cli::command().debug_assert();
-    }
 
     #[test]
     fn sizes_need_a_unit() {

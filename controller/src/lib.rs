@@ -23,7 +23,6 @@ mod observe;
 mod pgtls;
 pub mod plan;
 mod proxy;
-pub mod rehearse;
 pub mod secrets;
 mod status;
 pub mod switchover;

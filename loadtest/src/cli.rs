@@ -139,6 +139,13 @@ pub struct Cli {
     #[arg(short, long)]
     pub quiet: bool,
 
+    /// Write one JSON line per second to FILE while the load runs: that second's
+    /// requests, errors and corrected p50/p99/max, its answers by backend, and how
+    /// far sending is behind the schedule (`behind`: requests due but not finished).
+    /// Another program can follow it live, e.g. `cutover run`'s gates.
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<PathBuf>,
+
     /// Seed for template randomness and weighted picks (random by default).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -206,9 +213,29 @@ impl Cli {
             ProgressMode::Auto
         };
         spec.seed = self.seed;
+        spec.timeline = self.timeline.clone();
         spec.validate()?;
         Ok(spec)
     }
+}
+
+/// Parses these command-line arguments (the first is the program name, as in
+/// `std::env::args_os`) and runs; the `cutover-load` binary and `cutover`'s hidden
+/// `load-process` subcommand both come here. Usage errors exit 1, not clap's 2,
+/// which here means "SLO missed"; `--help` and `--version` print to stdout and exit 0.
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                std::process::ExitCode::from(EXIT_FATAL)
+            } else {
+                std::process::ExitCode::SUCCESS
+            };
+        }
+    };
+    std::process::ExitCode::from(run(&cli))
 }
 
 /// Runs the command; returns the process exit code.

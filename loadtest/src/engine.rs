@@ -34,6 +34,7 @@ use crate::report::{LedgerSummary, Report, ReportContext};
 use crate::slo::SloOutcome;
 use crate::spec::{LoadSpec, SpecError};
 use crate::stats::{Aggregate, Batch, Measured};
+use crate::timeline::{Second, Timeline};
 use crate::tls::{self, TlsError};
 
 /// A run that could not start or could not finish.
@@ -62,6 +63,15 @@ pub enum RunError {
     /// The ledger could not be written; a ledger with gaps proves nothing.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The timeline file could not be created.
+    #[error("--timeline {path}: {source}")]
+    Timeline {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs `spec` to the end.
@@ -86,6 +96,13 @@ pub async fn run_until(
     let addr = resolve(&target.host, target.port).await?;
     let connector = Arc::new(Connector::new(addr, tls, spec.http2));
     let ledger = spec.ledger.as_deref().map(Ledger::create).transpose()?;
+    let timeline = match &spec.timeline {
+        Some(path) => Some(Timeline::create(path).map_err(|source| RunError::Timeline {
+            path: path.display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
 
     // Handshakes happen before the clock starts, so the first requests' latency is not
     // inflated by them.
@@ -116,7 +133,16 @@ pub async fn run_until(
 
     let (tx, rx) = mpsc::unbounded_channel();
     let progress = Progress::new(spec.progress);
-    let aggregator = tokio::spawn(aggregate(rx, progress, t0, measure_start));
+    let aggregator = tokio::spawn(aggregate(
+        rx,
+        Watch {
+            progress,
+            timeline,
+            shared: shared.clone(),
+        },
+        t0,
+        measure_start,
+    ));
     threads.start(&Start {
         shared: shared.clone(),
         tx,
@@ -219,13 +245,27 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, RunError> {
         .ok_or_else(|| fail("no address found".into()))
 }
 
-/// Receives every batch until all recorders are gone, and shows progress each second.
+/// What the aggregator reports each second to: the progress line and the timeline.
+struct Watch {
+    progress: Progress,
+    timeline: Option<Timeline>,
+    shared: Arc<Shared>,
+}
+
+/// Receives every batch until all recorders are gone; each second shows progress
+/// and writes a timeline line.
 async fn aggregate(
     mut rx: mpsc::UnboundedReceiver<Batch>,
-    progress: Progress,
+    watch: Watch,
     t0: Instant,
     measure_start: Instant,
 ) -> Aggregate {
+    let Watch {
+        progress,
+        mut timeline,
+        shared,
+    } = watch;
+    let ticking = progress.is_on() || timeline.is_some();
     let mut agg = Aggregate::default();
     let period = Duration::from_secs(1);
     let mut ticker = tokio::time::interval_at((Instant::now() + period).into(), period);
@@ -237,14 +277,21 @@ async fn aggregate(
                 Some(batch) => agg.absorb(&batch),
                 None => break,
             },
-            _ = ticker.tick(), if progress.is_on() => {
+            _ = ticker.tick(), if ticking => {
                 let now = Instant::now();
+                let (elapsed, warming_up) = (now.saturating_duration_since(t0), now < measure_start);
                 progress.show(progress::line(
                     &agg,
-                    now.saturating_duration_since(t0),
+                    elapsed,
                     now.saturating_duration_since(last_tick),
-                    now < measure_start,
+                    warming_up,
                 ));
+                // Once stopping, nothing more is sent: a line then would count the
+                // schedule's later tickets as behind.
+                if let Some(t) = timeline.as_mut().filter(|_| !shared.stopping()) {
+                    let due = if warming_up { 0 } else { shared.schedule.due_by(now) };
+                    t.write(&Second::of(&agg, elapsed, warming_up, due));
+                }
                 agg.reset_interval();
                 last_tick = now;
             }

@@ -16,6 +16,7 @@ mod scenario;
 mod slo;
 mod spec;
 mod stats;
+pub mod timeline;
 mod tls;
 
 pub use duration::{DurationError, format_duration, parse_duration};

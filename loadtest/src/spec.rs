@@ -151,6 +151,8 @@ pub struct LoadSpec {
     pub progress: ProgressMode,
     /// Seed for template randomness and picks; random when `None`.
     pub seed: Option<u64>,
+    /// Where one JSON line per second goes (see [`crate::timeline`]).
+    pub timeline: Option<PathBuf>,
 }
 
 /// Used when neither a duration nor a request count is given.
@@ -236,6 +238,7 @@ impl LoadSpec {
             slo: None,
             progress: ProgressMode::Off,
             seed: None,
+            timeline: None,
         })
     }
 

@@ -9,6 +9,7 @@ mod access;
 mod admin;
 mod body;
 mod budget;
+pub mod cli;
 mod connect;
 mod fleet;
 mod forward;

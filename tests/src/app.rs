@@ -1,5 +1,5 @@
 //! The demo application of the database tests: the controller's demo app
-//! ([`cutover_controller::rehearse::app`]) in its single-app form, answering any
+//! ([`cutover_rehearse::app`]) in its single-app form, answering any
 //! Host. `POST /items` inserts the body into `items` and answers `201` with the id;
 //! `GET /items/{id}` answers the body, or 404. Every answer carries `x-app: {name}`.
 //! It reconnects when the database ends its sessions, as the switchover does on
@@ -7,19 +7,19 @@
 
 use std::net::SocketAddr;
 
-pub use cutover_controller::rehearse::app::APP_SCHEMA;
+pub use cutover_rehearse::app::APP_SCHEMA;
 
 /// A running demo app; stopped on drop.
 pub struct App {
     pub name: String,
     pub addr: SocketAddr,
-    _inner: cutover_controller::rehearse::app::App,
+    _inner: cutover_rehearse::app::App,
 }
 
 impl App {
     /// Starts app `name` on `127.0.0.1:0`, using the database at `dsn`.
     pub fn start(name: &str, dsn: &str) -> App {
-        let inner = cutover_controller::rehearse::app::App::start(name, dsn)
+        let inner = cutover_rehearse::app::App::start(name, dsn)
             .unwrap_or_else(|e| panic!("start app {name}: {e}"));
         App {
             name: inner.name.clone(),

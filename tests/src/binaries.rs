@@ -24,7 +24,7 @@ fn target_dir() -> PathBuf {
 /// that package, so one crate's unfinished change cannot break another's tests.
 fn package_of(name: &str) -> &str {
     match name {
-        "cutover" => "cutover-controller",
+        "cutover" => "cutover-cli",
         "cutover-test-backend" | "cutover-demo" => "cutover-tests",
         other => other,
     }

@@ -1,5 +1,5 @@
 //! Real PostgreSQL clusters for the database tests: a thin wrapper over the
-//! controller's [`cutover_controller::rehearse::cluster::Cluster`] (`initdb` and
+//! rehearsal's [`cutover_rehearse::cluster::Cluster`] (`initdb` and
 //! `pg_ctl` in a temp dir, a free loopback port, `wal_level = logical`, stopped in
 //! immediate mode on drop, run as `postgres` when the tests run as root) that
 //! panics with the cluster's message instead of returning it, as a test wants.
@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use cutover_controller::rehearse::cluster::{self, Cluster};
+use cutover_rehearse::cluster::{self, Cluster};
 use tokio_postgres::Client;
 
 /// The superuser's password in every cluster.

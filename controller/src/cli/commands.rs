@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::term::Term;
-use super::{CheckArgs, Cli, Command, DbArgs, DbCommand, StatusArgs, SwitchArgs, SyncArgs};
+use super::{CheckArgs, Command, DbArgs, DbCommand, StatusArgs, SwitchArgs, SyncArgs};
 use crate::check::{CheckOptions, check};
 use crate::cleanup::cleanup;
 use crate::db::Db;
@@ -20,16 +20,15 @@ use crate::sync::{SyncOptions, sync};
 use crate::verify::verify;
 
 /// Runs the command and returns the process exit code.
-pub async fn run(cli: Cli) -> u8 {
-    crate::db::set_command(label(&cli.command));
-    let cmd = match cli.command {
+pub async fn run(command: Command) -> u8 {
+    crate::db::set_command(label(&command));
+    let cmd = match command {
         Command::Db(cmd) => cmd,
         Command::Secrets(cmd) => return crate::secrets::cli::run(cmd).await,
         Command::Cache(cmd) => return crate::cache::cli::run(cmd).await,
         Command::Run(a) => return super::plan::run(a).await,
         Command::Status(a) => return super::plan::status(a),
         Command::Abort(a) => return super::plan::abort(a).await,
-        Command::Rehearse(a) => return crate::rehearse::main(a).await,
     };
     let json = match &cmd {
         DbCommand::Check(a) => a.db.json,
@@ -70,7 +69,6 @@ fn label(cmd: &Command) -> &'static str {
         Command::Run(_) => "run",
         Command::Status(_) => "status",
         Command::Abort(_) => "abort",
-        Command::Rehearse(_) => "rehearse",
     }
 }
 

@@ -62,7 +62,7 @@ impl Shared {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 

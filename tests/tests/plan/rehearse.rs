@@ -51,10 +51,9 @@ struct Rehearsal {
 /// Runs `cutover rehearse --quick --rate 300` with `extra` arguments, for at most
 /// `within`.
 async fn rehearse(extra: &[&str], within: Duration) -> Rehearsal {
+    // The proxy and the load generator it starts are this binary's own
+    // `proxy-process` and `load-process`: nothing else needs building.
     let cutover = binary("cutover");
-    // Built here so that rehearse finds them beside `cutover`.
-    binary("cutover-proxy");
-    binary("cutover-load");
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report");

@@ -18,7 +18,7 @@ use super::platform::{self, PLATFORM, PlanProxies, Timing};
 use super::rig::Rig;
 use super::users::{self, LoadFiles};
 use super::{Progress, RehearseArgs, RehearseError, binaries, io, procs, writes};
-use crate::plan::record::Outcome;
+use cutover_controller::plan::record::Outcome;
 
 /// A random password: 24 letters and digits.
 fn password() -> String {
@@ -263,15 +263,15 @@ pub(super) async fn rehearse(
     let plan_path = run_dir.join("plan.toml");
     let plan_text = platform::plan(&plan_proxies, |db| old.dsn(db), |db| new.dsn(db), timing);
     write_private(&plan_path, &plan_text)?;
-    let plan = crate::plan::model::Plan::load(&plan_path)?;
-    let mut opts = crate::plan::runner::RunOptions::for_plan(&plan_path);
+    let plan = cutover_controller::plan::model::Plan::load(&plan_path)?;
+    let mut opts = cutover_controller::plan::runner::RunOptions::for_plan(&plan_path);
     opts.out = args.out.clone();
     opts.progress = true;
     let t = Instant::now();
     progress
         .line("running the plan: preflight, sync, 10% -> 50% -> 100% new, switchovers, finalize");
     let ran = {
-        let run = crate::plan::runner::run(&plan, &opts);
+        let run = cutover_controller::plan::runner::run(&plan, &opts);
         match rig.fleet.as_mut() {
             // The fleet's restart and addition happen while the plan runs; the
             // exercise never ends on its own.
@@ -325,8 +325,8 @@ pub(super) async fn rehearse(
         None => None,
     };
 
-    let (md_path, json_path) = crate::plan::report::write(&record, &args.out)?;
-    let mut markdown = crate::plan::report::markdown(&record);
+    let (md_path, json_path) = cutover_controller::plan::report::write(&record, &args.out)?;
+    let mut markdown = cutover_controller::plan::report::markdown(&record);
     markdown.push_str(&users::section(&load_report, &entries, plan_s));
     if let Some(f) = &fleet_report {
         markdown.push_str(&fleet::section(f));
@@ -353,7 +353,7 @@ pub(super) async fn rehearse(
     }
 
     println!("{clean}");
-    let v = crate::plan::report::verdict(&record);
+    let v = cutover_controller::plan::report::verdict(&record);
     let fleet_problems = fleet_report.as_ref().map_or(&[][..], |f| &f.problems[..]);
     let ok = record.outcome == Outcome::Succeeded
         && v.failed_requests == 0

@@ -28,6 +28,7 @@ pub(super) use exercise::{FleetEvent, exercise};
 pub(super) use report::{FleetReport, section};
 
 use super::balancer::Balancer;
+use super::binaries::Program;
 use super::dns::Dns;
 use super::platform::{self, PlanProxies, ReplicaConf};
 use super::procs::{self, Proc};
@@ -92,7 +93,7 @@ pub(super) struct Fleet {
     pub events: Vec<FleetEvent>,
     /// What the looks at the replicas' states found.
     consistency: consistency::Consistency,
-    bin: PathBuf,
+    bin: Program,
     dir: PathBuf,
     sites: (SocketAddr, SocketAddr),
 }
@@ -194,7 +195,7 @@ impl Fleet {
     /// from `epoch`, the rehearsal's start.
     pub fn new(
         n: usize,
-        bin: &Path,
+        bin: &Program,
         dir: &Path,
         sites: (SocketAddr, SocketAddr),
         epoch: Instant,
@@ -210,7 +211,7 @@ impl Fleet {
             replicas: Vec::new(),
             events: Vec::new(),
             consistency: consistency::Consistency::default(),
-            bin: bin.to_path_buf(),
+            bin: bin.clone(),
             dir: dir.to_path_buf(),
             sites,
         })

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use super::consistency::Divergence;
 use super::exercise::FleetEvent;
 use super::{Fleet, SERVICE};
-use crate::rehearse::balancer::Stats;
+use crate::balancer::Stats;
 
 impl Fleet {
     /// The figures for the report, read once the plan is over.

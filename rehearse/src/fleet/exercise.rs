@@ -25,8 +25,8 @@ use futures_util::future::join_all;
 
 use super::consistency::served;
 use super::{Fleet, SERVICE};
-use crate::rehearse::Progress;
-use crate::rehearse::procs;
+use crate::Progress;
+use crate::procs;
 
 /// How often the replicas' state is read while waiting for the 50% step; a bake
 /// lasts seconds.

@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use super::binaries::Program;
 use http_body_util::{BodyExt, Empty};
 
 /// A child process, killed (SIGKILL) and reaped on drop unless it has exited.
@@ -123,19 +125,19 @@ pub struct ProxyProc {
 
 /// Starts `cutover-proxy --config config` and waits (up to 30 s) until it logs
 /// both listeners.
-pub async fn start_proxy(bin: &Path, config: &Path, log: &Path) -> Result<ProxyProc, String> {
+pub async fn start_proxy(bin: &Program, config: &Path, log: &Path) -> Result<ProxyProc, String> {
     wait_listening(spawn_proxy(bin, config, log)?).await
 }
 
 /// Starts `cutover-proxy --config config`, without waiting for anything.
-pub fn spawn_proxy(bin: &Path, config: &Path, log: &Path) -> Result<Proc, String> {
-    let mut cmd = Command::new(bin);
+pub fn spawn_proxy(bin: &Program, config: &Path, log: &Path) -> Result<Proc, String> {
+    let mut cmd = bin.command();
     cmd.arg("--config")
         .arg(config)
         .args(["--log", "info"])
         .env_remove("CUTOVER_ADMIN_TOKEN");
     Proc::spawn("cutover-proxy", cmd, log)
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))
+        .map_err(|e| format!("cannot start {}: {e}", bin.describe()))
 }
 
 /// Waits (up to 30 s) until the proxy `proc` logs both listeners. The data

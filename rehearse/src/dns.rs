@@ -287,8 +287,11 @@ mod tests {
         let dns = Dns::start("proxies.rehearse").unwrap();
         dns.add(Ipv4Addr::new(127, 0, 0, 3));
         dns.add(Ipv4Addr::new(127, 0, 0, 2));
-        let source =
-            crate::plan::discover::parse_discover("proxies.rehearse:9901", vec![dns.addr]).unwrap();
+        let source = cutover_controller::plan::discover::parse_discover(
+            "proxies.rehearse:9901",
+            vec![dns.addr],
+        )
+        .unwrap();
         let urls = rt.block_on(source.urls()).unwrap();
         assert_eq!(urls, ["http://127.0.0.2:9901", "http://127.0.0.3:9901"]);
         dns.remove(Ipv4Addr::new(127, 0, 0, 2));

@@ -7,7 +7,7 @@
 //! apps by Host; `cutover-proxy` splits every app's route between them; and
 //! `cutover-load` plays the users, open loop at `--rate`, recording every write it
 //! saw acknowledged in a ledger. The migration itself is an ordinary plan file run
-//! by [`crate::plan::runner`]: this module builds the world around it, then checks
+//! by [`cutover_controller::plan::runner`]: this module builds the world around it, then checks
 //! the ledger against the new databases and what the load generator saw, so the
 //! verdict rests on the users' view and not only on the proxies' counters.
 //!
@@ -103,7 +103,7 @@ pub enum RehearseError {
     #[error(transparent)]
     Binaries(#[from] BinariesError),
     #[error(transparent)]
-    Plan(#[from] crate::Error),
+    Plan(#[from] cutover_controller::Error),
     #[error(transparent)]
     Ledger(#[from] cutover_load::LedgerError),
     #[error("{what}: {source}")]

@@ -8,15 +8,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cutover_load::{LedgerEntry, Report};
 
+use super::binaries::Program;
 use super::platform;
 use super::procs::{self, Proc};
 use super::{RehearseError, io};
-use crate::plan::record::Record;
+use cutover_controller::plan::record::Record;
 
 /// The files of one load run.
 pub(super) struct LoadFiles<'a> {
@@ -28,7 +28,7 @@ pub(super) struct LoadFiles<'a> {
 
 /// Starts `cutover-load` against the proxy for at most `bound`.
 pub(super) fn start(
-    bin: &Path,
+    bin: &Program,
     rate: f64,
     bound: Duration,
     proxy: SocketAddr,
@@ -37,7 +37,7 @@ pub(super) fn start(
     // Enough connections that writes held during a switchover do not hold up
     // the other apps' requests behind them.
     let connections = ((rate / 4.0) as u64).clamp(64, 512);
-    let mut cmd = Command::new(bin);
+    let mut cmd = bin.command();
     cmd.arg("--rate")
         .arg(rate.to_string())
         .arg("--duration")
@@ -52,7 +52,7 @@ pub(super) fn start(
         .arg("--connections")
         .arg(connections.to_string())
         .arg(format!("http://{proxy}/"));
-    Proc::spawn("cutover-load", cmd, files.log).map_err(io(format!("start {}", bin.display())))
+    Proc::spawn("cutover-load", cmd, files.log).map_err(io(format!("start {}", bin.describe())))
 }
 
 /// Waits (up to 30 s) until the proxies have answered about a second's worth of the
@@ -248,11 +248,17 @@ mod tests {
         let load = report(&[("200", 90), ("404", 2)], 1);
         let mut r = record(&[1]);
         add_users_view(&mut r, &load);
-        assert_eq!(crate::plan::report::verdict(&r).failed_requests, 3);
+        assert_eq!(
+            cutover_controller::plan::report::verdict(&r).failed_requests,
+            3
+        );
 
         let mut r = record(&[4, 1]);
         add_users_view(&mut r, &load);
-        assert_eq!(crate::plan::report::verdict(&r).failed_requests, 5);
+        assert_eq!(
+            cutover_controller::plan::report::verdict(&r).failed_requests,
+            5
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use cutover_load::LedgerEntry;
 
 use super::cluster::{Cluster, ClusterError};
 use super::platform::app_of_template;
-use crate::plan::record::LedgerCheck;
+use cutover_controller::plan::record::LedgerCheck;
 
 const BATCH: usize = 1000;
 const EXAMPLES: usize = 10;

@@ -452,8 +452,9 @@ mod tests {
                 bake: Duration::from_secs(3),
             },
         );
-        let plan = crate::plan::model::Plan::parse(&text, std::path::Path::new("plan.toml"))
-            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let plan =
+            cutover_controller::plan::model::Plan::parse(&text, std::path::Path::new("plan.toml"))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(plan.apps.len(), 6);
         assert_eq!(plan.databases().count(), 5);
         let shares: Vec<f64> = plan.steps.iter().map(|s| s.new_percent).collect();
@@ -530,11 +531,12 @@ mod tests {
                 bake: Duration::from_secs(3),
             },
         );
-        let plan = crate::plan::model::Plan::parse(&text, std::path::Path::new("plan.toml"))
-            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let plan =
+            cutover_controller::plan::model::Plan::parse(&text, std::path::Path::new("plan.toml"))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(
             plan.proxies,
-            crate::plan::discover::ProxySource::Discover {
+            cutover_controller::plan::discover::ProxySource::Discover {
                 host: "proxies.rehearse".into(),
                 port: 9901,
                 nameservers: vec!["127.0.0.1:5353".parse().unwrap()],
