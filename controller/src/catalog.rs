@@ -14,10 +14,10 @@ use crate::error::Error;
 pub const SCHEMA: &str = "_cutover";
 
 /// Schemas that hold no application data.
-const SYSTEM_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_cutover') AND n.nspname NOT LIKE 'pg\\_%'";
+pub(crate) const SYSTEM_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_cutover') AND n.nspname NOT LIKE 'pg\\_%'";
 
 /// Objects that belong to an extension are created by `CREATE EXTENSION`, not copied.
-const NOT_EXTENSION_MEMBER: &str = "NOT EXISTS (SELECT 1 FROM pg_depend d \
+pub(crate) const NOT_EXTENSION_MEMBER: &str = "NOT EXISTS (SELECT 1 FROM pg_depend d \
      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')";
 
 /// `"schema"."name"`, quoted for SQL.

@@ -194,6 +194,33 @@ pub async fn blocked_tables(db: &Db) -> Result<Vec<Name>, Error> {
         .collect())
 }
 
+/// A statement that puts the write block on every writable table that has none
+/// (the tables [`catalog::writable_tables`] lists). `sync` runs it in the
+/// transaction that creates the target's tables, after their grants and owners,
+/// so that no session ever sees such a table writable.
+pub fn block_unblocked_sql() -> String {
+    format!(
+        "DO $cutover_block$\n\
+         DECLARE t record;\n\
+         BEGIN\n\
+           FOR t IN SELECT n.nspname, c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND {} AND {} \
+               AND NOT EXISTS (SELECT 1 FROM pg_trigger g \
+                 WHERE g.tgrelid = c.oid AND g.tgname = {})\n\
+           LOOP\n\
+             EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE \
+               ON %I.%I FOR EACH STATEMENT EXECUTE FUNCTION _cutover.refuse_write()', \
+               {}, t.nspname, t.relname);\n\
+           END LOOP;\n\
+         END $cutover_block$;\n",
+        catalog::SYSTEM_SCHEMAS,
+        catalog::NOT_EXTENSION_MEMBER,
+        catalog::literal(TRIGGER),
+        catalog::literal(TRIGGER),
+    )
+}
+
 /// The statements that let `tables` take writes again; the switchover runs them
 /// in its point-of-no-return transaction.
 pub fn disable_sql(tables: &[Name]) -> String {

@@ -71,17 +71,43 @@ pub fn copy(source: &Dsn, target: &Dsn, tables: &[Name]) -> Result<(), Error> {
         // pg_dump's patterns take double-quoted names literally.
         dump.arg(format!("--table={}", t.sql()));
     }
-    let mut dump = dump
+    apply_blocked(dump, source, "pg_dump", target, None)
+}
+
+/// Applies the SQL that `producer` (`pg_dump`, or `pg_restore` writing a script)
+/// prints to the target in one transaction (`psql --single-transaction`), and in
+/// that same transaction puts the write block on every table it created
+/// ([`block::block_unblocked_sql`]). The tables, with their grants and owners,
+/// become visible to other sessions only with the block in place: a worker of the
+/// new cluster that is already connected can never commit a row into a table
+/// that is about to be a replica (such a row would also take an id that the
+/// initial copy then finds taken). Blocking: run it off the async runtime.
+fn apply_blocked(
+    mut producer: Command,
+    producer_dsn: &Dsn,
+    producer_name: &'static str,
+    target: &Dsn,
+    pgoptions: Option<String>,
+) -> Result<(), Error> {
+    let mut produce = producer
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| tool_error(source, "pg_dump", format!("cannot start it: {e}")))?;
-    let Some(dump_out) = dump.stdout.take() else {
+        .map_err(|e| tool_error(producer_dsn, producer_name, format!("cannot start it: {e}")))?;
+    let Some(mut produced) = produce.stdout.take() else {
         // Unreachable: stdout was configured as a pipe just above.
-        return Err(tool_error(source, "pg_dump", "no output pipe".into()));
+        return Err(tool_error(
+            producer_dsn,
+            producer_name,
+            "no output pipe".into(),
+        ));
     };
-    let restore = command("psql", target)
+    let mut psql = command("psql", target);
+    if let Some(o) = pgoptions {
+        psql.env("PGOPTIONS", o);
+    }
+    let mut restore = psql
         .args([
             "-X",
             "-q",
@@ -91,22 +117,34 @@ pub fn copy(source: &Dsn, target: &Dsn, tables: &[Name]) -> Result<(), Error> {
             "-f",
             "-",
         ])
-        .stdin(Stdio::from(dump_out))
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| tool_error(target, "psql", format!("cannot start it: {e}")))?;
+    let Some(mut into) = restore.stdin.take() else {
+        return Err(tool_error(target, "psql", "no input pipe".into()));
+    };
+    // The script, then the block, then end of input (psql commits).
+    let feeder = std::thread::spawn(move || -> std::io::Result<()> {
+        std::io::copy(&mut produced, &mut into)?;
+        std::io::Write::write_all(&mut into, b"\n")?;
+        std::io::Write::write_all(&mut into, block::block_unblocked_sql().as_bytes())
+    });
     let restored = restore
         .wait_with_output()
         .map_err(|e| tool_error(target, "psql", e.to_string()))?;
-    let dumped = dump
+    let produced = produce
         .wait_with_output()
-        .map_err(|e| tool_error(source, "pg_dump", e.to_string()))?;
-    if !dumped.status.success() {
+        .map_err(|e| tool_error(producer_dsn, producer_name, e.to_string()))?;
+    // A feeder error is psql gone early (its own error says why) or the
+    // producer's output failing (its status says why).
+    let fed = feeder.join();
+    if !produced.status.success() {
         return Err(tool_error(
-            source,
-            "pg_dump",
-            last_lines(&dumped.stderr, dumped.status),
+            producer_dsn,
+            producer_name,
+            last_lines(&produced.stderr, produced.status),
         ));
     }
     if !restored.status.success() {
@@ -116,7 +154,19 @@ pub fn copy(source: &Dsn, target: &Dsn, tables: &[Name]) -> Result<(), Error> {
             last_lines(&restored.stderr, restored.status),
         ));
     }
-    Ok(())
+    match fed {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(tool_error(
+            target,
+            "psql",
+            format!("feeding the schema: {e}"),
+        )),
+        Err(_) => Err(tool_error(
+            target,
+            "psql",
+            "the schema feeder panicked".into(),
+        )),
+    }
 }
 
 /// Runs `cmd` (`program`, acting on `dsn`'s side) to its end; its output, or an
@@ -209,19 +259,26 @@ impl Archive {
         let text: String = list.iter().map(|e| format!("{}\n", e.line)).collect();
         std::fs::write(&list_path, text)
             .map_err(|e| tool_error(target, "pg_restore", format!("cannot write its list: {e}")))?;
+        // Each session's sort memory for its index builds, as a session setting
+        // (any role may set it); the server's default (64MB) sorts a large
+        // table's index on disk.
+        let pgoptions = maintenance_work_mem.map(|m| format!("-c maintenance_work_mem={m}"));
+        if jobs <= 1 {
+            // One transaction, which also blocks every table it creates: pg_restore
+            // writes the script, psql applies it (see [`apply_blocked`]).
+            let mut script = Command::new(program("pg_restore"));
+            script
+                .args(["--exit-on-error", "--file=-", "--use-list"])
+                .arg(&list_path)
+                .arg(self.path());
+            return apply_blocked(script, target, "pg_restore", target, pgoptions);
+        }
         let mut cmd = command("pg_restore", target);
-        if let Some(m) = maintenance_work_mem {
-            // Each session's sort memory for its index builds, as a session
-            // setting (any role may set it); the server's default (64MB) sorts a
-            // large table's index on disk.
-            cmd.env("PGOPTIONS", format!("-c maintenance_work_mem={m}"));
+        if let Some(o) = pgoptions {
+            cmd.env("PGOPTIONS", o);
         }
         cmd.args(["--exit-on-error", "--use-list"]).arg(&list_path);
-        if jobs > 1 {
-            cmd.arg(format!("--jobs={jobs}"));
-        } else {
-            cmd.arg("--single-transaction");
-        }
+        cmd.arg(format!("--jobs={jobs}"));
         run(
             cmd.arg(self.path()),
             target,

@@ -14,10 +14,12 @@ pub static HEAVY: Semaphore = Semaphore::const_new(1);
 /// Runs `cutover ARGS` with `env`, off the async runtime, and checks that nothing
 /// it printed contains a password.
 pub async fn cutover(args: &[&str], env: &[(String, String)]) -> Run {
-    let bin = binary("cutover");
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let env = env.to_vec();
     let run = tokio::task::spawn_blocking(move || {
+        // Off the runtime too: a first call may build the binary, for minutes,
+        // and the test's own connections must go on meanwhile.
+        let bin = binary("cutover");
         let out = Command::new(bin)
             .args(&args)
             .env_remove("CUTOVER_SOURCE")

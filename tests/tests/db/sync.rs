@@ -212,3 +212,71 @@ async fn sync_twice_then_status_under_writes_then_verify_and_cleanup() {
     assert_eq!(left, 0);
     assert_eq!(count("SELECT count(*) FROM pg_subscription").await, 0);
 }
+
+/// A worker of the new cluster, connected before `sync` runs, that tries to insert
+/// all along: until its table exists it gets "undefined table", and from then on
+/// the write block refuses it. It never commits a row into the replica. (Before the
+/// schema and the block went in one transaction, the table with its grants was
+/// visible for a moment before the block: a row written then took an id that the
+/// initial copy then found taken, and the copy failed on every retry.)
+#[tokio::test]
+async fn a_writer_on_the_target_never_writes_into_the_replica_during_sync() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let pair = Pair::start_seeded(2000).await;
+    let client = pair
+        .new
+        .connect_as("app", cutover_tests::APP_PASSWORD, "app")
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut committed, mut refused, mut absent) = (0u64, 0u64, 0u64);
+            let bound = Instant::now() + Duration::from_secs(180);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < bound {
+                match client
+                    .execute("INSERT INTO items (body) VALUES ('a worker of new')", &[])
+                    .await
+                {
+                    Ok(_) => committed += 1,
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+                    {
+                        absent += 1
+                    }
+                    Err(_) => refused += 1,
+                }
+                // Paced, not synchronised: about a thousand attempts a second.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            (committed, refused, absent)
+        })
+    };
+    cutover(&["db", "sync"], &pair.env()).await.ok();
+    // A few more attempts against the finished sync.
+    let settle = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (committed, refused, absent) = writer.await.unwrap();
+    assert_eq!(
+        committed, 0,
+        "rows written into the replica; refused {refused}"
+    );
+    assert!(
+        absent > 0,
+        "the writer never ran before the schema was copied"
+    );
+    assert!(refused > 0, "the writer never met the write block");
+    let target = pair.new.connect("app").await;
+    let copied: i64 = target
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(copied, 2000);
+}
