@@ -157,6 +157,8 @@ impl InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
+        // When a send timeout cuts the client off, this names the route counted.
+        crate::server::dropping_route(|| self.live.snap.routes()[self.route].name.clone());
         let rt = &self.live.routes[self.route];
         rt.counters[self.backend]
             .get(self.write)

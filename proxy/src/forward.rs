@@ -77,6 +77,7 @@ pub fn client_body_answer(
     let status = match fault {
         ClientFault::Idle => {
             shared.metrics.client_timeout(route, "request_body");
+            tracing::info!(route, kind = "request_body", "client cut off by a timeout");
             StatusCode::REQUEST_TIMEOUT
         }
         ClientFault::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -211,6 +212,7 @@ pub async fn forward(
         };
         let last_attempt = attempt == route.attempts;
         outcome.attempts = attempt;
+        let progress = up_body.progress();
         let mut req = build(&mut parts, &path, up_body, last_attempt);
         if let Some((upgrade, _)) = &switch {
             tunnel::restore(req.headers_mut(), upgrade.clone());
@@ -228,17 +230,23 @@ pub async fn forward(
         }
         guard.forwarded(start);
         // The wait for the answer counts from the request body's last move (its
-        // end, once sent): a slow upload is not a slow backend.
+        // end, once sent): a slow upload, or a backend slow to read a large body,
+        // is not a slow backend. A body of one chunk is sent as soon as it is
+        // polled: its wait counts from now. The route's total bounds it all.
         let timer = async {
-            let Some(progress) = replay.progress() else {
+            let Some(progress) = progress else {
                 return tokio::time::sleep(head_timeout).await;
             };
+            let limit = route.timeouts.response_header;
             loop {
-                let at = progress.last() + head_timeout;
-                if std::time::Instant::now() >= at {
+                let mut at = tokio::time::Instant::from_std(progress.last()) + limit;
+                if let Some(t) = total {
+                    at = at.min(t);
+                }
+                if tokio::time::Instant::now() >= at {
                     return;
                 }
-                tokio::time::sleep_until(at.into()).await;
+                tokio::time::sleep_until(at).await;
             }
         };
         let sent = upstream::send_until(
@@ -470,4 +478,51 @@ fn build(parts: &mut Parts, path: &PathAndQuery, body: UpBody, last: bool) -> Re
         parts.headers.clone()
     };
     req
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::backoff;
+    use tokio::time::{Duration, Instant};
+
+    /// Each wait of `backoff(n)`, measured on the paused clock (which moves by
+    /// exactly the time slept, rounded to its millisecond ticks).
+    async fn waits(n: usize, samples: usize) -> Vec<Duration> {
+        let mut out = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let t = Instant::now();
+            backoff(n).await;
+            out.push(t.elapsed());
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_is_jittered_and_bounded() {
+        // Retry n waits up to 10 ms doubling, never over 100 ms.
+        for (n, cap_ms) in [(1, 10), (2, 20), (3, 40), (4, 80), (5, 100), (9, 100)] {
+            let cap = Duration::from_millis(cap_ms);
+            let w = waits(n, 200).await;
+            let tick = Duration::from_millis(1);
+            assert!(
+                w.iter().all(|d| *d <= cap + tick),
+                "retry {n}: a wait over its cap {cap:?}: {w:?}"
+            );
+            // Jittered: the waits differ from call to call and spread over the
+            // range (both halves of it hit), not one fixed delay.
+            let distinct: BTreeSet<Duration> = w.iter().copied().collect();
+            assert!(
+                distinct.len() >= 5,
+                "retry {n}: only {} distinct waits: {distinct:?}",
+                distinct.len()
+            );
+            let half = cap / 2;
+            assert!(
+                w.iter().any(|d| *d < half) && w.iter().any(|d| *d > half),
+                "retry {n}: waits do not spread over 0..{cap:?}: {distinct:?}"
+            );
+        }
+    }
 }

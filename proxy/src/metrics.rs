@@ -165,6 +165,9 @@ impl Metrics {
         for reason in ["total", "per_ip"] {
             connections_refused.with_label_values(&[reason]);
         }
+        for code in UNROUTED_CODES {
+            requests.with_label_values(&[UNROUTED, "proxy", code]);
+        }
         let config_generation = IntGauge::new(
             "cutover_config_generation",
             "Generation of the routing snapshot in force; rises with every reload or weight change.",
@@ -294,11 +297,33 @@ impl Metrics {
         }
     }
 
-    /// Starts a route's client-timeout and retry-budget series at 0.
+    /// Starts a route's series that are not tied to a backend at 0: its client
+    /// timeouts (`request_body`, the only kind counted per route), its retry budget
+    /// spent, and every answer the proxy can give itself on it (`backend="proxy"`).
     pub fn route_start(&self, route: &str) {
-        self.client_timeouts
-            .with_label_values(&[route, "request_body"]);
+        for kind in ROUTE_CLIENT_TIMEOUTS {
+            self.client_timeouts.with_label_values(&[route, kind]);
+        }
         self.retry_budget_exhausted.with_label_values(&[route]);
+        for code in ROUTE_CODES {
+            self.requests.with_label_values(&[route, "proxy", code]);
+        }
+    }
+
+    /// Starts a backend's DNS failure series at 0, one per host name among its
+    /// `addrs` (`hostname:port`; literal addresses are never looked up), labelled as
+    /// [`Metrics::dns_failure`] counts them.
+    pub fn backend_start(&self, backend: &str, addrs: &[String]) {
+        for host in addrs
+            .iter()
+            .filter(|a| a.parse::<std::net::SocketAddr>().is_err())
+            .filter_map(|a| {
+                let (host, port) = a.rsplit_once(':')?;
+                port.parse::<u16>().ok().map(|_| host)
+            })
+        {
+            self.dns_failures.with_label_values(&[backend, host]);
+        }
     }
 
     /// Counts a client cut off by a timeout; `route` is `"-"` before routing.
@@ -386,8 +411,25 @@ impl Metrics {
     }
 }
 
-/// The kinds of client timeouts that are not tied to a route.
+/// The kinds of client timeouts that are not tied to a route (`route="-"`).
 const CLIENT_TIMEOUTS: [&str; 3] = ["request_head", "keepalive", "send"];
+
+/// The kinds of client timeouts counted per route.
+const ROUTE_CLIENT_TIMEOUTS: [&str; 1] = ["request_body"];
+
+/// The route label of the proxy's answers to a request no route takes.
+const UNROUTED: &str = "unrouted";
+
+/// The statuses the proxy answers itself, as `backend="proxy"`, to a request no
+/// route takes: 400 (no usable Host), 404 (no route), 431 (a head over the limits,
+/// refused before routing).
+const UNROUTED_CODES: [&str; 3] = ["400", "404", "431"];
+
+/// The statuses the proxy answers itself on a route, as `backend="proxy"`: 400 (the
+/// client's body broke off), 408 (its body went idle), 413 (over `max_body`), 431
+/// (a head over the limits), 503 (a hold's deadline or a full hold queue, or a full
+/// upstream pool).
+const ROUTE_CODES: [&str; 5] = ["400", "408", "413", "431", "503"];
 
 /// Status codes 100..=599 get a cached counter each.
 const CODES: usize = 500;
@@ -470,6 +512,64 @@ mod tests {
         assert!(
             text.contains(r#"cutover_requests_total{backend="old",code="502",route="shop"} 1"#)
         );
+    }
+
+    #[test]
+    fn known_series_start_at_zero() {
+        let m = Metrics::new().unwrap();
+        m.route_start("shop");
+        m.backend_start(
+            "new",
+            &[
+                "127.0.0.1:8080".into(),
+                "[::1]:8080".into(),
+                "db.internal:5432".into(),
+                "api.internal:443".into(),
+            ],
+        );
+        let text = String::from_utf8(m.render()).unwrap();
+        let mut want: Vec<String> = Vec::new();
+        for code in ["400", "408", "413", "431", "503"] {
+            want.push(format!(
+                r#"cutover_requests_total{{backend="proxy",code="{code}",route="shop"}} 0"#
+            ));
+        }
+        for code in ["400", "404", "431"] {
+            want.push(format!(
+                r#"cutover_requests_total{{backend="proxy",code="{code}",route="unrouted"}} 0"#
+            ));
+        }
+        for kind in ["request_head", "keepalive", "send"] {
+            want.push(format!(
+                r#"cutover_client_timeouts_total{{kind="{kind}",route="-"}} 0"#
+            ));
+        }
+        want.push(r#"cutover_client_timeouts_total{kind="request_body",route="shop"} 0"#.into());
+        want.push(r#"cutover_retry_budget_exhausted_total{route="shop"} 0"#.into());
+        for host in ["db.internal", "api.internal"] {
+            want.push(format!(
+                r#"cutover_dns_failures_total{{backend="new",host="{host}"}} 0"#
+            ));
+        }
+        for line in &want {
+            assert!(text.contains(line.as_str()), "{line} missing:\n{text}");
+        }
+        // Literal addresses are never looked up: no series for them.
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("cutover_dns_failures_total{"))
+                .count(),
+            2,
+            "{text}"
+        );
+        // Counting goes on from the started series.
+        m.local_answer("shop", http::StatusCode::PAYLOAD_TOO_LARGE);
+        m.dns_failure("new", "db.internal");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(r#"cutover_requests_total{backend="proxy",code="413",route="shop"} 1"#)
+        );
+        assert!(text.contains(r#"cutover_dns_failures_total{backend="new",host="db.internal"} 1"#));
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! Either way the route's `max_body` and `timeouts.body_idle` hold: a body over the
 //! limit, or a client that sends no byte for the idle time, ends the request with a
 //! [`ClientBodyError`], which is the client's doing, not the backend's.
+//!
+//! A body larger than one [`CHUNK`] records when it last moved ([`Progress`]): the
+//! request path counts the wait for the answer's head from then, so the time a
+//! slow-reading backend takes to read a large body is not taken for a slow answer.
+//! Held bodies go out in chunks so that hyper, which polls for the next chunk only
+//! once its write buffer has room, makes those moves follow the connection.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -71,11 +77,21 @@ type Unsent = Arc<Mutex<Option<(Vec<Bytes>, Incoming)>>>;
 /// The body of one upstream attempt.
 pub enum UpBody {
     Empty,
-    /// The body, then its trailers (gRPC clients may send some), each sent once.
-    Full(Option<Bytes>, Option<HeaderMap>),
+    /// A body in memory.
+    Full(FullBody),
     /// A buffered body in a temporary file.
     File(FileBody),
     Stream(StreamBody),
+}
+
+/// A body in memory, then its trailers (gRPC clients may send some), handed out
+/// in chunks of at most [`CHUNK`].
+pub struct FullBody {
+    /// What is left to send.
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    /// For a body over one chunk.
+    progress: Option<Arc<Progress>>,
 }
 
 /// A streamed body: the prefix read while deciding, then the rest of the client's body.
@@ -98,6 +114,7 @@ pub struct FileBody {
     pos: u64,
     reading: Option<JoinHandle<std::io::Result<Bytes>>>,
     trailers: Option<HeaderMap>,
+    progress: Arc<Progress>,
 }
 
 /// The request body as received, ready to make one [`UpBody`] per attempt.
@@ -108,8 +125,8 @@ pub enum Replay {
     Stream(Unsent, BodyLimits, Arc<Progress>),
 }
 
-/// When a streamed body last moved (a frame went upstream, or it ended), as
-/// milliseconds since the process's first body.
+/// When a body last moved (a frame went upstream, or it ended), as milliseconds
+/// since the process's first body.
 pub struct Progress(AtomicU64);
 
 static BASE: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
@@ -262,20 +279,28 @@ impl Replay {
     }
 
     /// A body for the next attempt, or `None` once a streamed body has been sent.
+    /// Its progress starts now.
     pub fn attempt(&self) -> Option<UpBody> {
         match self {
             Replay::Empty => Some(UpBody::Empty),
-            Replay::Buffered(b, t) => Some(UpBody::Full(Some(b.clone()), t.clone())),
+            Replay::Buffered(b, t) => Some(UpBody::Full(FullBody {
+                data: Some(b.clone()),
+                trailers: t.clone(),
+                // A body of one chunk is sent as soon as it is polled.
+                progress: (b.len() > CHUNK).then(|| Arc::new(Progress::now())),
+            })),
             Replay::File(f, len, t) => Some(UpBody::File(FileBody {
                 file: f.clone(),
                 len: *len,
                 pos: 0,
                 reading: None,
                 trailers: t.clone(),
+                progress: Arc::new(Progress::now()),
             })),
             Replay::Stream(slot, limits, progress) => {
                 let present = slot.lock().unwrap_or_else(|p| p.into_inner()).is_some();
                 present.then(|| {
+                    progress.moved();
                     UpBody::Stream(StreamBody {
                         slot: slot.clone(),
                         taken: None,
@@ -286,16 +311,6 @@ impl Replay {
                     })
                 })
             }
-        }
-    }
-
-    /// For a body that streams during the attempt, when it last moved: the wait
-    /// for the answer's head counts from then, so a slow upload is not a slow
-    /// backend, while a backend that stops reading the body still times out.
-    pub fn progress(&self) -> Option<&Progress> {
-        match self {
-            Replay::Stream(_, _, p) => Some(p),
-            _ => None,
         }
     }
 
@@ -316,34 +331,76 @@ impl Replay {
 }
 
 impl UpBody {
-    /// Another copy of a body not sent yet, if it can be sent again.
+    /// Another copy of a body not sent yet, if it can be sent again. It moves the
+    /// same [`Progress`].
     pub fn replay(&self) -> Option<UpBody> {
         match self {
             UpBody::Empty => Some(UpBody::Empty),
-            UpBody::Full(Some(b), t) => Some(UpBody::Full(Some(b.clone()), t.clone())),
+            UpBody::Full(FullBody {
+                data: Some(b),
+                trailers,
+                progress,
+            }) => Some(UpBody::Full(FullBody {
+                data: Some(b.clone()),
+                trailers: trailers.clone(),
+                progress: progress.clone(),
+            })),
             UpBody::File(f) => Some(UpBody::File(FileBody {
                 file: f.file.clone(),
                 len: f.len,
                 pos: 0,
                 reading: None,
                 trailers: f.trailers.clone(),
+                progress: f.progress.clone(),
             })),
-            UpBody::Full(None, _) | UpBody::Stream(_) => None,
+            UpBody::Full(FullBody { data: None, .. }) | UpBody::Stream(_) => None,
+        }
+    }
+
+    /// When the body last moved, for a body that takes more than one chunk: the
+    /// wait for the answer's head counts from then, so a slow upload, or a backend
+    /// slow to read a large body, is not a slow answer, while a backend that stops
+    /// reading the body still times out.
+    pub fn progress(&self) -> Option<Arc<Progress>> {
+        match self {
+            UpBody::Empty => None,
+            UpBody::Full(f) => f.progress.clone(),
+            UpBody::File(f) => Some(f.progress.clone()),
+            UpBody::Stream(s) => Some(s.progress.clone()),
         }
     }
 }
 
-/// Chunks a file body is read in.
-const FILE_CHUNK: u64 = 64 * 1024;
+/// The largest frame a held body is sent in.
+const CHUNK: usize = 64 * 1024;
+
+impl FullBody {
+    fn poll_chunk(&mut self) -> Option<Frame<Bytes>> {
+        let frame = match self.data.take() {
+            Some(mut rest) if rest.len() > CHUNK => {
+                let chunk = rest.split_to(CHUNK);
+                self.data = Some(rest);
+                Some(Frame::data(chunk))
+            }
+            Some(all) => Some(Frame::data(all)),
+            None => self.trailers.take().map(Frame::trailers),
+        };
+        if let Some(p) = &self.progress {
+            p.moved();
+        }
+        frame
+    }
+}
 
 impl FileBody {
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.pos >= self.len {
+            self.progress.moved();
             return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
         }
         let reading = self.reading.get_or_insert_with(|| {
             let (file, pos) = (self.file.clone(), self.pos);
-            let n = FILE_CHUNK.min(self.len - pos) as usize;
+            let n = (CHUNK as u64).min(self.len - pos) as usize;
             tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0u8; n];
                 file.read_exact_at(&mut buf, pos)?;
@@ -358,6 +415,7 @@ impl FileBody {
         match chunk {
             Ok(Ok(b)) => {
                 self.pos += b.len() as u64;
+                self.progress.moved();
                 Poll::Ready(Some(Ok(Frame::data(b))))
             }
             Ok(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Spool(e))))),
@@ -431,12 +489,7 @@ impl Body for UpBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpBody::Empty => Poll::Ready(None),
-            UpBody::Full(b, t) => Poll::Ready(
-                b.take()
-                    .map(Frame::data)
-                    .or_else(|| t.take().map(Frame::trailers))
-                    .map(Ok),
-            ),
+            UpBody::Full(f) => Poll::Ready(f.poll_chunk().map(Ok)),
             UpBody::File(f) => f.poll_chunk(cx),
             UpBody::Stream(s) => s.poll_stream(cx),
         }
@@ -445,7 +498,7 @@ impl Body for UpBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpBody::Empty => true,
-            UpBody::Full(b, t) => b.is_none() && t.is_none(),
+            UpBody::Full(f) => f.data.is_none() && f.trailers.is_none(),
             UpBody::File(f) => f.pos >= f.len && f.trailers.is_none(),
             UpBody::Stream(_) => false,
         }
@@ -454,10 +507,48 @@ impl Body for UpBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpBody::Empty => SizeHint::with_exact(0),
-            UpBody::Full(Some(b), _) => SizeHint::with_exact(b.len() as u64),
-            UpBody::Full(None, _) => SizeHint::with_exact(0),
+            UpBody::Full(f) => SizeHint::with_exact(f.data.as_ref().map_or(0, |b| b.len() as u64)),
             UpBody::File(f) => SizeHint::with_exact(f.len - f.pos),
             UpBody::Stream(_) => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_held_body_goes_out_in_chunks_and_records_its_moves() {
+        let replay = Replay::Buffered(Bytes::from(vec![1u8; 3 * CHUNK + 10]), None);
+        let mut body = replay
+            .attempt()
+            .expect("a buffered body is sent every attempt");
+        let progress = body
+            .progress()
+            .expect("a body over one chunk records its moves");
+        let started = progress.last();
+        let mut sizes = Vec::new();
+        while let Some(f) = body.frame().await {
+            sizes.push(
+                f.ok()
+                    .and_then(|f| f.into_data().ok())
+                    .map_or(0, |d| d.len()),
+            );
+        }
+        assert_eq!(sizes, [CHUNK, CHUNK, CHUNK, 10]);
+        assert!(progress.last() >= started);
+        // Every attempt sends the whole body again.
+        let again = replay.attempt().and_then(|b| b.replay()).expect("a copy");
+        assert_eq!(again.size_hint().exact(), Some(3 * CHUNK as u64 + 10));
+
+        let small = Replay::Buffered(Bytes::from(vec![1u8; CHUNK]), None);
+        let body = small.attempt().expect("a body");
+        assert!(
+            body.progress().is_none(),
+            "one chunk goes out as it is polled"
+        );
     }
 }

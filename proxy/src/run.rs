@@ -383,8 +383,16 @@ impl server::Events for ListenerEvents {
         tracing::debug!(reason, "connection refused at accept: over a [limits] cap");
     }
 
-    fn timed_out(&self, kind: &'static str) {
-        self.0.metrics.client_timeout("-", kind);
+    fn timed_out(&self, route: Option<&str>, kind: &'static str) {
+        let route = route.unwrap_or("-");
+        self.0.metrics.client_timeout(route, kind);
+        // An idle connection closing is routine; the others are a client that
+        // stalled, and the operator may want to see them.
+        if kind == "keepalive" {
+            tracing::debug!(route, kind, "idle client connection closed");
+        } else {
+            tracing::info!(route, kind, "client cut off by a timeout");
+        }
     }
 
     fn head_too_large(&self) {

@@ -1,15 +1,18 @@
 //! Listeners: bind, accept, terminate TLS on the HTTPS listener, serve HTTP/1.1 and
 //! HTTP/2 (prior knowledge, or ALPN over TLS) with hyper, and stop accepting on
-//! request while the connections already open finish.
+//! request while the connections already open finish. Each connection's
+//! supervisor and its head and keep-alive deadlines are in `server/conn.rs`; the
+//! send timeout, per socket and per HTTP/2 stream, in `server/send.rs`.
+
+mod conn;
+mod send;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cutover_config::Limits;
@@ -19,14 +22,16 @@ use http::header::CONNECTION;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::ProxyBody;
+use conn::{ConnBody, ConnState, Deadlines, drive};
+pub(crate) use send::dropping_route;
+use send::{StreamExec, Timed};
 
 /// A client that opens a TCP connection and never finishes the handshake may not
 /// hold a task forever.
@@ -100,8 +105,9 @@ pub struct Guards {
 pub trait Events: Send + Sync + 'static {
     /// A connection closed at accept: `"total"` or `"per_ip"` cap.
     fn refused(&self, reason: &'static str);
-    /// A connection cut off by a client timeout: `"request_head"`, `"send"`.
-    fn timed_out(&self, kind: &'static str);
+    /// A client cut off by a timeout: `"request_head"`, `"keepalive"` or `"send"`,
+    /// with the route of the request it held up when one was routed.
+    fn timed_out(&self, route: Option<&str>, kind: &'static str);
     /// hyper answered 431 to a head far beyond the limits, before the request path
     /// could see it.
     fn head_too_large(&self);
@@ -179,9 +185,10 @@ impl Drop for Ticket {
 /// With `guards` (the data plane), a connection over the caps is closed at accept;
 /// one whose first request head has not arrived `request_head` after the accept
 /// (PROXY header and TLS handshake included) is closed; an HTTP/1 connection waits
-/// at most `keepalive` for each next request, and an HTTP/2 connection with no
-/// request under way for `keepalive` is shut down gracefully (GOAWAY); a client that
-/// takes no byte for `send` is cut off.
+/// at most `keepalive` for the first byte of each next request, whose head then has
+/// `request_head` to arrive, and an HTTP/2 connection with no exchange under way
+/// for `keepalive` is shut down gracefully (GOAWAY); a client that takes no byte of
+/// its answer for `send`, or an HTTP/2 stream that takes none of it, is cut off.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: Stop,
@@ -196,16 +203,22 @@ where
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     let limits = guards.as_ref().map(|g| g.limits.clone());
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let keepalive = limits.as_ref().map_or(Duration::from_secs(30), |l| {
-        l.keepalive.max(l.request_head) + Duration::from_secs(1)
+    let exec = StreamExec::new(
+        limits.as_ref().map(|l| l.send),
+        guards.as_ref().map(|g| g.events.clone()),
+    );
+    let mut builder = auto::Builder::new(exec);
+    // hyper's timer runs from the end of the last exchange: the idle wait and the
+    // head together.
+    let backstop = limits.as_ref().map_or(Duration::from_secs(30), |l| {
+        l.keepalive + l.request_head + Duration::from_secs(1)
     });
     builder
         .http1()
         .timer(TokioTimer::new())
-        // A backstop: the supervisor (`drive`) closes a connection whose first
-        // head is late, or that is idle for the keep-alive, before this fires.
-        .header_read_timeout(keepalive)
+        // A backstop: the supervisor (`drive`) closes a connection whose head is
+        // late, or that is idle for the keep-alive, before this fires.
+        .header_read_timeout(backstop)
         .keep_alive(true);
     // Extended CONNECT (RFC 8441): WebSockets over HTTP/2.
     builder
@@ -287,7 +300,7 @@ struct Accepted {
     guards: Option<Arc<Guards>>,
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<StreamExec>>,
     closing: Arc<AtomicBool>,
 }
 
@@ -331,15 +344,18 @@ impl Accepted {
         }
         let send = limits.map(|l| l.send);
         let events = guards.as_ref().map(|g| g.events.clone());
-        let io = Timed::new(stream, send, events.clone());
         let state = Arc::new(ConnState::default());
+        let io = Timed::new(stream, send, state.clone(), events.clone());
         let svc = {
             let state = state.clone();
             service_fn(move |req| respond(&handler, client, scheme, &closing, &state, req))
         };
         // The admin listener, without `[limits]`, still closes silent connections.
-        let keepalive = limits.map_or(Duration::from_secs(30), |l| l.keepalive);
-        let idle = Some((head_deadline, keepalive));
+        let deadlines = Some(Deadlines {
+            first_head: head_deadline,
+            request_head: head_within,
+            keepalive: limits.map_or(Duration::from_secs(30), |l| l.keepalive),
+        });
         let Some(acceptor) = tls else {
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             return drive(
@@ -347,7 +363,7 @@ impl Accepted {
                 |c| c.graceful_shutdown(),
                 watcher,
                 &state,
-                idle,
+                deadlines,
                 events.as_deref(),
                 client,
             )
@@ -356,12 +372,18 @@ impl Accepted {
         let stream = match tokio::time::timeout_at(head_deadline, acceptor.accept(io)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
+                // A client that read none of the handshake for `send`.
+                if state.detach()
+                    && let Some(ev) = &events
+                {
+                    ev.timed_out(None, "send");
+                }
                 tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
                 if let Some(e) = &events {
-                    e.timed_out("request_head");
+                    e.timed_out(None, "request_head");
                 }
                 tracing::debug!(peer = %client, "TLS handshake timed out");
                 return;
@@ -373,16 +395,17 @@ impl Accepted {
             |c| c.graceful_shutdown(),
             watcher,
             &state,
-            idle,
+            deadlines,
             events.as_deref(),
             client,
         )
         .await;
     }
 }
-/// Runs the handler on one request: marks it with its scheme, counts it as under
-/// way on its connection, and once the listener is stopping asks an HTTP/1 client
-/// to close after this response.
+
+/// Runs the handler on one request: marks it with its scheme, counts its exchange
+/// as under way on its connection until the answer's body has ended, and once the
+/// listener is stopping asks an HTTP/1 client to close after this response.
 ///
 /// A combinator rather than an `async` block: the block would keep the handler's
 /// future both as a captured value and as the awaited one, doubling the state hyper
@@ -394,7 +417,7 @@ fn respond<F, Fut>(
     closing: &Arc<AtomicBool>,
     conn: &Arc<ConnState>,
     mut req: Request<Incoming>,
-) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + use<F, Fut>
+) -> impl Future<Output = Result<Response<ConnBody>, Infallible>> + Send + use<F, Fut>
 where
     F: Fn(SocketAddr, Request<Incoming>) -> Fut,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
@@ -404,9 +427,8 @@ where
     }
     let http1 = req.version() < Version::HTTP_2;
     let closing = closing.clone();
-    let underway = ConnState::begin(conn);
+    let underway = ConnState::begin(conn, !http1);
     handler(peer, req).map(move |resp| {
-        drop(underway);
         resp.map(|mut resp| {
             // Read at answer time: a request that began before the stop still
             // tells its client to move on.
@@ -414,132 +436,9 @@ where
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            resp
+            resp.map(|body| ConnBody::new(body, underway, !http1))
         })
     })
-}
-
-/// What a connection's supervisor knows of its requests: how many began, how many
-/// are waiting for their answer's head, and when the last of those ended.
-#[derive(Default)]
-struct ConnState {
-    began: AtomicU64,
-    underway: AtomicUsize,
-    /// Milliseconds since `BASE` when `underway` last fell to zero.
-    idle_since: AtomicU64,
-    changed: Notify,
-}
-
-/// A request under way on its connection, until its answer's head is ready (or the
-/// request is abandoned).
-struct Underway(Arc<ConnState>);
-
-impl ConnState {
-    fn begin(this: &Arc<ConnState>) -> Underway {
-        this.began.fetch_add(1, Ordering::Relaxed);
-        this.underway.fetch_add(1, Ordering::AcqRel);
-        Underway(this.clone())
-    }
-}
-
-impl Drop for Underway {
-    fn drop(&mut self) {
-        if self.0.underway.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle_since.store(millis_now(), Ordering::Relaxed);
-            self.0.changed.notify_one();
-        }
-    }
-}
-
-static BASE: std::sync::LazyLock<std::time::Instant> =
-    std::sync::LazyLock::new(std::time::Instant::now);
-
-/// Milliseconds since the first call in the process, from 1.
-fn millis_now() -> u64 {
-    BASE.elapsed().as_millis() as u64 + 1
-}
-
-/// Serves one connection to its end. It shuts down gracefully when the listener's
-/// [`Graceful`] says so. With `idle` (the first head's deadline and the
-/// keep-alive), a connection whose first request has not begun by the deadline is
-/// closed, and one with no request under way for the keep-alive is shut down
-/// gracefully: an idle HTTP/1 connection is closed, an HTTP/2 one gets GOAWAY and
-/// its open streams finish. hyper's own head timer is set beyond both, as a
-/// backstop, so these closes are the supervisor's and are counted.
-async fn drive<C>(
-    conn: C,
-    shutdown: impl Fn(Pin<&mut C>),
-    mut watcher: Watcher,
-    state: &ConnState,
-    idle: Option<(tokio::time::Instant, Duration)>,
-    events: Option<&dyn Events>,
-    peer: SocketAddr,
-) where
-    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
-{
-    let mut conn = std::pin::pin!(conn);
-    let mut shutting = false;
-    loop {
-        // When the supervisor next has something to judge: the first head's
-        // deadline until a request began; then, while none is under way, the end
-        // of the keep-alive; else nothing until a request ends.
-        let wake = match idle {
-            None => None,
-            Some(_) if shutting => None,
-            Some((deadline, _)) if state.began.load(Ordering::Relaxed) == 0 => Some(deadline),
-            Some((_, keepalive)) if state.underway.load(Ordering::Acquire) == 0 => {
-                let at = state.idle_since.load(Ordering::Relaxed) + keepalive.as_millis() as u64;
-                let wait = Duration::from_millis(at.saturating_sub(millis_now()));
-                Some(tokio::time::Instant::now() + wait)
-            }
-            Some(_) => None,
-        };
-        let timer = async {
-            match wake {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    // hyper answered 431 itself: a head far beyond the limits.
-                    if let (Some(ev), Some(h)) = (events, e.downcast_ref::<hyper::Error>())
-                        && h.is_parse_too_large()
-                    {
-                        ev.head_too_large();
-                    }
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            () = watcher.signalled(), if !shutting => {
-                shutting = true;
-                shutdown(conn.as_mut());
-            }
-            () = state.changed.notified(), if !shutting => {}
-            () = timer => {
-                if state.began.load(Ordering::Relaxed) == 0 {
-                    if let Some(e) = events {
-                        e.timed_out("request_head");
-                    }
-                    tracing::debug!(%peer, "no request head within the limit; closing");
-                    return;
-                }
-                let keepalive = idle.map_or(Duration::MAX, |(_, k)| k);
-                let since = state.idle_since.load(Ordering::Relaxed);
-                if state.underway.load(Ordering::Acquire) == 0
-                    && millis_now().saturating_sub(since) >= keepalive.as_millis() as u64
-                {
-                    if let Some(e) = events {
-                        e.timed_out("keepalive");
-                    }
-                    shutting = true;
-                    shutdown(conn.as_mut());
-                }
-            }
-        }
-    }
 }
 
 /// Tracks a listener's connections so that a shutdown can signal them and wait
@@ -618,111 +517,6 @@ impl Drop for Watcher {
         if self.inner.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.inner.gone.notify_waiters();
         }
-    }
-}
-
-/// A client connection whose writes may not stall: once a write (or flush) has
-/// made no progress for `send`, it fails with `TimedOut`, so a client that stops
-/// reading is cut off and what it held (the response body, the upstream
-/// connection, the in-flight count) is let go.
-pub struct Timed<S> {
-    inner: S,
-    send: Option<Duration>,
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-    events: Option<Arc<dyn Events>>,
-}
-
-impl<S> Timed<S> {
-    fn new(inner: S, send: Option<Duration>, events: Option<Arc<dyn Events>>) -> Self {
-        Timed {
-            inner,
-            send,
-            stalled: None,
-            events,
-        }
-    }
-
-    /// After a write returned `Pending`: fails once the stall has lasted `send`.
-    fn stall(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
-        let Some(send) = self.send else {
-            return Poll::Pending;
-        };
-        let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
-        if timer.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        if let Some(e) = &self.events {
-            e.timed_out("send");
-        }
-        self.send = None;
-        Poll::Ready(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "the client took no byte of the answer within limits.send",
-        ))
-    }
-
-    fn progress<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        p: Poll<std::io::Result<T>>,
-    ) -> Poll<std::io::Result<T>> {
-        match p {
-            Poll::Pending => self.stall(cx).map(Err),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Timed<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Timed<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let p = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.progress(cx, p)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let p = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.progress(cx, p)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let p = Pin::new(&mut this.inner).poll_flush(cx);
-        this.progress(cx, p)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let p = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.progress(cx, p)
     }
 }
 

@@ -419,6 +419,7 @@ impl Live {
             let set = match registry.sets.get(&key) {
                 Some(set) => set.clone(),
                 None => {
+                    metrics.backend_start(&b.name, &b.addrs);
                     let list = registry.expand(metrics, &b.name, &b.addrs);
                     let set = Arc::new(EndpointSet {
                         list: ArcSwap::from_pointee(list),

@@ -52,6 +52,26 @@ pub struct BackendStats {
     pub events_gate: tokio::sync::Notify,
     /// Body bytes `/upload` received.
     pub uploaded: AtomicU64,
+    /// Connections accepted, and those still open (the peer has not closed them).
+    pub connections: AtomicU64,
+    pub connections_open: AtomicU64,
+}
+
+/// Counts a connection open for as long as it lives.
+struct OpenConnection(Arc<BackendStats>);
+
+impl OpenConnection {
+    fn new(stats: Arc<BackendStats>) -> Self {
+        stats.connections.fetch_add(1, Ordering::SeqCst);
+        stats.connections_open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(stats)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A running backend; stops (closing all its connections) on drop or [`Backend::kill`].
@@ -126,6 +146,16 @@ impl Backend {
 
     pub fn writes(&self) -> u64 {
         self.stats.writes.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.stats.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now: accepted and not yet closed by the peer.
+    pub fn connections_open(&self) -> u64 {
+        self.stats.connections_open.load(Ordering::SeqCst)
     }
 
     /// Answer everything (but `/healthz`) with `status`; 0 turns it off.
@@ -239,7 +269,9 @@ async fn serve(
         let name = name.clone();
         let stats = stats.clone();
         let tls = tls.clone();
+        let open = OpenConnection::new(stats.clone());
         tokio::spawn(async move {
+            let _open = open;
             let svc = service_fn(move |req| respond(req, name.clone(), stats.clone()));
             let builder = auto::Builder::new(TokioExecutor::new());
             match tls {

@@ -23,6 +23,8 @@ mod hold;
 mod limits;
 #[path = "e2e/limits_caps.rs"]
 mod limits_caps;
+#[path = "e2e/limits_h2.rs"]
+mod limits_h2;
 #[path = "e2e/reload.rs"]
 mod reload;
 #[path = "e2e/resilience.rs"]

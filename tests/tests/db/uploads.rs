@@ -6,11 +6,13 @@
 //! completes within its pause budget, and every upload lands on new with its whole
 //! body.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use cutover_tests::{App, ProxyBuilder, eventually, two_backend_config};
+use cutover_tests::{App, Client, ProxyBuilder, eventually, two_backend_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{HEAVY, cutover, items};
@@ -20,20 +22,67 @@ const UPLOADS: usize = 20;
 /// Bytes per 100 ms: 10 KB/s.
 const STEP: usize = 1000;
 
-/// The body of upload `i`: 20 KB to 100 KB (2 to 10 s at 10 KB/s), its own
-/// content throughout.
+/// The body of upload `i`: 40 KB to 80 KB (4 to 8 s at 10 KB/s, so each is still
+/// sending when the hold begins, about a second in), its own content throughout, beginning with
+/// its identity `photo-{i}|`.
 fn photo(i: usize) -> Vec<u8> {
-    let len = 20_000 + (i % 5) * 20_000;
+    let len = 40_000 + (i % 5) * 10_000;
     format!("photo-{i:02}|").bytes().cycle().take(len).collect()
 }
 
-/// Uploads `body` as a POST at 10 KB/s, counting the bytes sent in `sent`; the
-/// answer's status line and `x-app` header.
-async fn upload(
-    proxy: std::net::SocketAddr,
-    body: Vec<u8>,
-    sent: Arc<AtomicUsize>,
-) -> (String, String) {
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// How one upload was answered.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// `x-app`: the application that stored it.
+    app: String,
+    /// `x-cutover-backend`: where the proxy sent it.
+    backend: String,
+    /// The stored item's id (the body of a 201).
+    id: Option<i64>,
+    head: String,
+}
+
+/// The value of header `name` in a response head, matched without case.
+fn header<'a>(head: &'a str, name: &str) -> &'a str {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .unwrap_or_default()
+}
+
+/// A response body as sent: de-chunked when it is chunked.
+fn body_of(head: &str, raw: &[u8]) -> Vec<u8> {
+    if !header(head, "transfer-encoding").eq_ignore_ascii_case("chunked") {
+        return raw.to_vec();
+    }
+    let (mut out, mut rest) = (Vec::new(), raw);
+    // Each chunk takes at least its size line: bounded by the body's length.
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+            .unwrap_or(0);
+        let start = eol + 2;
+        if size == 0 || start + size > rest.len() {
+            break;
+        }
+        out.extend_from_slice(&rest[start..start + size]);
+        rest = &rest[(start + size + 2).min(rest.len())..];
+    }
+    out
+}
+
+/// Uploads `body` as a POST at 10 KB/s, counting the bytes sent in `sent`.
+async fn upload(proxy: SocketAddr, body: Vec<u8>, sent: Arc<AtomicUsize>) -> Answer {
     let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
     let head = format!(
         "POST /items HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: text/plain\r\n\
@@ -45,20 +94,57 @@ async fn upload(
     for chunk in body.chunks(STEP) {
         tick.tick().await;
         s.write_all(chunk).await.unwrap();
-        sent.fetch_add(chunk.len(), Ordering::Relaxed);
+        sent.fetch_add(chunk.len(), Ordering::SeqCst);
     }
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut answer))
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut answer))
         .await
         .expect("an answer within 30 s")
         .unwrap();
-    let status = answer.lines().next().unwrap_or_default().to_string();
-    let app = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("x-app: "))
-        .unwrap_or_default()
-        .to_string();
-    (status, app)
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(answer.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&answer[..end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let id = String::from_utf8_lossy(&body_of(&head, &answer[end..]))
+        .trim()
+        .parse()
+        .ok();
+    Answer {
+        status,
+        app: header(&head, "x-app").to_string(),
+        backend: header(&head, "x-cutover-backend").to_string(),
+        id,
+        head,
+    }
+}
+
+/// Polls the proxy's `/status` until the route's hold shows, and returns how many
+/// bytes each upload had sent by then (the hold had begun before that moment);
+/// `None` when `stop` is set first or after 60 s.
+async fn at_hold(
+    admin: SocketAddr,
+    sent: Vec<Arc<AtomicUsize>>,
+    stop: Arc<AtomicBool>,
+) -> Option<Vec<usize>> {
+    let client = Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        if let Ok(r) = client.get(admin, "admin", "/status").await {
+            let held = serde_json::from_str::<serde_json::Value>(&r.body)
+                .is_ok_and(|s| !s["routes"][0]["hold"].is_null());
+            if held {
+                return Some(sent.iter().map(|s| s.load(Ordering::SeqCst)).collect());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -88,7 +174,7 @@ async fn uploads_in_progress_do_not_hold_up_the_switchover_and_land_on_new() {
         "every upload to be under way",
         || async {
             sent.iter()
-                .all(|s| s.load(Ordering::Relaxed) >= 3 * STEP)
+                .all(|s| s.load(Ordering::SeqCst) >= 3 * STEP)
                 .then_some(())
         },
     )
@@ -99,6 +185,8 @@ async fn uploads_in_progress_do_not_hold_up_the_switchover_and_land_on_new() {
         "a half-uploaded write is not in flight to a backend"
     );
 
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn(at_hold(proxy.admin, sent.clone(), stop.clone()));
     let admin = format!("http://{}", proxy.admin);
     let run = cutover(
         &[
@@ -116,42 +204,68 @@ async fn uploads_in_progress_do_not_hold_up_the_switchover_and_land_on_new() {
     )
     .await
     .ok();
+    stop.store(true, Ordering::SeqCst);
     let v = run.json();
     assert_eq!(v["writes"], "new", "{v:#}");
     let pause = v["write_pause_ms"].as_f64().unwrap();
     assert!(pause < 5_000.0, "the write pause took {pause} ms");
+    let at_hold = watcher
+        .await
+        .unwrap()
+        .expect("the route's hold was seen in /status during the switchover");
     let unfinished = sent
         .iter()
         .enumerate()
-        .filter(|(i, s)| s.load(Ordering::Relaxed) < photo(*i).len())
+        .filter(|(i, s)| s.load(Ordering::SeqCst) < photo(*i).len())
         .count();
     eprintln!(
-        "switchover done: write pause {pause:.0} ms, {unfinished} of {UPLOADS} uploads still sending"
+        "switchover done: hold began at {} ms, write pause {pause:.0} ms; bytes sent when \
+         the hold was seen: {at_hold:?}; {unfinished} of {UPLOADS} uploads still sending at the end",
+        v["hold_started_ms"]
     );
-    assert!(
-        unfinished > 0,
-        "the switchover must finish while uploads are still in progress"
-    );
-
-    let mut on_new = 0;
-    for u in uploads {
-        let (status, app) = u.await.unwrap();
-        assert!(status.contains(" 201 "), "{status}");
-        on_new += usize::from(app == "new");
-    }
-    assert!(
-        on_new >= unfinished,
-        "every upload still sending at the release went to new ({on_new} of {unfinished})"
-    );
-    // Every photo is on new, whole (those done before the hold came over by
-    // replication).
-    let rows = items(&pair.new).await;
-    for i in 0..UPLOADS {
-        let body = String::from_utf8(photo(i)).unwrap();
+    // Each upload was in progress when the hold began: part of its body sent (at
+    // least 3 KB before the switchover started), not all of it (seen after the hold
+    // began).
+    for (i, n) in at_hold.iter().enumerate() {
+        let len = photo(i).len();
         assert!(
-            rows.values().any(|b| *b == body),
-            "upload {i} ({} bytes) is not on new whole",
-            body.len()
+            *n >= 3 * STEP && *n < len,
+            "upload {i}: {n} of {len} bytes sent when the hold was seen"
         );
     }
+
+    // Every upload was answered by new, and new's database has it whole.
+    let mut answers = Vec::with_capacity(UPLOADS);
+    for u in uploads {
+        answers.push(u.await.unwrap());
+    }
+    let rows = items(&pair.new).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, a) in answers.into_iter().enumerate() {
+        assert_eq!(a.status, 201, "upload {i}: {}", a.head);
+        assert_eq!(
+            (a.app.as_str(), a.backend.as_str()),
+            ("new", "new"),
+            "upload {i} served by new: {}",
+            a.head
+        );
+        let id =
+            a.id.unwrap_or_else(|| panic!("upload {i}: no item id: {}", a.head));
+        assert!(ids.insert(id), "upload {i}: id {id} given twice");
+        let want = photo(i);
+        let stored = rows
+            .get(&id)
+            .unwrap_or_else(|| panic!("upload {i}: item {id} is not in new's database"));
+        assert_eq!(
+            (stored.len(), hash(stored.as_bytes())),
+            (want.len(), hash(&want)),
+            "upload {i} (item {id}) stored on new with its whole body"
+        );
+        assert!(
+            stored.starts_with(&format!("photo-{i:02}|")),
+            "item {id} is upload {i}"
+        );
+    }
+    assert_eq!(ids.len(), UPLOADS);
+    assert_eq!(proxy.status().await["routes"][0]["writes"], "new");
 }

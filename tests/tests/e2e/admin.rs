@@ -125,16 +125,10 @@ async fn metrics_count_requests_durations_errors_and_generation() {
     drop(new);
     let cfg = two_backend_config(old.addr, dead, &[HOST], (100.0, 0.0), "writes = \"new\"");
     let proxy = ProxyBuilder::new(cfg).start().unwrap();
-    // Before any traffic the error and retry series exist, at 0.
+    // Before any traffic every known series exists, at 0.
     let m = proxy.metrics().await;
-    for want in [
-        r#"cutover_upstream_errors_total{backend="new",kind="connect",route="shop.test"} 0"#,
-        r#"cutover_upstream_errors_total{backend="old",kind="timeout",route="shop.test"} 0"#,
-        r#"cutover_retries_total{from="old",reason="status_502",route="shop.test",to="new"} 0"#,
-        r#"cutover_retries_total{from="new",reason="connect",route="shop.test",to="old"} 0"#,
-    ] {
-        assert!(m.contains(want), "missing {want} in:\n{m}");
-    }
+    assert_zero_series(&m, &proxy_series());
+    assert_zero_series(&m, &route_series(HOST, &["old", "new"]));
     for _ in 0..5 {
         assert_eq!(proxy.get(HOST, "/").await.status, 200);
     }
@@ -159,6 +153,167 @@ async fn metrics_count_requests_durations_errors_and_generation() {
         assert!(m.contains(want), "missing {want} in:\n{m}");
     }
     drop(old);
+}
+
+/// The series of the connection-level and unrouted events, each line at 0.
+fn proxy_series() -> Vec<String> {
+    let mut out = Vec::new();
+    for kind in ["request_head", "keepalive", "send"] {
+        out.push(format!(
+            r#"cutover_client_timeouts_total{{kind="{kind}",route="-"}}"#
+        ));
+    }
+    for code in ["400", "404", "431"] {
+        out.push(format!(
+            r#"cutover_requests_total{{backend="proxy",code="{code}",route="unrouted"}}"#
+        ));
+    }
+    for reason in ["total", "per_ip"] {
+        out.push(format!(
+            r#"cutover_connections_refused_total{{reason="{reason}"}}"#
+        ));
+    }
+    out
+}
+
+/// The series a route with these `members` starts at 0: the proxy's own answers on
+/// it, its body timeouts and retry budget, each member's upstream errors of every
+/// kind, and each ordered pair's retries for every reason.
+fn route_series(route: &str, members: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for code in ["400", "408", "413", "431", "503"] {
+        out.push(format!(
+            r#"cutover_requests_total{{backend="proxy",code="{code}",route="{route}"}}"#
+        ));
+    }
+    out.push(format!(
+        r#"cutover_client_timeouts_total{{kind="request_body",route="{route}"}}"#
+    ));
+    out.push(format!(
+        r#"cutover_retry_budget_exhausted_total{{route="{route}"}}"#
+    ));
+    for b in members {
+        for kind in ["connect", "timeout", "reset", "protocol", "overloaded"] {
+            out.push(format!(
+                r#"cutover_upstream_errors_total{{backend="{b}",kind="{kind}",route="{route}"}}"#
+            ));
+        }
+        for to in members.iter().filter(|t| *t != b) {
+            for reason in [
+                "connect",
+                "timeout",
+                "reset",
+                "protocol",
+                "overloaded",
+                "status_502",
+                "status_503",
+            ] {
+                out.push(format!(
+                    r#"cutover_retries_total{{from="{b}",reason="{reason}",route="{route}",to="{to}"}}"#
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Every series in `series` is exported with the value 0.
+#[track_caller]
+fn assert_zero_series(metrics: &str, series: &[String]) {
+    let missing: Vec<&String> = series
+        .iter()
+        .filter(|s| !metrics.lines().any(|l| l == format!("{s} 0")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not exported at 0: {missing:#?}\nin:\n{metrics}"
+    );
+}
+
+/// A route and a backend that a reload adds get their series at 0 at once, before
+/// any request, as the routes of the first config did.
+#[tokio::test]
+async fn a_route_added_by_a_reload_starts_its_series_at_zero() {
+    let (old, new, blue) = (
+        Backend::start("old"),
+        Backend::start("new"),
+        Backend::start("blue"),
+    );
+    let cfg = two_backend_config(old.addr, new.addr, &[HOST], (100.0, 0.0), "");
+    let proxy = ProxyBuilder::new(cfg.clone()).start().unwrap();
+    let m = proxy.metrics().await;
+    assert_zero_series(&m, &proxy_series());
+    assert_zero_series(&m, &route_series(HOST, &["old", "new"]));
+    assert!(!m.contains("blog.test"), "{m}");
+
+    let reloaded = format!(
+        "{cfg}\n[backends.blue]\naddrs = [\"{}\"]\n\n\
+         [[routes]]\nhosts = [\"blog.test\"]\nweights = {{ new = 50, blue = 50 }}\n",
+        blue.addr
+    );
+    let tmp = proxy.dir.path().join(".cutover.toml.tmp");
+    std::fs::write(&tmp, reloaded).unwrap();
+    std::fs::rename(&tmp, proxy.config_path()).unwrap();
+    proxy.signal("HUP");
+    eventually(Duration::from_secs(10), "the reload", || async {
+        let s = proxy.status().await;
+        (s["routes"].as_array().is_some_and(|r| r.len() == 2)).then_some(())
+    })
+    .await;
+    let s = proxy.status().await;
+    assert!(s["last_reload_error"].is_null(), "{s}");
+    let m = proxy.metrics().await;
+    assert_zero_series(&m, &route_series("blog.test", &["new", "blue"]));
+    assert_zero_series(&m, &route_series(HOST, &["old", "new"]));
+    assert_zero_series(&m, &proxy_series());
+    // And they count from there.
+    let r = proxy.get("blog.test", "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(old.requests() + new.requests() + blue.requests(), 1);
+}
+
+/// A backend addressed by host name has its DNS failure series at 0 from the start,
+/// one per name, and counts from there when a lookup fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_failure_series_start_at_zero_for_named_backends() {
+    let dns = cutover_tests::DnsServer::start(1);
+    dns.set("app.cluster.test", &[std::net::Ipv4Addr::LOCALHOST]);
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [resolver]\nnameservers = [\"{}\"]\nmin_ttl = \"200ms\"\nmax_ttl = \"200ms\"\n\
+         [backends.old]\naddrs = [\"{}\"]\n\
+         [backends.new]\naddrs = [\"app.cluster.test:{}\"]\n\
+         [[routes]]\nhosts = [\"{HOST}\"]\nweights = {{ old = 50, new = 50 }}\n",
+        dns.addr,
+        old.addr,
+        new.addr.port()
+    );
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let m = proxy.metrics().await;
+    assert_zero_series(
+        &m,
+        &[r#"cutover_dns_failures_total{backend="new",host="app.cluster.test"}"#.to_string()],
+    );
+    assert!(
+        !m.contains(r#"cutover_dns_failures_total{backend="old""#),
+        "a literal address is never looked up: {m}"
+    );
+    dns.fail(true);
+    eventually(
+        Duration::from_secs(10),
+        "a failed lookup counted",
+        || async {
+            let n = proxy
+                .metric(
+                    "cutover_dns_failures_total",
+                    &[("backend", "new"), ("host", "app.cluster.test")],
+                )
+                .await;
+            (n >= 1.0).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

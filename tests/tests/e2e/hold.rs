@@ -221,3 +221,82 @@ async fn a_backend_at_weight_zero_drains() {
     })
     .await;
 }
+
+/// Every method but GET, HEAD, OPTIONS and TRACE is a write: during a writes hold,
+/// WebDAV's PROPPATCH and MKCOL and a custom method wait like a POST and, after the
+/// release, go to the new write side; a GET is answered at once meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webdav_and_custom_methods_are_held_like_a_post() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = two_backend_config(
+        old.addr,
+        new.addr,
+        &[HOST],
+        (100.0, 0.0),
+        "writes = \"old\"",
+    );
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let r = proxy
+        .admin_call(
+            Method::POST,
+            "/routes/shop.test/hold",
+            r#"{"scope":"writes","max":"30s"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let methods = ["PROPPATCH", "MKCOL", "POST", "FROBNICATE"];
+    let sent: Vec<_> = methods
+        .iter()
+        .map(|m| {
+            let method = Method::from_bytes(m.as_bytes()).unwrap();
+            let (c, addr) = (proxy.client().clone(), proxy.http);
+            tokio::spawn(async move {
+                c.send(addr, method, HOST, "/dav/item", &[], "<propertyupdate/>")
+                    .await
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(10), "the four writes held", || async {
+        (proxy.status().await["routes"][0]["hold"]["held"] == methods.len()).then_some(())
+    })
+    .await;
+    // A read is not held: answered by old while the writes wait.
+    let started = Instant::now();
+    let r = proxy.get(HOST, "/dav/item").await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "old"), "{}", r.body);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        sent.iter().all(|t| !t.is_finished()),
+        "no held write was answered before the release"
+    );
+    assert_eq!((old.writes(), new.writes()), (0, 0));
+    assert_eq!(proxy.status().await["routes"][0]["hold"]["held"], 4);
+
+    let r = proxy
+        .admin_call(
+            Method::POST,
+            "/routes/shop.test/release",
+            r#"{"writes":"new"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for (m, t) in methods.iter().zip(sent) {
+        let r = tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .unwrap_or_else(|_| panic!("{m} answered after the release"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.backend()),
+            (200, "new"),
+            "{m}: {}",
+            r.body
+        );
+        assert_eq!(
+            r.header("x-seen-method"),
+            *m,
+            "the method went through as sent"
+        );
+    }
+    assert_eq!((old.writes(), new.writes()), (0, 4));
+}

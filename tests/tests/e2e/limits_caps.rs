@@ -1,15 +1,20 @@
 //! `[limits]` caps: connections in all and per client address, header and body
-//! sizes (431, 413), the upstream pool (503 with `Retry-After` at once), a route's
-//! retry budget, and the hold queue shared by every route.
+//! sizes (431, 413), the upstream pool (503 with `Retry-After` at once) and its idle
+//! connections' lifetime, a route's retry budget, the hold queue shared by every
+//! route, and a route's request buffering turned off.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cutover_tests::{Backend, Client, ProxyBuilder, eventually, h2_get_with};
 use http::Method;
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
-use crate::limits::{HEAVY, HOST, config, connect_from, exchange, get_on, load, wait_closed};
+use crate::limits::{
+    HEAVY, HOST, config, connect_from, exchange, get_on, load, read_response, wait_closed,
+};
 
 const CLIENT_A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const CLIENT_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
@@ -428,4 +433,122 @@ async fn requests_beyond_the_upstream_pool_get_503_at_once() {
         )
         .await;
     assert_eq!(overloaded, 6.0);
+    // Each is the proxy's own answer, where an error-ratio gate looks.
+    let answered = proxy
+        .metric(
+            "cutover_requests_total",
+            &[("route", HOST), ("backend", "proxy"), ("code", "503")],
+        )
+        .await;
+    assert_eq!(answered, 6.0, "{}", proxy.metrics().await);
+}
+
+/// `upstream_idle = "500ms"`: the connection a request opened goes back to the pool
+/// and, once idle that long, the proxy closes it (the backend sees the close), so
+/// the next request opens a new one.
+#[tokio::test]
+async fn an_idle_upstream_connection_is_closed_after_upstream_idle() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = config(&old, &new, (100.0, 0.0), "", "upstream_idle = \"500ms\"")
+        .replace("old = 100, new = 0", "old = 100");
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let r = proxy.get(HOST, "/").await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "old"), "{}", r.body);
+    let answered = Instant::now();
+    assert_eq!((old.connections(), old.connections_open()), (1, 1));
+    let closed_after = eventually(
+        Duration::from_secs(5),
+        "the idle upstream connection to be closed",
+        || async { (old.connections_open() == 0).then(|| answered.elapsed()) },
+    )
+    .await;
+    eprintln!("upstream_idle 500ms: the idle connection closed after {closed_after:?}");
+    assert!(
+        closed_after >= Duration::from_millis(400),
+        "closed after {closed_after:?}, before upstream_idle"
+    );
+    assert!(
+        closed_after < Duration::from_secs(2),
+        "closed after {closed_after:?}"
+    );
+    // The proxy closed it: the backend never closes an idle connection itself.
+    let r = proxy.get(HOST, "/").await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "old"), "{}", r.body);
+    assert_eq!(
+        old.connections(),
+        2,
+        "the next request opened a new connection"
+    );
+    assert_eq!(old.requests(), 2);
+}
+
+/// A route with `request_buffering = false` streams a write's body: the backend has
+/// its first bytes while the client still holds back the rest. On a route with the
+/// default, the backend sees nothing of the body (nor the request) until it is
+/// complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_buffering_off_streams_an_upload_and_on_holds_it_until_complete() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [backends.old]\naddrs = [\"{}\"]\n[backends.new]\naddrs = [\"{}\"]\n\
+         [[routes]]\nhosts = [\"stream.test\"]\nweights = {{ old = 100 }}\nrequest_buffering = false\n\
+         [[routes]]\nhosts = [\"buffered.test\"]\nweights = {{ new = 100 }}\n",
+        old.addr, new.addr
+    );
+    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    const TOTAL: usize = 100_000;
+    const FIRST: usize = 10_000;
+    let head = |host: &str| {
+        format!("POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: {TOTAL}\r\n\r\n")
+    };
+    let part = vec![b'u'; FIRST];
+    let rest = vec![b'v'; TOTAL - FIRST];
+    // The buffered upload starts first, so it has had at least as long.
+    let mut buffered = TcpStream::connect(proxy.http).await.unwrap();
+    buffered
+        .write_all(head("buffered.test").as_bytes())
+        .await
+        .unwrap();
+    buffered.write_all(&part).await.unwrap();
+    let mut streamed = TcpStream::connect(proxy.http).await.unwrap();
+    streamed
+        .write_all(head("stream.test").as_bytes())
+        .await
+        .unwrap();
+    streamed.write_all(&part).await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the streamed upload's first bytes at the backend",
+        || async { (old.stats.uploaded.load(Ordering::SeqCst) >= FIRST as u64).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        old.stats.uploaded.load(Ordering::SeqCst),
+        FIRST as u64,
+        "no more than the client sent"
+    );
+    let s = proxy.status().await;
+    assert_eq!(s["routes"][0]["name"], "stream.test", "{s}");
+    assert_eq!(s["routes"][0]["inflight_writes"]["old"], 1, "{s}");
+    // The buffered one, sent earlier, has not reached its backend at all.
+    assert_eq!(new.stats.uploaded.load(Ordering::SeqCst), 0);
+    assert_eq!(new.connections(), 0, "no connection to new yet");
+    assert_eq!(s["routes"][1]["inflight_writes"]["new"], 0, "{s}");
+
+    streamed.write_all(&rest).await.unwrap();
+    let r = read_response(&mut streamed).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(String::from_utf8_lossy(&r.body).trim(), TOTAL.to_string());
+    assert_eq!(new.stats.uploaded.load(Ordering::SeqCst), 0);
+
+    buffered.write_all(&rest).await.unwrap();
+    let r = read_response(&mut buffered).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(String::from_utf8_lossy(&r.body).trim(), TOTAL.to_string());
+    assert_eq!(
+        new.stats.uploaded.load(Ordering::SeqCst),
+        TOTAL as u64,
+        "the whole body, once complete"
+    );
 }

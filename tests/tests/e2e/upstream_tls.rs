@@ -2,6 +2,10 @@
 //! a clear 502 when the backend's certificate is not trusted; `protocol = "auto"`
 //! follows ALPN.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use cutover_tests::{Backend, ProxyBuilder};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
@@ -174,44 +178,184 @@ async fn protocol_auto_speaks_what_the_backend_picks_by_alpn() {
     assert_eq!(r.header("x-seen-version"), "HTTP/2.0");
 }
 
+/// A TLS backend with a health check, 50/50 with a plain one: its probes go over
+/// TLS and keep it healthy; failing them takes it out and passing brings it back;
+/// once it is stopped it is marked down, and `/status` and the metrics show its
+/// share on the other side, with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_backend_with_a_health_check_is_judged_over_tls() {
     let (ca, cert, key) = issue("backend.test");
-    let new = Backend::start_tls("new", &cert, &key);
+    let mut new = Backend::start_tls("new", &cert, &key);
     let old = Backend::start("old");
     let cfg = config(
         old.addr,
         new.addr,
         "{ sni = \"backend.test\", ca_file = \"ca.pem\" }\n\
          health = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", healthy = 1, unhealthy = 2 }",
-    );
+    )
+    .replace("weights = { new = 100 }", "weights = { old = 50, new = 50 }");
     let proxy = start_trusting(&ca, &cfg);
     let healthy = |s: &serde_json::Value| s["backends"][1]["addrs"][0]["healthy"].clone();
     // Several probes in (each one a request the TLS backend answered), and still up.
-    cutover_tests::eventually(
-        std::time::Duration::from_secs(10),
-        "five probes",
-        || async {
-            let probes = new
-                .stats
-                .health_checks
-                .load(std::sync::atomic::Ordering::SeqCst);
-            (probes >= 5).then_some(())
-        },
-    )
+    cutover_tests::eventually(Duration::from_secs(10), "five probes", || async {
+        let probes = new.stats.health_checks.load(Ordering::SeqCst);
+        (probes >= 5).then_some(())
+    })
     .await;
     let s = proxy.status().await;
     assert_eq!(s["backends"][1]["name"], "new");
     assert_eq!(healthy(&s), true, "{s}\n{}", proxy.logs());
-    let r = proxy.get(HOST, "/").await;
-    assert_eq!((r.status.as_u16(), r.body.trim()), (200, "new"));
+    let route = &s["routes"][0];
+    assert_eq!(route["effective_weights"]["new"], 50.0, "{route}");
+    assert!(route["effective_reason"].is_null(), "{route}");
+    // A new user each time: both sides answer, the TLS one included.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let r = proxy.get(HOST, "/").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        seen.insert(r.body.trim().to_string());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "both sides serve: {seen:?}");
 
-    // Failing its check takes it out.
+    // Failing its check takes it out; passing again brings it back.
     new.health(503);
-    cutover_tests::eventually(
-        std::time::Duration::from_secs(10),
-        "new marked down",
-        || async { (healthy(&proxy.status().await) == false).then_some(()) },
+    cutover_tests::eventually(Duration::from_secs(10), "new marked down", || async {
+        (healthy(&proxy.status().await) == false).then_some(())
+    })
+    .await;
+    new.health(0);
+    cutover_tests::eventually(Duration::from_secs(10), "new back up", || async {
+        (healthy(&proxy.status().await) == true).then_some(())
+    })
+    .await;
+
+    // Stopped: its probes fail to connect, and its share visibly moves to old.
+    new.kill();
+    let s = cutover_tests::eventually(
+        Duration::from_secs(10),
+        "stopped new marked down",
+        || async {
+            let s = proxy.status().await;
+            (s["backends"][1]["healthy"] == false).then_some(s)
+        },
     )
     .await;
+    assert_eq!(healthy(&s), false, "{s}");
+    let route = &s["routes"][0];
+    assert_eq!(route["weights"]["new"], 50.0, "configured: {route}");
+    assert_eq!(route["weights"]["old"], 50.0, "configured: {route}");
+    assert_eq!(route["effective_weights"]["new"], 0.0, "{route}");
+    assert_eq!(route["effective_weights"]["old"], 100.0, "{route}");
+    let reasons: Vec<&str> = route["effective_reason"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("new has no healthy address") && r.contains("old")),
+        "the reason names new and where its share went: {route}"
+    );
+    let m = proxy.metrics().await;
+    let effective = |b| {
+        cutover_tests::metric_sum(
+            &m,
+            "cutover_route_effective_weight",
+            &[("route", HOST), ("backend", b)],
+        )
+    };
+    assert_eq!((effective("old"), effective("new")), (100.0, 0.0), "{m}");
+    let configured = |b| {
+        cutover_tests::metric_sum(
+            &m,
+            "cutover_route_weight",
+            &[("route", HOST), ("backend", b)],
+        )
+    };
+    assert_eq!((configured("old"), configured("new")), (50.0, 50.0), "{m}");
+    assert!(
+        m.contains(&format!(
+            "cutover_upstream_healthy{{addr=\"{}\",backend=\"new\"}} 0",
+            new.addr
+        )),
+        "{m}"
+    );
+    // Every user is served by old now.
+    for _ in 0..20 {
+        let r = proxy.get(HOST, "/").await;
+        assert_eq!((r.status.as_u16(), r.backend()), (200, "old"), "{}", r.body);
+    }
+}
+
+/// A backend that accepts TCP and never answers the TLS handshake: the handshake is
+/// cut inside `connect_timeout`, answered 502 or 504 at once, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_never_completes_is_cut_at_connect_timeout() {
+    let (ca, _, _) = issue("backend.test");
+    // Accepts every connection and holds it, saying nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let holder = {
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                held.push(s);
+            }
+        })
+    };
+    let old = Backend::start("old");
+    let cfg = config(
+        old.addr,
+        silent,
+        "{ sni = \"backend.test\", ca_file = \"ca.pem\" }",
+    )
+    .replace(
+        "attempts = 1\n",
+        "attempts = 1\ntimeouts = { connect = \"500ms\", response_header = \"30s\" }\n",
+    );
+    let proxy = start_trusting(&ca, &cfg);
+    let started = Instant::now();
+    let r = proxy.get(HOST, "/").await;
+    let took = started.elapsed();
+    let status = r.status.as_u16();
+    eprintln!(
+        "silent TLS backend: {status} after {took:?}: {}",
+        r.body.trim()
+    );
+    assert!(status == 502 || status == 504, "{status}: {}", r.body);
+    assert_eq!(r.backend(), "new");
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 1,
+        "the TCP connection was made; the handshake is what hung"
+    );
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
+        "cut after {took:?}, connect_timeout is 500ms"
+    );
+    let m = proxy.metrics().await;
+    let errors = |kind| {
+        cutover_tests::metric_sum(
+            &m,
+            "cutover_upstream_errors_total",
+            &[("route", HOST), ("backend", "new"), ("kind", kind)],
+        )
+    };
+    assert_eq!(errors("connect") + errors("timeout"), 1.0, "{m}");
+    let code = status.to_string();
+    assert_eq!(
+        cutover_tests::metric_sum(
+            &m,
+            "cutover_requests_total",
+            &[("route", HOST), ("backend", "new"), ("code", &code)],
+        ),
+        1.0,
+        "{m}"
+    );
+    holder.abort();
 }
