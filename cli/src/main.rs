@@ -26,6 +26,8 @@ struct Cli {
     command: Top,
 }
 
+// Parsed once per process: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Top {
     #[command(flatten)]

@@ -47,6 +47,9 @@ pub struct Stats {
     /// replica: when each ended, in seconds since `epoch` (the first
     /// [`MAX_TIMES`] of each).
     pub unanswered: BTreeMap<String, Vec<f64>>,
+    /// Connections from the hostile clients ([`crate::hostile::SOURCE`]), which are
+    /// left out of `unanswered` and `slow`.
+    pub hostile: u64,
     /// Connections on which the client once waited [`SLOW`] or more for an
     /// answer, by replica.
     pub slow: BTreeMap<String, u64>,
@@ -223,19 +226,26 @@ async fn relay(client: TcpStream, shared: Arc<Shared>) {
                 let peer = client
                     .peer_addr()
                     .map_or_else(|_| "?".into(), |a| a.to_string());
+                // The hostile clients' slowloris heads are never answered by
+                // design: they are not users' requests left unanswered.
+                let hostile = client
+                    .peer_addr()
+                    .is_ok_and(|a| a.ip() == crate::hostile::SOURCE);
                 let done = splice(client, upstream).await;
                 let at = shared.epoch.elapsed().as_secs_f64();
                 let mut stats = shared.stats();
-                if done.unanswered {
+                if hostile {
+                    stats.hostile += 1;
+                } else if done.unanswered {
                     let times = stats.unanswered.entry(m.name.clone()).or_default();
                     if times.len() < MAX_TIMES {
                         times.push(at);
                     }
                 }
-                if done.longest_wait >= SLOW {
+                if done.longest_wait >= SLOW && !hostile {
                     *stats.slow.entry(m.name.clone()).or_default() += 1;
                 }
-                if stats.log.len() < MAX_LOG {
+                if stats.log.len() < MAX_LOG && !hostile {
                     stats.log.push(format!(
                         "{began:9.3}s {at:9.3}s {} {peer} up {}B down {}B longest wait {} ms; {}{}",
                         m.name,

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub(super) use exercise::{FleetEvent, exercise};
-pub(super) use report::{FleetReport, section};
+pub(super) use report::{moments, section};
 
 use super::balancer::Balancer;
 use super::binaries::Program;

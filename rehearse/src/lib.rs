@@ -21,11 +21,15 @@ pub mod binaries;
 pub mod cluster;
 mod dns;
 mod fleet;
+mod hostile;
+mod machine;
 mod platform;
 mod procs;
 mod rig;
 mod run;
 mod users;
+mod view;
+mod workers;
 mod writes;
 
 use std::path::PathBuf;
@@ -59,7 +63,8 @@ pub struct RehearseArgs {
     #[arg(long, value_name = "DIR", default_value = "cutover-report")]
     pub out: PathBuf,
 
-    /// Proxy replicas (1 to 8). With more than one, they run as a fleet behind one
+    /// Proxy replicas (1 to 8; default 3, as a Deployment runs them; 1 for a single
+    /// proxy process). With more than one, they run as a fleet behind one
     /// local L4 balancer, like pods behind a Service: each on its own loopback
     /// address (127.0.0.2, .3, ...), found by its peers and by the plan through a
     /// local DNS name, in the balancer only while its /readyz answers 200. During
@@ -67,7 +72,7 @@ pub struct RehearseArgs {
     /// balancer, SIGTERM, drained, started again on its state file, back in once
     /// ready); during the first switchover's write hold one more replica is added.
     /// The report lists both, with their times.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_replicas)]
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = parse_replicas)]
     pub replicas: usize,
 }
 
@@ -165,12 +170,17 @@ async fn ctrl_c() {
 /// Progress lines on stderr, each with the time since the start.
 struct Progress {
     start: Instant,
+    /// The same moment in Unix seconds, to place these times among the plan's.
+    start_unix: f64,
 }
 
 impl Progress {
     fn new() -> Progress {
         Progress {
             start: Instant::now(),
+            start_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
         }
     }
 

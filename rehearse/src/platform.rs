@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::app::{AppSpec, ITEM_ID_HEADER, schema};
 use super::cluster::{Cluster, ClusterError};
+use super::workers::WriterRole;
 
 /// One application of the platform.
 #[derive(Debug, Clone, Copy)]
@@ -181,6 +182,55 @@ pub async fn create_databases(
     });
     for r in futures_util::future::join_all(seeds).await {
         r?;
+    }
+    Ok(())
+}
+
+/// The login roles of the writers past the proxy (`workers.rs`) on `cluster`:
+/// each with its own password, member of no other role. Roles are cluster-wide and
+/// the schema copy's grants name them, so both clusters need them before `sync`.
+pub async fn create_writer_roles(
+    cluster: &Cluster,
+    roles: &[WriterRole],
+) -> Result<(), ClusterError> {
+    let ddl: String = roles
+        .iter()
+        .map(|r| {
+            format!(
+                "CREATE ROLE {} LOGIN PASSWORD '{}';\n",
+                r.name,
+                r.password()
+            )
+        })
+        .collect();
+    cluster.sql("postgres", &ddl).await
+}
+
+/// What a writer past the proxy may do on its app's table: INSERT, read the id
+/// `RETURNING` gives back (that column only) and use the id's sequence. Granted on
+/// the old database; `sync` copies the grants to the new one with the schema.
+pub fn writer_grants(table: &str, role: &str) -> String {
+    format!(
+        "GRANT INSERT, SELECT (id) ON {table} TO {role};\n\
+         GRANT USAGE ON SEQUENCE {table}_id_seq TO {role};\n"
+    )
+}
+
+/// Grants every writer role its app's table on `cluster` (the old one: the tables
+/// exist there before the plan runs).
+pub async fn grant_writers(cluster: &Cluster, roles: &[WriterRole]) -> Result<(), ClusterError> {
+    for app in stateful() {
+        let Some(table) = app.table else {
+            continue;
+        };
+        let sql: String = roles
+            .iter()
+            .filter(|r| r.app.name == app.name)
+            .map(|r| writer_grants(table, &r.name))
+            .collect();
+        if !sql.is_empty() {
+            cluster.sql(app.database(), &sql).await?;
+        }
     }
     Ok(())
 }

@@ -13,11 +13,14 @@ use rand::distr::Alphanumeric;
 
 use super::app::Site;
 use super::cluster::{self, Cluster};
-use super::fleet::{self, Fleet, FleetReport};
+use super::fleet::{self, Fleet};
 use super::platform::{self, PLATFORM, PlanProxies, Timing};
 use super::rig::Rig;
 use super::users::{self, LoadFiles};
-use super::{Progress, RehearseArgs, RehearseError, binaries, io, procs, writes};
+use super::workers;
+use super::{
+    Progress, RehearseArgs, RehearseError, binaries, hostile, io, machine, procs, view, writes,
+};
 use cutover_controller::plan::record::Outcome;
 
 /// A random password: 24 letters and digits.
@@ -142,11 +145,16 @@ pub(super) async fn rehearse(
     for (role, pw) in &roles {
         let _ = writeln!(listing, "old+new {role} {pw}");
     }
+    // Writers past the proxy: a role per worker and job, the same on both clusters.
+    let writer_roles = workers::roles(password);
+    listing.push_str(&workers::listing(&writer_roles));
     write_private(&run_dir.join("passwords"), &listing)?;
     rig.secrets = [su_old.clone(), su_new.clone()]
         .into_iter()
         .chain(roles.iter().map(|(_, p)| p.clone()))
         .collect();
+    rig.secrets
+        .extend(writer_roles.iter().map(|r| r.password().to_string()));
 
     // The databases.
     let t = Instant::now();
@@ -175,6 +183,22 @@ pub(super) async fn rehearse(
     progress.done(
         t,
         "databases: 5 on old with schema and seed rows, 5 empty on new, a role per app on both",
+    );
+
+    // Writers past the proxy, from now until the plan ends (aborted if dropped).
+    let t = Instant::now();
+    for cluster in [old, new] {
+        platform::create_writer_roles(cluster, &writer_roles).await?;
+    }
+    platform::grant_writers(old, &writer_roles).await?;
+    let writers = workers::start(old, new, &writer_roles);
+    progress.done(
+        t,
+        &format!(
+            "writers past the proxy: {} roles on both clusters, each writing straight to the \
+             old and to the new database",
+            writer_roles.len()
+        ),
     );
 
     // The sites and the proxy.
@@ -242,11 +266,13 @@ pub(super) async fn rehearse(
     let scenario = run_dir.join("scenario.toml");
     write_file(&scenario, &platform::scenario())?;
     let (ledger, load_json) = (run_dir.join("ledger.jsonl"), run_dir.join("load.json"));
+    let timeline = run_dir.join("timeline.jsonl");
     let files = LoadFiles {
         scenario: &scenario,
         ledger: &ledger,
         json: &load_json,
         log: &run_dir.join("load.log"),
+        timeline: &timeline,
     };
     // A generous bound: the load is stopped when the plan ends, long before.
     let bound = timing.bake * 3 + Duration::from_secs(300);
@@ -257,6 +283,25 @@ pub(super) async fn rehearse(
     progress.line(&format!(
         "cutover-load: {} req/s open loop over the six hosts, 30% writes on the database apps, with a ledger",
         args.rate
+    ));
+
+    // What the machine does meanwhile: CPU per component and commit rates, to say
+    // what ran out if the users' view fails.
+    let sampler = machine::Sampler::start([("old", &old.data_dir()), ("new", &new.data_dir())]);
+    let commits_before = [machine::commits(old).await, machine::commits(new).await];
+    let sampled = Instant::now();
+
+    // Hostile clients beside the users, from now until the plan ends.
+    let (idle, slow) = if args.quick {
+        (hostile::IDLE / 4, hostile::SLOW / 4)
+    } else {
+        (hostile::IDLE, hostile::SLOW)
+    };
+    let hostile = hostile::Hostile::start(proxy_http, &PLATFORM[0].host(), idle, slow);
+    let hostile_from = progress.start_unix + progress.at();
+    progress.line(&format!(
+        "hostile clients: {idle} idle and {slow} slowloris connections held against the proxy \
+         throughout, each reopened when closed"
     ));
 
     // The migration.
@@ -289,6 +334,9 @@ pub(super) async fn rehearse(
     let plan_s = t.elapsed().as_secs_f64();
     progress.done(t, "plan finished");
 
+    // The writers past the proxy stop with the plan.
+    let writer_tallies = writers.stop().await;
+
     // Stop the users first: every acknowledged write is in the ledger then.
     let t = Instant::now();
     let load_report = users::stop(load, &load_json).await?;
@@ -319,15 +367,63 @@ pub(super) async fn rehearse(
         ),
     );
     record.ledger = Some(check);
+
+    // The writers past the proxy: their acknowledged writes, checked the same way.
+    let t = Instant::now();
+    let past = workers::check(old, new, &record.switched, &writer_tallies).await?;
+    progress.done(
+        t,
+        &format!(
+            "writers past the proxy checked: {} acknowledged writes, {} found, {} missing",
+            past.acknowledged(),
+            past.found(),
+            past.missing()
+        ),
+    );
+    record.past_proxy = past.by_kind.clone();
+
     users::add_users_view(&mut record, &load_report);
+    let cpu = sampler.stop().await;
+    let hostile_to = progress.start_unix + progress.at();
+    let hostile_report = hostile.stop().await;
+    let commits_after = [machine::commits(old).await, machine::commits(new).await];
+    let secs = sampled.elapsed().as_secs_f64().max(1e-3);
+    let commit_rates: Vec<(&str, f64)> = ["old", "new"]
+        .into_iter()
+        .zip(commits_before.iter().zip(&commits_after))
+        .filter_map(|(name, (b, a))| Some((name, (a.as_ref()? - b.as_ref()?) as f64 / secs)))
+        .collect();
+    let seconds = cutover_load::timeline::read(&timeline).unwrap_or_default();
+    let mut users_view = view::UsersVerdict::of(&load_report, &seconds);
+    if !users_view.passed() {
+        let max_behind = seconds.iter().map(|s| s.behind).max().unwrap_or(0);
+        users_view.saturated = Some(machine::diagnose(&cpu, &commit_rates, max_behind));
+    }
     let fleet_report = match &rig.fleet {
         Some(fleet) => Some(fleet.report(args.replicas).await),
         None => None,
     };
+    let mut moments = view::plan_moments(&record);
+    moments.push(view::Moment {
+        part: "hostile".into(),
+        what: format!(
+            "{idle} idle + {slow} slowloris connections held ({} opened, {} closed by the proxy)",
+            hostile_report.opened, hostile_report.closed_by_proxy
+        ),
+        from: hostile_from,
+        to: hostile_to,
+    });
+    if let Some(f) = &fleet_report {
+        moments.extend(fleet::moments(f, progress.start_unix));
+    }
+    let seen = view::seen(&moments, &seconds);
 
     let (md_path, json_path) = cutover_controller::plan::report::write(&record, &args.out)?;
     let mut markdown = cutover_controller::plan::report::markdown(&record);
     markdown.push_str(&users::section(&load_report, &entries, plan_s));
+    markdown.push_str(&view::section(&users_view, &seen, progress.start_unix));
+    markdown.push_str(&hostile::section(&hostile_report));
+    markdown.push_str(&workers::section(&past, &record));
     if let Some(f) = &fleet_report {
         markdown.push_str(&fleet::section(f));
     }
@@ -336,15 +432,23 @@ pub(super) async fn rehearse(
     write_file(&md_path, &clean)?;
     let mut json =
         std::fs::read_to_string(&json_path).map_err(io(format!("read {}", json_path.display())))?;
+    let mut parts = serde_json::Map::new();
+    parts.insert("users".into(), to_json(&users_view)?);
+    parts.insert("parts".into(), to_json(&seen)?);
+    parts.insert("cpu".into(), to_json(&cpu.uses())?);
+    parts.insert("hostile".into(), to_json(&hostile_report)?);
     if let Some(f) = &fleet_report {
-        json = with_rehearsal(&json, f)?;
+        parts.insert("fleet".into(), to_json(f)?);
     }
+    json = with_rehearsal(&json, parts)?;
     let clean_json = rig.redact(&json);
     let leaked = leaked || clean_json != json;
-    if clean_json != json || fleet_report.is_some() {
-        write_file(&json_path, &clean_json)?;
-    }
-    for (from, name) in [(&load_json, "load.json"), (&ledger, "ledger.jsonl")] {
+    write_file(&json_path, &clean_json)?;
+    for (from, name) in [
+        (&load_json, "load.json"),
+        (&ledger, "ledger.jsonl"),
+        (&timeline, "timeline.jsonl"),
+    ] {
         std::fs::copy(from, args.out.join(name)).map_err(io(format!(
             "copy {} to {}",
             from.display(),
@@ -359,6 +463,7 @@ pub(super) async fn rehearse(
         && v.failed_requests == 0
         && v.lost_writes == 0
         && fleet_problems.is_empty()
+        && users_view.passed()
         && !leaked;
     progress.line(&format!(
         "{}: outcome {}, {} failed requests, {} lost writes, {:.0}s of downtime; report: {} and {}",
@@ -373,6 +478,12 @@ pub(super) async fn rehearse(
     for p in fleet_problems {
         progress.line(&format!("fleet: {p}"));
     }
+    for p in &users_view.problems {
+        progress.line(&format!("users: {p}"));
+    }
+    if let Some(what) = &users_view.saturated {
+        progress.line(&format!("what ran out: {what}"));
+    }
     if leaked {
         progress
             .line("a password appeared in the report and was replaced by ********; that is a bug");
@@ -380,16 +491,21 @@ pub(super) async fn rehearse(
     Ok(if ok { 0 } else { 1 })
 }
 
-/// The plan runner's report.json with rehearse's own part added under
-/// `"rehearsal"`: the fleet, its events and the balancer's figures.
-fn with_rehearsal(json: &str, fleet: &FleetReport) -> Result<String, RehearseError> {
+fn to_json(value: &impl serde::Serialize) -> Result<serde_json::Value, RehearseError> {
+    serde_json::to_value(value).map_err(|e| RehearseError::Step(format!("report.json: {e}")))
+}
+
+/// The plan runner's report.json with rehearse's own parts added under
+/// `"rehearsal"`: the users' verdict, what they saw part by part, CPU per
+/// component, and with a fleet its events and the balancer's figures.
+fn with_rehearsal(
+    json: &str,
+    parts: serde_json::Map<String, serde_json::Value>,
+) -> Result<String, RehearseError> {
     let bad = |e: serde_json::Error| RehearseError::Step(format!("report.json: {e}"));
     let mut value: serde_json::Value = serde_json::from_str(json).map_err(bad)?;
     if let Some(map) = value.as_object_mut() {
-        map.insert(
-            "rehearsal".into(),
-            serde_json::json!({ "fleet": serde_json::to_value(fleet).map_err(bad)? }),
-        );
+        map.insert("rehearsal".into(), serde_json::Value::Object(parts));
     }
     let mut text = serde_json::to_string_pretty(&value).map_err(bad)?;
     text.push('\n');

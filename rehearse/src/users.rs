@@ -24,6 +24,8 @@ pub(super) struct LoadFiles<'a> {
     pub ledger: &'a Path,
     pub json: &'a Path,
     pub log: &'a Path,
+    /// cutover-load's `--timeline`: what the users see, second by second.
+    pub timeline: &'a Path,
 }
 
 /// Starts `cutover-load` against the proxy for at most `bound`.
@@ -48,6 +50,8 @@ pub(super) fn start(
         .arg(files.ledger)
         .arg("--json")
         .arg(files.json)
+        .arg("--timeline")
+        .arg(files.timeline)
         .args(["--quiet", "--threads", "1", "--timeout", "15s"])
         .arg("--connections")
         .arg(connections.to_string())
@@ -137,10 +141,10 @@ pub(super) fn failed(r: &Report) -> u64 {
 
 /// Records what the users saw, so that the verdict counts the larger of the
 /// proxies' and the users' figures. The proxies only count what reached them as
-/// 5xx; a connection refused before them, an answer cut short or a 4xx shows only
-/// here.
+/// 5xx; a connection refused before them, an answer cut short, a 4xx or a request
+/// never sent (every connection busy) shows only here.
 pub(super) fn add_users_view(record: &mut Record, load: &Report) {
-    record.client_failed_requests = Some(failed(load));
+    record.client_failed_requests = Some(failed(load) + load.unsent);
 }
 
 /// The report's section on what the load generator saw.

@@ -184,7 +184,8 @@ pub struct Verdict {
     pub downtime_s: f64,
     pub failed_requests: u64,
     /// Writes lost: source rows missing after a switchover, plus acknowledged writes
-    /// missing from the ledger check when there was one.
+    /// missing from the ledger check when there was one, and from the check of the
+    /// writers past the proxies.
     pub lost_writes: u64,
 }
 
@@ -291,6 +292,11 @@ pub struct Record {
     pub retired: Vec<RetiredObject>,
     #[serde(default)]
     pub ledger: Option<LedgerCheck>,
+    /// Writers that go to the databases past the proxies (a rehearsal's workers
+    /// and jobs), by kind: their acknowledged writes checked like the ledger's.
+    /// The verdict counts their missing writes as lost.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub past_proxy: BTreeMap<String, LedgerCheck>,
     /// Failed requests as a load generator running alongside saw them (what users
     /// see: also connections refused before the proxies, answers cut short, 4xx).
     /// The verdict counts the larger of this and the proxies' 5xx.

@@ -26,7 +26,8 @@ pub use markdown::markdown;
 ///   (samples are one per second, so a run of n seconds counts n, not n - 1);
 /// - failed requests: the errors of every span (spans do not overlap);
 /// - lost writes: source rows missing after each switchover, plus acknowledged
-///   writes the ledger check did not find.
+///   writes the ledger check did not find, plus those of the writers past the
+///   proxies (`past_proxy`) not found.
 pub fn verdict(r: &Record) -> Verdict {
     let from_tables: u64 = r
         .verify
@@ -42,7 +43,9 @@ pub fn verdict(r: &Record) -> Verdict {
             .map(|s| s.traffic.errors)
             .sum::<u64>()
             .max(r.client_failed_requests.unwrap_or(0)),
-        lost_writes: from_tables + r.ledger.as_ref().map_or(0, |l| l.missing),
+        lost_writes: from_tables
+            + r.ledger.as_ref().map_or(0, |l| l.missing)
+            + r.past_proxy.values().map(|l| l.missing).sum::<u64>(),
     }
 }
 

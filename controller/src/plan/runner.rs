@@ -532,6 +532,7 @@ fn fresh_record(plan: &Plan) -> Record {
         verify: Vec::new(),
         retired: Vec::new(),
         ledger: None,
+        past_proxy: BTreeMap::new(),
         client_failed_requests: None,
         error_seconds: Vec::new(),
         replicas: Vec::new(),

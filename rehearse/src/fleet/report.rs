@@ -90,6 +90,31 @@ pub struct FleetReport {
     pub problems: Vec<String>,
 }
 
+/// Each restart and addition as a part of the rehearsal, from its first step to
+/// its last, in Unix seconds (`start_unix` is the rehearsal's start).
+pub fn moments(r: &FleetReport, start_unix: f64) -> Vec<crate::view::Moment> {
+    r.events
+        .iter()
+        .map(|e| {
+            let end = e.steps.last().map_or(e.at_s, |s| s.at_s);
+            crate::view::Moment {
+                part: "fleet".into(),
+                what: format!(
+                    "{} {} ({}){}",
+                    e.kind,
+                    e.replica,
+                    e.why,
+                    e.error
+                        .as_ref()
+                        .map_or_else(String::new, |x| format!(": FAILED {x}"))
+                ),
+                from: start_unix + e.at_s,
+                to: start_unix + end,
+            }
+        })
+        .collect()
+}
+
 /// The report's section on the fleet.
 pub fn section(r: &FleetReport) -> String {
     let mut s = String::from("\n## The proxy fleet (--replicas)\n\n");

@@ -171,6 +171,7 @@ fn record() -> Record {
             detail: String::new(),
         }],
         ledger: None,
+        past_proxy: BTreeMap::new(),
         client_failed_requests: None,
         error_seconds: Vec::new(),
         replicas: vec![
@@ -258,6 +259,24 @@ fn the_ledger_adds_to_lost_writes() {
     assert!(md.contains("## Acknowledged writes"), "{md}");
     assert!(md.contains("| 1,000 | 997 | 3 |"), "{md}");
     assert!(md.contains("- tasks 17"), "{md}");
+}
+
+#[test]
+fn writes_lost_past_the_proxy_add_to_lost_writes() {
+    let mut r = record();
+    let before = verdict(&r).lost_writes;
+    for (kind, missing) in [("workers", 2), ("nightly job", 5)] {
+        r.past_proxy.insert(
+            kind.into(),
+            LedgerCheck {
+                acknowledged: 100,
+                found: 100 - missing,
+                missing,
+                missing_examples: Vec::new(),
+            },
+        );
+    }
+    assert_eq!(verdict(&r).lost_writes, before + 7);
 }
 
 #[test]
