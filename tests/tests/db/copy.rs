@@ -164,7 +164,7 @@ async fn the_controllers_copy_misses_no_write_made_during_it() {
     };
     let watch = pair.old.connect("postgres").await;
     eventually(
-        Duration::from_secs(60),
+        Duration::from_secs(200),
         "the slot's creation waiting",
         || async {
             let n: i64 = watch
