@@ -141,10 +141,12 @@ impl Cidr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// From accept until the first request's head has arrived (TLS handshake and
-    /// PROXY header included): a silent or trickling client is closed after it.
+    /// PROXY header included), and for every later head from its first byte: a
+    /// silent or trickling client is closed after it.
     pub request_head: Duration,
-    /// An HTTP/1 connection may wait this long for its next request (head
-    /// included); an HTTP/2 connection with no stream open this long is closed.
+    /// An HTTP/1 connection may wait this long for the first byte of its next
+    /// request (the head then has `request_head`); an HTTP/2 connection with no
+    /// stream open this long is closed.
     pub keepalive: Duration,
     /// HTTP/2: a PING after this long without a frame from the client, and the
     /// connection closes when it is not answered within `h2_ping_timeout`.

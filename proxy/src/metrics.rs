@@ -298,7 +298,7 @@ impl Metrics {
     }
 
     /// Starts a route's series that are not tied to a backend at 0: its client
-    /// timeouts (`request_body`, the only kind counted per route), its retry budget
+    /// timeouts (`request_body` and `send`, the kinds counted per route), its retry budget
     /// spent, and every answer the proxy can give itself on it (`backend="proxy"`).
     pub fn route_start(&self, route: &str) {
         for kind in ROUTE_CLIENT_TIMEOUTS {
@@ -415,7 +415,7 @@ impl Metrics {
 const CLIENT_TIMEOUTS: [&str; 3] = ["request_head", "keepalive", "send"];
 
 /// The kinds of client timeouts counted per route.
-const ROUTE_CLIENT_TIMEOUTS: [&str; 1] = ["request_body"];
+const ROUTE_CLIENT_TIMEOUTS: [&str; 2] = ["request_body", "send"];
 
 /// The route label of the proxy's answers to a request no route takes.
 const UNROUTED: &str = "unrouted";

@@ -16,7 +16,7 @@
 
 use std::fmt::Write as _;
 
-use cutover_controller::plan::record::Record;
+use cutover_controller::plan::record::{PhaseName, Record};
 use cutover_load::Report;
 use cutover_load::timeline::Second;
 
@@ -135,7 +135,7 @@ pub fn plan_moments(record: &Record) -> Vec<Moment> {
             .timeline
             .iter()
             .filter(|e| e.app.as_deref() == Some(sw.app.as_str()))
-            .filter(|e| format!("{:?}", e.phase).to_lowercase().contains("switch"))
+            .filter(|e| e.phase == PhaseName::Switchover)
             .map(|e| e.at)
             .collect();
         if let (Some(from), Some(to)) = (

@@ -14,8 +14,10 @@
 //! connection broke. [`check`] then looks every acknowledged write up where that
 //! app's writes go at the end, as `writes.rs` does for the load generator's ledger.
 //!
-//! The new cluster's writers connect from the start but write only once `sync`
-//! has put the write block on their table ([`NEW_SIDE_WAITS_FOR_BLOCK`] says why).
+//! The new cluster's writers write from the start, as a worker deployed early
+//! does: "undefined table" until `sync` creates their table, then the write block's
+//! refusal until its switchover. `sync` creates each table and its block in one
+//! transaction, so none of their writes can land in the replica.
 //!
 //! Roles are cluster-wide, so both clusters get them before the plan runs; the
 //! grants are made on the old database and copied to the new one by `sync` with
@@ -53,16 +55,6 @@ const BACKOFF_MAX: Duration = Duration::from_millis(250);
 /// dropped. The switchover's block waits for writers' locks for up to its own
 /// deadline, during which an INSERT queues: longer than that.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
-/// A new cluster's writers begin writing only once `sync` has put the write block
-/// on their table, as if deployed after the new database was prepared. Needed
-/// because `cutover db sync` restores the table with its grants and only then
-/// blocks it: a writer already connected to the new database can commit a row
-/// into the replica in between (the rehearsal measured it: the tasks worker's row
-/// took id 1, and the subscription's initial copy then failed on every retry with
-/// "duplicate key ... Key (id)=(1)"). Set it to false once `sync` closes that gap.
-const NEW_SIDE_WAITS_FOR_BLOCK: bool = true;
-/// How often a new cluster's writer looks for its table's write block.
-const DEPLOY_POLL: Duration = Duration::from_millis(100);
 /// How long [`Workers::stop`] lets the writes in progress finish.
 const STOP_WITHIN: Duration = Duration::from_secs(20);
 
@@ -353,9 +345,6 @@ async fn write_loop(spec: Spec, tally: Arc<Mutex<Tally>>, mut stopped: watch::Re
     let mut n: u64 = 0;
     // A connection broke: the next one made is a reconnection.
     let mut reconnecting = false;
-    // A new cluster's writer waits for `sync` to have made its table refuse writes
-    // (see [`NEW_SIDE_WAITS_FOR_BLOCK`]).
-    let mut deployed = spec.side == Side::Old || !NEW_SIDE_WAITS_FOR_BLOCK;
     // Failures count rows: a refused batch is `kind.rows()` writes refused.
     let count = |why: String, rows: usize| {
         let mut t = tally.lock().unwrap_or_else(PoisonError::into_inner);
@@ -401,21 +390,6 @@ async fn write_loop(spec: Spec, tally: Arc<Mutex<Tally>>, mut stopped: watch::Re
             backoff = (backoff * 2).min(longest);
             continue;
         };
-        if !deployed {
-            next = Instant::now() + DEPLOY_POLL;
-            match timeout(WRITE_TIMEOUT, blocked(c, spec.role.table())).await {
-                Ok(Ok(true)) => deployed = true,
-                Ok(Err(e)) if reason(&e).1 => {
-                    client = None;
-                    continue;
-                }
-                Err(_) => {
-                    client = None;
-                    continue;
-                }
-                Ok(Ok(false) | Err(_)) => continue,
-            }
-        }
         let bodies: Vec<String> = (0..kind.rows())
             .map(|_| {
                 n += 1;
@@ -481,18 +455,6 @@ fn body(spec: &Spec, n: u64) -> String {
         "{{\"writer\":\"{kind}\",\"app\":\"{app}\",\"side\":\"{side}\",\"write\":\"{}-{app}-{kind}-{side}-{n}\"}}",
         spec.run
     )
-}
-
-/// Whether `table` exists and carries the switchover's write block.
-async fn blocked(client: &Client, table: &str) -> Result<bool, tokio_postgres::Error> {
-    client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) \
-             AND tgname = $2)",
-            &[&table, &cutover_controller::switchover::block::TRIGGER],
-        )
-        .await?
-        .try_get(0)
 }
 
 async fn connect(dsn: &str) -> Result<Client, tokio_postgres::Error> {

@@ -194,9 +194,9 @@ pub fn section(p: &PastProxy, record: &Record) -> String {
          (role `<app>_worker`), connected straight to that cluster's database and inserting \
          a row every {} ms throughout, and {NIGHTLY_APP} a nightly job (role \
          `{NIGHTLY_APP}_nightly`) inserting {NIGHTLY_BATCH} rows in one transaction every \
-         {} s on both sides. The new cluster's writers begin once `sync` has put the write \
-         block on their table (before it, `sync` leaves a moment in which they could write \
-         into the replica). Every write they were acknowledged was looked up, by id and \
+         {} s on both sides. The new cluster's writers write from the start: their table \
+         does not exist until `sync` creates it, with its write block in the same \
+         transaction, and the block refuses them until the switchover. Every write they were acknowledged was looked up, by id and \
          body, where its app's writes go at the end (new once its switchover was done). A \
          write that failed was not acknowledged; it is counted by reason, and the writer \
          went on. Figures count rows (a nightly batch is {NIGHTLY_BATCH}); times are seconds \

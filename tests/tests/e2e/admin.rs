@@ -186,9 +186,11 @@ fn route_series(route: &str, members: &[&str]) -> Vec<String> {
             r#"cutover_requests_total{{backend="proxy",code="{code}",route="{route}"}}"#
         ));
     }
-    out.push(format!(
-        r#"cutover_client_timeouts_total{{kind="request_body",route="{route}"}}"#
-    ));
+    for kind in ["request_body", "send"] {
+        out.push(format!(
+            r#"cutover_client_timeouts_total{{kind="{kind}",route="{route}"}}"#
+        ));
+    }
     out.push(format!(
         r#"cutover_retry_budget_exhausted_total{{route="{route}"}}"#
     ));
