@@ -11,3 +11,4 @@ pub mod record;
 pub mod report;
 pub mod runner;
 pub mod state;
+pub mod users;

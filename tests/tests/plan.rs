@@ -24,3 +24,5 @@ mod rehearse;
 mod replicas;
 #[path = "plan/resume.rs"]
 mod resume;
+#[path = "plan/users_gate.rs"]
+mod users_gate;

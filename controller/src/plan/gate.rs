@@ -14,6 +14,12 @@
 //!   the new side's, and the proxy's own answers given before a backend was chosen
 //!   (a 503 at a hold's deadline, say), which no side can be blamed for.
 //! - `replication_lag`: the largest replication lag of any database in the bake.
+//! - `users_error_ratio`, `users_p50`, `users_p99`, `users_max` and `users_behind`:
+//!   what the users saw, from cutover-load's timeline (`[users] timeline`; see
+//!   [`crate::plan::users`]): errors over requests, the worst one-second corrected
+//!   latency, and the most requests due but not done (a count, e.g.
+//!   `users_behind < 500`). They see what the proxies cannot: requests that were
+//!   late before they reached a proxy.
 //!
 //! Each app's route is judged alone, and a traffic gate passes only when every one
 //! passes; its value is the worst of those that decided the verdict. A gate with
@@ -35,11 +41,14 @@ use crate::heartbeat::LagSeconds;
 use crate::plan::metrics::{DEFAULT_NEW, Figures, RouteWindow, Window};
 use crate::plan::model::fmt_percent;
 use crate::plan::record::GateRecord;
+use crate::plan::users::UsersWindow;
 
 /// The metrics a gate may name, as the plan spells them, and whose answers they read.
 const METRICS: &str = "error_ratio, p50, p90, p99, p999 (the new backend's answers), \
                        route_error_ratio, route_p50, route_p90, route_p99, route_p999 \
-                       (every answer on the route), replication_lag";
+                       (every answer on the route), replication_lag, users_error_ratio, \
+                       users_p50, users_p99, users_max, users_behind (cutover-load's \
+                       timeline)";
 
 /// What a gate measures.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,6 +59,19 @@ pub enum Metric {
     Latency(f64),
     /// The largest replication lag of any database, in seconds.
     ReplicationLag,
+    /// What cutover-load's users saw.
+    Users(UsersMetric),
+}
+
+/// A figure of cutover-load's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsersMetric {
+    ErrorRatio,
+    P50,
+    P99,
+    Max,
+    /// Requests due but not done, a count.
+    Behind,
 }
 
 /// Whose answers a traffic gate reads.
@@ -133,6 +155,11 @@ impl Gate {
             "route_p99" => ("route_p99", Metric::Latency(0.99)),
             "route_p999" => ("route_p999", Metric::Latency(0.999)),
             "replication_lag" => ("replication_lag", Metric::ReplicationLag),
+            "users_error_ratio" => ("users_error_ratio", Metric::Users(UsersMetric::ErrorRatio)),
+            "users_p50" => ("users_p50", Metric::Users(UsersMetric::P50)),
+            "users_p99" => ("users_p99", Metric::Users(UsersMetric::P99)),
+            "users_max" => ("users_max", Metric::Users(UsersMetric::Max)),
+            "users_behind" => ("users_behind", Metric::Users(UsersMetric::Behind)),
             other => {
                 return Err(fail(format!(
                     "unknown metric {other:?}; use one of {METRICS}"
@@ -140,8 +167,11 @@ impl Gate {
             }
         };
         let threshold = match metric {
-            Metric::ErrorRatio => ratio(limit).map_err(fail)?,
-            Metric::Latency(_) | Metric::ReplicationLag => {
+            Metric::ErrorRatio | Metric::Users(UsersMetric::ErrorRatio) => {
+                ratio(limit).map_err(fail)?
+            }
+            Metric::Users(UsersMetric::Behind) => count(name, limit).map_err(fail)?,
+            Metric::Latency(_) | Metric::ReplicationLag | Metric::Users(_) => {
                 duration(name, limit).map_err(fail)?.as_secs_f64()
             }
         };
@@ -190,6 +220,11 @@ impl Gate {
         self.metric == Metric::ReplicationLag
     }
 
+    /// Whether the gate reads cutover-load's timeline.
+    pub fn measures_users(&self) -> bool {
+        matches!(self.metric, Metric::Users(_))
+    }
+
     /// The gate's verdict for step `step` over `window`, with the largest
     /// replication lag when one was read. A lag that is only known to be at least
     /// some value (the heartbeat had not arrived when the reading gave up) never
@@ -206,6 +241,7 @@ impl Gate {
             detail,
         } = match self.metric {
             Metric::ReplicationLag => self.lag_verdict(replication_lag),
+            Metric::Users(m) => self.users_verdict(m, window.users.as_ref()),
             Metric::ErrorRatio | Metric::Latency(_) => self.traffic_verdict(window),
         };
         GateRecord {
@@ -327,7 +363,7 @@ impl Gate {
         let value = match self.metric {
             Metric::ErrorRatio => figures.error_ratio(),
             Metric::Latency(q) => figures.quantile(q),
-            Metric::ReplicationLag => None,
+            Metric::ReplicationLag | Metric::Users(_) => None,
         };
         let Some(v) = value else {
             return Verdict::unmeasured(
@@ -355,6 +391,60 @@ impl Gate {
             detail: format!(
                 "{} of {who} {shown} {relation} {}{over} ({requests})",
                 self.name, self.limit
+            ),
+        }
+    }
+
+    /// The verdict on cutover-load's seconds in the window: `users_p99 0.912s (the
+    /// worst second of 30; 60,000 requests, 2 failed, at most 12 behind) is under 1s`.
+    fn users_verdict(&self, m: UsersMetric, w: Option<&UsersWindow>) -> Verdict {
+        let Some(w) = w.filter(|w| w.seconds > 0) else {
+            let file = w.map_or("the timeline".into(), |w| w.file.clone());
+            return Verdict::unmeasured(
+                false,
+                format!(
+                    "{}: no second of cutover-load's timeline {file} in the window (is a \
+                     cutover-load with --timeline running beside the plan?)",
+                    self.name
+                ),
+            );
+        };
+        let value = match m {
+            UsersMetric::ErrorRatio => {
+                (w.requests > 0).then(|| w.errors as f64 / w.requests as f64)
+            }
+            UsersMetric::P50 => w.worst_p50,
+            UsersMetric::P99 => w.worst_p99,
+            UsersMetric::Max => w.max,
+            UsersMetric::Behind => Some(w.max_behind as f64),
+        };
+        let seen = format!(
+            "over {} s of cutover-load's timeline: {} requests, {} failed, at most {} behind",
+            w.seconds, w.requests, w.errors, w.max_behind
+        );
+        let Some(v) = value else {
+            return Verdict::unmeasured(
+                false,
+                format!("{}: no latency observations {seen}", self.name),
+            );
+        };
+        let shown = match m {
+            UsersMetric::ErrorRatio => ratio_text(v),
+            UsersMetric::Behind => format!("{v:.0}"),
+            _ => format!("{v:.3}s (the worst second)"),
+        };
+        let passed = self.passes(v);
+        Verdict {
+            value: Some(v),
+            passed,
+            detail: format!(
+                "{} {shown} {} ({seen})",
+                self.name,
+                self.compare(v, |excess| match m {
+                    UsersMetric::ErrorRatio => String::new(),
+                    UsersMetric::Behind => format!("{excess:.0} "),
+                    _ => format!("{excess:.3}s "),
+                })
             ),
         }
     }
@@ -405,6 +495,14 @@ impl Verdict {
             detail,
         }
     }
+}
+
+/// A count of requests: `500`.
+fn count(name: &str, limit: &str) -> Result<f64, String> {
+    limit
+        .parse::<u64>()
+        .map(|n| n as f64)
+        .map_err(|_| format!("{name} takes a count of requests, e.g. 500; got {limit:?}"))
 }
 
 /// `0.0001` or `0.01%`: a ratio in 0..=1.
@@ -560,7 +658,9 @@ mod tests {
             err("p98 < 1s"),
             "gate \"p98 < 1s\": unknown metric \"p98\"; use one of error_ratio, p50, p90, \
              p99, p999 (the new backend's answers), route_error_ratio, route_p50, route_p90, \
-             route_p99, route_p999 (every answer on the route), replication_lag"
+             route_p99, route_p999 (every answer on the route), replication_lag, \
+             users_error_ratio, users_p50, users_p99, users_max, users_behind (cutover-load's \
+             timeline)"
         );
         assert!(err("route_replication_lag < 1s").contains("unknown metric"));
         assert!(
@@ -582,6 +682,69 @@ mod tests {
         assert!(err("error_ratio < 1s").contains("got \"1s\""));
         assert!(err("error_ratio < 0").contains("write error_ratio <= 0"));
         assert!(err("replication_lag < 0s").contains("can never pass"));
+    }
+
+    fn users(seconds: u64, requests: u64, errors: u64, p99: f64, behind: u64) -> Window {
+        Window {
+            users: Some(UsersWindow {
+                seconds,
+                requests,
+                errors,
+                worst_p50: (seconds > 0).then_some(p99 / 10.0),
+                worst_p99: (seconds > 0).then_some(p99),
+                max: (seconds > 0).then_some(p99 * 2.0),
+                max_behind: behind,
+                file: "timeline.jsonl".into(),
+            }),
+            ..Window::default()
+        }
+    }
+
+    #[test]
+    fn users_gates_judge_cutover_loads_seconds_not_the_proxies() {
+        assert!(gate("users_p99 < 1s").measures_users());
+        assert!(!gate("route_p99 < 1s").measures_users());
+        assert_eq!(gate("users_behind < 500").threshold(), 500.0);
+        assert!(err("users_behind < 5s").contains("takes a count of requests"));
+        assert!(err("users_p99 < 5").contains("with its unit"));
+
+        // The proxies' window is empty of traffic here: a users gate does not read it.
+        let slow = gate("users_p99 < 1s").evaluate(2, &users(30, 60_000, 2, 4.2, 9_000), None);
+        assert!(!slow.passed);
+        assert_eq!(slow.value, Some(4.2));
+        assert!(
+            slow.detail.contains("users_p99 4.200s (the worst second) is 3.200s over 1s")
+                && slow.detail.contains("over 30 s of cutover-load's timeline: 60000 requests, 2 failed, at most 9000 behind"),
+            "{}",
+            slow.detail
+        );
+        let fine = gate("users_p99 < 1s").evaluate(2, &users(30, 60_000, 0, 0.02, 4), None);
+        assert!(fine.passed, "{}", fine.detail);
+        let behind =
+            gate("users_behind < 500").evaluate(0, &users(30, 60_000, 0, 0.02, 9_000), None);
+        assert!(
+            !behind.passed && behind.detail.contains("users_behind 9000 is 8500 over 500"),
+            "{}",
+            behind.detail
+        );
+        let errors =
+            gate("users_error_ratio < 0.01%").evaluate(0, &users(30, 60_000, 12, 0.02, 0), None);
+        assert!(
+            !errors.passed && errors.value == Some(0.0002),
+            "{:?}",
+            errors
+        );
+
+        // No second in the window, or no timeline at all: nothing shown, no pass.
+        for w in [users(0, 0, 0, 0.0, 0), Window::default()] {
+            let none = gate("users_p99 < 1s").evaluate(0, &w, None);
+            assert!(!none.passed && none.value.is_none());
+            assert!(
+                none.detail.contains("no second of cutover-load's timeline"),
+                "{}",
+                none.detail
+            );
+        }
     }
 
     #[test]

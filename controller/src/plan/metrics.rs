@@ -329,6 +329,9 @@ pub struct Window {
     pub seconds: Option<f64>,
     /// Each route's own figures and its new backend's, in the order asked for.
     pub routes: Vec<RouteWindow>,
+    /// cutover-load's seconds in the same window, when the plan follows its
+    /// timeline (`[users]`).
+    pub users: Option<crate::plan::users::UsersWindow>,
 }
 
 impl Window {
@@ -524,6 +527,7 @@ fn measure(
             _ => None,
         },
         routes,
+        users: None,
     }
 }
 

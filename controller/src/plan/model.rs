@@ -157,6 +157,9 @@ pub struct Plan {
     /// `cutover db cleanup`.
     pub retire_replication: bool,
     pub secrets: Option<SecretsPlan>,
+    /// `[users] timeline`: cutover-load's timeline, which the `users_*` gates read
+    /// (relative to the plan's directory).
+    pub users_timeline: Option<PathBuf>,
 }
 
 impl Plan {

@@ -113,6 +113,8 @@ pub(crate) struct Runner<'a> {
     dbs: BTreeMap<String, Arc<(Db, Db)>>,
     /// The apps' caches, while the run goes.
     caches: cache::Caches,
+    /// cutover-load's timeline, followed for the `users_*` gates (`[users]`).
+    users: Option<crate::plan::users::UsersFeed>,
 }
 
 /// Runs (or resumes) the plan. `Ok` carries the record whatever the outcome (a
@@ -197,6 +199,10 @@ impl<'a> Runner<'a> {
             last_urls: Vec::new(),
             dbs: BTreeMap::new(),
             caches: BTreeMap::new(),
+            users: plan
+                .users_timeline
+                .as_deref()
+                .map(crate::plan::users::UsersFeed::new),
         })
     }
 

@@ -30,6 +30,7 @@ const ROOT_KEYS: &[&str] = &[
     "switchover",
     "finalize",
     "secrets",
+    "users",
 ];
 const PROXIES_KEYS: &[&str] = &[
     "admin",
@@ -65,6 +66,7 @@ const DATABASE_KEYS: &[&str] = &[
 pub(super) const STEP_KEYS: &[&str] = &["weights", "bake", "gates"];
 const SWITCHOVER_KEYS: &[&str] = &["max_lag", "max_pause", "reverse"];
 const FINALIZE_KEYS: &[&str] = &["drain_timeout", "retire_replication"];
+const USERS_KEYS: &[&str] = &["timeline"];
 
 /// Reads every part of the plan into `c`'s list of problems; `None` when the text
 /// is not TOML. Where a part is bad the plan holds a placeholder, so it is only
@@ -100,10 +102,19 @@ pub(super) fn plan(c: &mut Checker<'_>, text: &str, path: &Path) -> Option<Plan>
     }
     .unwrap_or_default();
     let apps = apps(c, root, &proxies);
+    let users = c.section(root, "users", USERS_KEYS);
+    let users_timeline = users.as_ref().and_then(|t| {
+        let file = c.required_text(
+            t,
+            "timeline",
+            "add timeline = \"FILE\", the file cutover-load --timeline FILE writes",
+        )?;
+        Some(relative_to(path, Path::new(file.value)))
+    });
     let steps = c
         .tables(root, "steps", STEP_KEYS)
         .iter()
-        .map(|t| step(c, t))
+        .map(|t| step(c, t, users_timeline.is_some()))
         .collect();
     let switchover = c.section(root, "switchover", SWITCHOVER_KEYS);
     let finalize = c.section(root, "finalize", FINALIZE_KEYS);
@@ -133,6 +144,7 @@ pub(super) fn plan(c: &mut Checker<'_>, text: &str, path: &Path) -> Option<Plan>
         drain_timeout,
         retire_replication: retire.unwrap_or(true),
         secrets: secrets(c, root),
+        users_timeline,
     })
 }
 
@@ -537,7 +549,9 @@ fn dsn(
         .ok()
 }
 
-fn step(c: &mut Checker<'_>, t: &Table<'_, '_>) -> Step {
+/// One `[[steps]]`; `users` when the plan follows cutover-load's timeline, which
+/// the `users_*` gates read.
+fn step(c: &mut Checker<'_>, t: &Table<'_, '_>, users: bool) -> Step {
     let weights = c.required(t, "weights", "add weights = { old = 90, new = 10 }");
     let new_percent = weights.and_then(|w| new_share(c, w, t.field("weights")));
     let bake = c.required(
@@ -549,6 +563,15 @@ fn step(c: &mut Checker<'_>, t: &Table<'_, '_>) -> Step {
     let mut gates = Vec::new();
     for g in c.texts(t, "gates").unwrap_or_default() {
         match Gate::parse(g.value) {
+            Ok(gate) if gate.measures_users() && !users => c.err(
+                Some(g.span),
+                g.path,
+                format!(
+                    "{} reads cutover-load's timeline: add [users] timeline = \"FILE\" \
+                     (the file cutover-load --timeline FILE writes)",
+                    gate.metric_name()
+                ),
+            ),
             Ok(gate) => gates.push(gate),
             Err(e) => c.err(Some(g.span), g.path, e.to_string()),
         }

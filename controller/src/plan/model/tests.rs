@@ -342,6 +342,36 @@ fn a_bad_admin_url_and_a_bad_gate_are_found_where_they_are_written() {
 }
 
 #[test]
+fn users_gates_need_the_timeline_they_read() {
+    let with_gate = SMALL.replace(
+        "bake = \"1m\"",
+        "bake = \"1m\"\ngates = [\"p99 < 1s\", \"users_p99 < 1s\"]",
+    );
+    let err = parse(&with_gate).unwrap_err();
+    let gates = line_of(&with_gate, "gates");
+    assert!(
+        err.contains(&format!(
+            "plan.toml:{gates}:22: steps[0].gates[1]: users_p99 reads cutover-load's timeline: \
+             add [users] timeline = \"FILE\""
+        )),
+        "{err}"
+    );
+    let plan = parse(&format!(
+        "{with_gate}\n[users]\ntimeline = \"load/timeline.jsonl\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        plan.users_timeline,
+        Some(PathBuf::from("load/timeline.jsonl"))
+    );
+    assert_eq!(plan.steps[0].gates.len(), 2);
+    let empty = parse(&format!("{SMALL}\n[users]\n")).unwrap_err();
+    assert!(empty.contains("users.timeline: missing; add timeline = \"FILE\""), "{empty}");
+    let typo = parse(&format!("{SMALL}\n[users]\ntimline = \"t\"\n")).unwrap_err();
+    assert!(typo.contains("timline"), "{typo}");
+}
+
+#[test]
 fn secrets_and_syntax_errors_keep_their_positions() {
     let text = format!("{SMALL}\n[secrets]\nfrom = \"kubectl:old\"\nto = \"vault:x\"\nfom = 1\n");
     let line = line_of(&text, "fom");

@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use super::{PhaseResult, Runner, Stop, fmt_left, now};
 use crate::heartbeat::LagSeconds;
+use crate::plan::gate::{Metric, UsersMetric};
 use crate::plan::metrics;
 use crate::plan::model::fmt_percent;
 use crate::plan::record::{GateRecord, PhaseName};
@@ -79,6 +80,20 @@ impl Runner<'_> {
             worst = worse(worst, lag);
         }
         worst
+    }
+
+    /// cutover-load's seconds since `from` (Unix seconds), read afresh, when the
+    /// plan follows its timeline.
+    fn users_window(&mut self, from: f64) -> Option<crate::plan::users::UsersWindow> {
+        let feed = self.users.as_mut()?;
+        feed.refresh();
+        let mut w = feed.window(from, now());
+        if w.seconds == 0
+            && let Some(problem) = feed.problem()
+        {
+            w.file = format!("{} ({problem})", w.file);
+        }
+        Some(w)
     }
 
     pub(super) async fn steps(&mut self) -> PhaseResult {
@@ -167,7 +182,8 @@ impl Runner<'_> {
             let Some(latest) = self.sampler.latest_since(a_done) else {
                 continue;
             };
-            let w = metrics::window(&a, &latest, &self.route_names);
+            let mut w = metrics::window(&a, &latest, &self.route_names);
+            w.users = self.users_window(started);
             let left = deadline.saturating_duration_since(Instant::now());
             let t = w.traffic();
             let lag = match worst_lag {
@@ -201,7 +217,8 @@ impl Runner<'_> {
         }
         self.ui.clear();
         let b = self.scrape().await?;
-        let w = metrics::window(&a, &b, &self.route_names);
+        let mut w = metrics::window(&a, &b, &self.route_names);
+        w.users = self.users_window(started);
         self.span(label.clone(), PhaseName::Steps, started, &a, &b);
         let results: Vec<GateRecord> = step
             .gates
@@ -284,21 +301,33 @@ impl Runner<'_> {
         }
         let t = w.traffic();
         let projected = t.requests as f64 * bake.as_secs_f64() / elapsed;
-        self.plan.steps[i]
-            .gates
+        let gates = &self.plan.steps[i].gates;
+        let errors = gates
             .iter()
             .filter(|g| g.metric_name() == "error_ratio")
             .map(|g| g.evaluate(i, w, lag))
             .find(|r| !r.passed && t.errors as f64 > r.threshold * projected && t.requests > 0)
-            .map(|mut r| {
-                r.detail = format!(
-                    "{} (the bake stopped early, {} before its end: the errors already exceed \
-                     what the whole bake allows)",
-                    r.detail,
-                    fmt_left(left)
-                );
-                r
-            })
+            .map(|r| (r, "the errors already exceed what the whole bake allows"));
+        // The users' worst second (or most requests behind) can only grow over the
+        // bake: one second over the limit fails it for good.
+        let users = || {
+            gates
+                .iter()
+                .filter(|g| {
+                    g.measures_users() && g.metric() != Metric::Users(UsersMetric::ErrorRatio)
+                })
+                .map(|g| g.evaluate(i, w, lag))
+                .find(|r| !r.passed && r.value.is_some())
+                .map(|r| (r, "the users' worst second is already over the limit"))
+        };
+        errors.or_else(users).map(|(mut r, why)| {
+            r.detail = format!(
+                "{} (the bake stopped early, {} before its end: {why})",
+                r.detail,
+                fmt_left(left)
+            );
+            r
+        })
     }
 
     /// Rolls the weights back to the last good step and stops. The caller has
