@@ -21,6 +21,8 @@ mod headers;
 mod hold;
 #[path = "e2e/limits.rs"]
 mod limits;
+#[path = "e2e/limits_attacks.rs"]
+mod limits_attacks;
 #[path = "e2e/limits_caps.rs"]
 mod limits_caps;
 #[path = "e2e/limits_h2.rs"]
