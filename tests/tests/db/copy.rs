@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use cutover_tests::{Pair, Postgres, eventually};
+use cutover_tests::{Pair, Postgres, binary, eventually};
 
 use crate::common::cutover;
 use crate::schema::{SCHEMA, objects};
@@ -128,6 +128,10 @@ fn writer(
 async fn the_controllers_copy_misses_no_write_made_during_it() {
     let pair = setup().await;
     let env = pair.env();
+    // Built first: the wait below is for the sync, not for a build of `cutover`.
+    tokio::task::spawn_blocking(|| binary("cutover"))
+        .await
+        .unwrap();
 
     // A transaction open before the sync starts: the slot waits for it, and its
     // rows, committed after the snapshot, must come through the slot.
@@ -163,8 +167,9 @@ async fn the_controllers_copy_misses_no_write_made_during_it() {
         })
     };
     let watch = pair.old.connect("postgres").await;
+    let started = std::time::Instant::now();
     eventually(
-        Duration::from_secs(200),
+        Duration::from_secs(120),
         "the slot's creation waiting",
         || async {
             let n: i64 = watch
@@ -180,6 +185,10 @@ async fn the_controllers_copy_misses_no_write_made_during_it() {
         },
     )
     .await;
+    eprintln!(
+        "the slot's creation began {:?} after the sync",
+        started.elapsed()
+    );
     early.batch_execute("COMMIT").await.unwrap();
     let out = sync.await.unwrap().ok();
     stop.store(true, Ordering::Relaxed);
