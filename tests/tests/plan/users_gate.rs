@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cutover_tests::{Backend, ProxyBuilder, binary, two_backend_config};
+use cutover_tests::{Backend, Proxy, ProxyBuilder, binary, two_backend_config};
 
 use crate::common::{PlanDir, admin_url, binaries, route};
 
@@ -86,8 +86,17 @@ async fn until_timeline(dir: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_waiting_behind_a_saturated_generator_fail_the_step_the_proxy_would_pass() {
+/// Two backends behind a real proxy at 100% old, a plan gated by `gates`, and the
+/// real cutover-load at `rate` over `connections` writing the plan's timeline.
+struct Setup {
+    old: Backend,
+    new: Backend,
+    proxy: Proxy,
+    pd: PlanDir,
+    _load: Load,
+}
+
+async fn setup(gates: &str, rate: &str, connections: &str) -> Setup {
     binaries().await;
     tokio::task::spawn_blocking(|| binary("cutover-load"))
         .await
@@ -95,14 +104,26 @@ async fn users_waiting_behind_a_saturated_generator_fail_the_step_the_proxy_woul
     let (old, new) = (Backend::start("old"), Backend::start("new"));
     let cfg = two_backend_config(old.addr, new.addr, &[HOST], (100.0, 0.0), "");
     let proxy = ProxyBuilder::new(cfg).start().unwrap();
-    let pd = PlanDir::new(&plan(
-        &admin_url(proxy.admin),
-        r#""p99 < 1s", "users_p99 < 1s""#,
-    ));
+    let pd = PlanDir::new(&plan(&admin_url(proxy.admin), gates));
+    let load = Load::start(proxy.http, pd.dir.path(), rate, connections);
+    until_timeline(pd.dir.path()).await;
+    Setup {
+        old,
+        new,
+        proxy,
+        pd,
+        _load: load,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_waiting_behind_a_saturated_generator_fail_the_step_the_proxy_would_pass() {
     // One connection cannot carry 10,000 requests a second through a debug
     // build: the schedule runs ahead and each request waits its turn.
-    let _load = Load::start(proxy.http, pd.dir.path(), "10000", "1");
-    until_timeline(pd.dir.path()).await;
+    // (Bound whole: a field left out of a pattern would be dropped, and with it
+    // the proxy or the load.)
+    let s = setup(r#""p99 < 1s", "users_p99 < 1s""#, "10000", "1").await;
+    let (old, proxy, pd) = (&s.old, &s.proxy, &s.pd);
     let run = pd.cutover("run", &[]).await.code(1);
 
     let report = pd.report();
@@ -137,17 +158,9 @@ async fn users_waiting_behind_a_saturated_generator_fail_the_step_the_proxy_woul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_that_holds_its_rate_passes_the_users_gates() {
-    binaries().await;
-    tokio::task::spawn_blocking(|| binary("cutover-load"))
-        .await
-        .unwrap();
-    let (old, new) = (Backend::start("old"), Backend::start("new"));
-    let cfg = two_backend_config(old.addr, new.addr, &[HOST], (100.0, 0.0), "");
-    let proxy = ProxyBuilder::new(cfg).start().unwrap();
     let gates = r#""users_p99 < 1s", "users_error_ratio < 1%", "users_behind < 200""#;
-    let pd = PlanDir::new(&plan(&admin_url(proxy.admin), gates));
-    let _load = Load::start(proxy.http, pd.dir.path(), "100", "8");
-    until_timeline(pd.dir.path()).await;
+    let s = setup(gates, "100", "8").await;
+    let (old, new, pd) = (&s.old, &s.new, &s.pd);
     let run = pd.cutover("run", &[]).await;
     let report = pd.report();
     assert_eq!(report["outcome"], "succeeded", "{report:#}\n{}", run.stderr);
