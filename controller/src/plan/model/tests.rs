@@ -366,7 +366,10 @@ fn users_gates_need_the_timeline_they_read() {
     );
     assert_eq!(plan.steps[0].gates.len(), 2);
     let empty = parse(&format!("{SMALL}\n[users]\n")).unwrap_err();
-    assert!(empty.contains("users.timeline: missing; add timeline = \"FILE\""), "{empty}");
+    assert!(
+        empty.contains("users.timeline: missing; add timeline = \"FILE\""),
+        "{empty}"
+    );
     let typo = parse(&format!("{SMALL}\n[users]\ntimline = \"t\"\n")).unwrap_err();
     assert!(typo.contains("timline"), "{typo}");
 }
