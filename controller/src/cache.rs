@@ -29,6 +29,7 @@ mod url;
 pub use compare::{Tally, Verdict, verify};
 pub use copy::{CopyOptions, CopyStats};
 pub use follow::{FollowOptions, Status, SyncHandle, start_sync};
+pub use resp::{Cmd, Conn, Value};
 pub use url::RedisUrl;
 
 use crate::dsn::Side;

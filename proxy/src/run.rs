@@ -245,19 +245,26 @@ pub async fn run(
         h.confirm_stopped().await;
     }
     let linger = LINGER.min(grace / 2);
+    // Upgraded connections (WebSockets) left hyper's count when they switched:
+    // they are told to close (1012) over the linger, so their clients reconnect to
+    // a replica that serves instead of losing the connection when this one exits.
+    let tunnels = close_tunnels(&shared, linger);
+    let tunnels_until = tokio::time::Instant::now() + grace;
     let open = data_graceful.count() + https_graceful.count();
     tracing::info!(
         reason = why,
         open_connections = open,
+        upgraded_connections = tunnels,
         grace = %format_duration(grace),
         linger = %format_duration(linger),
         "stopped accepting; letting in-flight requests finish (keep-alive clients are told to close)"
     );
-    let (plain_done, tls_done) = tokio::join!(
+    let (plain_done, tls_done, tunnels_done) = tokio::join!(
         server::drain(data_graceful, linger, grace),
         server::drain(https_graceful, linger, grace),
+        tunnels_closed(&shared, tunnels_until),
     );
-    if plain_done && tls_done {
+    if plain_done && tls_done && tunnels_done {
         tracing::info!("all connections finished");
     } else {
         tracing::warn!("grace period over; closing the remaining connections");
@@ -268,6 +275,44 @@ pub async fn run(
     drop(reloader);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Orders every upgraded connection closed within `over` (a WebSocket gets a 1012
+/// close frame); returns how many are open.
+fn close_tunnels(shared: &Shared, over: Duration) -> i64 {
+    let live = shared.live();
+    let mut open = 0;
+    for route in &live.routes {
+        for (counters, pair) in route.counters.iter().zip(&route.pairs) {
+            open += pair.upgraded.get();
+            counters.disconnect(over);
+        }
+    }
+    open
+}
+
+/// Waits until no upgraded connection is open, or `deadline`; false at the deadline.
+async fn tunnels_closed(shared: &Shared, deadline: tokio::time::Instant) -> bool {
+    loop {
+        let live = shared.live();
+        let open: i64 = live
+            .routes
+            .iter()
+            .flat_map(|r| &r.pairs)
+            .map(|p| p.upgraded.get())
+            .sum();
+        if open <= 0 {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                open,
+                "upgraded connections still open at the end of the grace period"
+            );
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The admin token from `token_file` or `CUTOVER_ADMIN_TOKEN`. Only its length is

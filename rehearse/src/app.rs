@@ -9,13 +9,18 @@
 //! - `GET /items/{id}` answers the stored body, or `404`.
 //!
 //! The stateless application (`weather`) answers any `GET` with a forecast computed
-//! from the path, without a database. Every answer carries `x-app` and `x-side`; a
+//! from the path, without a database; given a Redis, it caches each city's forecast
+//! there (see [`cache`]). Every answer carries `x-app` and `x-side`; a
 //! Host the site does not serve gets `404`.
 //!
 //! Like a real application's pool, each app reconnects when the database ends its
 //! sessions (which the switchover does on purpose) and retries the statement once on
 //! a fresh connection when the old one was found dead. A site runs on its own thread
 //! and runtime, so the controller's work never delays its answers.
+
+mod cache;
+
+pub use cache::{CacheCounts, key as cache_key};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +37,9 @@ use hyper_util::server::conn::auto;
 use tokio::sync::{Mutex, oneshot};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
+
+use self::cache::Cache;
+use cutover_controller::cache::RedisUrl;
 
 /// The schema of the single-app demo (table `items`, role `app`), as the database
 /// tests create it on the source.
@@ -72,6 +80,8 @@ pub struct AppSpec {
     pub dsn: Option<String>,
     /// The table its records go to (a plain identifier).
     pub table: String,
+    /// The stateless app's cache.
+    pub cache: Option<RedisUrl>,
 }
 
 impl AppSpec {
@@ -82,6 +92,7 @@ impl AppSpec {
             host: host.into(),
             dsn: Some(dsn.into()),
             table: table.into(),
+            cache: None,
         }
     }
 
@@ -92,6 +103,15 @@ impl AppSpec {
             host: host.into(),
             dsn: None,
             table: String::new(),
+            cache: None,
+        }
+    }
+
+    /// The stateless application with its forecasts cached in `redis`.
+    pub fn cached(name: &str, host: &str, redis: RedisUrl) -> AppSpec {
+        AppSpec {
+            cache: Some(redis),
+            ..AppSpec::stateless(name, host)
         }
     }
 }
@@ -158,6 +178,7 @@ impl Pool {
 struct AppState {
     name: Arc<str>,
     db: Option<Db>,
+    cache: Option<Cache>,
 }
 
 /// The statements of one app, built once from its table name.
@@ -185,6 +206,7 @@ impl AppState {
         AppState {
             name: spec.name.as_str().into(),
             db,
+            cache: spec.cache.clone().map(Cache::new),
         }
     }
 }
@@ -217,6 +239,7 @@ pub struct Site {
     pub side: String,
     /// Where it listens.
     pub addr: SocketAddr,
+    routes: Arc<Routes>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -258,18 +281,34 @@ impl Site {
             .build()?;
         let (stop_tx, stop_rx) = oneshot::channel();
         let routes = Arc::new(routes);
+        let serving = routes.clone();
         let thread = std::thread::Builder::new()
             .name(format!("site-{side}"))
             .spawn(move || {
-                rt.block_on(serve(listener, routes, stop_rx));
+                rt.block_on(serve(listener, serving, stop_rx));
                 rt.shutdown_background();
             })?;
         Ok(Site {
             side: side.to_string(),
             addr,
+            routes,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
+    }
+
+    /// How its cached apps' answers were served so far (all zero without a cache).
+    pub fn cache_counts(&self) -> CacheCounts {
+        self.routes
+            .by_host
+            .values()
+            .filter_map(|a| a.cache.as_ref())
+            .map(Cache::counts)
+            .fold(CacheCounts::default(), |a, b| CacheCounts {
+                hits: a.hits + b.hits,
+                misses: a.misses + b.misses,
+                errors: a.errors + b.errors,
+            })
     }
 
     /// Stops serving; connections in progress are dropped. Safe to call twice.
@@ -353,6 +392,7 @@ struct Answer {
     body: String,
     json: bool,
     item_id: Option<String>,
+    cache: Option<cache::Lookup>,
 }
 
 impl Answer {
@@ -362,6 +402,7 @@ impl Answer {
             body: body.into(),
             json: false,
             item_id: None,
+            cache: None,
         }
     }
 }
@@ -391,7 +432,10 @@ async fn answer(
         ),
         Some(app) => match &app.db {
             _ if path == "/healthz" => Answer::text(StatusCode::OK, "ok"),
-            None => forecast(&method, &path),
+            None => match &app.cache {
+                Some(cache) => cached_forecast(cache, &method, &path).await,
+                None => forecast(&method, &path),
+            },
             Some(db) => records(db, &method, &path, &body).await,
         },
     };
@@ -412,6 +456,9 @@ async fn answer(
         .and_then(|id| HeaderValue::from_str(&id).ok())
     {
         headers.insert(ITEM_ID_HEADER, id);
+    }
+    if let Some(lookup) = answer.cache {
+        headers.insert("x-cache", HeaderValue::from_static(lookup.header()));
     }
     let kind = if answer.json {
         "application/json"
@@ -471,18 +518,45 @@ async fn records(db: &Db, method: &Method, path: &str, body: &[u8]) -> Answer {
     }
 }
 
+/// [`forecast`], read from the cache first and stored there on a miss.
+async fn cached_forecast(cache: &Cache, method: &Method, path: &str) -> Answer {
+    if method != Method::GET && method != Method::HEAD {
+        return forecast(method, path);
+    }
+    let city = city_of(path);
+    let (body, lookup) = cache
+        .get_or_set(&cache::key(city), || forecast_of(city))
+        .await;
+    Answer {
+        json: true,
+        cache: Some(lookup),
+        ..Answer::text(StatusCode::OK, body)
+    }
+}
+
+/// The city a forecast path asks for: its last segment.
+fn city_of(path: &str) -> &str {
+    path.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|c| !c.is_empty())
+        .unwrap_or("anywhere")
+}
+
 /// A forecast for the last segment of the path: the same city gets the same
 /// weather on both sides, so a user moved between them sees no difference.
 fn forecast(method: &Method, path: &str) -> Answer {
     if method != Method::GET && method != Method::HEAD {
         return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "forecasts are read-only");
     }
-    let city = path
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .filter(|c| !c.is_empty())
-        .unwrap_or("anywhere");
+    Answer {
+        json: true,
+        ..Answer::text(StatusCode::OK, forecast_of(city_of(path)))
+    }
+}
+
+/// `city`'s forecast as JSON, the same every time.
+pub fn forecast_of(city: &str) -> String {
     // FNV-1a: stable across runs and processes.
     let h = city.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -495,13 +569,7 @@ fn forecast(method: &Method, path: &str) -> Answer {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .take(64)
         .collect();
-    Answer {
-        json: true,
-        ..Answer::text(
-            StatusCode::OK,
-            format!(r#"{{"city":"{city}","temperature_c":{temperature},"sky":"{sky}"}}"#),
-        )
-    }
+    format!(r#"{{"city":"{city}","temperature_c":{temperature},"sky":"{sky}"}}"#)
 }
 
 #[cfg(test)]

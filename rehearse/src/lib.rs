@@ -18,6 +18,7 @@
 pub mod app;
 mod balancer;
 pub mod binaries;
+mod cache;
 pub mod cluster;
 mod dns;
 mod fleet;
@@ -25,6 +26,7 @@ mod hostile;
 mod machine;
 mod platform;
 mod procs;
+mod redis;
 mod rig;
 mod run;
 mod users;

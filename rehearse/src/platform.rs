@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::app::{AppSpec, ITEM_ID_HEADER, schema};
 use super::cluster::{Cluster, ClusterError};
 use super::workers::WriterRole;
+use cutover_controller::cache::RedisUrl;
 
 /// One application of the platform.
 #[derive(Debug, Clone, Copy)]
@@ -121,12 +122,16 @@ pub fn toml_str(s: &str) -> String {
 }
 
 /// The site's apps for one side: each database app on its own database as its own
-/// role, on `cluster`.
-pub fn site_apps(cluster: &Cluster, passwords: &[(String, String)]) -> Vec<AppSpec> {
+/// role, on `cluster`; the stateless app with its cache on `cache`.
+pub fn site_apps(
+    cluster: &Cluster,
+    passwords: &[(String, String)],
+    cache: RedisUrl,
+) -> Vec<AppSpec> {
     PLATFORM
         .iter()
         .map(|a| match a.table {
-            None => AppSpec::stateless(a.name, &a.host()),
+            None => AppSpec::cached(a.name, &a.host(), cache.clone()),
             Some(table) => {
                 let role = a.role();
                 let pw = passwords
@@ -350,6 +355,14 @@ pub struct Timing {
     pub bake: Duration,
 }
 
+/// The stateless app's caches, as URLs with their passwords (the plan file is
+/// private to the run).
+#[derive(Debug, Clone)]
+pub struct Caches {
+    pub old: String,
+    pub new: String,
+}
+
 /// How the plan finds the proxies.
 #[derive(Debug, Clone)]
 pub enum PlanProxies {
@@ -388,6 +401,7 @@ pub fn plan(
     proxies: &PlanProxies,
     old_dsn: impl Fn(&str) -> String,
     new_dsn: impl Fn(&str) -> String,
+    caches: &Caches,
     timing: Timing,
 ) -> String {
     let bake = format!("{}ms", timing.bake.as_millis());
@@ -409,6 +423,17 @@ pub fn plan(
                 "[apps.database]\nsource = {}\ntarget = {}\n",
                 toml_str(&old_dsn(app.database())),
                 toml_str(&new_dsn(app.database()))
+            );
+        } else {
+            // The cache is copied and followed from the start; the step to 100%
+            // waits for it. Notifications are off on the old Redis, as they are by
+            // default: the plan turns them on.
+            let _ = write!(
+                s,
+                "[apps.cache]\nsource = {}\ntarget = {}\nmode = \"sync\"\nwait = \"60s\"\n\
+                 enable_notifications = true\n",
+                toml_str(&caches.old),
+                toml_str(&caches.new)
             );
         }
     }
@@ -487,24 +512,32 @@ mod tests {
         assert_eq!(weight("weather-read"), 50);
     }
 
-    #[test]
-    fn the_plan_is_a_valid_plan_with_every_app_and_three_steps() {
-        let dsn = |side: &'static str| {
+    /// The plan for `proxies`, parsed as `cutover run` parses it.
+    fn parsed(proxies: &PlanProxies) -> cutover_controller::plan::model::Plan {
+        let dsn = |side: &'static str, port: u16| {
             move |db: &str| {
-                format!("host=127.0.0.1 port=1 user=postgres password=pw-{side} dbname={db}")
+                format!("host=127.0.0.1 port={port} user=postgres password=pw-{side} dbname={db}")
             }
         };
         let text = plan(
-            &PlanProxies::Admin("127.0.0.1:9901".parse().unwrap()),
-            dsn("old"),
-            dsn("new"),
+            proxies,
+            dsn("old", 1),
+            dsn("new", 2),
+            &Caches {
+                old: "redis://:pw-old@127.0.0.1:6380".into(),
+                new: "redis://:pw-new@127.0.0.1:6381".into(),
+            },
             Timing {
                 bake: Duration::from_secs(3),
             },
         );
-        let plan =
-            cutover_controller::plan::model::Plan::parse(&text, std::path::Path::new("plan.toml"))
-                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        cutover_controller::plan::model::Plan::parse(&text, std::path::Path::new("plan.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    #[test]
+    fn the_plan_is_a_valid_plan_with_every_app_and_three_steps() {
+        let plan = parsed(&PlanProxies::Admin("127.0.0.1:9901".parse().unwrap()));
         assert_eq!(plan.apps.len(), 6);
         assert_eq!(plan.databases().count(), 5);
         let shares: Vec<f64> = plan.steps.iter().map(|s| s.new_percent).collect();
@@ -512,6 +545,17 @@ mod tests {
         assert!(!plan.reverse);
         assert_eq!(plan.max_pause, Duration::from_secs(10));
         assert_eq!(plan.drain_timeout, Duration::from_secs(30));
+        // The weather app's cache, followed with notifications the plan turns on.
+        let cached: Vec<&str> = plan
+            .apps
+            .iter()
+            .filter(|a| a.cache.is_some())
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(cached, ["weather"]);
+        let c = plan.apps[0].cache.as_ref().unwrap();
+        assert_eq!((c.source.port, c.target.port), (6380, 6381));
+        assert!(c.enable_notifications);
     }
 
     #[test]
@@ -569,21 +613,11 @@ mod tests {
 
     #[test]
     fn a_fleet_plan_discovers_its_replicas() {
-        let text = plan(
-            &PlanProxies::Discover {
-                name: "proxies.rehearse".into(),
-                port: 9901,
-                nameserver: "127.0.0.1:5353".parse().unwrap(),
-            },
-            |db| format!("host=127.0.0.1 port=1 user=postgres dbname={db}"),
-            |db| format!("host=127.0.0.1 port=2 user=postgres dbname={db}"),
-            Timing {
-                bake: Duration::from_secs(3),
-            },
-        );
-        let plan =
-            cutover_controller::plan::model::Plan::parse(&text, std::path::Path::new("plan.toml"))
-                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let plan = parsed(&PlanProxies::Discover {
+            name: "proxies.rehearse".into(),
+            port: 9901,
+            nameserver: "127.0.0.1:5353".parse().unwrap(),
+        });
         assert_eq!(
             plan.proxies,
             cutover_controller::plan::discover::ProxySource::Discover {

@@ -16,6 +16,7 @@ use super::cluster::Cluster;
 use super::fleet::Fleet;
 use super::platform::{self, PLATFORM};
 use super::procs::{Proc, ProxyProc};
+use super::redis::Redis;
 
 /// What is running. Fields drop in declaration order, which is the stopping order.
 pub(super) struct Rig {
@@ -24,6 +25,8 @@ pub(super) struct Rig {
     /// With `--replicas` above 1, instead of `proxy`.
     pub fleet: Option<Fleet>,
     pub sites: Option<(Site, Site)>,
+    /// The weather app's cache on each side.
+    pub redis: Option<(Redis, Redis)>,
     pub clusters: Option<(Cluster, Cluster)>,
     pub dir: Option<tempfile::TempDir>,
     /// Every password in play, for redaction.
@@ -38,6 +41,7 @@ impl Rig {
             proxy: None,
             fleet: None,
             sites: None,
+            redis: None,
             clusters: None,
             dir: None,
             secrets: Vec::new(),
@@ -65,7 +69,7 @@ impl Rig {
                 .as_ref()
                 .map(Fleet::log_names)
                 .unwrap_or_default();
-            let names = ["proxy.log", "load.log"]
+            let names = ["proxy.log", "load.log", "redis-old.log", "redis-new.log"]
                 .into_iter()
                 .map(str::to_string)
                 .chain(replicas);
@@ -144,6 +148,14 @@ impl Rig {
             "  sites        old http://{}  new http://{}",
             old_site.addr, new_site.addr
         );
+        if let Some((old, new)) = &self.redis {
+            let _ = writeln!(
+                s,
+                "  caches       old redis://127.0.0.1:{}  new redis://127.0.0.1:{} \
+                 (passwords in the passwords file)",
+                old.port, new.port
+            );
+        }
         let _ = writeln!(s, "  old database {}", old.dsn_shown("DB"));
         let _ = writeln!(s, "  new database {}", new.dsn_shown("DB"));
         let dbs: Vec<&str> = platform::stateful().map(|a| a.database()).collect();
@@ -176,6 +188,7 @@ impl Rig {
             fleet.kill();
         }
         drop(self.sites.take());
+        drop(self.redis.take());
         let clusters = self.clusters.take();
         if self.keep {
             let dir = self.dir.take().map(tempfile::TempDir::keep);
@@ -208,7 +221,7 @@ impl Rig {
             }
         }
         drop(self.dir.take());
-        progress.line("stopped the load, the proxy, the apps and the databases");
+        progress.line("stopped the load, the proxy, the apps, the caches and the databases");
     }
 }
 

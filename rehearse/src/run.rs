@@ -19,7 +19,8 @@ use super::rig::Rig;
 use super::users::{self, LoadFiles};
 use super::workers;
 use super::{
-    Progress, RehearseArgs, RehearseError, binaries, hostile, io, machine, procs, view, writes,
+    Progress, RehearseArgs, RehearseError, binaries, cache, hostile, io, machine, procs, redis,
+    view, writes,
 };
 use cutover_controller::plan::record::Outcome;
 
@@ -33,7 +34,7 @@ fn password() -> String {
 }
 
 /// Writes a file readable by its owner only.
-fn write_private(path: &Path, text: &str) -> Result<(), RehearseError> {
+pub(super) fn write_private(path: &Path, text: &str) -> Result<(), RehearseError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -127,6 +128,7 @@ pub(super) async fn rehearse(
         .map_err(|e| RehearseError::Step(format!("locating the binaries: {e}")))??;
     let server_bin = cluster::server_programs()?;
     check_client_programs(&server_bin)?;
+    redis::server_program()?;
 
     let dir = tempfile::Builder::new()
         .prefix("cutover-rehearse-")
@@ -201,10 +203,30 @@ pub(super) async fn rehearse(
         ),
     );
 
+    // The weather app's cache: a Redis per side, the old one seeded.
+    let t = Instant::now();
+    let (pw_old, pw_new) = (password(), password());
+    rig.secrets.extend([pw_old.clone(), pw_new.clone()]);
+    let redis_old = redis::start("old", &run_dir, &pw_old).await?;
+    let redis_new = redis::start("new", &run_dir, &pw_new).await?;
+    let (redis_old, redis_new) = &*rig.redis.insert((redis_old, redis_new));
+    let seeded_keys = cache::seed(redis_old).await?;
+    let caches = platform::Caches {
+        old: redis_old.url_with_password(),
+        new: redis_new.url_with_password(),
+    };
+    progress.done(
+        t,
+        &format!(
+            "caches: Redis old on port {}, new on port {}; {seeded_keys} keys in the old one",
+            redis_old.port, redis_new.port
+        ),
+    );
+
     // The sites and the proxy.
-    let old_site = Site::start("old", platform::site_apps(old, &roles))
+    let old_site = Site::start("old", platform::site_apps(old, &roles, redis_old.url()))
         .map_err(io("start the old side's apps"))?;
-    let new_site = Site::start("new", platform::site_apps(new, &roles))
+    let new_site = Site::start("new", platform::site_apps(new, &roles, redis_new.url()))
         .map_err(io("start the new side's apps"))?;
     let (old_addr, new_addr) = (old_site.addr, new_site.addr);
     rig.sites = Some((old_site, new_site));
@@ -306,12 +328,20 @@ pub(super) async fn rehearse(
 
     // The migration.
     let plan_path = run_dir.join("plan.toml");
-    let plan_text = platform::plan(&plan_proxies, |db| old.dsn(db), |db| new.dsn(db), timing);
+    let plan_text = platform::plan(
+        &plan_proxies,
+        |db| old.dsn(db),
+        |db| new.dsn(db),
+        &caches,
+        timing,
+    );
     write_private(&plan_path, &plan_text)?;
     let plan = cutover_controller::plan::model::Plan::load(&plan_path)?;
     let mut opts = cutover_controller::plan::runner::RunOptions::for_plan(&plan_path);
     opts.out = args.out.clone();
     opts.progress = true;
+    // The forecast job writes to the old cache past the proxy while the plan runs.
+    let forecast_job = cache::Job::start(redis_old.url(), admins.clone(), PLATFORM[0].name);
     let t = Instant::now();
     progress
         .line("running the plan: preflight, sync, 10% -> 50% -> 100% new, switchovers, finalize");
@@ -336,6 +366,7 @@ pub(super) async fn rehearse(
 
     // The writers past the proxy stop with the plan.
     let writer_tallies = writers.stop().await;
+    let job_tally = forecast_job.stop();
 
     // Stop the users first: every acknowledged write is in the ledger then.
     let t = Instant::now();
@@ -382,6 +413,20 @@ pub(super) async fn rehearse(
     );
     record.past_proxy = past.by_kind.clone();
 
+    let cache_report = {
+        let sites = rig.sites.as_ref().map_or_else(Default::default, |(o, n)| {
+            (o.cache_counts(), n.cache_counts())
+        });
+        cache::CacheReport::new(
+            seeded_keys,
+            job_tally,
+            sites,
+            record.caches.get(PLATFORM[0].name),
+            record.started_at,
+            record.outcome == Outcome::Succeeded,
+        )
+    };
+
     users::add_users_view(&mut record, &load_report);
     let cpu = sampler.stop().await;
     let hostile_to = progress.start_unix + progress.at();
@@ -416,6 +461,17 @@ pub(super) async fn rehearse(
     if let Some(f) = &fleet_report {
         moments.extend(fleet::moments(f, progress.start_unix));
     }
+    if let Some(ready) = cache_report.copy.as_ref().and_then(|c| c.ready_at_s) {
+        moments.push(view::Moment {
+            part: "cache".into(),
+            what: format!(
+                "weather's Redis copied and followed until converged ({} keys copied)",
+                cache_report.copy.as_ref().map_or(0, |c| c.keys_copied)
+            ),
+            from: record.started_at,
+            to: record.started_at + ready,
+        });
+    }
     let seen = view::seen(&moments, &seconds);
 
     let (md_path, json_path) = cutover_controller::plan::report::write(&record, &args.out)?;
@@ -424,6 +480,7 @@ pub(super) async fn rehearse(
     markdown.push_str(&view::section(&users_view, &seen, progress.start_unix));
     markdown.push_str(&hostile::section(&hostile_report));
     markdown.push_str(&workers::section(&past, &record));
+    markdown.push_str(&cache::section(&cache_report));
     if let Some(f) = &fleet_report {
         markdown.push_str(&fleet::section(f));
     }
@@ -437,6 +494,7 @@ pub(super) async fn rehearse(
     parts.insert("parts".into(), to_json(&seen)?);
     parts.insert("cpu".into(), to_json(&cpu.uses())?);
     parts.insert("hostile".into(), to_json(&hostile_report)?);
+    parts.insert("cache".into(), to_json(&cache_report)?);
     if let Some(f) = &fleet_report {
         parts.insert("fleet".into(), to_json(f)?);
     }
@@ -464,6 +522,7 @@ pub(super) async fn rehearse(
         && v.lost_writes == 0
         && fleet_problems.is_empty()
         && users_view.passed()
+        && cache_report.passed()
         && !leaked;
     progress.line(&format!(
         "{}: outcome {}, {} failed requests, {} lost writes, {:.0}s of downtime; report: {} and {}",
@@ -477,6 +536,9 @@ pub(super) async fn rehearse(
     ));
     for p in fleet_problems {
         progress.line(&format!("fleet: {p}"));
+    }
+    for p in &cache_report.problems {
+        progress.line(&format!("cache: {p}"));
     }
     for p in &users_view.problems {
         progress.line(&format!("users: {p}"));

@@ -303,7 +303,7 @@ fn spawn(spec: Spec, stopped: watch::Receiver<bool>) -> Running {
     Running { tally, task }
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

@@ -62,6 +62,20 @@ fn start(weights: (f64, f64), extra: &str) -> (Backend, Backend, Proxy) {
     two_backends(&[HOST], weights, extra)
 }
 
+/// `n` WebSockets open on old, each having echoed a message; checks the proxy
+/// counts them.
+async fn echoing_on_old(proxy: &Proxy, n: u64) -> Vec<Ws> {
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let (mut ws, backend) = open(proxy).await;
+        assert_eq!(backend, "old");
+        assert_eq!(echo(&mut ws, &format!("c{i}")).await, format!("old: c{i}"));
+        clients.push(ws);
+    }
+    assert_eq!(long_lived(proxy, "old").await, n);
+    clients
+}
+
 async fn long_lived(proxy: &Proxy, backend: &str) -> u64 {
     proxy.status().await["routes"][0]["long_lived"][backend]
         .as_u64()
@@ -151,14 +165,7 @@ async fn a_dead_backend_or_a_vanished_client_leaves_nothing_open() {
     let (mut old, new, proxy) = start((100.0, 0.0), "writes = \"old\"");
 
     // Ten clients on old; the backend dies under them.
-    let mut clients = Vec::new();
-    for i in 0..10 {
-        let (mut ws, backend) = open(&proxy).await;
-        assert_eq!(backend, "old");
-        assert_eq!(echo(&mut ws, &format!("c{i}")).await, format!("old: c{i}"));
-        clients.push(ws);
-    }
-    assert_eq!(long_lived(&proxy, "old").await, 10);
+    let clients = echoing_on_old(&proxy, 10).await;
     old.kill();
     for mut ws in clients {
         let end = tokio::time::timeout(Duration::from_secs(10), ws.next())
@@ -429,4 +436,33 @@ async fn a_websocket_over_http2_reaches_an_http1_backend() {
     .await
     .expect("closed within 10 s");
     assert_eq!(end, Some(1012));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_proxy_closes_its_websockets_with_1012_before_it_exits() {
+    // As Kubernetes stops a pod: SIGTERM with WebSockets open and busy. Each
+    // client must hear 1012 (reconnect elsewhere), not have its connection cut
+    // when the process exits.
+    // The harness's proxy has a grace of 10 s: the closes are spread over 5 s.
+    let (_old, _new, mut proxy) = start((100.0, 0.0), "writes = \"old\"");
+    let clients = echoing_on_old(&proxy, 20).await;
+    proxy.signal("TERM");
+    let ends: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| tokio::spawn(async move { closed(&mut ws, Duration::from_secs(10)).await }))
+        .collect();
+    for end in ends {
+        assert_eq!(end.await.unwrap(), Some(1012));
+    }
+    let status = proxy.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the proxy did not exit cleanly: {status:?}\n{}",
+        proxy.logs()
+    );
+    assert!(
+        proxy.logs().contains("upgraded_connections=20"),
+        "{}",
+        proxy.logs()
+    );
 }

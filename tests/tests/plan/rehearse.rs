@@ -194,6 +194,27 @@ async fn quick_rehearsal_fails_no_request_and_loses_no_write() {
     );
     assert!(md.contains("## What users saw, part by part"), "{md}");
 
+    // The weather app's cache: copied and followed while the forecast job wrote to
+    // the old one past the proxy, converged before 100%, and equal at the end; the
+    // new side served forecasts from it.
+    let cache = &rehearsal["cache"];
+    assert_eq!(cache["problems"], serde_json::json!([]), "{cache}");
+    assert!(
+        cache["job"]["acknowledged"].as_u64().unwrap() > 0,
+        "{cache}"
+    );
+    let copy = &report["caches"]["weather"];
+    assert!(copy["converged"].as_bool().unwrap(), "{copy}");
+    assert!(copy["ready_at_s"].as_f64().is_some(), "{copy}");
+    assert!(
+        copy["keys_copied"].as_u64().unwrap() >= cache["seeded_keys"].as_u64().unwrap(),
+        "{copy}"
+    );
+    assert_eq!(copy["last_verify"]["missing"], 0, "{copy}");
+    assert_eq!(copy["last_verify"]["different"], 0, "{copy}");
+    assert!(cache["new_site"]["hits"].as_u64().unwrap() > 0, "{cache}");
+    assert_eq!(count("cache"), 1, "{parts:#?}");
+
     // The report is on stdout too, the files beside it, and no password anywhere.
     assert!(stdout.contains("What the users saw"), "{stdout}");
     for f in ["report.md", "load.json", "ledger.jsonl", "timeline.jsonl"] {
@@ -203,6 +224,10 @@ async fn quick_rehearsal_fails_no_request_and_loses_no_write() {
         assert!(
             !text.contains("password="),
             "a DSN with its password was printed"
+        );
+        assert!(
+            !text.contains("redis://:"),
+            "a Redis URL with its password was printed"
         );
     }
 
