@@ -241,6 +241,12 @@ pub struct RouteStatus {
     pub inflight_writes: BTreeMap<String, i64>,
     pub drained: BTreeMap<String, bool>,
     pub long_lived: BTreeMap<String, i64>,
+    /// Of `long_lived`, those that follow the writes (`upgrades = "writes"`), by
+    /// backend: they may carry writes the proxy cannot see, so a switchover's
+    /// drain waits for them to close (a writes hold closes them on the losing
+    /// side after `hold.upgrade_grace`). Absent from older proxies: none.
+    #[serde(default)]
+    pub write_tunnels: BTreeMap<String, i64>,
     pub hold: Option<HoldStatus>,
     pub members: Vec<String>,
 }

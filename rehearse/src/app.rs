@@ -6,7 +6,9 @@
 //!   as the body and in `x-item-id` (the load generator's ledger takes it from there);
 //! - `GET /items` answers `200` with the latest 10 ids as a JSON array: a read that
 //!   cannot fail for lack of data;
-//! - `GET /items/{id}` answers the stored body, or `404`.
+//! - `GET /items/{id}` answers the stored body, or `404`;
+//! - `GET /ws` opens a WebSocket whose text messages are inserted like `POST /items`
+//!   (see [`ws`]).
 //!
 //! The stateless application (`weather`) answers any `GET` with a forecast computed
 //! from the path, without a database; given a Redis, it caches each city's forecast
@@ -19,6 +21,7 @@
 //! and runtime, so the controller's work never delays its answers.
 
 mod cache;
+mod ws;
 
 pub use cache::{CacheCounts, key as cache_key};
 
@@ -380,7 +383,7 @@ async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(req, routes.clone()));
             let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
         });
     }
@@ -419,8 +422,14 @@ async fn answer(
         .or_else(|| req.uri().authority().map(|a| a.to_string()));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let body = req.into_body().collect().await?.to_bytes();
     let app = routes.find(host.as_deref()).cloned();
+    if path == "/ws"
+        && ws::requested(&req)
+        && let Some(app) = app.as_ref().filter(|a| a.db.is_some())
+    {
+        return Ok(ws::accept(req, app.clone()));
+    }
+    let body = req.into_body().collect().await?.to_bytes();
     let answer = match &app {
         None => Answer::text(
             StatusCode::NOT_FOUND,

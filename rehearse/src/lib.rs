@@ -29,6 +29,7 @@ mod procs;
 mod redis;
 mod rig;
 mod run;
+mod sockets;
 mod users;
 mod view;
 mod workers;

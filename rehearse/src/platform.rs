@@ -296,6 +296,7 @@ pub fn replica_config(old: SocketAddr, new: SocketAddr, r: &ReplicaConf<'_>) -> 
 fn proxy_config_with(old: SocketAddr, new: SocketAddr, head: &str) -> String {
     let mut s = format!(
         "{head}\n[proxy]\nthreads = 2\ngrace = \"5s\"\n\n\
+         [hold]\nupgrade_grace = \"500ms\"\n\n\
          [backends.old]\naddrs = [\"{old}\"]\n\n[backends.new]\naddrs = [\"{new}\"]\n"
     );
     for app in &PLATFORM {

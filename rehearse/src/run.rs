@@ -20,7 +20,7 @@ use super::users::{self, LoadFiles};
 use super::workers;
 use super::{
     Progress, RehearseArgs, RehearseError, binaries, cache, hostile, io, machine, procs, redis,
-    view, writes,
+    sockets, view, writes,
 };
 use cutover_controller::plan::record::Outcome;
 
@@ -326,6 +326,23 @@ pub(super) async fn rehearse(
          throughout, each reopened when closed"
     ));
 
+    // WebSocket clients of the social app, from now until the plan ends.
+    let social = PLATFORM
+        .iter()
+        .find(|a| a.name == "social")
+        .ok_or_else(|| RehearseError::Step("the platform has no social app".into()))?;
+    let clients = if args.quick {
+        sockets::CLIENTS / 4
+    } else {
+        sockets::CLIENTS
+    };
+    let websockets = sockets::Sockets::start(proxy_http, social, clients);
+    let websockets_from = progress.start_unix + progress.at();
+    progress.line(&format!(
+        "WebSocket clients: {clients} on the social app, a message a second each, \
+         reconnecting when closed"
+    ));
+
     // The migration.
     let plan_path = run_dir.join("plan.toml");
     let plan_text = platform::plan(
@@ -365,7 +382,10 @@ pub(super) async fn rehearse(
     progress.done(t, "plan finished");
 
     // The writers past the proxy stop with the plan.
-    let writer_tallies = writers.stop().await;
+    let mut writer_tallies = writers.stop().await;
+    let (websockets_report, websocket_tally) = websockets.stop().await;
+    let websockets_to = progress.start_unix + progress.at();
+    writer_tallies.push(websocket_tally);
     let job_tally = forecast_job.stop();
 
     // Stop the users first: every acknowledged write is in the ledger then.
@@ -461,6 +481,18 @@ pub(super) async fn rehearse(
     if let Some(f) = &fleet_report {
         moments.extend(fleet::moments(f, progress.start_unix));
     }
+    moments.push(view::Moment {
+        part: "websockets".into(),
+        what: format!(
+            "{} WebSocket clients ({} connections opened, {} closed by the server, {} cut)",
+            websockets_report.clients,
+            websockets_report.opened,
+            websockets_report.closed_by_server.values().sum::<u64>(),
+            websockets_report.cut
+        ),
+        from: websockets_from,
+        to: websockets_to,
+    });
     if let Some(ready) = cache_report.copy.as_ref().and_then(|c| c.ready_at_s) {
         moments.push(view::Moment {
             part: "cache".into(),
@@ -481,6 +513,7 @@ pub(super) async fn rehearse(
     markdown.push_str(&hostile::section(&hostile_report));
     markdown.push_str(&workers::section(&past, &record));
     markdown.push_str(&cache::section(&cache_report));
+    markdown.push_str(&sockets::section(&websockets_report));
     if let Some(f) = &fleet_report {
         markdown.push_str(&fleet::section(f));
     }
@@ -495,6 +528,7 @@ pub(super) async fn rehearse(
     parts.insert("cpu".into(), to_json(&cpu.uses())?);
     parts.insert("hostile".into(), to_json(&hostile_report)?);
     parts.insert("cache".into(), to_json(&cache_report)?);
+    parts.insert("websockets".into(), to_json(&websockets_report)?);
     if let Some(f) = &fleet_report {
         parts.insert("fleet".into(), to_json(f)?);
     }
@@ -523,6 +557,7 @@ pub(super) async fn rehearse(
         && fleet_problems.is_empty()
         && users_view.passed()
         && cache_report.passed()
+        && websockets_report.problems().is_empty()
         && !leaked;
     progress.line(&format!(
         "{}: outcome {}, {} failed requests, {} lost writes, {:.0}s of downtime; report: {} and {}",
@@ -536,6 +571,9 @@ pub(super) async fn rehearse(
     ));
     for p in fleet_problems {
         progress.line(&format!("fleet: {p}"));
+    }
+    for p in websockets_report.problems() {
+        progress.line(&format!("websockets: {p}"));
     }
     for p in &cache_report.problems {
         progress.line(&format!("cache: {p}"));

@@ -99,11 +99,13 @@ impl Kind {
     }
 }
 
-/// Which cluster a writer is deployed in (and connects to).
+/// Which cluster a writer is deployed in (and connects to); `Proxy` for the
+/// writes users make through the proxy (the WebSocket clients).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Side {
     Old,
     New,
+    Proxy,
 }
 
 impl Side {
@@ -111,6 +113,7 @@ impl Side {
         match self {
             Side::Old => "old",
             Side::New => "new",
+            Side::Proxy => "proxy",
         }
     }
 }
@@ -187,7 +190,9 @@ pub struct Ack {
 #[derive(Debug, Clone)]
 pub struct Tally {
     pub app: &'static AppDef,
-    pub kind: Kind,
+    /// What kind of writer, as the report groups them ([`Kind::label`], or
+    /// another writer's label such as the WebSocket clients').
+    pub kind: &'static str,
     pub side: Side,
     pub role: String,
     pub acks: Vec<Ack>,
@@ -291,7 +296,7 @@ impl Workers {
 fn spawn(spec: Spec, stopped: watch::Receiver<bool>) -> Running {
     let tally = Arc::new(Mutex::new(Tally {
         app: spec.role.app,
-        kind: spec.role.kind,
+        kind: spec.role.kind.label(),
         side: spec.side,
         role: spec.role.name.clone(),
         acks: Vec::new(),

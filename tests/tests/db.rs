@@ -39,5 +39,7 @@ mod sync;
 mod tls;
 #[path = "db/uploads.rs"]
 mod uploads;
+#[path = "db/websockets.rs"]
+mod websockets;
 #[path = "db/writers.rs"]
 mod writers;

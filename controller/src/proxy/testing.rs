@@ -103,6 +103,7 @@ pub(crate) fn shop(hold: Option<HoldStatus>) -> RouteStatus {
         inflight_writes: pair(2, 0),
         drained: BTreeMap::from([("old".to_string(), false), ("new".to_string(), true)]),
         long_lived: pair(0, 0),
+        write_tunnels: pair(0, 0),
         hold,
         members: vec!["old".into(), "new".into()],
     }

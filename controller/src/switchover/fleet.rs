@@ -175,6 +175,8 @@ pub async fn enrol(
 }
 
 /// Waits until no write is in flight to `backend` on any held route of any proxy,
+/// and no upgraded connection that follows the writes is open to it (the hold
+/// closes those after `hold.upgrade_grace`: a WebSocket's messages may be writes),
 /// holding the replicas that appear meanwhile (see [`enrol`]; the hold ends at
 /// `hold_ends`).
 pub async fn drain(
@@ -196,8 +198,15 @@ pub async fn drain(
             for route in &routes {
                 for r in proxies.routes(url, route).await? {
                     let n = r.inflight_writes.get(backend).copied().unwrap_or(0);
+                    let tunnels = r.write_tunnels.get(backend).copied().unwrap_or(0);
                     if n > 0 {
                         busy.push(format!("{url} route {}: {n}", r.name));
+                    }
+                    if tunnels > 0 {
+                        busy.push(format!(
+                            "{url} route {}: {tunnels} upgraded connection(s)",
+                            r.name
+                        ));
                     }
                 }
             }

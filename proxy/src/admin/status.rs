@@ -87,6 +87,7 @@ pub(super) fn route_status(live: &Live, i: usize) -> RouteStatus {
         inflight_writes: BTreeMap::new(),
         drained: BTreeMap::new(),
         long_lived: BTreeMap::new(),
+        write_tunnels: BTreeMap::new(),
         hold: rt.hold.info().map(|h| HoldStatus {
             scope: match h.scope {
                 crate::hold::Scope::Writes => cutover_api::Scope::Writes,
@@ -113,8 +114,11 @@ pub(super) fn route_status(live: &Live, i: usize) -> RouteStatus {
         s.inflight_reads.insert(b.name.clone(), reads);
         s.inflight_writes.insert(b.name.clone(), writes);
         s.drained.insert(b.name.clone(), live.drained(i, id));
-        s.long_lived
-            .insert(b.name.clone(), rt.pairs[id].upgraded.get());
+        let open = rt.pairs[id].upgraded.get();
+        s.long_lived.insert(b.name.clone(), open);
+        let follow_writes = r.upgrades == cutover_config::Upgrades::Writes;
+        s.write_tunnels
+            .insert(b.name.clone(), if follow_writes { open } else { 0 });
     }
     let (effective, why) = effective_weights(live, i);
     s.effective_weights = effective

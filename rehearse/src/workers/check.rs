@@ -76,17 +76,14 @@ pub async fn check(
     }
     let on = |app: &str| {
         if switched.iter().any(|s| s == app) {
-            Side::New
+            (Side::New, new)
         } else {
-            Side::Old
+            (Side::Old, old)
         }
     };
     let mut rows: HashMap<&'static str, HashMap<i32, String>> = HashMap::new();
     for (app, (db, table, ids)) in wanted {
-        let cluster = match on(app) {
-            Side::New => new,
-            Side::Old => old,
-        };
+        let cluster = on(app).1;
         let found = rows.entry(app).or_default();
         if ids.is_empty() {
             continue;
@@ -111,7 +108,7 @@ pub async fn check(
             app: t.app.name,
             side: t.side,
             role: t.role.clone(),
-            checked_on: on(t.app.name),
+            checked_on: on(t.app.name).0,
             acknowledged: t.acks.len() as u64,
             found,
             missing: missing.len() as u64,
@@ -126,10 +123,7 @@ pub async fn check(
             first_ack: t.acks.iter().map(|a| a.at).reduce(f64::min),
             last_ack: t.acks.iter().map(|a| a.at).reduce(f64::max),
         };
-        let l = result
-            .by_kind
-            .entry(t.kind.label().to_string())
-            .or_default();
+        let l = result.by_kind.entry(t.kind.to_string()).or_default();
         l.acknowledged += w.acknowledged;
         l.found += w.found;
         l.missing += w.missing;

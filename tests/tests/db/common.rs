@@ -136,3 +136,59 @@ pub async fn app_insert(pg: &Postgres, body: &str) {
         .await
         .unwrap();
 }
+
+/// Two clusters synced, the demo app on each, and a proxy in front with `host`'s
+/// route at 100% old and writes on old, plus `extra` config lines.
+pub struct Behind {
+    pub pair: Pair,
+    pub env: Vec<(String, String)>,
+    pub proxy: cutover_tests::Proxy,
+    _apps: (cutover_tests::App, cutover_tests::App),
+}
+
+impl Behind {
+    pub async fn start(host: &str, extra: &str) -> Behind {
+        let pair = Pair::start().await;
+        let env = pair.env();
+        cutover(&["db", "sync"], &env).await.ok();
+        let old_app = cutover_tests::App::start("old", &Pair::app_dsn(&pair.old));
+        let new_app = cutover_tests::App::start("new", &Pair::app_dsn(&pair.new));
+        let cfg = cutover_tests::two_backend_config(
+            old_app.addr,
+            new_app.addr,
+            &[host],
+            (100.0, 0.0),
+            &format!("writes = \"old\"\n{extra}"),
+        );
+        let proxy = cutover_tests::ProxyBuilder::new(cfg).start().unwrap();
+        Behind {
+            pair,
+            env,
+            proxy,
+            _apps: (old_app, new_app),
+        }
+    }
+
+    /// `cutover db switchover` of `host` through the proxy, with `--max-pause`;
+    /// its JSON report.
+    pub async fn switchover(&self, host: &str, max_pause: &str) -> serde_json::Value {
+        let admin = format!("http://{}", self.proxy.admin);
+        cutover(
+            &[
+                "db",
+                "switchover",
+                "--proxy",
+                &admin,
+                "--route",
+                host,
+                "--max-pause",
+                max_pause,
+                "--json",
+            ],
+            &self.env,
+        )
+        .await
+        .ok()
+        .json()
+    }
+}

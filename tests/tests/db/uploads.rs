@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cutover_tests::{App, Client, ProxyBuilder, eventually, two_backend_config};
+use cutover_tests::{Client, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{HEAVY, cutover, items};
+use crate::common::{Behind, HEAVY, items};
 
 const HOST: &str = "photos.test";
 const UPLOADS: usize = 20;
@@ -150,19 +150,8 @@ async fn at_hold(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_in_progress_do_not_hold_up_the_switchover_and_land_on_new() {
     let _heavy = HEAVY.acquire().await.unwrap();
-    let pair = cutover_tests::Pair::start().await;
-    let env = pair.env();
-    cutover(&["db", "sync"], &env).await.ok();
-    let old_app = App::start("old", &cutover_tests::Pair::app_dsn(&pair.old));
-    let new_app = App::start("new", &cutover_tests::Pair::app_dsn(&pair.new));
-    let cfg = two_backend_config(
-        old_app.addr,
-        new_app.addr,
-        &[HOST],
-        (100.0, 0.0),
-        "writes = \"old\"",
-    );
-    let proxy = ProxyBuilder::new(cfg).start().unwrap();
+    let behind = Behind::start(HOST, "").await;
+    let (pair, proxy) = (&behind.pair, &behind.proxy);
 
     let sent: Vec<Arc<AtomicUsize>> = (0..UPLOADS).map(|_| Arc::default()).collect();
     let uploads: Vec<_> = (0..UPLOADS)
@@ -187,25 +176,8 @@ async fn uploads_in_progress_do_not_hold_up_the_switchover_and_land_on_new() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = tokio::spawn(at_hold(proxy.admin, sent.clone(), stop.clone()));
-    let admin = format!("http://{}", proxy.admin);
-    let run = cutover(
-        &[
-            "db",
-            "switchover",
-            "--proxy",
-            &admin,
-            "--route",
-            HOST,
-            "--max-pause",
-            "5s",
-            "--json",
-        ],
-        &env,
-    )
-    .await
-    .ok();
+    let v = behind.switchover(HOST, "5s").await;
     stop.store(true, Ordering::SeqCst);
-    let v = run.json();
     assert_eq!(v["writes"], "new", "{v:#}");
     let pause = v["write_pause_ms"].as_f64().unwrap();
     assert!(pause < 5_000.0, "the write pause took {pause} ms");

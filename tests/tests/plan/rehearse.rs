@@ -215,6 +215,21 @@ async fn quick_rehearsal_fails_no_request_and_loses_no_write() {
     assert!(cache["new_site"]["hits"].as_u64().unwrap() > 0, "{cache}");
     assert_eq!(count("cache"), 1, "{parts:#?}");
 
+    // The WebSocket clients: closed with 1012 when the social app's writes moved,
+    // reconnected, never cut, and every acknowledged message found on new.
+    let ws = &rehearsal["websockets"];
+    let clients = ws["clients"].as_u64().unwrap();
+    assert!(ws["opened"].as_u64().unwrap() > clients, "{ws}");
+    assert!(ws["closed_by_server"]["1012"].as_u64().unwrap() > 0, "{ws}");
+    assert_eq!(ws["cut"], 0, "{ws}");
+    assert_eq!(ws["errors"], 0, "{ws}");
+    assert_eq!(ws["refused"], serde_json::json!({}), "{ws}");
+    let messages = &past["websocket messages"];
+    assert_eq!(messages["acknowledged"], ws["acknowledged"], "{past}");
+    assert!(messages["acknowledged"].as_u64().unwrap() > 0, "{past}");
+    assert_eq!(messages["found"], messages["acknowledged"], "{past}");
+    assert_eq!(count("websockets"), 1, "{parts:#?}");
+
     // The report is on stdout too, the files beside it, and no password anywhere.
     assert!(stdout.contains("What the users saw"), "{stdout}");
     for f in ["report.md", "load.json", "ledger.jsonl", "timeline.jsonl"] {
