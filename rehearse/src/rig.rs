@@ -163,7 +163,7 @@ impl Rig {
         if let Some(dir) = &self.dir {
             let _ = writeln!(
                 s,
-                "  passwords    {} (superusers and app roles; mode 0600)",
+                "  passwords    {} (superusers, app and writer roles, caches; mode 0600)",
                 dir.path().join("passwords").display()
             );
             let _ = writeln!(

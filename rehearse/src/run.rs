@@ -150,6 +150,9 @@ pub(super) async fn rehearse(
     // Writers past the proxy: a role per worker and job, the same on both clusters.
     let writer_roles = workers::roles(password);
     listing.push_str(&workers::listing(&writer_roles));
+    // The caches' passwords (the `default` user of each Redis).
+    let (pw_old, pw_new) = (password(), password());
+    let _ = writeln!(listing, "old redis {pw_old}\nnew redis {pw_new}");
     write_private(&run_dir.join("passwords"), &listing)?;
     rig.secrets = [su_old.clone(), su_new.clone()]
         .into_iter()
@@ -205,7 +208,6 @@ pub(super) async fn rehearse(
 
     // The weather app's cache: a Redis per side, the old one seeded.
     let t = Instant::now();
-    let (pw_old, pw_new) = (password(), password());
     rig.secrets.extend([pw_old.clone(), pw_new.clone()]);
     let redis_old = redis::start("old", &run_dir, &pw_old).await?;
     let redis_new = redis::start("new", &run_dir, &pw_new).await?;

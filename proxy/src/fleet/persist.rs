@@ -16,10 +16,25 @@ pub fn save(shared: &Shared, st: &State) {
     let Some(path) = shared.fleet.settings.state_file.as_deref() else {
         return;
     };
-    if let Err(e) = write(path, st) {
+    if let Err(e) = off_the_workers(|| write(path, st)) {
         shared.metrics.state_file_errors.inc();
         tracing::error!(file = %path.display(), epoch = st.epoch,
             "cannot write the state file: {e}; a restart would lose this change");
+    }
+}
+
+/// Runs `f` (file writes and fsyncs, which can take a few hundred milliseconds on a
+/// disk busy with a database's commits) so that the requests of the runtime worker
+/// it was called on move to another worker meanwhile instead of waiting for it; on
+/// a single-threaded runtime (`threads = 1`) there is no other worker, and `f` just
+/// runs.
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 
