@@ -281,26 +281,25 @@ pub async fn run(
 /// close frame); returns how many are open.
 fn close_tunnels(shared: &Shared, over: Duration) -> i64 {
     let live = shared.live();
-    let mut open = 0;
-    for route in &live.routes {
-        for (counters, pair) in route.counters.iter().zip(&route.pairs) {
-            open += pair.upgraded.get();
-            counters.disconnect(over);
-        }
+    for counters in live.routes.iter().flat_map(|r| &r.counters) {
+        counters.disconnect(over);
     }
-    open
+    open_tunnels(&live)
+}
+
+/// Upgraded connections open on every route and backend.
+fn open_tunnels(live: &crate::state::Live) -> i64 {
+    live.routes
+        .iter()
+        .flat_map(|r| &r.pairs)
+        .map(|p| p.upgraded.get())
+        .sum()
 }
 
 /// Waits until no upgraded connection is open, or `deadline`; false at the deadline.
 async fn tunnels_closed(shared: &Shared, deadline: tokio::time::Instant) -> bool {
     loop {
-        let live = shared.live();
-        let open: i64 = live
-            .routes
-            .iter()
-            .flat_map(|r| &r.pairs)
-            .map(|p| p.upgraded.get())
-            .sum();
+        let open = open_tunnels(&shared.live());
         if open <= 0 {
             return true;
         }
