@@ -89,6 +89,11 @@ pub enum Scope {
     #[default]
     Writes,
     All,
+    /// Only the upgrade handshakes (WebSockets) of routes whose upgrades follow
+    /// the writes: a switchover's first step, so that the upgraded connections to
+    /// the old side close and their clients' reconnects wait while the other
+    /// writes still flow.
+    Upgrades,
 }
 
 /// `PUT /routes/{host}/weights`: `{"weights": {"old": 50, "new": 50}, "epoch": 7}`,

@@ -25,6 +25,61 @@ pub struct Db {
     timeout_set: AtomicBool,
 }
 
+/// How to open plain tokio-postgres sessions to one DSN as the controller does:
+/// its TLS (`sslmode`, `sslrootcert`, …: [`crate::pgtls`]) and its passfile. For
+/// programs that run beside the controller and must reach a server the same way
+/// (the rehearsal's applications and workers). Built once; the certificate files
+/// are read then, not at every connect.
+#[derive(Clone)]
+pub struct Connector {
+    config: tokio_postgres::Config,
+    tls: crate::pgtls::MakePgTls,
+}
+
+impl Connector {
+    /// Reads the DSN's TLS files and passfile; an error names the side, the
+    /// server and the file.
+    pub fn new(dsn: &Dsn) -> Result<Connector, Error> {
+        Connector::with_config(dsn, dsn.connect_config()?)
+    }
+
+    fn with_config(dsn: &Dsn, config: tokio_postgres::Config) -> Result<Connector, Error> {
+        let tls = crate::pgtls::MakePgTls::new(dsn.tls()).map_err(|detail| Error::TlsSetup {
+            side: dsn.side(),
+            dsn: dsn.redacted(),
+            detail,
+        })?;
+        Ok(Connector { config, tls })
+    }
+
+    /// A new session; its connection runs on a task of its own, and its errors
+    /// surface as errors of the next statement.
+    pub async fn client(&self) -> Result<Client, tokio_postgres::Error> {
+        self.open(&self.config).await
+    }
+
+    /// As [`Connector::client`], to the same server over the same TLS as another
+    /// role, on another database.
+    pub async fn client_as(
+        &self,
+        user: &str,
+        password: &str,
+        dbname: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let mut config = self.config.clone();
+        config.user(user).password(password).dbname(dbname);
+        self.open(&config).await
+    }
+
+    async fn open(&self, config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) = config.connect(self.tls.clone()).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+}
+
 impl Db {
     /// Connects (over TLS as the DSN's `sslmode` says: [`crate::pgtls`]) and reads
     /// the server version. The session opts out of
@@ -38,21 +93,13 @@ impl Db {
         if config.get_application_name().is_none() {
             config.application_name(application_name(&hostname(), std::process::id()));
         }
-        let tls = crate::pgtls::MakePgTls::new(dsn.tls()).map_err(|detail| Error::TlsSetup {
-            side: dsn.side(),
-            dsn: dsn.redacted(),
-            detail,
-        })?;
-        let (client, conn) = config.connect(tls).await.map_err(|e| Error::Connect {
+        let connector = Connector::with_config(dsn, config)?;
+        let client = connector.client().await.map_err(|e| Error::Connect {
             side: dsn.side(),
             dsn: dsn.redacted(),
             detail: pg_detail(&e),
             source: e,
         })?;
-        tokio::spawn(async move {
-            // Errors on the connection surface as errors of the next query.
-            let _ = conn.await;
-        });
         let mut db = Db {
             dsn: dsn.clone(),
             client,

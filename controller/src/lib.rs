@@ -32,7 +32,7 @@ mod verify;
 pub use catalog::{Name, Table};
 pub use check::{CheckOptions, CheckReport, Finding, Level, check};
 pub use cleanup::{CleanupAction, CleanupReport, Done, cleanup};
-pub use db::Db;
+pub use db::{Connector, Db};
 pub use dsn::{Dsn, Side, TlsMode, TlsOptions};
 pub use error::Error;
 pub use heartbeat::{Heartbeat, LagSeconds};

@@ -53,6 +53,8 @@ pub fn state_name(state: char) -> &'static str {
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Lag,
+    /// Only when upgraded connections that follow the writes are open.
+    Tunnels,
     Hold,
     Drain,
     Block,
@@ -65,10 +67,12 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// The step's number (reverse replication is set up between 6 and 7).
+    /// The step's number (the WebSockets move between 1 and 2 when there are any;
+    /// reverse replication is set up between 6 and 7).
     pub fn number(self) -> &'static str {
         match self {
             Phase::Lag => "1",
+            Phase::Tunnels => "1b",
             Phase::Hold => "2",
             Phase::Drain => "3",
             Phase::Block => "4",
@@ -84,6 +88,7 @@ impl Phase {
     pub fn describe(self) -> &'static str {
         match self {
             Phase::Lag => "check lag, arm the fence witness",
+            Phase::Tunnels => "close the WebSockets on the old writer, hold their reconnects",
             Phase::Hold => "hold writes on every proxy",
             Phase::Drain => "wait for in-flight writes to finish",
             Phase::Block => "block every write on the old writer",

@@ -299,13 +299,33 @@ impl Proxies {
         max: Duration,
         epoch: u64,
     ) -> Result<Vec<String>, Error> {
+        self.hold_scope(url, route, max, epoch, Scope::Writes).await
+    }
+
+    /// As [`Proxies::hold`], for the requests of `scope`.
+    pub async fn hold_scope(
+        &self,
+        url: &str,
+        route: &str,
+        max: Duration,
+        epoch: u64,
+        scope: Scope,
+    ) -> Result<Vec<String>, Error> {
         let epoch = self.stamp(url, epoch).await?;
         let body = HoldRequest {
-            scope: Some(Scope::Writes),
+            scope: Some(scope),
             max: Some(format_duration(max)),
             epoch,
         };
-        let what = format!("hold writes on route {route}{}", at(epoch));
+        let what = format!(
+            "hold {} on route {route}{}",
+            match scope {
+                Scope::Writes => "writes",
+                Scope::All => "every request",
+                Scope::Upgrades => "upgrade handshakes",
+            },
+            at(epoch)
+        );
         let a: HoldAnswer = self
             .call(
                 url,

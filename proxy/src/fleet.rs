@@ -242,10 +242,7 @@ fn route_state(live: &Live, ri: usize) -> RouteState {
         writes: snap.writes(ri).describe(&snap.config).to_string(),
         writes_source: source(snap.writes_source(ri)),
         hold: live.routes[ri].hold.info().map(|h| HoldState {
-            scope: match h.scope {
-                Scope::Writes => cutover_api::Scope::Writes,
-                Scope::All => cutover_api::Scope::All,
-            },
+            scope: h.scope.into(),
             since: unix(h.since),
             deadline: unix(h.deadline),
         }),
@@ -381,7 +378,7 @@ fn apply(shared: &Shared, st: &State, take: Take) -> Result<(), AdoptError> {
                 .info()
                 .is_some_and(|i| (unix(i.deadline) - h.deadline).abs() < 0.001);
             if !same {
-                cell.hold_until(scope(h.scope), time(h.since), time(h.deadline));
+                cell.hold_until(Scope::from(h.scope), time(h.since), time(h.deadline));
             }
         }
     }
@@ -425,13 +422,6 @@ fn same_basis(snap: &Snapshot, ri: usize, basis: &FileBasis) -> bool {
 pub fn reloaded(shared: &Shared) {
     if let Ok(change) = shared.fleet.begin(None) {
         change.commit(shared);
-    }
-}
-
-fn scope(s: cutover_api::Scope) -> Scope {
-    match s {
-        cutover_api::Scope::Writes => Scope::Writes,
-        cutover_api::Scope::All => Scope::All,
     }
 }
 

@@ -250,8 +250,8 @@ async fn decide(
         // route says otherwise, it goes where writes go and a writes hold holds it.
         // A gRPC call is a POST, so a write, unless the route names it a read.
         let grpc_read = method_writes && grpc_read(&route.grpc_reads, parts);
-        let is_write =
-            (method_writes && !grpc_read) || (upgrade && route.upgrades == Upgrades::Writes);
+        let follows_writes = upgrade && route.upgrades == Upgrades::Writes;
+        let is_write = (method_writes && !grpc_read) || follows_writes;
         let key = sticky::key(&route.sticky, &parts.headers, peer.ip());
         let pick = live.snap.weights(ri).pick(key.bucket);
         let first = match live.snap.writes(ri) {
@@ -262,7 +262,7 @@ async fn decide(
         // that got the hold acknowledged and then reads zero writes in flight knows
         // that no write can still be on its way to the old side.
         let guard = InflightGuard::new(live.clone(), ri, first, is_write);
-        if !live.routes[ri].hold.applies(is_write) {
+        if !live.routes[ri].hold.applies(is_write, follows_writes) {
             return Ok(Decision {
                 live,
                 route: ri,

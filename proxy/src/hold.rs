@@ -7,7 +7,7 @@
 //! leaves clients retrying, never writing to a database that may be read-only.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -21,6 +21,8 @@ pub enum Scope {
     /// Every method but GET, HEAD, OPTIONS and TRACE.
     Writes,
     All,
+    /// Only the upgrade handshakes that follow the writes.
+    Upgrades,
 }
 
 impl Scope {
@@ -28,6 +30,35 @@ impl Scope {
         match self {
             Scope::Writes => "writes",
             Scope::All => "all",
+            Scope::Upgrades => "upgrades",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Scope::Writes => 0,
+            Scope::All => 1,
+            Scope::Upgrades => 2,
+        }
+    }
+}
+
+impl From<cutover_api::Scope> for Scope {
+    fn from(s: cutover_api::Scope) -> Scope {
+        match s {
+            cutover_api::Scope::Writes => Scope::Writes,
+            cutover_api::Scope::All => Scope::All,
+            cutover_api::Scope::Upgrades => Scope::Upgrades,
+        }
+    }
+}
+
+impl From<Scope> for cutover_api::Scope {
+    fn from(s: Scope) -> cutover_api::Scope {
+        match s {
+            Scope::Writes => cutover_api::Scope::Writes,
+            Scope::All => cutover_api::Scope::All,
+            Scope::Upgrades => cutover_api::Scope::Upgrades,
         }
     }
 }
@@ -47,7 +78,8 @@ pub struct HoldCell {
     /// [`crate::handle`]) so a controller that saw the hold acknowledged and then
     /// sees zero writes in flight knows no write can slip past.
     active: AtomicBool,
-    covers_reads: AtomicBool,
+    /// [`Scope::code`] of the hold's scope.
+    scope: AtomicU8,
     info: Mutex<Option<HoldInfo>>,
     held: AtomicUsize,
     held_gauge: IntGauge,
@@ -69,7 +101,7 @@ impl HoldCell {
     pub fn new(held_gauge: IntGauge) -> Self {
         HoldCell {
             active: AtomicBool::new(false),
-            covers_reads: AtomicBool::new(false),
+            scope: AtomicU8::new(0),
             info: Mutex::new(None),
             held: AtomicUsize::new(0),
             held_gauge,
@@ -77,10 +109,18 @@ impl HoldCell {
         }
     }
 
-    /// Whether a request (a write or not) must wait.
+    /// Whether a request must wait: a write or not; an upgrade handshake that
+    /// follows the writes (which is a write too) or not.
     #[inline]
-    pub fn applies(&self, is_write: bool) -> bool {
-        self.active.load(Ordering::SeqCst) && (is_write || self.covers_reads.load(Ordering::SeqCst))
+    pub fn applies(&self, is_write: bool, follows_writes_upgrade: bool) -> bool {
+        if !self.active.load(Ordering::SeqCst) {
+            return false;
+        }
+        match self.scope.load(Ordering::SeqCst) {
+            0 => is_write,
+            2 => follows_writes_upgrade,
+            _ => true,
+        }
     }
 
     /// Starts (or extends) a hold. A second hold call replaces the scope and deadline.
@@ -95,8 +135,7 @@ impl HoldCell {
             deadline_at: Instant::now() + max,
         };
         *info = Some(new.clone());
-        self.covers_reads
-            .store(scope == Scope::All, Ordering::SeqCst);
+        self.scope.store(scope.code(), Ordering::SeqCst);
         self.active.store(true, Ordering::SeqCst);
         new
     }
@@ -116,8 +155,7 @@ impl HoldCell {
             deadline_at: Instant::now() + left,
         };
         *info = Some(new.clone());
-        self.covers_reads
-            .store(scope == Scope::All, Ordering::SeqCst);
+        self.scope.store(scope.code(), Ordering::SeqCst);
         self.active.store(true, Ordering::SeqCst);
         new
     }
@@ -127,7 +165,7 @@ impl HoldCell {
         let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
         *info = None;
         self.active.store(false, Ordering::SeqCst);
-        self.covers_reads.store(false, Ordering::SeqCst);
+        self.scope.store(Scope::Writes.code(), Ordering::SeqCst);
         let held = self.held.load(Ordering::SeqCst);
         self.released.send_modify(|n| *n += 1);
         held
@@ -195,10 +233,13 @@ mod tests {
     #[tokio::test]
     async fn held_requests_wake_on_release() {
         let cell = Arc::new(cell());
-        assert!(!cell.applies(true));
+        assert!(!cell.applies(true, false));
         cell.hold(Scope::Writes, Duration::from_secs(30));
-        assert!(cell.applies(true));
-        assert!(!cell.applies(false), "a writes hold lets reads through");
+        assert!(cell.applies(true, false));
+        assert!(
+            !cell.applies(false, false),
+            "a writes hold lets reads through"
+        );
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let c = cell.clone();
@@ -213,18 +254,33 @@ mod tests {
             assert_eq!(w.await.unwrap(), Waited::Released);
         }
         assert_eq!(cell.held(), 0);
-        assert!(!cell.applies(true));
+        assert!(!cell.applies(true, false));
+    }
+
+    #[test]
+    fn an_upgrades_hold_holds_only_handshakes_and_a_writes_hold_widens_it() {
+        let cell = cell();
+        cell.hold(Scope::Upgrades, Duration::from_secs(30));
+        assert!(cell.applies(true, true), "a handshake that follows writes");
+        assert!(!cell.applies(true, false), "a plain write still flows");
+        assert!(!cell.applies(false, false), "a read still flows");
+        cell.hold(Scope::Writes, Duration::from_secs(30));
+        assert!(cell.applies(true, true) && cell.applies(true, false));
+        assert!(!cell.applies(false, false));
+        assert_eq!(cell.info().map(|i| i.scope), Some(Scope::Writes));
+        cell.release();
+        assert!(!cell.applies(true, true));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_deadline_answers_and_the_hold_stays() {
         let cell = cell();
         cell.hold(Scope::All, Duration::from_secs(2));
-        assert!(cell.applies(false));
+        assert!(cell.applies(false, false));
         assert_eq!(cell.wait(&AtomicUsize::new(0), 10).await, Waited::Expired);
         assert!(cell.expired());
         assert!(
-            cell.applies(true),
+            cell.applies(true, false),
             "an expired hold keeps writes away from old"
         );
     }

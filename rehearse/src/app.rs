@@ -28,7 +28,7 @@ pub use cache::{CacheCounts, key as cache_key};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -39,10 +39,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::sync::{Mutex, oneshot};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 use self::cache::Cache;
 use cutover_controller::cache::RedisUrl;
+use cutover_controller::{Connector, Dsn, Side};
 
 /// The schema of the single-app demo (table `items`, role `app`), as the database
 /// tests create it on the source.
@@ -120,28 +121,31 @@ impl AppSpec {
 }
 
 struct Pool {
-    dsn: String,
+    /// How to connect, over the TLS the DSN asks for; an unreadable DSN or
+    /// certificate file is every query's error.
+    connector: Result<Connector, String>,
     slots: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
 }
 
 impl Pool {
     fn new(dsn: &str) -> Pool {
+        let connector = Dsn::parse(Side::Target, dsn)
+            .and_then(|d| Connector::new(&d))
+            .map_err(|e| e.to_string());
         Pool {
-            dsn: dsn.to_string(),
+            connector,
             slots: (0..POOL).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         }
     }
 
     async fn connect(&self) -> Result<Client, String> {
-        let (client, conn) = tokio_postgres::connect(&self.dsn, NoTls)
+        let connector = self.connector.as_ref().map_err(Clone::clone)?;
+        connector
+            .client()
             .await
-            .map_err(|e| format!("connect: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+            .map_err(|e| format!("connect: {e}"))
     }
 
     /// Runs `sql` with text parameters on a pooled connection, in one round trip
@@ -243,8 +247,28 @@ pub struct Site {
     /// Where it listens.
     pub addr: SocketAddr,
     routes: Arc<Routes>,
+    /// Its HTTPS listener's figures, when it serves HTTPS.
+    tls: Option<Arc<TlsCounters>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What an HTTPS site's listener saw.
+#[derive(Debug, Default)]
+struct TlsCounters {
+    h2: AtomicU64,
+    http1: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// An HTTPS site's handshakes so far: completed by the protocol ALPN chose,
+/// and failed (a client that did not trust the certificate, say, or spoke
+/// plain HTTP to it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TlsCounts {
+    pub h2: u64,
+    pub http1: u64,
+    pub failed: u64,
 }
 
 impl std::fmt::Debug for Site {
@@ -257,8 +281,13 @@ impl std::fmt::Debug for Site {
 }
 
 impl Site {
-    /// Starts side `side` serving `apps`, each on its Host.
-    pub fn start(side: &str, apps: Vec<AppSpec>) -> std::io::Result<Site> {
+    /// Starts side `side` serving `apps`, each on its Host, over plain HTTP, or
+    /// HTTPS only with `tls` (as a load balancer with a certificate does).
+    pub fn start(
+        side: &str,
+        apps: Vec<AppSpec>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Site> {
         let by_host = apps
             .iter()
             .map(|a| (a.host.to_ascii_lowercase(), Arc::new(AppState::new(a))))
@@ -270,10 +299,24 @@ impl Site {
                 by_host,
                 any: None,
             },
+            tls,
         )
     }
 
-    fn spawn(side: &str, routes: Routes) -> std::io::Result<Site> {
+    /// Its TLS handshakes, when it serves HTTPS.
+    pub fn tls_counts(&self) -> Option<TlsCounts> {
+        self.tls.as_ref().map(|c| TlsCounts {
+            h2: c.h2.load(Ordering::Relaxed),
+            http1: c.http1.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+        })
+    }
+
+    fn spawn(
+        side: &str,
+        routes: Routes,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Site> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -285,16 +328,24 @@ impl Site {
         let (stop_tx, stop_rx) = oneshot::channel();
         let routes = Arc::new(routes);
         let serving = routes.clone();
+        let counters = tls.as_ref().map(|_| Arc::new(TlsCounters::default()));
+        let tls = tls.map(|c| {
+            (
+                tokio_rustls::TlsAcceptor::from(c),
+                counters.clone().unwrap_or_default(),
+            )
+        });
         let thread = std::thread::Builder::new()
             .name(format!("site-{side}"))
             .spawn(move || {
-                rt.block_on(serve(listener, serving, stop_rx));
+                rt.block_on(serve(listener, serving, tls, stop_rx));
                 rt.shutdown_background();
             })?;
         Ok(Site {
             side: side.to_string(),
             addr,
             routes,
+            tls: counters,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -353,6 +404,7 @@ impl App {
                 by_host: HashMap::new(),
                 any: Some(Arc::new(AppState::new(&spec))),
             },
+            None,
         )?;
         Ok(App {
             name: name.to_string(),
@@ -365,6 +417,7 @@ impl App {
 async fn serve(
     listener: std::net::TcpListener,
     routes: Arc<Routes>,
+    tls: Option<(tokio_rustls::TlsAcceptor, Arc<TlsCounters>)>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
@@ -380,13 +433,40 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let routes = routes.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| answer(req, routes.clone()));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await;
+            let Some((acceptor, counters)) = tls else {
+                serve_connection(TokioIo::new(stream), routes).await;
+                return;
+            };
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    _ => {
+                        counters.failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let counter = if h2 { &counters.h2 } else { &counters.http1 };
+            counter.fetch_add(1, Ordering::Relaxed);
+            serve_connection(TokioIo::new(stream), routes).await;
         });
     }
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// HTTP/1.1 (with upgrades) or HTTP/2, as the client speaks, until it closes.
+async fn serve_connection<I>(io: I, routes: Arc<Routes>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| answer(req, routes.clone()));
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(io, svc)
+        .await;
 }
 
 /// An answer before the common headers are added.

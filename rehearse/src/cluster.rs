@@ -15,8 +15,11 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use cutover_controller::{Connector, Dsn, Side};
 use tokio_postgres::{Client, NoTls};
 
 /// What cannot be done without a working cluster.
@@ -197,6 +200,9 @@ pub struct Cluster {
     home: Option<Home>,
     stopped: AtomicBool,
     keep: bool,
+    /// Set by [`Cluster::require_tls`]: the CA file clients verify against, and
+    /// how to connect over TLS.
+    tls: OnceLock<(PathBuf, Connector)>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -274,6 +280,7 @@ impl Cluster {
             home: Some(Home::Temp(dir)),
             stopped: AtomicBool::new(true),
             keep: false,
+            tls: OnceLock::new(),
         };
         // Another process may take the port between the probe and the bind: retry
         // with a fresh one (the last `port` line in the file wins).
@@ -391,20 +398,152 @@ impl Cluster {
         self.dsn_as("postgres", &self.password, db)
     }
 
-    /// A libpq DSN for `user` on database `db`, password included.
+    /// A libpq DSN for `user` on database `db`, password included; once the
+    /// cluster requires TLS, with `sslmode=verify-full` against its CA.
     pub fn dsn_as(&self, user: &str, password: &str, db: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} user={user} password={password} dbname={db} connect_timeout=5",
-            self.port
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db} \
+             connect_timeout=5{}",
+            self.port,
+            self.tls_keys()
         )
     }
 
     /// The superuser's DSN without the password, for display.
     pub fn dsn_shown(&self, db: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} user=postgres dbname={db}",
-            self.port
+            "host=127.0.0.1 port={} user=postgres dbname={db}{}",
+            self.port,
+            self.tls_keys()
         )
+    }
+
+    fn tls_keys(&self) -> String {
+        match self.tls.get() {
+            Some((ca, _)) => format!(" sslmode=verify-full sslrootcert={}", ca.display()),
+            None => String::new(),
+        }
+    }
+
+    /// The CA file its clients verify against, once it requires TLS.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.get().map(|(ca, _)| ca.as_path())
+    }
+
+    /// Writes `name` into the data directory, owned by the server's OS user and
+    /// readable by it alone (as the server wants its key, and libpq a passfile);
+    /// returns its path.
+    pub fn private_file(&self, name: &str, text: &str) -> Result<PathBuf, ClusterError> {
+        self.owned_file(&self.data_dir().join(name), text, 0o600)
+    }
+
+    fn owned_file(&self, path: &Path, text: &str, mode: u32) -> Result<PathBuf, ClusterError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let io = |what: String| {
+            let cluster = self.name.clone();
+            move |source| ClusterError::Io {
+                cluster,
+                what,
+                source,
+            }
+        };
+        let shown = path.display();
+        let owner = std::fs::metadata(self.data_dir()).map_err(io("stat the data dir".into()))?;
+        std::fs::write(path, text).map_err(io(format!("write {shown}")))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io(format!("chmod {shown}")))?;
+        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))
+            .map_err(io(format!("chown {shown}")))?;
+        Ok(path.to_path_buf())
+    }
+
+    /// Turns TLS on with `cert_pem`/`key_pem` and makes TCP clients use it:
+    /// `pg_hba.conf` then has `hostssl` lines only (the unix socket stays
+    /// `trust`). `ca_pem`, the CA that signed the certificate, goes beside the
+    /// data directory for the clients, which from now on verify the server
+    /// against it and its address ([`Cluster::dsn_as`], [`Cluster::connect_as`]).
+    /// Returns once a plain TCP connection is refused.
+    pub async fn require_tls(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+        ca_pem: &str,
+    ) -> Result<(), ClusterError> {
+        self.private_file("server.crt", cert_pem)?;
+        self.private_file("server.key", key_pem)?;
+        // Readable by any local user: a subscriber's server may read it too.
+        let ca = self.owned_file(&self.dir().join("ca.pem"), ca_pem, 0o644)?;
+        let io = |what: &str| {
+            let (cluster, what) = (self.name.clone(), what.to_string());
+            move |source| ClusterError::Io {
+                cluster,
+                what,
+                source,
+            }
+        };
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data_dir().join("postgresql.conf"))
+            .map_err(io("open postgresql.conf"))?;
+        std::io::Write::write_all(
+            &mut conf,
+            b"\n# TLS only, with the rehearsal CA's certificate\n\
+              ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .map_err(io("write postgresql.conf"))?;
+        self.owned_file(
+            &self.data_dir().join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256\n\
+             hostssl replication all 127.0.0.1/32 scram-sha-256\n\
+             hostnossl all all 0.0.0.0/0 reject\n\
+             hostnossl all all ::/0 reject\n",
+            0o600,
+        )?;
+        let mut reload = server_command(&self.bin.join("pg_ctl"));
+        reload.arg("-D").arg(self.data_dir()).arg("reload");
+        let out = run(&self.name, "pg_ctl reload", &mut reload)?;
+        check(&self.name, "pg_ctl reload", &out)?;
+
+        let shown = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=verify-full \
+             sslrootcert={}",
+            self.port,
+            ca.display()
+        );
+        let tls_error = |detail: String| ClusterError::Sql {
+            cluster: self.name.clone(),
+            db: "postgres".into(),
+            what: "set up TLS".into(),
+            detail,
+        };
+        let dsn = Dsn::parse(Side::Target, &format!("{shown} password={}", self.password))
+            .map_err(|e| tls_error(e.to_string()))?;
+        let connector = Connector::new(&dsn).map_err(|e| tls_error(e.to_string()))?;
+        // The reload is a signal: wait until plain connections are refused.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let plain = tokio_postgres::connect(
+                &self.dsn_as("postgres", &self.password, "postgres"),
+                NoTls,
+            )
+            .await;
+            if plain.is_err() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(tls_error(
+                    "the server still takes plain connections 10 s after the reload".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        connector
+            .client()
+            .await
+            .map_err(|e| self.sql_error("postgres", "connect over TLS", &e))?;
+        let _ = self.tls.set((ca, connector));
+        Ok(())
     }
 
     /// A superuser connection to `db`.
@@ -422,6 +561,9 @@ impl Cluster {
         password: &str,
         db: &str,
     ) -> Result<Client, tokio_postgres::Error> {
+        if let Some((_, tls)) = self.tls.get() {
+            return tls.client_as(user, password, db).await;
+        }
         let (client, conn) =
             tokio_postgres::connect(&self.dsn_as(user, password, db), NoTls).await?;
         tokio::spawn(async move {

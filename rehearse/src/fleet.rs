@@ -95,7 +95,7 @@ pub(super) struct Fleet {
     consistency: consistency::Consistency,
     bin: Program,
     dir: PathBuf,
-    sites: (SocketAddr, SocketAddr),
+    sites: platform::Backends,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -197,7 +197,7 @@ impl Fleet {
         n: usize,
         bin: &Program,
         dir: &Path,
-        sites: (SocketAddr, SocketAddr),
+        sites: platform::Backends,
         epoch: Instant,
     ) -> Result<Fleet, RehearseError> {
         let ips: Vec<Ipv4Addr> = (0..=n).map(replica_ip).collect();
@@ -245,8 +245,7 @@ impl Fleet {
         let peers = format!("{SERVICE}:{}", self.port);
         let state_file = home.join("state.json");
         let text = platform::replica_config(
-            self.sites.0,
-            self.sites.1,
+            &self.sites,
             &ReplicaConf {
                 name: &name,
                 http: SocketAddr::new(IpAddr::V4(ip), 0),

@@ -30,6 +30,7 @@ mod redis;
 mod rig;
 mod run;
 mod sockets;
+mod tls;
 mod users;
 mod view;
 mod workers;

@@ -240,13 +240,53 @@ pub async fn grant_writers(cluster: &Cluster, roles: &[WriterRole]) -> Result<()
     Ok(())
 }
 
+/// Where the proxy finds the two sides.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub old: SocketAddr,
+    pub new: SocketAddr,
+    /// The new side serves HTTPS only: the CA file that signed its certificate
+    /// (for [`crate::tls::SITE_NAME`]).
+    pub new_ca: Option<std::path::PathBuf>,
+}
+
+impl Backends {
+    /// `[backends.*]`: each side health-checked every second on an app's
+    /// `/healthz`; the new one over TLS when it has it, its name verified against
+    /// the run's CA. Pooled HTTP/1.1 (ALPN `http/1.1`), though the new side offers
+    /// `h2` too: one multiplexed connection per replica costs more CPU per request
+    /// on this machine.
+    fn toml(&self) -> String {
+        let health = format!(
+            "[backends.{{side}}.health]\npath = \"/healthz\"\nhost = {}\ninterval = \"1s\"\n\
+             timeout = \"1s\"\n",
+            toml_str(&PLATFORM[0].host())
+        );
+        let mut s = format!(
+            "[backends.old]\naddrs = [\"{}\"]\n{}\n[backends.new]\naddrs = [\"{}\"]\n",
+            self.old,
+            health.replace("{side}", "old"),
+            self.new
+        );
+        if let Some(ca) = &self.new_ca {
+            let _ = writeln!(
+                s,
+                "tls = {{ sni = {}, ca_file = {} }}",
+                toml_str(crate::tls::SITE_NAME),
+                toml_str(&ca.display().to_string())
+            );
+        }
+        s.push_str(&health.replace("{side}", "new"));
+        s
+    }
+}
+
 /// `cutover-proxy`'s config: the two sites as backends `old` and `new`, one route
 /// per app at 100/0 with writes on old and a sticky cookie, listeners on loopback
 /// ports the proxy picks (it logs them).
-pub fn proxy_config(old: SocketAddr, new: SocketAddr) -> String {
+pub fn proxy_config(backends: &Backends) -> String {
     proxy_config_with(
-        old,
-        new,
+        backends,
         "# cutover rehearse: the two sites behind one proxy\n\
          [listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
     )
@@ -271,10 +311,9 @@ pub struct ReplicaConf<'a> {
 /// `cutover-proxy`'s config for one replica of a fleet: as [`proxy_config`], with
 /// its own listeners, `[fleet]` (name, state file, peers by DNS) and the resolver
 /// that answers for the peers' name.
-pub fn replica_config(old: SocketAddr, new: SocketAddr, r: &ReplicaConf<'_>) -> String {
+pub fn replica_config(backends: &Backends, r: &ReplicaConf<'_>) -> String {
     proxy_config_with(
-        old,
-        new,
+        backends,
         &format!(
             "# cutover rehearse: replica {name} of the proxy fleet\n\
              [listen]\nhttp = \"{http}\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
@@ -293,11 +332,11 @@ pub fn replica_config(old: SocketAddr, new: SocketAddr, r: &ReplicaConf<'_>) -> 
 }
 
 /// The config's common part (proxy settings, backends, routes) after `head`.
-fn proxy_config_with(old: SocketAddr, new: SocketAddr, head: &str) -> String {
+fn proxy_config_with(backends: &Backends, head: &str) -> String {
     let mut s = format!(
         "{head}\n[proxy]\nthreads = 2\ngrace = \"5s\"\n\n\
-         [hold]\nupgrade_grace = \"500ms\"\n\n\
-         [backends.old]\naddrs = [\"{old}\"]\n\n[backends.new]\naddrs = [\"{new}\"]\n"
+         [hold]\nupgrade_grace = \"500ms\"\n\n{}",
+        backends.toml()
     );
     for app in &PLATFORM {
         let _ = write!(
@@ -568,8 +607,7 @@ mod tests {
     #[test]
     fn a_replica_config_joins_its_fleet_by_dns() {
         let cfg = replica_config(
-            "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
-            "127.0.0.1:2".parse().unwrap_or_else(|e| panic!("{e}")),
+            &backends(None),
             &ReplicaConf {
                 name: "proxy-1",
                 http: "127.0.0.3:0".parse().unwrap_or_else(|e| panic!("{e}")),
@@ -629,12 +667,17 @@ mod tests {
         );
     }
 
+    fn backends(new_ca: Option<&str>) -> Backends {
+        Backends {
+            old: "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
+            new: "127.0.0.1:2".parse().unwrap_or_else(|e| panic!("{e}")),
+            new_ca: new_ca.map(Into::into),
+        }
+    }
+
     #[test]
     fn the_proxy_config_has_a_route_per_app() {
-        let cfg = proxy_config(
-            "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
-            "127.0.0.1:2".parse().unwrap_or_else(|e| panic!("{e}")),
-        );
+        let cfg = proxy_config(&backends(None));
         let value: toml::Value = toml::from_str(&cfg).unwrap_or_else(|e| panic!("{e}\n{cfg}"));
         let routes = value
             .get("routes")
@@ -642,5 +685,20 @@ mod tests {
             .map_or(0, Vec::len);
         assert_eq!(routes, 6);
         assert!(cfg.contains("writes = \"old\""));
+        assert!(value["backends"]["new"].get("tls").is_none());
+    }
+
+    #[test]
+    fn an_https_new_side_is_reached_and_checked_over_tls() {
+        let cfg = proxy_config(&backends(Some("/run/ca.pem")));
+        let value: toml::Value = toml::from_str(&cfg).unwrap_or_else(|e| panic!("{e}\n{cfg}"));
+        let new = &value["backends"]["new"];
+        assert_eq!(new["tls"]["ca_file"].as_str(), Some("/run/ca.pem"));
+        assert_eq!(new["tls"]["sni"].as_str(), Some(crate::tls::SITE_NAME));
+        for side in ["old", "new"] {
+            let health = &value["backends"][side]["health"];
+            assert_eq!(health["path"].as_str(), Some("/healthz"), "{side}");
+        }
+        assert!(value["backends"]["old"].get("tls").is_none());
     }
 }

@@ -20,7 +20,7 @@ use super::users::{self, LoadFiles};
 use super::workers;
 use super::{
     Progress, RehearseArgs, RehearseError, binaries, cache, hostile, io, machine, procs, redis,
-    sockets, view, writes,
+    sockets, tls, view, writes,
 };
 use cutover_controller::plan::record::Outcome;
 
@@ -183,6 +183,29 @@ pub(super) async fn rehearse(
     );
     let (old, new) = &*rig.clusters.insert((old, new));
 
+    // TLS where users have TLS: the run's CA; the new cluster takes TLS only.
+    let t = Instant::now();
+    let certs = tls::Certs::issue().map_err(RehearseError::Step)?;
+    new.require_tls(&certs.database.cert, &certs.database.key, &certs.ca)
+        .await?;
+    let ca_file = run_dir.join("ca.pem");
+    write_file(&ca_file, &certs.ca)?;
+    let other_ca_refused = stranger_refused(new, &run_dir, &certs.other_ca).await?;
+    progress.done(
+        t,
+        &format!(
+            "TLS: the run's CA signed the new side's certificates; PostgreSQL new takes \
+             TLS only (a plain connection and one trusting another CA were refused: {})",
+            other_ca_refused
+        ),
+    );
+    let mut tls_report = tls::TlsReport {
+        site_name: tls::SITE_NAME.into(),
+        plain_refused: true,
+        other_ca_refused,
+        ..Default::default()
+    };
+
     let t = Instant::now();
     platform::create_databases(old, new, &roles).await?;
     progress.done(
@@ -226,17 +249,31 @@ pub(super) async fn rehearse(
     );
 
     // The sites and the proxy.
-    let old_site = Site::start("old", platform::site_apps(old, &roles, redis_old.url()))
-        .map_err(io("start the old side's apps"))?;
-    let new_site = Site::start("new", platform::site_apps(new, &roles, redis_new.url()))
-        .map_err(io("start the new side's apps"))?;
+    let old_site = Site::start(
+        "old",
+        platform::site_apps(old, &roles, redis_old.url()),
+        None,
+    )
+    .map_err(io("start the old side's apps"))?;
+    let site_tls = tls::server_config(&certs.site).map_err(RehearseError::Step)?;
+    let new_site = Site::start(
+        "new",
+        platform::site_apps(new, &roles, redis_new.url()),
+        Some(site_tls),
+    )
+    .map_err(io("start the new side's apps"))?;
     let (old_addr, new_addr) = (old_site.addr, new_site.addr);
+    let backends = platform::Backends {
+        old: old_addr,
+        new: new_addr,
+        new_ca: Some(ca_file.clone()),
+    };
     rig.sites = Some((old_site, new_site));
     let t = Instant::now();
     // Where the users connect, the admin APIs, and how the plan finds them.
     let (proxy_http, admins, plan_proxies) = if args.replicas == 1 {
         let proxy_config = run_dir.join("cutover-proxy.toml");
-        write_file(&proxy_config, &platform::proxy_config(old_addr, new_addr))?;
+        write_file(&proxy_config, &platform::proxy_config(&backends))?;
         let proxy = procs::start_proxy(&bins.proxy, &proxy_config, &run_dir.join("proxy.log"))
             .await
             .map_err(RehearseError::Step)?;
@@ -246,7 +283,7 @@ pub(super) async fn rehearse(
         progress.done(
             t,
             &format!(
-                "apps up (old {old_addr}, new {new_addr}); cutover-proxy on {proxy_http} \
+                "apps up (old {old_addr}, new https://{new_addr}); cutover-proxy on {proxy_http} \
                  (admin {admin}), every route at 100% old answers"
             ),
         );
@@ -256,7 +293,7 @@ pub(super) async fn rehearse(
             args.replicas,
             &bins.proxy,
             &run_dir,
-            (old_addr, new_addr),
+            backends.clone(),
             progress.start,
         )?);
         fleet.start(args.replicas).await?;
@@ -272,7 +309,7 @@ pub(super) async fn rehearse(
         progress.done(
             t,
             &format!(
-                "apps up (old {old_addr}, new {new_addr}); {} cutover-proxy replicas ready \
+                "apps up (old {old_addr}, new https://{new_addr}); {} cutover-proxy replicas ready \
                  (admin {} port {}, found by {}:{} at DNS {}) behind the balancer on {front}; \
                  every route at 100% old answers on each",
                 args.replicas,
@@ -382,6 +419,16 @@ pub(super) async fn rehearse(
     };
     let plan_s = t.elapsed().as_secs_f64();
     progress.done(t, "plan finished");
+
+    // Who is on the new database, and how, before anyone stops.
+    match tls::sessions(new).await {
+        Ok((with, without)) => {
+            tls_report.database_sessions_tls = with;
+            tls_report.database_sessions_plain = without;
+        }
+        Err(e) => progress.line(&format!("TLS: counting the new database's sessions: {e}")),
+    }
+    let tls_to = progress.start_unix + progress.at();
 
     // The writers past the proxy stop with the plan.
     let mut writer_tallies = writers.stop().await;
@@ -506,6 +553,21 @@ pub(super) async fn rehearse(
             to: record.started_at + ready,
         });
     }
+    if let Some(counts) = rig.sites.as_ref().and_then(|(_, n)| n.tls_counts()) {
+        tls_report.site_handshakes = counts;
+    }
+    moments.push(view::Moment {
+        part: "tls".into(),
+        what: format!(
+            "new side over HTTPS ({} h2 + {} http/1.1 handshakes), its database TLS-only \
+             ({} sessions over TLS at the end)",
+            tls_report.site_handshakes.h2,
+            tls_report.site_handshakes.http1,
+            tls_report.database_sessions_tls
+        ),
+        from: websockets_from,
+        to: tls_to,
+    });
     let seen = view::seen(&moments, &seconds);
 
     let (md_path, json_path) = cutover_controller::plan::report::write(&record, &args.out)?;
@@ -516,6 +578,7 @@ pub(super) async fn rehearse(
     markdown.push_str(&workers::section(&past, &record));
     markdown.push_str(&cache::section(&cache_report));
     markdown.push_str(&sockets::section(&websockets_report));
+    markdown.push_str(&tls::section(&tls_report));
     if let Some(f) = &fleet_report {
         markdown.push_str(&fleet::section(f));
     }
@@ -531,6 +594,7 @@ pub(super) async fn rehearse(
     parts.insert("hostile".into(), to_json(&hostile_report)?);
     parts.insert("cache".into(), to_json(&cache_report)?);
     parts.insert("websockets".into(), to_json(&websockets_report)?);
+    parts.insert("tls".into(), to_json(&tls_report)?);
     if let Some(f) = &fleet_report {
         parts.insert("fleet".into(), to_json(f)?);
     }
@@ -560,6 +624,7 @@ pub(super) async fn rehearse(
         && users_view.passed()
         && cache_report.passed()
         && websockets_report.problems().is_empty()
+        && tls_report.problems().is_empty()
         && !leaked;
     progress.line(&format!(
         "{}: outcome {}, {} failed requests, {} lost writes, {:.0}s of downtime; report: {} and {}",
@@ -577,6 +642,9 @@ pub(super) async fn rehearse(
     for p in websockets_report.problems() {
         progress.line(&format!("websockets: {p}"));
     }
+    for p in tls_report.problems() {
+        progress.line(&format!("tls: {p}"));
+    }
     for p in &cache_report.problems {
         progress.line(&format!("cache: {p}"));
     }
@@ -591,6 +659,35 @@ pub(super) async fn rehearse(
             .line("a password appeared in the report and was replaced by ********; that is a bug");
     }
     Ok(if ok { 0 } else { 1 })
+}
+
+/// A client of `cluster` that trusts `other_ca` (written into `dir`) instead of
+/// the run's CA must be refused: the reason, or an error when it was not.
+async fn stranger_refused(
+    cluster: &Cluster,
+    dir: &Path,
+    other_ca: &str,
+) -> Result<String, RehearseError> {
+    let path = dir.join("other-ca.pem");
+    write_file(&path, other_ca)?;
+    let raw = format!(
+        "host=127.0.0.1 port={} user=postgres password={} dbname=postgres \
+         sslmode=verify-full sslrootcert={} connect_timeout=5",
+        cluster.port(),
+        cluster.password(),
+        path.display()
+    );
+    let dsn = cutover_controller::Dsn::parse(cutover_controller::Side::Target, &raw)?;
+    let connector = cutover_controller::Connector::new(&dsn)?;
+    match connector.client().await {
+        Ok(_) => Err(RehearseError::Step(format!(
+            "PostgreSQL {} was trusted by a client that trusts another CA: TLS is not verified",
+            cluster.name()
+        ))),
+        Err(e) => {
+            Ok(std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string))
+        }
+    }
 }
 
 fn to_json(value: &impl serde::Serialize) -> Result<serde_json::Value, RehearseError> {

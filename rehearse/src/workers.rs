@@ -29,10 +29,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cutover_controller::{Connector, Dsn};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::cluster::Cluster;
 use super::platform::{AppDef, stateful};
@@ -357,6 +358,16 @@ async fn write_loop(spec: Spec, tally: Arc<Mutex<Tally>>, mut stopped: watch::Re
     };
     // Never retry sooner than the writer's own interval, nor wait much longer.
     let longest = BACKOFF_MAX.max(kind.every());
+    // Over the TLS its DSN asks for, as the apps connect.
+    let connector = match Dsn::parse(cutover_controller::Side::Target, &spec.dsn)
+        .and_then(|d| Connector::new(&d))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            count(format!("connect: {e}"), 1);
+            return;
+        }
+    };
     loop {
         tokio::select! {
             changed = stopped.changed() => {
@@ -375,7 +386,7 @@ async fn write_loop(spec: Spec, tally: Arc<Mutex<Tally>>, mut stopped: watch::Re
             reconnecting = true;
         }
         if client.is_none() {
-            match timeout(WRITE_TIMEOUT, connect(&spec.dsn)).await {
+            match timeout(WRITE_TIMEOUT, connector.client()).await {
                 Ok(Ok(c)) => {
                     if reconnecting {
                         tally
@@ -460,14 +471,6 @@ fn body(spec: &Spec, n: u64) -> String {
         "{{\"writer\":\"{kind}\",\"app\":\"{app}\",\"side\":\"{side}\",\"write\":\"{}-{app}-{kind}-{side}-{n}\"}}",
         spec.run
     )
-}
-
-async fn connect(dsn: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(dsn, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
 }
 
 /// One write: a single INSERT (autocommit) for a worker; for the nightly job, every

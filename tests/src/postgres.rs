@@ -86,6 +86,15 @@ impl Postgres {
             .unwrap_or_else(|e| panic!("{e}: {sql}"));
     }
 
+    /// Writes `name` into the data directory, owned by the server's OS user and
+    /// readable by it alone (as the server wants its key, and libpq a passfile);
+    /// returns its path.
+    pub fn private_file(&self, name: &str, text: &str) -> PathBuf {
+        self.inner
+            .private_file(name, text)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Turns TLS on with `cert_pem`/`key_pem` as `server.crt`/`server.key` and
     /// `ca_pem` as the CA of client certificates (`root.crt`), and rewrites
     /// `pg_hba.conf` so that TCP connections must use TLS (`hostssl`;
@@ -93,20 +102,6 @@ impl Postgres {
     /// certificate whose CN is its name (`cert`), then reloads. The unix socket stays open (trust), but
     /// this harness's own [`Postgres::connect`] uses TCP without TLS: do the setup
     /// that needs it first. Returns once a plain connection is refused.
-    /// Writes `name` into the data directory, owned by the server's OS user and
-    /// readable by it alone (as the server wants its key, and libpq a passfile);
-    /// returns its path.
-    pub fn private_file(&self, name: &str, text: &str) -> PathBuf {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let data = self.inner.data_dir();
-        let owner = std::fs::metadata(&data).expect("stat the data dir");
-        let path = data.join(name);
-        std::fs::write(&path, text).expect("write a file into the data dir");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
-        path
-    }
-
     pub async fn enable_tls(&self, cert_pem: &str, key_pem: &str, ca_pem: &str) {
         let data = self.inner.data_dir();
         for (file, text) in [

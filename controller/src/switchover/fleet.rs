@@ -14,6 +14,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tokio::time::Instant;
 
+use cutover_api::Scope;
+
 use crate::error::Error;
 use crate::proxy::Proxies;
 
@@ -85,11 +87,12 @@ pub async fn hold_all(
     proxies: &Proxies,
     routes: &[String],
     max: Duration,
+    scope: Scope,
 ) -> Result<Vec<Held>, Error> {
     let mut held = Vec::new();
     for route in routes {
         let result = match proxies.next_epoch().await {
-            Ok(epoch) => hold_route(proxies, route, max, epoch, &mut held).await,
+            Ok(epoch) => hold_route(proxies, route, max, epoch, scope, &mut held).await,
             Err(e) => Err(e),
         };
         if let Err(e) = result {
@@ -107,13 +110,14 @@ async fn hold_route(
     route: &str,
     max: Duration,
     epoch: u64,
+    scope: Scope,
     held: &mut Vec<Held>,
 ) -> Result<(), Error> {
     let results = join_all(
         proxies
             .urls()
             .iter()
-            .map(|url| proxies.hold(url, route, max, epoch)),
+            .map(|url| proxies.hold_scope(url, route, max, epoch, scope)),
     )
     .await;
     let mut first_error = None;
@@ -140,6 +144,7 @@ pub async fn enrol(
     proxies: &mut Proxies,
     held: &mut Vec<Held>,
     ends: Instant,
+    scope: Scope,
 ) -> Result<(), Error> {
     if proxies.refresh().await.is_err() {
         return Ok(());
@@ -163,7 +168,7 @@ pub async fn enrol(
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(100));
                 let epoch = proxies.current_epoch().await?;
-                proxies.hold(&url, route, left, epoch).await?;
+                proxies.hold_scope(&url, route, left, epoch, scope).await?;
             }
             held.push(Held {
                 url: url.clone(),
@@ -177,27 +182,32 @@ pub async fn enrol(
 /// Waits until no write is in flight to `backend` on any held route of any proxy,
 /// and no upgraded connection that follows the writes is open to it (the hold
 /// closes those after `hold.upgrade_grace`: a WebSocket's messages may be writes),
-/// holding the replicas that appear meanwhile (see [`enrol`]; the hold ends at
-/// `hold_ends`).
+/// holding the replicas that appear meanwhile (see [`enrol`]; the hold, of
+/// `scope`, ends at `hold_ends`). Under an upgrades hold only the upgraded
+/// connections are waited for: the other writes still flow.
 pub async fn drain(
     proxies: &mut Proxies,
     held: &mut Vec<Held>,
     backend: &str,
     deadline: Instant,
     hold_ends: Instant,
+    scope: Scope,
 ) -> Result<(), Error> {
     let routes = routes_of(held);
     let mut next_find = Instant::now();
     loop {
         if Instant::now() >= next_find {
-            enrol(proxies, held, hold_ends).await?;
+            enrol(proxies, held, hold_ends, scope).await?;
             next_find = Instant::now() + FIND_EVERY;
         }
         let mut busy = Vec::new();
         for url in proxies.urls() {
             for route in &routes {
                 for r in proxies.routes(url, route).await? {
-                    let n = r.inflight_writes.get(backend).copied().unwrap_or(0);
+                    let n = match scope {
+                        Scope::Upgrades => 0,
+                        _ => r.inflight_writes.get(backend).copied().unwrap_or(0),
+                    };
                     let tunnels = r.write_tunnels.get(backend).copied().unwrap_or(0);
                     if n > 0 {
                         busy.push(format!("{url} route {}: {n}", r.name));
@@ -216,12 +226,35 @@ pub async fn drain(
         }
         if Instant::now() >= deadline {
             return Err(Error::Precondition(format!(
-                "writes still in flight to {backend} when the pause budget ran out ({})",
+                "writes still in flight to {backend} when the {} ran out ({})",
+                match scope {
+                    Scope::Upgrades => "time allowed for the upgraded connections to close",
+                    _ => "pause budget",
+                },
                 busy.join("; ")
             )));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// How many upgraded connections that follow the writes are open to `backend`
+/// on `routes`, over every proxy.
+pub async fn write_tunnels(
+    proxies: &Proxies,
+    routes: &[String],
+    backend: &str,
+) -> Result<u64, Error> {
+    let mut open = 0;
+    for url in proxies.urls() {
+        for route in routes {
+            for r in proxies.routes(url, route).await? {
+                open +=
+                    u64::try_from(r.write_tunnels.get(backend).copied().unwrap_or(0)).unwrap_or(0);
+            }
+        }
+    }
+    Ok(open)
 }
 
 /// Releases every hold, switching writes to `writes` when given, on the replicas
@@ -348,10 +381,15 @@ mod tests {
         let (a, a_seen) = serve(admin_answer::<0>).await;
         let (b, _) = serve(refuses_holds).await;
         let p = Proxies::new(&[url_of(a), url_of(b)], Some("t0ken".into())).unwrap();
-        let e = hold_all(&p, &["shop.test".to_string()], Duration::from_secs(5))
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = hold_all(
+            &p,
+            &["shop.test".to_string()],
+            Duration::from_secs(5),
+            Scope::Writes,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(&url_of(b)) && e.contains("HTTP 403"), "{e}");
         let a_seen = a_seen.lock().unwrap().clone();
         let calls: Vec<(&str, &str)> = a_seen

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use cutover_api::Scope;
 use tokio::time::Instant;
 
 use super::fence::{self, Fence, Witness};
@@ -179,13 +180,54 @@ impl Plan<'_> {
             }
         ));
 
-        // 2. Hold writes on every proxy; each must acknowledge.
-        tl.begin(Phase::Hold);
         // A lookup that fails holds the replicas known.
         let _ = proxies.refresh().await;
+
+        // 1b. Upgraded connections that follow the writes (WebSockets: their
+        // messages may be writes) move first, while every other write still
+        // flows: their handshakes are held, and the open ones to the old side
+        // closed (after `hold.upgrade_grace`), so the write pause below does not
+        // wait for them. Their clients reconnect into the hold.
+        let tunnels = fleet::write_tunnels(proxies, &opts.routes, self.from_backend).await?;
+        if tunnels > 0 {
+            tl.begin(Phase::Tunnels);
+            let started = Instant::now();
+            let budget = started + opts.max_pause - reserve(opts.max_pause);
+            let moved =
+                match fleet::hold_all(proxies, &opts.routes, opts.max_pause, Scope::Upgrades).await
+                {
+                    Ok(h) => {
+                        undo.held = h;
+                        fleet::drain(
+                            proxies,
+                            &mut undo.held,
+                            self.from_backend,
+                            budget,
+                            started + opts.max_pause,
+                            Scope::Upgrades,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+            if let Err(e) = moved {
+                let (phase, until) = (tl.failed_in(), started + opts.max_pause);
+                let said = || {
+                    "; the upgrade handshakes held were released; writes did not move".to_string()
+                };
+                return Err(self.abort(proxies, &undo, until, phase, e, said).await);
+            }
+            tl.end(format!(
+                "{tunnels} upgraded connection(s) to {:?} closed; their reconnects wait",
+                self.from_backend
+            ));
+        }
+
+        // 2. Hold writes on every proxy; each must acknowledge.
+        tl.begin(Phase::Hold);
         let hold_start = Instant::now();
         let deadline = hold_start + opts.max_pause - reserve(opts.max_pause);
-        match fleet::hold_all(proxies, &opts.routes, opts.max_pause).await {
+        match fleet::hold_all(proxies, &opts.routes, opts.max_pause, Scope::Writes).await {
             Ok(h) => undo.held = h,
             Err(e) => {
                 let (phase, until) = (tl.failed_in(), hold_start + opts.max_pause);
@@ -342,6 +384,7 @@ impl Plan<'_> {
             self.from_backend,
             deadline,
             hold_ends,
+            Scope::Writes,
         )
         .await?;
         let joined = undo.held.len() - before;

@@ -89,10 +89,7 @@ pub(super) fn route_status(live: &Live, i: usize) -> RouteStatus {
         long_lived: BTreeMap::new(),
         write_tunnels: BTreeMap::new(),
         hold: rt.hold.info().map(|h| HoldStatus {
-            scope: match h.scope {
-                crate::hold::Scope::Writes => cutover_api::Scope::Writes,
-                crate::hold::Scope::All => cutover_api::Scope::All,
-            },
+            scope: h.scope.into(),
             since: unix(h.since),
             deadline: unix(h.deadline),
             held: rt.hold.held(),

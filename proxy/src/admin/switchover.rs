@@ -25,10 +25,7 @@ pub(super) fn hold(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyB
         Ok(r) => r,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e),
     };
-    let scope = match req.scope.unwrap_or_default() {
-        cutover_api::Scope::Writes => Scope::Writes,
-        cutover_api::Scope::All => Scope::All,
-    };
+    let scope = Scope::from(req.scope.unwrap_or_default());
     let live = shared.live();
     let max = match duration_field(req.max.as_deref(), "max", live.snap.config.hold.max) {
         Ok(d) if d > Duration::ZERO => d,

@@ -1,11 +1,12 @@
 //! WebSockets that carry writes, through a switchover: 10 clients send a message
 //! every 50 ms over a WebSocket through the real `cutover-proxy` to the demo app,
 //! which inserts each one and answers `ok {id}` once committed. A WebSocket's
-//! messages are writes the proxy cannot see, so the switchover's drain waits for
-//! the hold to close them (1012, after `hold.upgrade_grace`) before it blocks
-//! writes on old: no message may meet the write block (an `error` answer), the
-//! clients reconnect and are released to new, and every acknowledged message is in
-//! new's database.
+//! messages are writes the proxy cannot see, so the switchover first holds their
+//! handshakes and closes them (1012, after `hold.upgrade_grace`) while the other
+//! writes still flow, and its drain waits for them too before it blocks writes on
+//! old: no message may meet the write block (an `error` answer), the clients
+//! reconnect and are released to new, and every acknowledged message is in new's
+//! database.
 
 use std::time::Duration;
 
@@ -111,6 +112,22 @@ async fn websocket_writes_never_meet_the_write_block_and_all_land_on_new() {
 
     let v = behind.switchover(HOST, "10s").await;
     assert_eq!(v["writes"], "new", "{v:#}");
+    // The WebSockets moved first, before the writes were held: the write pause
+    // does not include their closing.
+    let phases: Vec<&str> = v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(&phases[..3], ["lag", "tunnels", "hold"], "{v:#}");
+    assert!(
+        v["phases"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{CLIENTS} upgraded connection(s)")),
+        "{v:#}"
+    );
     // The clients talk to new for a while, then stop.
     cutover_tests::eventually(
         Duration::from_secs(10),

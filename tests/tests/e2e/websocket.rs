@@ -57,6 +57,31 @@ async fn post(proxy: &Proxy, path: &str, body: &str) -> cutover_tests::Reply {
     r
 }
 
+/// A WebSocket handshake sent to the proxy, once the hold holds it; it completes
+/// when the hold is released.
+async fn held_handshake(
+    proxy: &Proxy,
+) -> tokio::task::JoinHandle<
+    Result<
+        (
+            Ws,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        tokio_tungstenite::tungstenite::Error,
+    >,
+> {
+    let addr = proxy.http;
+    let pending = tokio::spawn(async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tokio_tungstenite::client_async(format!("ws://{HOST}/live"), tcp).await
+    });
+    eventually(Duration::from_secs(10), "the handshake held", || async {
+        (proxy.status().await["routes"][0]["hold"]["held"] == 1).then_some(())
+    })
+    .await;
+    pending
+}
+
 /// Backends `old` and `new` behind a proxy for `HOST` with `weights` and `extra`.
 fn start(weights: (f64, f64), extra: &str) -> (Backend, Backend, Proxy) {
     two_backends(&[HOST], weights, extra)
@@ -128,17 +153,7 @@ async fn a_websocket_handshake_is_held_with_the_writes_and_released_to_the_new_s
         r#"{"scope":"writes","max":"30s"}"#,
     )
     .await;
-    let pending = {
-        let addr = proxy.http;
-        tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            tokio_tungstenite::client_async(format!("ws://{HOST}/live"), tcp).await
-        })
-    };
-    eventually(Duration::from_secs(10), "the handshake held", || async {
-        (proxy.status().await["routes"][0]["hold"]["held"] == 1).then_some(())
-    })
-    .await;
+    let pending = held_handshake(&proxy).await;
     assert_eq!(
         old.stats
             .websockets
@@ -157,6 +172,67 @@ async fn a_websocket_handshake_is_held_with_the_writes_and_released_to_the_new_s
             .websockets
             .load(std::sync::atomic::Ordering::SeqCst),
         0
+    );
+}
+
+/// The switchover's first step: an `upgrades` hold closes the WebSockets to the
+/// write side and holds their reconnects, while every other write still goes
+/// to old; a `writes` hold then widens it, and the release sends the held
+/// handshake to new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrades_hold_moves_the_websockets_while_other_writes_flow() {
+    let (old, _new, proxy) = start(
+        (50.0, 50.0),
+        "writes = \"old\"\n\n[hold]\nupgrade_grace = \"100ms\"",
+    );
+    let mut open = echoing_on_old(&proxy, 3).await;
+    post(
+        &proxy,
+        "/routes/shop.test/hold",
+        r#"{"scope":"upgrades","max":"30s"}"#,
+    )
+    .await;
+    for ws in &mut open {
+        assert_eq!(closed(ws, Duration::from_secs(10)).await, Some(1012));
+    }
+    eventually(Duration::from_secs(10), "no tunnel left to old", || async {
+        (long_lived(&proxy, "old").await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        proxy.status().await["routes"][0]["hold"]["scope"],
+        "upgrades"
+    );
+    // A reconnect waits in the hold...
+    let pending = held_handshake(&proxy).await;
+    // ...while a plain write still reaches old at once.
+    let client = cutover_tests::Client::new();
+    let write = client
+        .send(proxy.http, Method::POST, HOST, "/orders", &[], "{}")
+        .await
+        .expect("a write under an upgrades hold");
+    assert_eq!(write.status, 200, "{}", write.body);
+    assert_eq!(write.headers["x-cutover-backend"], "old");
+    // The writes hold widens it; the release sends the handshake to new.
+    post(
+        &proxy,
+        "/routes/shop.test/hold",
+        r#"{"scope":"writes","max":"30s"}"#,
+    )
+    .await;
+    assert_eq!(proxy.status().await["routes"][0]["hold"]["scope"], "writes");
+    post(&proxy, "/routes/shop.test/release", r#"{"writes":"new"}"#).await;
+    let (mut ws, resp) = pending
+        .await
+        .unwrap()
+        .expect("the handshake after the release");
+    assert_eq!(resp.headers()["x-cutover-backend"], "new");
+    assert_eq!(echo(&mut ws, "after").await, "new: after");
+    assert_eq!(
+        old.stats
+            .websockets
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3
     );
 }
 

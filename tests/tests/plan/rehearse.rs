@@ -230,6 +230,27 @@ async fn quick_rehearsal_fails_no_request_and_loses_no_write() {
     assert_eq!(messages["found"], messages["acknowledged"], "{past}");
     assert_eq!(count("websockets"), 1, "{parts:#?}");
 
+    // TLS where users have TLS: the new side's entry point took HTTPS only, the
+    // proxies reached it over TLS (pooled HTTP/1.1 by ALPN), no handshake failed;
+    // the new database held TLS sessions only, and refused a plain client and one
+    // trusting another CA before the migration.
+    let tls = &rehearsal["tls"];
+    let handshakes = &tls["site_handshakes"];
+    assert!(handshakes["http1"].as_u64().unwrap() > 0, "{tls}");
+    assert_eq!(handshakes["failed"], 0, "{tls}");
+    assert!(tls["database_sessions_tls"].as_u64().unwrap() > 0, "{tls}");
+    assert_eq!(tls["database_sessions_plain"], 0, "{tls}");
+    assert_eq!(tls["plain_refused"], true, "{tls}");
+    assert!(
+        tls["other_ca_refused"]
+            .as_str()
+            .unwrap()
+            .contains("unknown issuer"),
+        "{tls}"
+    );
+    assert_eq!(count("tls"), 1, "{parts:#?}");
+    assert!(md.contains("## TLS where users have TLS"), "{md}");
+
     // The report is on stdout too, the files beside it, and no password anywhere.
     assert!(stdout.contains("What the users saw"), "{stdout}");
     for f in ["report.md", "load.json", "ledger.jsonl", "timeline.jsonl"] {
