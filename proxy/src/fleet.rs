@@ -374,9 +374,10 @@ fn apply(shared: &Shared, st: &State, take: Take) -> Result<(), AdoptError> {
     for &(ri, hold) in &holds {
         if let Some(h) = hold {
             let cell = &live.routes[ri].hold;
-            let same = cell
-                .info()
-                .is_some_and(|i| (unix(i.deadline) - h.deadline).abs() < 0.001);
+            let same = cell.info().is_some_and(|i| {
+                (unix(i.deadline) - h.deadline).abs() < 0.001
+                    && cutover_api::Scope::from(i.scope) == h.scope
+            });
             if !same {
                 cell.hold_until(Scope::from(h.scope), time(h.since), time(h.deadline));
             }

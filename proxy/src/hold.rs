@@ -123,11 +123,17 @@ impl HoldCell {
         }
     }
 
-    /// Starts (or extends) a hold. A second hold call replaces the scope and deadline.
+    /// Starts (or extends) a hold. A second hold call replaces the scope and
+    /// deadline, except that an `upgrades` hold never narrows a `writes` or `all`
+    /// hold: only the deadline changes then, and the writes stay held.
     pub fn hold(&self, scope: Scope, max: Duration) -> HoldInfo {
         let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
         let now = SystemTime::now();
         let since = info.as_ref().map_or(now, |i| i.since);
+        let scope = match info.as_ref().map(|i| i.scope) {
+            Some(wider @ (Scope::Writes | Scope::All)) if scope == Scope::Upgrades => wider,
+            _ => scope,
+        };
         let new = HoldInfo {
             scope,
             since,
@@ -199,9 +205,17 @@ impl HoldCell {
         if !self.active.load(Ordering::SeqCst) {
             return Waited::Released;
         }
-        match tokio::time::timeout_at(info.deadline_at, rx.changed()).await {
-            Ok(_) => Waited::Released,
-            Err(_) => Waited::Expired,
+        // A hold replaced meanwhile (a switchover's writes hold after its
+        // upgrades hold) ends at its own, later deadline.
+        let mut deadline = info.deadline_at;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(_) => return Waited::Released,
+                Err(_) => match self.info() {
+                    Some(i) if i.deadline_at > deadline => deadline = i.deadline_at,
+                    _ => return Waited::Expired,
+                },
+            }
         }
     }
 
@@ -270,6 +284,34 @@ mod tests {
         assert_eq!(cell.info().map(|i| i.scope), Some(Scope::Writes));
         cell.release();
         assert!(!cell.applies(true, true));
+    }
+
+    #[test]
+    fn an_upgrades_hold_never_narrows_a_writes_hold() {
+        let cell = cell();
+        cell.hold(Scope::Writes, Duration::from_secs(30));
+        cell.hold(Scope::Upgrades, Duration::from_secs(60));
+        assert!(cell.applies(true, false), "plain writes stay held");
+        assert_eq!(cell.info().map(|i| i.scope), Some(Scope::Writes));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_request_waits_for_the_deadline_of_the_hold_that_replaced_its_own() {
+        let cell = Arc::new(cell());
+        cell.hold(Scope::Upgrades, Duration::from_secs(2));
+        let waiter = {
+            let c = cell.clone();
+            tokio::spawn(async move { c.wait(&AtomicUsize::new(0), 10).await })
+        };
+        while cell.held() < 1 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cell.hold(Scope::Writes, Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!waiter.is_finished(), "past the first deadline, still held");
+        cell.release();
+        assert_eq!(waiter.await.unwrap(), Waited::Released);
     }
 
     #[tokio::test(start_paused = true)]

@@ -528,12 +528,18 @@ impl Cluster {
                 NoTls,
             )
             .await;
-            if plain.is_err() {
+            // Refused by pg_hba.conf (28000), not merely failed.
+            if let Err(e) = &plain
+                && e.code()
+                    == Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+            {
                 break;
             }
             if std::time::Instant::now() > deadline {
                 return Err(tls_error(
-                    "the server still takes plain connections 10 s after the reload".into(),
+                    "the server did not refuse a plain connection (pg_hba.conf, SQLSTATE 28000) \
+                     within 10 s of the reload"
+                        .into(),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

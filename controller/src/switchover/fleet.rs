@@ -135,6 +135,15 @@ async fn hold_route(
     first_error.map_or(Ok(()), Err)
 }
 
+/// Whether a hold of scope `shown` holds every request a hold of `wanted` does.
+fn covers(shown: Scope, wanted: Scope) -> bool {
+    match wanted {
+        Scope::Upgrades => true,
+        Scope::Writes => matches!(shown, Scope::Writes | Scope::All),
+        Scope::All => shown == Scope::All,
+    }
+}
+
 /// Finds the replicas again and holds the ones that appeared: each has been given
 /// the newest replica's state (the hold, with its deadline) by the refresh; a
 /// route that shows no hold on it all the same (it has no `/state`, or joined
@@ -158,11 +167,14 @@ pub async fn enrol(
         .collect();
     for url in new {
         for route in &routes {
+            // A replica that shows a narrower hold (an upgrades hold from the
+            // state it was given, when the writes hold's never reached it) is
+            // held again with this one's scope.
             if proxies
                 .routes(&url, route)
                 .await?
                 .iter()
-                .any(|r| r.hold.is_none())
+                .any(|r| !r.hold.as_ref().is_some_and(|h| covers(h.scope, scope)))
             {
                 let left = ends
                     .saturating_duration_since(Instant::now())
@@ -225,14 +237,17 @@ pub async fn drain(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(Error::Precondition(format!(
-                "writes still in flight to {backend} when the {} ran out ({})",
-                match scope {
-                    Scope::Upgrades => "time allowed for the upgraded connections to close",
-                    _ => "pause budget",
-                },
-                busy.join("; ")
-            )));
+            return Err(Error::Precondition(match scope {
+                Scope::Upgrades => format!(
+                    "upgraded connections still open to {backend} when the time allowed for \
+                     them to close ran out ({})",
+                    busy.join("; ")
+                ),
+                _ => format!(
+                    "writes still in flight to {backend} when the pause budget ran out ({})",
+                    busy.join("; ")
+                ),
+            }));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -444,6 +459,14 @@ mod tests {
             .unwrap();
         assert_eq!(n, 4);
         assert!(Instant::now() < until - Duration::from_secs(25), "waited");
+    }
+
+    #[test]
+    fn only_a_hold_as_wide_counts_as_held() {
+        assert!(covers(Scope::Writes, Scope::Upgrades));
+        assert!(covers(Scope::All, Scope::Writes));
+        assert!(!covers(Scope::Upgrades, Scope::Writes));
+        assert!(!covers(Scope::Writes, Scope::All));
     }
 
     #[test]

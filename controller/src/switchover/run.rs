@@ -228,7 +228,16 @@ impl Plan<'_> {
         let hold_start = Instant::now();
         let deadline = hold_start + opts.max_pause - reserve(opts.max_pause);
         match fleet::hold_all(proxies, &opts.routes, opts.max_pause, Scope::Writes).await {
-            Ok(h) => undo.held = h,
+            Ok(h) => {
+                // A replica held in step 1b that a lookup no longer lists stays
+                // on the list, so that it is released with the others.
+                let earlier = std::mem::replace(&mut undo.held, h);
+                for e in earlier {
+                    if !undo.held.contains(&e) {
+                        undo.held.push(e);
+                    }
+                }
+            }
             Err(e) => {
                 let (phase, until) = (tl.failed_in(), hold_start + opts.max_pause);
                 let said = || "; the holds taken were released; writes did not move".to_string();

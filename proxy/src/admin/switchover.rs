@@ -18,7 +18,7 @@ use crate::body::ProxyBody;
 use crate::hold::Scope;
 use crate::state::{Live, Shared, UpdateError};
 
-/// `{"scope":"writes"|"all","max":"30s","epoch":N}`, each optional (writes;
+/// `{"scope":"writes"|"all"|"upgrades","max":"30s","epoch":N}`, each optional (writes;
 /// `[hold] max`; one more than this replica's epoch).
 pub(super) fn hold(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyBody> {
     let req: HoldRequest = match parse(body) {
@@ -65,6 +65,9 @@ pub(super) fn hold(shared: &Shared, host: &str, body: &Bytes) -> Response<ProxyB
     )
 }
 
+/// How often a hold closes again the upgraded connections that opened since.
+const CLOSE_AGAIN: Duration = Duration::from_millis(250);
+
 /// The writes are about to move: after `grace`, the upgraded connections (which
 /// may carry writes the proxy cannot hold) to the side that has the writes now are
 /// closed, so that their clients reconnect, wait in the hold, and follow the writes.
@@ -81,10 +84,20 @@ fn close_upgraded_after(live: &Live, ri: usize, grace: Duration) {
         .into_iter()
         .map(|b| live.routes[ri].counters[b].clone())
         .collect();
+    let hold = live.routes[ri].hold.clone();
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
-        for p in pairs {
-            p.disconnect(Duration::ZERO);
+        // Again while the hold lasts: a handshake that was on its way when the
+        // hold began becomes a tunnel after the first close, and the drain
+        // waits for it.
+        loop {
+            for p in &pairs {
+                p.disconnect(Duration::ZERO);
+            }
+            tokio::time::sleep(CLOSE_AGAIN).await;
+            if hold.info().is_none() {
+                return;
+            }
         }
     });
 }
