@@ -290,20 +290,10 @@ impl Proxies {
         Ok(found)
     }
 
-    /// Holds writes on `route` as part of change `epoch`, answering 503 by itself
-    /// after `max` if nobody releases them. Returns the names of the routes held.
+    /// Holds the requests of `scope` (writes, for a switchover) on `route` as part
+    /// of change `epoch`, answering 503 by itself after `max` if nobody releases
+    /// them. Returns the names of the routes held.
     pub async fn hold(
-        &self,
-        url: &str,
-        route: &str,
-        max: Duration,
-        epoch: u64,
-    ) -> Result<Vec<String>, Error> {
-        self.hold_scope(url, route, max, epoch, Scope::Writes).await
-    }
-
-    /// As [`Proxies::hold`], for the requests of `scope`.
-    pub async fn hold_scope(
         &self,
         url: &str,
         route: &str,

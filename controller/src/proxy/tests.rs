@@ -30,7 +30,13 @@ async fn hold_release_and_status_speak_the_admin_contract() {
     let hold_epoch = p.next_epoch().await.unwrap();
     assert_eq!(hold_epoch, 5);
     let held = p
-        .hold(&url, "*.shop.test", Duration::from_millis(2500), hold_epoch)
+        .hold(
+            &url,
+            "*.shop.test",
+            Duration::from_millis(2500),
+            hold_epoch,
+            Scope::Writes,
+        )
         .await
         .unwrap();
     assert_eq!(held, vec!["shop".to_string()]);
@@ -88,9 +94,15 @@ async fn an_older_proxy_is_sent_no_epoch() {
     // No replica has an epoch: the counter starts at 0.
     let epoch = p.next_epoch().await.unwrap();
     assert_eq!(epoch, 1);
-    p.hold(&url, "shop.test", Duration::from_secs(30), epoch)
-        .await
-        .unwrap();
+    p.hold(
+        &url,
+        "shop.test",
+        Duration::from_secs(30),
+        epoch,
+        Scope::Writes,
+    )
+    .await
+    .unwrap();
     p.release(&url, "shop.test", None, epoch + 1).await.unwrap();
     p.set_weights_at(&url, "shop.test", &weights(90.0, 10.0), epoch + 2)
         .await
@@ -115,7 +127,7 @@ async fn a_newer_epoch_on_a_replica_is_a_conflict_named_as_such() {
     let url = url_of(addr);
     let p = Proxies::new(std::slice::from_ref(&url), Some("t0ken".into())).unwrap();
     let e = p
-        .hold(&url, "shop.test", Duration::from_secs(5), 7)
+        .hold(&url, "shop.test", Duration::from_secs(5), 7, Scope::Writes)
         .await
         .unwrap_err();
     assert!(
@@ -162,9 +174,15 @@ async fn the_counter_starts_from_the_highest_replica_and_ignores_later_reads() {
     assert_eq!(p.read_epoch().await.unwrap(), 8);
     assert_eq!(p.current_epoch().await.unwrap(), 8);
     // The older proxy among them is sent the change without an epoch.
-    p.hold(&url_of(c), "shop.test", Duration::from_secs(5), 8)
-        .await
-        .unwrap();
+    p.hold(
+        &url_of(c),
+        "shop.test",
+        Duration::from_secs(5),
+        8,
+        Scope::Writes,
+    )
+    .await
+    .unwrap();
     let seen = c_seen.lock().unwrap().clone();
     let hold = seen.iter().find(|s| s.path.ends_with("/hold")).unwrap();
     assert!(!hold.body.contains("epoch"), "{}", hold.body);
@@ -339,7 +357,13 @@ async fn refusals_name_the_proxy_and_the_reason() {
     let url = url_of(addr);
     let p = Proxies::new(std::slice::from_ref(&url), Some("t0ken".into())).unwrap();
     let e = p
-        .hold(&url, "nosuch.test", Duration::from_secs(5), 1)
+        .hold(
+            &url,
+            "nosuch.test",
+            Duration::from_secs(5),
+            1,
+            Scope::Writes,
+        )
         .await
         .unwrap_err()
         .to_string();
@@ -365,7 +389,13 @@ async fn refusals_name_the_proxy_and_the_reason() {
     };
     let dead = Proxies::new(&[closed.to_string()], None).unwrap();
     let e = dead
-        .hold(&dead.urls()[0], "shop", Duration::from_secs(5), 1)
+        .hold(
+            &dead.urls()[0],
+            "shop",
+            Duration::from_secs(5),
+            1,
+            Scope::Writes,
+        )
         .await
         .unwrap_err()
         .to_string();

@@ -117,7 +117,7 @@ async fn hold_route(
         proxies
             .urls()
             .iter()
-            .map(|url| proxies.hold_scope(url, route, max, epoch, scope)),
+            .map(|url| proxies.hold(url, route, max, epoch, scope)),
     )
     .await;
     let mut first_error = None;
@@ -180,7 +180,7 @@ pub async fn enrol(
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(100));
                 let epoch = proxies.current_epoch().await?;
-                proxies.hold_scope(&url, route, left, epoch, scope).await?;
+                proxies.hold(&url, route, left, epoch, scope).await?;
             }
             held.push(Held {
                 url: url.clone(),

@@ -57,11 +57,8 @@ async fn post(proxy: &Proxy, path: &str, body: &str) -> cutover_tests::Reply {
     r
 }
 
-/// A WebSocket handshake sent to the proxy, once the hold holds it; it completes
-/// when the hold is released.
-async fn held_handshake(
-    proxy: &Proxy,
-) -> tokio::task::JoinHandle<
+/// A WebSocket handshake under way in a task of its own.
+type HeldHandshake = tokio::task::JoinHandle<
     Result<
         (
             Ws,
@@ -69,7 +66,23 @@ async fn held_handshake(
         ),
         tokio_tungstenite::tungstenite::Error,
     >,
-> {
+>;
+
+/// Releases the hold with writes on new: the held handshake completes there and
+/// echoes from new.
+async fn released_to_new(proxy: &Proxy, pending: HeldHandshake) {
+    post(proxy, "/routes/shop.test/release", r#"{"writes":"new"}"#).await;
+    let (mut ws, resp) = pending
+        .await
+        .unwrap()
+        .expect("the handshake after the release");
+    assert_eq!(resp.headers()["x-cutover-backend"], "new");
+    assert_eq!(echo(&mut ws, "after").await, "new: after");
+}
+
+/// A WebSocket handshake sent to the proxy, once the hold holds it; it completes
+/// when the hold is released.
+async fn held_handshake(proxy: &Proxy) -> HeldHandshake {
     let addr = proxy.http;
     let pending = tokio::spawn(async move {
         let tcp = TcpStream::connect(addr).await.unwrap();
@@ -160,13 +173,7 @@ async fn a_websocket_handshake_is_held_with_the_writes_and_released_to_the_new_s
             .load(std::sync::atomic::Ordering::SeqCst),
         0
     );
-    post(&proxy, "/routes/shop.test/release", r#"{"writes":"new"}"#).await;
-    let (mut ws, resp) = pending
-        .await
-        .unwrap()
-        .expect("the handshake after the release");
-    assert_eq!(resp.headers()["x-cutover-backend"], "new");
-    assert_eq!(echo(&mut ws, "after").await, "new: after");
+    released_to_new(&proxy, pending).await;
     assert_eq!(
         old.stats
             .websockets
@@ -221,13 +228,7 @@ async fn an_upgrades_hold_moves_the_websockets_while_other_writes_flow() {
     )
     .await;
     assert_eq!(proxy.status().await["routes"][0]["hold"]["scope"], "writes");
-    post(&proxy, "/routes/shop.test/release", r#"{"writes":"new"}"#).await;
-    let (mut ws, resp) = pending
-        .await
-        .unwrap()
-        .expect("the handshake after the release");
-    assert_eq!(resp.headers()["x-cutover-backend"], "new");
-    assert_eq!(echo(&mut ws, "after").await, "new: after");
+    released_to_new(&proxy, pending).await;
     assert_eq!(
         old.stats
             .websockets
