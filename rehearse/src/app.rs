@@ -39,7 +39,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::sync::{Mutex, oneshot};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::{Client, Row, Statement};
 
 use self::cache::Cache;
 use cutover_controller::cache::RedisUrl;
@@ -124,8 +124,38 @@ struct Pool {
     /// How to connect, over the TLS the DSN asks for; an unreadable DSN or
     /// certificate file is every query's error.
     connector: Result<Connector, String>,
-    slots: Vec<Mutex<Option<Client>>>,
+    slots: Vec<Mutex<Option<Pooled>>>,
     next: AtomicUsize,
+}
+
+/// One pooled connection and the statements prepared on it, by their text.
+struct Pooled {
+    client: Client,
+    prepared: HashMap<String, Statement>,
+}
+
+impl Pooled {
+    /// Runs `sql` with text parameters: prepared on this connection's first use
+    /// of it (a round trip), then only bound and executed, as an application's
+    /// driver does with its statement cache.
+    async fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = match self.prepared.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self
+                    .client
+                    .prepare_typed(sql, &vec![Type::TEXT; params.len()])
+                    .await?;
+                self.prepared.insert(sql.to_owned(), s.clone());
+                s
+            }
+        };
+        self.client.query(&statement, params).await
+    }
 }
 
 impl Pool {
@@ -140,35 +170,36 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Client, String> {
+    async fn connect(&self) -> Result<Pooled, String> {
         let connector = self.connector.as_ref().map_err(Clone::clone)?;
-        connector
+        let client = connector
             .client()
             .await
-            .map_err(|e| format!("connect: {e}"))
+            .map_err(|e| format!("connect: {e}"))?;
+        Ok(Pooled {
+            client,
+            prepared: HashMap::new(),
+        })
     }
 
-    /// Runs `sql` with text parameters on a pooled connection, in one round trip
-    /// (no prepared statement); on a connection the server ended, once more on a
-    /// fresh one.
+    /// Runs `sql` with text parameters on a pooled connection; on a connection the
+    /// server ended, once more on a fresh one.
     async fn query(&self, sql: &str, params: &[&str]) -> Result<Vec<Row>, String> {
-        let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
-            .iter()
-            .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
-            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut slot = self.slots[i].lock().await;
         for attempt in 0..2 {
-            if slot.as_ref().is_none_or(Client::is_closed) {
+            if slot.as_ref().is_none_or(|p| p.client.is_closed()) {
                 *slot = Some(self.connect().await?);
             }
-            let Some(client) = slot.as_ref() else {
+            let Some(pooled) = slot.as_mut() else {
                 continue;
             };
-            match client.query_typed(sql, &typed).await {
+            match pooled.query(sql, &params).await {
                 Ok(rows) => return Ok(rows),
                 Err(e) => {
-                    let ended = client.is_closed()
+                    let ended = pooled.client.is_closed()
                         || e.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN);
                     if !ended || attempt == 1 {
                         return Err(format!("{e:?}"));

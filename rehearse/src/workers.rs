@@ -33,7 +33,7 @@ use cutover_controller::{Connector, Dsn};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use super::cluster::Cluster;
 use super::platform::{AppDef, stateful};
@@ -346,6 +346,8 @@ async fn write_loop(spec: Spec, tally: Arc<Mutex<Tally>>, mut stopped: watch::Re
         spec.role.table()
     );
     let mut client: Option<Client> = None;
+    // The INSERT, prepared once per connection (as an application's driver does).
+    let mut statement: Option<Statement> = None;
     let mut next = Instant::now();
     let mut backoff = kind.every();
     let mut n: u64 = 0;
@@ -386,6 +388,7 @@ async fn write_loop(spec: Spec, tally: Arc<Mutex<Tally>>, mut stopped: watch::Re
             reconnecting = true;
         }
         if client.is_none() {
+            statement = None;
             match timeout(WRITE_TIMEOUT, connector.client()).await {
                 Ok(Ok(c)) => {
                     if reconnecting {
@@ -417,7 +420,7 @@ async fn write_loop(spec: Spec, tally: Arc<Mutex<Tally>>, mut stopped: watch::Re
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .attempts += bodies.len() as u64;
-        let failed = match timeout(WRITE_TIMEOUT, write(c, kind, &sql, &bodies)).await {
+        let failed = match timeout(WRITE_TIMEOUT, write(c, &mut statement, kind, &sql, &bodies)).await {
             Ok(Ok(ids)) => {
                 let at = unix_now();
                 let mut t = tally.lock().unwrap_or_else(PoisonError::into_inner);
@@ -474,13 +477,20 @@ fn body(spec: &Spec, n: u64) -> String {
 }
 
 /// One write: a single INSERT (autocommit) for a worker; for the nightly job, every
-/// body's INSERT in one transaction. The ids, once committed.
+/// body's INSERT in one transaction. The ids, once committed. `sql` is prepared on
+/// the connection's first write and kept in `statement`.
 async fn write(
     client: &mut Client,
+    statement: &mut Option<Statement>,
     kind: Kind,
     sql: &str,
     bodies: &[String],
 ) -> Result<Vec<i32>, tokio_postgres::Error> {
+    let sql = match statement {
+        Some(s) => s.clone(),
+        None => statement.insert(client.prepare(sql).await?).clone(),
+    };
+    let sql = &sql;
     match kind {
         Kind::Worker => {
             let mut ids = Vec::with_capacity(bodies.len());

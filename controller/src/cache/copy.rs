@@ -152,11 +152,13 @@ impl Copier {
             reads.push(Cmd::new("PTTL").arg(k));
             reads.push(Cmd::new("DUMP").arg(k));
         }
+        // The expiry is counted from before the read: the source applied PTTL
+        // at some moment after this, so the copy never outlives the source's key.
+        let before = now_ms();
         let replies = self.src.pipeline(&reads).await?;
         let mut writes = Vec::with_capacity(small.len() + gone.len());
         let mut written = Vec::new();
         let mut bytes = 0u64;
-        let now = now_ms();
         for (k, pair) in small.iter().zip(replies.chunks(2)) {
             let (pttl, dump) = (&pair[0], &pair[1]);
             let (Some(pttl), Value::Bulk(payload)) = (pttl.int(), dump) else {
@@ -167,7 +169,7 @@ impl Copier {
                 gone.push(k);
                 continue;
             }
-            let expires = if pttl >= 0 { now + pttl } else { 0 };
+            let expires = if pttl >= 0 { before + pttl } else { 0 };
             if pttl >= 0 && expires <= now_ms() + 1 {
                 // It expires before it would be written: never resurrect it.
                 CopyStats::add(&stats.skipped_expired, 1);
@@ -230,13 +232,14 @@ impl Copier {
                 return Ok(());
             }
         };
+        // From before the read, as for small keys.
+        let before = now_ms();
         let pttl = self
             .src
             .ok(Cmd::new("PTTL").arg(key))
             .await?
             .int()
             .unwrap_or(-2);
-        let now = now_ms();
         if pttl == -2 || (0..=1).contains(&pttl) {
             self.dst
                 .pipeline(&[Cmd::new("DEL").arg(&tmp), Cmd::new("DEL").arg(key)])
@@ -253,7 +256,7 @@ impl Copier {
         }
         let mut finish = vec![Cmd::new("RENAME").arg(&tmp).arg(key)];
         if pttl > 0 {
-            finish.push(Cmd::new("PEXPIREAT").arg(key).num(now + pttl));
+            finish.push(Cmd::new("PEXPIREAT").arg(key).num(before + pttl));
         }
         for a in self.dst.pipeline(&finish).await? {
             if let Value::Error(e) = a {

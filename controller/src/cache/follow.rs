@@ -79,6 +79,9 @@ pub struct Status {
 
 struct Shared {
     pending: Mutex<HashSet<Vec<u8>>>,
+    /// Keys taken from `pending` whose copy has not finished: still pending for
+    /// the status, so "converged" never shows while a copy is in flight.
+    in_flight: AtomicU64,
     wake: Notify,
     stats: CopyStats,
     events: AtomicU64,
@@ -105,14 +108,23 @@ impl Shared {
         for k in &keys {
             p.remove(k);
         }
+        self.in_flight
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
         keys
     }
 
+    /// Keys from [`Shared::take`] whose copy is over (or given back).
+    fn done(&self, n: usize) {
+        self.in_flight.fetch_sub(n as u64, Ordering::Relaxed);
+    }
+
     fn pending(&self) -> u64 {
-        self.pending
+        let waiting = self
+            .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .len() as u64
+            .len() as u64;
+        waiting + self.in_flight.load(Ordering::Relaxed)
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {
@@ -198,6 +210,7 @@ pub async fn start_sync(
     let total = src.ok(Cmd::new("DBSIZE")).await?.int().unwrap_or(0).max(0) as u64;
     let shared = Arc::new(Shared {
         pending: Mutex::new(HashSet::new()),
+        in_flight: AtomicU64::new(0),
         wake: Notify::new(),
         stats: CopyStats::default(),
         events: AtomicU64::new(0),
@@ -592,12 +605,16 @@ async fn drain(shared: &Shared, copier: &mut Copier) -> Result<(), CacheError> {
         if keys.is_empty() {
             return Ok(());
         }
-        if let Err(e) = copier.copy(&keys, &shared.stats).await {
+        let copied = copier.copy(&keys, &shared.stats).await;
+        let n = keys.len();
+        if let Err(e) = copied {
             // Keep them for the next try; the error stops the sync.
             for k in keys {
                 shared.mark(k);
             }
+            shared.done(n);
             return Err(e);
         }
+        shared.done(n);
     }
 }

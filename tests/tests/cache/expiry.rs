@@ -25,6 +25,15 @@ fn present(conn: &mut RedisConn, keys: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Each key's expiry, in Unix milliseconds (`PEXPIRETIME`; -1: none, -2: no key).
+fn expire_times(conn: &mut RedisConn, keys: &[String]) -> Vec<i64> {
+    let cmds: Vec<Cmd> = keys
+        .iter()
+        .map(|k| Cmd::new("PEXPIRETIME").arg(k))
+        .collect();
+    conn.pipeline_ok(&cmds).iter().map(|v| v.int()).collect()
+}
+
 /// Creates short-lived keys `ids`, each with a TTL of 50 to 1,500 ms.
 fn load_short(conn: &mut RedisConn, ids: std::ops::Range<u64>, rng: &mut Rng) {
     let mut cmds = Vec::new();
@@ -46,7 +55,8 @@ fn keys_expiring_during_the_copy_are_not_resurrected_and_deletes_propagate() {
     let target = RedisServer::start();
     let mut conn = source.conn();
     let mut rng = Rng::new(2);
-    load_mixed(&mut conn, 0..NORMAL, 0, 0..1, &mut rng);
+    // Every tenth normal key expires in 10 to 20 minutes: long after the test.
+    load_mixed(&mut conn, 0..NORMAL, 10, 600_000..1_200_000, &mut rng);
     // Half before the copy starts (met by the scan), half after (met as events).
     load_short(&mut conn, SHORT_BASE..SHORT_BASE + SHORT / 2, &mut rng);
     let mut sync = Cutover::sync(&source.url, &target.url, &["--verify-every", "1s"]);
@@ -79,6 +89,26 @@ fn keys_expiring_during_the_copy_are_not_resurrected_and_deletes_propagate() {
     );
     let normal: Vec<String> = (0..NORMAL).map(key).collect();
     assert_eq!(present(&mut target.conn(), &normal).len(), normal.len());
+    // A copy never outlives its source: both servers share this machine's clock,
+    // so each copied expiry is at or before the source's, to the millisecond.
+    let expiring: Vec<String> = (0..NORMAL).step_by(10).map(key).collect();
+    let (on_source, on_target) = (
+        expire_times(&mut conn, &expiring),
+        expire_times(&mut target.conn(), &expiring),
+    );
+    let later: Vec<String> = expiring
+        .iter()
+        .zip(on_source.iter().zip(&on_target))
+        .filter(|(_, (s, t))| **t < 0 || t > s)
+        .map(|(k, (s, t))| format!("{k}: source {s}, target {t}"))
+        .collect();
+    assert!(
+        later.is_empty(),
+        "{} of {} copies expire after their source (or never), e.g. {:?}",
+        later.len(),
+        expiring.len(),
+        &later[..later.len().min(3)]
+    );
 
     // Deletes on the source reach the target; the rest stay.
     let (deleted, kept): (Vec<String>, Vec<String>) =
