@@ -182,6 +182,22 @@ impl Pool {
         })
     }
 
+    /// Opens every slot's connection ahead of the first request, as a deployed
+    /// application's pool does (its minimum size) before traffic reaches it: the
+    /// TLS handshake and the password exchange are not paid by the first users
+    /// the proxy sends. A failure stops the warming; the slot connects on use.
+    async fn warm(&self) {
+        for slot in &self.slots {
+            let mut slot = slot.lock().await;
+            if slot.is_none() {
+                match self.connect().await {
+                    Ok(p) => *slot = Some(p),
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+
     /// Runs `sql` with text parameters on a pooled connection; on a connection the
     /// server ended, once more on a fresh one.
     async fn query(&self, sql: &str, params: &[&str]) -> Result<Vec<Row>, String> {
@@ -366,9 +382,18 @@ impl Site {
                 counters.clone().unwrap_or_default(),
             )
         });
+        let warming = routes.clone();
         let thread = std::thread::Builder::new()
             .name(format!("site-{side}"))
             .spawn(move || {
+                for app in warming.by_host.values().chain(&warming.any) {
+                    let app = app.clone();
+                    rt.spawn(async move {
+                        if let Some(db) = &app.db {
+                            db.pool.warm().await;
+                        }
+                    });
+                }
                 rt.block_on(serve(listener, serving, tls, stop_rx));
                 rt.shutdown_background();
             })?;

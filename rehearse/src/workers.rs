@@ -420,7 +420,9 @@ async fn write_loop(spec: Spec, tally: Arc<Mutex<Tally>>, mut stopped: watch::Re
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .attempts += bodies.len() as u64;
-        let failed = match timeout(WRITE_TIMEOUT, write(c, &mut statement, kind, &sql, &bodies)).await {
+        let failed = match timeout(WRITE_TIMEOUT, write(c, &mut statement, kind, &sql, &bodies))
+            .await
+        {
             Ok(Ok(ids)) => {
                 let at = unix_now();
                 let mut t = tally.lock().unwrap_or_else(PoisonError::into_inner);
