@@ -203,6 +203,10 @@ pub struct HoldSettings {
     /// side losing writes are closed, so that their clients reconnect (and are
     /// held, then released to the new side).
     pub upgrade_grace: Duration,
+    /// After a release, the upgrade handshakes it held go on at most this many
+    /// per second on each route (0: all at once), so that a thousand WebSocket
+    /// clients do not reach the new side's entry point in the same instant.
+    pub upgrade_rate: u32,
 }
 
 /// `[fleet]`: how replicas keep the runtime state (weights, write sides and holds

@@ -71,6 +71,7 @@ pub(crate) struct RawHold {
     pub max_queued: Option<Spanned<i64>>,
     pub max: Option<Spanned<String>>,
     pub upgrade_grace: Option<Spanned<String>>,
+    pub upgrade_rate: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -23,6 +23,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_MAX_QUEUED: i64 = 10_000;
 const DEFAULT_HOLD_MAX: Duration = Duration::from_secs(30);
 const DEFAULT_UPGRADE_GRACE: Duration = Duration::from_secs(2);
+const DEFAULT_UPGRADE_RATE: i64 = 500;
 pub(super) const DEFAULT_COOKIE_MAX_AGE: Duration = Duration::from_secs(30 * 86400);
 
 pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
@@ -184,6 +185,12 @@ impl Validator<'_> {
                 DEFAULT_UPGRADE_GRACE,
                 "hold.upgrade_grace",
             ),
+            upgrade_rate: self.count(
+                raw.hold.upgrade_rate,
+                0..=1_000_000,
+                DEFAULT_UPGRADE_RATE,
+                "hold.upgrade_rate",
+            ) as u32,
         };
         let fleet = self.fleet(raw.fleet, &proxy.control_socket, file);
         let resolver = self.resolver(raw.resolver);

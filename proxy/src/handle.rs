@@ -284,8 +284,17 @@ async fn decide(
                 .await
         };
         match outcome {
-            // Route again on the state the release published (the new write side).
-            Waited::Released => live = shared.live(),
+            // Route again on the state the release published (the new write side),
+            // an upgrade handshake once its turn comes: the state is read after
+            // the wait, so a hold that began meanwhile holds it again.
+            Waited::Released => {
+                if follows_writes
+                    && let Some(at) = hold.upgrade_turn(live.snap.config.hold.upgrade_rate)
+                {
+                    tokio::time::sleep_until(at).await;
+                }
+                live = shared.live()
+            }
             Waited::Expired | Waited::Full => {
                 let mut r = local(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -85,6 +85,9 @@ pub struct HoldCell {
     held_gauge: IntGauge,
     /// Bumped on every release; held requests wait for it to change.
     released: watch::Sender<u64>,
+    /// When the last release happened, and how many of the upgrade handshakes it
+    /// woke have taken their turn since (see [`HoldCell::upgrade_turn`]).
+    paced: Mutex<(Instant, u64)>,
 }
 
 /// How waiting for a release ended.
@@ -106,6 +109,7 @@ impl HoldCell {
             held: AtomicUsize::new(0),
             held_gauge,
             released: watch::Sender::new(0),
+            paced: Mutex::new((Instant::now(), 0)),
         }
     }
 
@@ -173,8 +177,21 @@ impl HoldCell {
         self.active.store(false, Ordering::SeqCst);
         self.scope.store(Scope::Writes.code(), Ordering::SeqCst);
         let held = self.held.load(Ordering::SeqCst);
+        *self.paced.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), 0);
         self.released.send_modify(|n| *n += 1);
         held
+    }
+
+    /// When an upgrade handshake the last release woke may go on: the first at
+    /// once, each next one `1 / rate` s after the one before (`rate` 0: all at
+    /// once). A release that wakes a thousand WebSocket reconnects thus sends them
+    /// to the new side's entry point over a few seconds, not in one instant that
+    /// stalls every other request it serves. `None`: at once.
+    pub fn upgrade_turn(&self, rate: u32) -> Option<Instant> {
+        let mut paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+        let n = paced.1;
+        paced.1 += 1;
+        (rate > 0 && n > 0).then(|| paced.0 + Duration::from_secs_f64(n as f64 / f64::from(rate)))
     }
 
     pub fn info(&self) -> Option<HoldInfo> {
@@ -242,6 +259,24 @@ mod tests {
 
     fn cell() -> HoldCell {
         HoldCell::new(IntGauge::new("held", "held").unwrap())
+    }
+
+    #[test]
+    fn upgrades_a_release_woke_take_turns_at_the_rate() {
+        let cell = cell();
+        cell.hold(Scope::Upgrades, Duration::from_secs(30));
+        cell.release();
+        let released = Instant::now();
+        assert_eq!(cell.upgrade_turn(100), None, "the first goes on at once");
+        let second = cell.upgrade_turn(100).unwrap();
+        let third = cell.upgrade_turn(100).unwrap();
+        assert_eq!(third - second, Duration::from_millis(10));
+        assert!(second <= released + Duration::from_millis(10));
+        assert_eq!(cell.upgrade_turn(0), None, "rate 0: at once");
+        // The next release starts the turns again.
+        cell.hold(Scope::Upgrades, Duration::from_secs(30));
+        cell.release();
+        assert_eq!(cell.upgrade_turn(100), None);
     }
 
     #[tokio::test]

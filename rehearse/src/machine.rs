@@ -33,8 +33,11 @@ pub struct CpuSeries {
     /// Cores available to this machine.
     pub cores: usize,
     pub per_second: BTreeMap<&'static str, Vec<f64>>,
-    /// The whole machine (every process, from `/proc/stat`).
+    /// The whole machine (every process, from `/proc/stat`), without steal.
     pub machine: Vec<f64>,
+    /// Cores the hypervisor took from this virtual machine (`/proc/stat`'s steal:
+    /// time it was ready to run and was given no CPU), which no process here used.
+    pub stolen: Vec<f64>,
 }
 
 /// A component's use: its mean over the run and its busiest 3 s.
@@ -65,6 +68,28 @@ impl CpuSeries {
     pub fn machine_peak(&self) -> f64 {
         peak(&self.machine, 3)
     }
+
+    /// The whole machine's use and what the hypervisor took, for the report.
+    pub fn machine_use(&self) -> MachineUse {
+        MachineUse {
+            cores: self.cores,
+            mean_cores: mean(&self.machine),
+            peak_cores: self.machine_peak(),
+            stolen_mean_cores: mean(&self.stolen),
+            stolen_peak_cores: peak(&self.stolen, 3),
+        }
+    }
+}
+
+/// The whole machine over the run: cores its processes used, and cores the
+/// hypervisor took (steal), each as a mean and the busiest 3 s.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MachineUse {
+    pub cores: usize,
+    pub mean_cores: f64,
+    pub peak_cores: f64,
+    pub stolen_mean_cores: f64,
+    pub stolen_peak_cores: f64,
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -121,6 +146,8 @@ impl Sampler {
                 }
                 let machine = now.machine.saturating_sub(last.machine) as f64 / tick / secs;
                 series.machine.push(machine);
+                let stolen = now.stolen.saturating_sub(last.stolen) as f64 / tick / secs;
+                series.stolen.push(stolen);
                 last = now;
             }
             series
@@ -152,8 +179,11 @@ fn clock_ticks() -> f64 {
 struct Snapshot {
     at: std::time::Instant,
     procs: HashMap<u32, (&'static str, u64)>,
-    /// Busy ticks of the whole machine (`/proc/stat`'s first line minus idle and iowait).
+    /// Busy ticks of the whole machine (`/proc/stat`'s first line: user, nice,
+    /// system, irq, softirq).
     machine: u64,
+    /// Steal ticks of the whole machine.
+    stolen: u64,
 }
 
 impl Snapshot {
@@ -195,10 +225,12 @@ impl Snapshot {
                 }
             }
         }
+        let (machine, stolen) = machine_ticks().unwrap_or((0, 0));
         Snapshot {
             at: std::time::Instant::now(),
             procs,
-            machine: machine_busy().unwrap_or(0),
+            machine,
+            stolen,
         }
     }
 
@@ -240,18 +272,26 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
     Some((ppid, utime + stime))
 }
 
-fn machine_busy() -> Option<u64> {
+/// The machine's busy and steal ticks so far.
+fn machine_ticks() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = text.lines().next()?;
+    cpu_line_ticks(text.lines().next()?)
+}
+
+/// Busy (user, nice, system, irq, softirq) and steal ticks of `/proc/stat`'s
+/// `cpu` line; idle and iowait count as neither, and guest time is inside user.
+fn cpu_line_ticks(line: &str) -> Option<(u64, u64)> {
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
         .filter_map(|f| f.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal ...
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
-    Some(total.saturating_sub(idle))
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    if v.len() < 4 {
+        return None;
+    }
+    Some((at(0) + at(1) + at(2) + at(5) + at(6), at(7)))
 }
 
 /// Commits so far on a cluster (every database), for its commit rate.
@@ -271,6 +311,14 @@ pub fn diagnose(cpu: &CpuSeries, commit_rates: &[(&str, f64)], max_behind: u64) 
     let uses = cpu.uses();
     let mut s = String::new();
     let machine = cpu.machine_peak();
+    let stolen = peak(&cpu.stolen, 3);
+    // What the machine could not give its processes: theirs, and the hypervisor's.
+    let taken: Vec<f64> = cpu
+        .machine
+        .iter()
+        .zip(cpu.stolen.iter().chain(std::iter::repeat(&0.0)))
+        .map(|(m, st)| m + st)
+        .collect();
     let cores = cpu.cores as f64;
     let load = uses.iter().find(|u| u.component == LOAD);
     if let Some(l) = load.filter(|l| l.peak_cores >= 0.9) {
@@ -280,13 +328,20 @@ pub fn diagnose(cpu: &CpuSeries, commit_rates: &[(&str, f64)], max_behind: u64) 
              connections from one thread); ",
             l.peak_cores
         );
-    } else if machine >= 0.9 * cores {
+    } else if peak(&taken, 3) >= 0.9 * cores {
         let top = uses.first().map_or("-", |u| u.component);
         let _ = write!(
             s,
             "the machine ran out of CPU: {machine:.2} of {cores:.0} cores at its busiest, \
              most of it {top}; "
         );
+        if stolen >= 0.05 {
+            let _ = write!(
+                s,
+                "the hypervisor took {stolen:.2} more (steal: this virtual machine was \
+                 ready to run and given no CPU); "
+            );
+        }
     } else {
         let _ = write!(
             s,
@@ -334,7 +389,14 @@ mod tests {
         assert!(ppid > 0);
         let snap = Snapshot::take(me, &[]);
         assert_eq!(snap.procs.get(&me).map(|(c, _)| *c), Some(CUTOVER));
-        assert!(machine_busy().unwrap() > 0);
+        assert!(machine_ticks().unwrap().0 > 0);
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        assert_eq!(
+            cpu_line_ticks("cpu  100 5 20 900 7 3 2 40 0 0"),
+            Some((130, 40))
+        );
+        assert_eq!(cpu_line_ticks("cpu  100 5 20 900"), Some((125, 0)));
+        assert_eq!(cpu_line_ticks("cpu"), None);
     }
 
     #[test]
@@ -360,5 +422,18 @@ mod tests {
             text.starts_with("the machine ran out of CPU: 1.95 of 2"),
             "{text}"
         );
+        assert!(!text.contains("hypervisor"), "{text}");
+        // Short of the cores only because the hypervisor took the rest.
+        cpu.machine = vec![1.5; 5];
+        cpu.stolen = vec![0.4; 5];
+        let text = diagnose(&cpu, &[], 0);
+        assert!(
+            text.starts_with("the machine ran out of CPU: 1.50 of 2")
+                && text.contains("the hypervisor took 0.40 more (steal"),
+            "{text}"
+        );
+        cpu.stolen = vec![0.0; 5];
+        let text = diagnose(&cpu, &[], 0);
+        assert!(text.starts_with("no component was out of CPU"), "{text}");
     }
 }

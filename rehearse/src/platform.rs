@@ -335,7 +335,7 @@ pub fn replica_config(backends: &Backends, r: &ReplicaConf<'_>) -> String {
 fn proxy_config_with(backends: &Backends, head: &str) -> String {
     let mut s = format!(
         "{head}\n[proxy]\nthreads = 2\ngrace = \"5s\"\n\n\
-         [hold]\nupgrade_grace = \"500ms\"\n\n{}",
+         [hold]\nupgrade_grace = \"500ms\"\nupgrade_rate = 50\n\n{}",
         backends.toml()
     );
     for app in &PLATFORM {

@@ -591,6 +591,7 @@ pub(super) async fn rehearse(
     parts.insert("users".into(), to_json(&users_view)?);
     parts.insert("parts".into(), to_json(&seen)?);
     parts.insert("cpu".into(), to_json(&cpu.uses())?);
+    parts.insert("machine".into(), to_json(&cpu.machine_use())?);
     parts.insert("hostile".into(), to_json(&hostile_report)?);
     parts.insert("cache".into(), to_json(&cache_report)?);
     parts.insert("websockets".into(), to_json(&websockets_report)?);

@@ -274,19 +274,28 @@ fn upgrades_go_with_the_writes_unless_the_route_says_split() {
     let c = parse_str(GOOD).unwrap();
     assert_eq!(c.routes[0].upgrades, crate::model::Upgrades::Writes);
     assert_eq!(c.hold.upgrade_grace, Duration::from_secs(2));
-    let text = "[hold]\nupgrade_grace = \"500ms\"\n[backends.old]\naddrs = [\"127.0.0.1:1\"]\n\
+    assert_eq!(c.hold.upgrade_rate, 500);
+    let text = "[hold]\nupgrade_grace = \"500ms\"\nupgrade_rate = 0\n[backends.old]\naddrs = [\"127.0.0.1:1\"]\n\
                 [[routes]]\nhosts = [\"a.test\"]\nweights = { old = 100 }\nupgrades = \"split\"\n";
     let c = parse_str(text).unwrap();
     assert_eq!(c.routes[0].upgrades, crate::model::Upgrades::Split);
     assert_eq!(c.hold.upgrade_grace, Duration::from_millis(500));
+    assert_eq!(c.hold.upgrade_rate, 0);
     let d = errors(
-        "[hold]\nupgrade_grace = \"later\"\n[backends.old]\naddrs = [\"127.0.0.1:1\"]\n\
+        "[hold]\nupgrade_grace = \"later\"\nupgrade_rate = -1\n[backends.old]\naddrs = [\"127.0.0.1:1\"]\n\
          [[routes]]\nhosts = [\"a.test\"]\nweights = { old = 100 }\nupgrades = \"reads\"\n",
     );
     let paths: Vec<&str> = d.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, ["hold.upgrade_grace", "routes[0].upgrades"]);
+    assert_eq!(
+        paths,
+        [
+            "hold.upgrade_grace",
+            "hold.upgrade_rate",
+            "routes[0].upgrades"
+        ]
+    );
     assert!(
-        d[1].message.contains("\"writes\" or \"split\""),
+        d[2].message.contains("\"writes\" or \"split\""),
         "{}",
         d[1].message
     );

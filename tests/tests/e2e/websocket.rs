@@ -366,6 +366,132 @@ async fn a_hold_closes_websockets_on_the_losing_side_and_they_follow_the_writes(
     assert_eq!(long_lived(&proxy, "new").await, 50);
 }
 
+/// A herd of reconnects: the handshakes a release wakes go on at
+/// `hold.upgrade_rate` a second, not in one instant, while a write held with them
+/// goes at once; and those still waiting for their turn when the next hold begins
+/// (a rollback right after the switchover) are held again and follow that hold's
+/// write side, never the one they were woken for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_paces_the_reconnects_it_wakes_and_a_new_hold_catches_the_rest() {
+    const N: usize = 30;
+    let (old, new, proxy) = start(
+        (50.0, 50.0),
+        "writes = \"old\"\n\n[hold]\nupgrade_grace = \"100ms\"\nupgrade_rate = 10",
+    );
+    post(
+        &proxy,
+        "/routes/shop.test/hold",
+        r#"{"scope":"writes","max":"60s"}"#,
+    )
+    .await;
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let handshakes: Vec<_> = (0..N)
+        .map(|_| {
+            let (addr, done_tx) = (proxy.http, done_tx.clone());
+            tokio::spawn(async move {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{HOST}/live"), tcp)
+                    .await
+                    .expect("the handshake after a release");
+                let backend = resp.headers()["x-cutover-backend"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                let _ = done_tx.send((tokio::time::Instant::now(), backend));
+                ws
+            })
+        })
+        .collect();
+    let (addr, client) = (proxy.http, cutover_tests::Client::new());
+    let write = tokio::spawn(async move {
+        let r = client
+            .send(addr, Method::POST, HOST, "/orders", &[], "{}")
+            .await
+            .expect("the held write");
+        (r, tokio::time::Instant::now())
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the handshakes and the write held",
+        || async {
+            (proxy.status().await["routes"][0]["hold"]["held"] == N as u64 + 1).then_some(())
+        },
+    )
+    .await;
+
+    let released = tokio::time::Instant::now();
+    post(&proxy, "/routes/shop.test/release", r#"{"writes":"new"}"#).await;
+    let (w, answered) = write.await.unwrap();
+    assert_eq!(w.status, 200, "{}", w.body);
+    assert_eq!(w.headers["x-cutover-backend"], "new");
+    // Not paced: it is no upgrade. (The tenth handshake's turn is 0.9 s after.)
+    assert!(
+        answered - released < Duration::from_millis(800),
+        "{:?}",
+        answered - released
+    );
+
+    // Eight handshakes went, one every 100 ms: the eighth not before 0.7 s.
+    let mut before_rollback = Vec::new();
+    while before_rollback.len() < 8 {
+        let (at, backend) = tokio::time::timeout(Duration::from_secs(10), done.recv())
+            .await
+            .expect("a paced handshake within 10 s")
+            .unwrap();
+        assert_eq!(backend, "new");
+        before_rollback.push(at - released);
+    }
+    assert!(
+        before_rollback[7] >= Duration::from_millis(650),
+        "eight handshakes within {:?} of the release: not paced at 10/s",
+        before_rollback[7]
+    );
+    // A rollback's hold: the handshakes still waiting for their turn are held by
+    // it, whatever the release that woke them said.
+    post(
+        &proxy,
+        "/routes/shop.test/hold",
+        r#"{"scope":"writes","max":"60s"}"#,
+    )
+    .await;
+    let mut on_new = before_rollback.len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        while let Ok((_, backend)) = done.try_recv() {
+            assert_eq!(backend, "new", "sent before the second hold began");
+            on_new += 1;
+        }
+        let held = proxy.status().await["routes"][0]["hold"]["held"]
+            .as_u64()
+            .unwrap_or(0) as usize;
+        if on_new + held == N {
+            break held;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{on_new} sent and {held} held again of {N} after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(held >= 5, "only {held} of {N} left for the second hold");
+    post(&proxy, "/routes/shop.test/release", r#"{"writes":"old"}"#).await;
+    for _ in 0..held {
+        let (_, backend) = tokio::time::timeout(Duration::from_secs(10), done.recv())
+            .await
+            .expect("the rest within 10 s of the second release")
+            .unwrap();
+        assert_eq!(
+            backend, "old",
+            "woken by the first release, sent after the second"
+        );
+    }
+    for h in handshakes {
+        h.await.unwrap();
+    }
+    let count = |b: &Backend| b.stats.websockets.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!((count(&new), count(&old)), (on_new as u64, held as u64));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_spreads_its_closes_over_the_window() {
     let (_old, _new, proxy) = start((100.0, 0.0), "writes = \"old\"");
