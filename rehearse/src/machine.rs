@@ -38,6 +38,8 @@ pub struct CpuSeries {
     /// Cores the hypervisor took from this virtual machine (`/proc/stat`'s steal:
     /// time it was ready to run and was given no CPU), which no process here used.
     pub stolen: Vec<f64>,
+    /// When each entry's second ended, in Unix seconds.
+    pub at: Vec<f64>,
 }
 
 /// A component's use: its mean over the run and its busiest 3 s.
@@ -62,6 +64,15 @@ impl CpuSeries {
             .collect();
         out.sort_by(|a, b| b.peak_cores.total_cmp(&a.peak_cores));
         out
+    }
+
+    /// Each second's steal: (Unix time it ended, cores).
+    pub fn stolen_by_second(&self) -> Vec<(f64, f64)> {
+        self.at
+            .iter()
+            .copied()
+            .zip(self.stolen.iter().copied())
+            .collect()
     }
 
     /// The machine's busiest 3 s, in cores.
@@ -148,6 +159,7 @@ impl Sampler {
                 series.machine.push(machine);
                 let stolen = now.stolen.saturating_sub(last.stolen) as f64 / tick / secs;
                 series.stolen.push(stolen);
+                series.at.push(unix_now());
                 last = now;
             }
             series
@@ -270,6 +282,12 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((ppid, utime + stime))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The machine's busy and steal ticks so far.

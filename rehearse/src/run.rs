@@ -568,7 +568,7 @@ pub(super) async fn rehearse(
         from: websockets_from,
         to: tls_to,
     });
-    let seen = view::seen(&moments, &seconds);
+    let seen = view::seen(&moments, &seconds, &cpu.stolen_by_second());
 
     let (md_path, json_path) = cutover_controller::plan::report::write(&record, &args.out)?;
     let mut markdown = cutover_controller::plan::report::markdown(&record);

@@ -115,6 +115,9 @@ pub struct Seen {
     pub p99_ms: Option<f64>,
     /// The most requests due and not yet answered.
     pub behind: u64,
+    /// The most cores the hypervisor took from the machine (steal) in one of
+    /// those seconds: CPU the platform was ready to use and was not given.
+    pub stolen_cores: Option<f64>,
 }
 
 /// The plan's phases and each switchover, from the plan's record.
@@ -157,14 +160,17 @@ pub fn plan_moments(record: &Record) -> Vec<Moment> {
 }
 
 /// The users' figures during each moment: the timeline's seconds that overlap it
-/// (a line covers the second before its time).
-pub fn seen(moments: &[Moment], timeline: &[Second]) -> Vec<Seen> {
+/// (a line covers the second before its time); and the machine's steal in the
+/// samples that overlap it (`stolen`: Unix time a sample ended, cores stolen in
+/// the second before).
+pub fn seen(moments: &[Moment], timeline: &[Second], stolen: &[(f64, f64)]) -> Vec<Seen> {
+    let overlaps = |end: f64, m: &Moment| end > m.from && end - 1.0 < m.to.max(m.from);
     let mut out: Vec<Seen> = moments
         .iter()
         .map(|m| {
             let secs: Vec<&Second> = timeline
                 .iter()
-                .filter(|s| !s.warmup && s.unix > m.from && s.unix - 1.0 < m.to.max(m.from))
+                .filter(|s| !s.warmup && overlaps(s.unix, m))
                 .collect();
             Seen {
                 moment: m.clone(),
@@ -172,6 +178,11 @@ pub fn seen(moments: &[Moment], timeline: &[Second]) -> Vec<Seen> {
                 errors: secs.iter().map(|s| s.errors).sum(),
                 p99_ms: secs.iter().filter_map(|s| s.p99_ms).reduce(f64::max),
                 behind: secs.iter().map(|s| s.behind).max().unwrap_or(0),
+                stolen_cores: stolen
+                    .iter()
+                    .filter(|(end, _)| overlaps(*end, m))
+                    .map(|(_, cores)| *cores)
+                    .reduce(f64::max),
             }
         })
         .collect();
@@ -210,14 +221,14 @@ pub fn section(v: &UsersVerdict, seen: &[Seen], started_at: f64) -> String {
         let _ = writeln!(s, "- what ran out: {what}");
     }
     s.push_str(
-        "\n| part | what was done | from (s) | for (s) | requests | errors | worst p99 (ms) | most behind |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|\n",
+        "\n| part | what was done | from (s) | for (s) | requests | errors | worst p99 (ms) | most behind | host took (cores) |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for e in seen {
         let m = &e.moment;
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
             m.part,
             m.what.replace('|', "/"),
             m.from - started_at,
@@ -225,13 +236,19 @@ pub fn section(v: &UsersVerdict, seen: &[Seen], started_at: f64) -> String {
             e.requests,
             e.errors,
             e.p99_ms.map_or_else(|| "-".into(), fmt_ms),
-            e.behind
+            e.behind,
+            e.stolen_cores
+                .map_or_else(|| "-".into(), |c| format!("{c:.2}"))
         );
     }
     s.push_str(
         "\nEach row counts the seconds of cutover-load's timeline that overlap the part \
          (at least one second); p99 is the worst such second's, corrected for coordinated \
-         omission; \"most behind\" is the most requests that were due and not yet answered.\n",
+         omission; \"most behind\" is the most requests that were due and not yet answered; \
+         \"host took\" is the most cores the hypervisor took from this virtual machine in \
+         one of those seconds (steal in `/proc/stat`): CPU the platform was ready to use \
+         and was not given, so a bad second with a high figure is the host's as much as \
+         the platform's.\n",
     );
     s
 }
@@ -271,10 +288,18 @@ mod tests {
             to,
         };
         // A 40 ms switchover inside the second that ends at 102.
-        let s = seen(&[m(101.50, 101.54), m(100.0, 103.0)], &tl);
+        let stolen = [(101.0, 0.0), (102.0, 0.6), (103.0, 0.1)];
+        let s = seen(&[m(101.50, 101.54), m(100.0, 103.0)], &tl, &stolen);
         assert_eq!((s[0].requests, s[0].errors, s[0].behind), (300, 1, 3));
         assert_eq!(s[1].requests, 100);
         assert_eq!(s[1].p99_ms, Some(9.0));
+        assert_eq!(
+            (s[0].stolen_cores, s[1].stolen_cores),
+            (Some(0.6), Some(0.6))
+        );
+        let s = seen(&[m(102.2, 102.9)], &tl, &stolen);
+        assert_eq!(s[0].stolen_cores, Some(0.1));
+        assert_eq!(seen(&[m(102.2, 102.9)], &tl, &[])[0].stolen_cores, None);
         assert_eq!(worst_second_p99(&tl), Some(9.0));
     }
 
