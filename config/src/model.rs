@@ -204,7 +204,7 @@ pub struct HoldSettings {
     /// held, then released to the new side).
     pub upgrade_grace: Duration,
     /// After a release, the upgrade handshakes it held go on at most this many
-    /// per second on each route (0: all at once), so that a thousand WebSocket
+    /// per second on each route of each replica (0: all at once), so that a thousand WebSocket
     /// clients do not reach the new side's entry point in the same instant.
     pub upgrade_rate: u32,
 }

@@ -1,5 +1,6 @@
 //! What the machine did while the plan ran: CPU per component, sampled once a
-//! second from `/proc`, and each cluster's commit rate. When the users' view fails
+//! second from `/proc`, the cores the hypervisor took (steal), and each cluster's
+//! commit rate. When the users' view fails
 //! the verdict because the load could not be held (requests never sent, a rate not
 //! achieved, a corrected p99 over the SLO), this names the component that ran out
 //! first, with the figure, instead of leaving a bare "FAILED".
@@ -330,7 +331,8 @@ pub fn diagnose(cpu: &CpuSeries, commit_rates: &[(&str, f64)], max_behind: u64) 
     let mut s = String::new();
     let machine = cpu.machine_peak();
     let stolen = peak(&cpu.stolen, 3);
-    // What the machine could not give its processes: theirs, and the hypervisor's.
+    // What the machine could not give its processes: theirs, and the hypervisor's
+    // (none where no steal was sampled).
     let taken: Vec<f64> = cpu
         .machine
         .iter()

@@ -297,7 +297,7 @@ fn upgrades_go_with_the_writes_unless_the_route_says_split() {
     assert!(
         d[2].message.contains("\"writes\" or \"split\""),
         "{}",
-        d[1].message
+        d[2].message
     );
 }
 

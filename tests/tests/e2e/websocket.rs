@@ -21,7 +21,12 @@ type Ws = WebSocketStream<TcpStream>;
 /// Opens a WebSocket to `HOST` through the proxy; returns it and the backend
 /// that answered the handshake.
 async fn open(proxy: &Proxy) -> (Ws, String) {
-    let tcp = TcpStream::connect(proxy.http).await.unwrap();
+    open_at(proxy.http).await
+}
+
+/// [`open`] by the proxy's address, for a task of its own.
+async fn open_at(addr: std::net::SocketAddr) -> (Ws, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
     let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{HOST}/live"), tcp)
         .await
         .expect("the WebSocket handshake through the proxy");
@@ -331,15 +336,7 @@ async fn a_hold_closes_websockets_on_the_losing_side_and_they_follow_the_writes(
             let addr = proxy.http;
             tokio::spawn(async move {
                 let code = closed(&mut ws, Duration::from_secs(10)).await;
-                let tcp = TcpStream::connect(addr).await.unwrap();
-                let (mut ws, resp) =
-                    tokio_tungstenite::client_async(format!("ws://{HOST}/live"), tcp)
-                        .await
-                        .expect("the reconnect");
-                let backend = resp.headers()["x-cutover-backend"]
-                    .to_str()
-                    .unwrap()
-                    .to_string();
+                let (mut ws, backend) = open_at(addr).await;
                 let reply = echo(&mut ws, "back").await;
                 (code, backend, reply, ws)
             })
@@ -389,14 +386,7 @@ async fn a_release_paces_the_reconnects_it_wakes_and_a_new_hold_catches_the_rest
         .map(|_| {
             let (addr, done_tx) = (proxy.http, done_tx.clone());
             tokio::spawn(async move {
-                let tcp = TcpStream::connect(addr).await.unwrap();
-                let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{HOST}/live"), tcp)
-                    .await
-                    .expect("the handshake after a release");
-                let backend = resp.headers()["x-cutover-backend"]
-                    .to_str()
-                    .unwrap()
-                    .to_string();
+                let (ws, backend) = open_at(addr).await;
                 let _ = done_tx.send((tokio::time::Instant::now(), backend));
                 ws
             })
