@@ -364,8 +364,7 @@ impl Site {
         routes: Routes,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> std::io::Result<Site> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
+        let listener = crate::loopback_listener()?;
         let addr = listener.local_addr()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -107,8 +107,7 @@ impl Balancer {
     /// Starts on `127.0.0.1:0` with no replica; times in its figures count from
     /// `epoch`.
     pub fn start(epoch: Instant) -> std::io::Result<Balancer> {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        std_listener.set_nonblocking(true)?;
+        let std_listener = crate::loopback_listener()?;
         let addr = std_listener.local_addr()?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,7 +1,8 @@
 //! Hostile clients beside the users, as on any public edge: idle connections that
 //! never send a byte, and slowloris connections that send a request line and then a
-//! header byte every couple of seconds without ever ending the head. Each one that
-//! the proxy closes is opened again at once, so the proxy faces the same number
+//! header byte every couple of seconds without ever ending the head. They arrive
+//! over [`ARRIVAL`], as clients on a public edge do, not in one instant; each one
+//! that the proxy closes is opened again at once, so the proxy faces the same number
 //! throughout the plan. The users' p99 must not move ([`crate::view`]); this module
 //! counts how many the proxy closed and after how long.
 
@@ -24,6 +25,12 @@ pub const IDLE: usize = 200;
 pub const SLOW: usize = 100;
 /// The slowloris pace: one header byte per this.
 const TRICKLE: Duration = Duration::from_secs(2);
+/// The first connections are opened evenly over this long, the proxy's default
+/// `limits.request_head`, so the proxy's cuts (and the reopens) are spread over
+/// each of its windows. Opened all in one instant, every one of them would be cut
+/// and reopened in the same instant every window, a synchronised herd that no
+/// population of independent clients makes.
+pub const ARRIVAL: Duration = Duration::from_secs(10);
 /// No connection is held longer than this, whatever the proxy does.
 const HOLD_MAX: Duration = Duration::from_secs(600);
 
@@ -66,16 +73,30 @@ pub struct Hostile {
 
 impl Hostile {
     /// Starts `idle` idle and `slow` slowloris connections against `target`, with
-    /// `host` in the slow ones' request line.
-    pub fn start(target: SocketAddr, host: &str, idle: usize, slow: usize) -> Hostile {
+    /// `host` in the slow ones' request line, the first ones opened evenly over
+    /// `arrival` ([`ARRIVAL`] in the rehearsal).
+    pub fn start(
+        target: SocketAddr,
+        host: &str,
+        idle: usize,
+        slow: usize,
+        arrival: Duration,
+    ) -> Hostile {
         let (stop, stopped) = watch::channel(false);
         let counts = Arc::new(Counts::default());
         let mut tasks = JoinSet::new();
-        for i in 0..idle + slow {
+        let all = idle + slow;
+        for i in 0..all {
             let (counts, mut stopped) = (counts.clone(), stopped.clone());
-            let slow = i >= idle;
+            // Idle and slow ones interleaved, so both kinds arrive throughout.
+            let slow = i * slow / all != (i + 1) * slow / all;
+            let arrives = arrival.mul_f64(i as f64 / all as f64);
             let head = format!("GET /forecast/lisbon HTTP/1.1\r\nHost: {host}\r\nX-Slow: ");
             tasks.spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(arrives) => {}
+                    _ = stopped.changed() => return,
+                }
                 let deadline = Instant::now() + HOLD_MAX;
                 while !*stopped.borrow() && Instant::now() < deadline {
                     tokio::select! {
@@ -180,14 +201,15 @@ pub fn section(r: &HostileReport) -> String {
     format!(
         "\n## Hostile clients beside the users\n\n\
          - held against the proxy throughout: {} idle connections (never a byte) and {} \
-         slowloris connections (a request line, then a header byte every {} s); each one \
-         closed was opened again at once\n\
+         slowloris connections (a request line, then a header byte every {} s), arriving \
+         over the first {} s; each one closed was opened again at once\n\
          - {} connections opened, {} closed by the proxy (held {} at the median, {} at most), \
          {} connects refused, {} answers read\n\
          - what the users saw meanwhile is the table above: the whole plan ran beside them\n",
         r.idle,
         r.slow,
         TRICKLE.as_secs(),
+        ARRIVAL.as_secs(),
         r.opened,
         r.closed_by_proxy,
         s(r.held_s_median),
@@ -217,7 +239,7 @@ mod tests {
                 }));
             }
         });
-        let h = Hostile::start(addr, "weather.example", 3, 2);
+        let h = Hostile::start(addr, "weather.example", 3, 2, Duration::ZERO);
         let deadline = Instant::now() + Duration::from_secs(10);
         while h.counts.closed.load(Ordering::Relaxed) < 20 {
             assert!(
@@ -231,5 +253,56 @@ mod tests {
         assert!(r.opened >= 20 && r.closed_by_proxy >= 20, "{r:?}");
         assert_eq!((r.idle, r.slow, r.refused), (3, 2, 0));
         assert!(r.held_s_median.unwrap() < 5.0, "{r:?}");
+    }
+
+    /// The first connections arrive over the arrival window, not in one instant,
+    /// and the slowloris ones are among them throughout.
+    #[tokio::test]
+    async fn the_first_connections_arrive_over_the_window() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let tx = tx.clone();
+                held.push(tokio::spawn(async move {
+                    let at = Instant::now();
+                    // A slowloris connection writes its request line at once.
+                    let mut b = [0u8; 64];
+                    let slow = tokio::time::timeout(Duration::from_millis(300), s.read(&mut b))
+                        .await
+                        .is_ok_and(|r| r.is_ok_and(|n| n > 0));
+                    let _ = tx.send((at, slow));
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }));
+            }
+        });
+        let h = Hostile::start(addr, "weather.example", 6, 4, Duration::from_millis(1500));
+        let mut seen = Vec::new();
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        while seen.len() < 10 {
+            tokio::select! {
+                got = rx.recv() => seen.push(got.unwrap()),
+                () = &mut deadline => panic!("only {} of 10 connections arrived", seen.len()),
+            }
+        }
+        let r = h.stop().await;
+        server.abort();
+        seen.sort_by_key(|(at, _)| *at);
+        let spread = seen[9].0 - seen[0].0;
+        assert!(
+            spread >= Duration::from_millis(1000),
+            "ten connections arrived within {spread:?} of each other"
+        );
+        let slow: Vec<bool> = seen.iter().map(|(_, slow)| *slow).collect();
+        assert_eq!(slow.iter().filter(|s| **s).count(), 4, "{slow:?}");
+        assert!(
+            slow[..5].contains(&true) && slow[5..].contains(&true),
+            "the slowloris connections all arrived together: {slow:?}"
+        );
+        assert_eq!(r.opened, 10, "{r:?}");
     }
 }

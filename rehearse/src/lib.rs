@@ -125,6 +125,21 @@ pub enum RehearseError {
     Step(String),
 }
 
+/// A non-blocking listener on `127.0.0.1:0` with the accept queue a server is
+/// deployed with (4096, as `cutover-proxy` listens), not the standard library's
+/// 128: a burst of connects (users opening connections behind a stall, a herd of
+/// reconnects) that overflows the queue has its SYNs dropped, and each such
+/// client waits a second for its retransmit, which the rehearsal would then
+/// count as the platform's latency.
+fn loopback_listener() -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RehearseError {
     let what = what.into();
     move |source| RehearseError::Io { what, source }
@@ -209,5 +224,34 @@ impl Progress {
     /// A stage's closing line: what, and how long it took since `since`.
     fn done(&self, since: Instant, what: &str) {
         self.line(&format!("{what} ({:.1}s)", since.elapsed().as_secs_f64()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// A burst of connects far past the standard library's queue of 128, none
+    /// accepted yet, all completes at once: no SYN is dropped to be retried a
+    /// second later.
+    #[tokio::test]
+    async fn a_burst_of_connects_fits_the_accept_queue() {
+        let listener = super::loopback_listener().unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..600).map(|_| {
+            tokio::time::timeout(
+                Duration::from_millis(700),
+                tokio::net::TcpStream::connect(addr),
+            )
+        });
+        let done = futures_util::future::join_all(connects).await;
+        let waited = done.iter().filter(|c| c.is_err()).count();
+        let failed = done.iter().filter(|c| matches!(c, Ok(Err(_)))).count();
+        assert_eq!(
+            (waited, failed),
+            (0, 0),
+            "of 600 connects, {waited} waited for a retransmit and {failed} failed"
+        );
+        drop(listener);
     }
 }

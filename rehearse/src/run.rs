@@ -337,10 +337,13 @@ pub(super) async fn rehearse(
     };
     // A generous bound: the load is stopped when the plan ends, long before.
     let bound = timing.bake * 3 + Duration::from_secs(300);
+    let users_from = progress.start_unix + progress.at();
     let load = rig.load.insert(users::start(
         &bins.load, args.rate, bound, proxy_http, &files,
     )?);
     users::wait_for_traffic(&admins, load, args.rate).await?;
+    users::wait_for_first_second(&timeline, load).await?;
+    let users_to = progress.start_unix + progress.at();
     progress.line(&format!(
         "cutover-load: {} req/s open loop over the six hosts, 30% writes on the database apps, with a ledger",
         args.rate
@@ -358,11 +361,18 @@ pub(super) async fn rehearse(
     } else {
         (hostile::IDLE, hostile::SLOW)
     };
-    let hostile = hostile::Hostile::start(proxy_http, &PLATFORM[0].host(), idle, slow);
+    let hostile = hostile::Hostile::start(
+        proxy_http,
+        &PLATFORM[0].host(),
+        idle,
+        slow,
+        hostile::ARRIVAL,
+    );
     let hostile_from = progress.start_unix + progress.at();
     progress.line(&format!(
         "hostile clients: {idle} idle and {slow} slowloris connections held against the proxy \
-         throughout, each reopened when closed"
+         throughout, arriving over the first {}s, each reopened when closed",
+        hostile::ARRIVAL.as_secs()
     ));
 
     // WebSocket clients of the social app, from now until the plan ends.
@@ -518,6 +528,12 @@ pub(super) async fn rehearse(
         None => None,
     };
     let mut moments = view::plan_moments(&record);
+    moments.push(view::Moment {
+        part: "users".into(),
+        what: "cutover-load starting, before everything else: its connections opening".into(),
+        from: users_from,
+        to: users_to,
+    });
     moments.push(view::Moment {
         part: "hostile".into(),
         what: format!(

@@ -97,6 +97,42 @@ pub(super) async fn wait_for_traffic(
     }
 }
 
+/// Waits (up to 10 s) until cutover-load has written the first second of its
+/// timeline: its connections are open through the balancer, the proxies and their
+/// upstream pools, as the traffic of a platform in service already is when a
+/// migration begins. That second stays in the users' verdict and in the report's
+/// table (part `users`); the plan's phases start after it.
+pub(super) async fn wait_for_first_second(
+    timeline: &Path,
+    load: &mut Proc,
+) -> Result<(), RehearseError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let written = std::fs::read_to_string(timeline).unwrap_or_default();
+        if written
+            .lines()
+            .next()
+            .is_some_and(|l| written.len() > l.len())
+        {
+            return Ok(());
+        }
+        if let Some(status) = load.exited() {
+            return Err(RehearseError::Step(format!(
+                "cutover-load exited ({status}) in its first second:\n{}",
+                procs::last_lines(&load.output(), 15)
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(RehearseError::Step(format!(
+                "cutover-load wrote no second to {} within 10s:\n{}",
+                timeline.display(),
+                procs::last_lines(&load.output(), 15)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// SIGINT, then its report. It has 30 s: its request timeout (15 s) plus slack.
 pub(super) async fn stop(load: &mut Proc, json: &Path) -> Result<Report, RehearseError> {
     if load.exited().is_none() {

@@ -180,6 +180,7 @@ async fn quick_rehearsal_fails_no_request_and_loses_no_write() {
     assert_eq!(count("switchover"), 5, "{parts:#?}");
     assert!(count("plan") >= 4, "{parts:#?}");
     assert_eq!(count("hostile"), 1, "{parts:#?}");
+    assert_eq!(count("users"), 1, "{parts:#?}");
     assert!(
         parts.iter().all(|p| p["errors"] == 0),
         "users saw errors: {parts:#?}"
