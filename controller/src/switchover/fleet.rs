@@ -213,23 +213,21 @@ pub async fn drain(
             next_find = Instant::now() + FIND_EVERY;
         }
         let mut busy = Vec::new();
-        for url in proxies.urls() {
-            for route in &routes {
-                for r in proxies.routes(url, route).await? {
-                    let n = match scope {
-                        Scope::Upgrades => 0,
-                        _ => r.inflight_writes.get(backend).copied().unwrap_or(0),
-                    };
-                    let tunnels = r.write_tunnels.get(backend).copied().unwrap_or(0);
-                    if n > 0 {
-                        busy.push(format!("{url} route {}: {n}", r.name));
-                    }
-                    if tunnels > 0 {
-                        busy.push(format!(
-                            "{url} route {}: {tunnels} upgraded connection(s)",
-                            r.name
-                        ));
-                    }
+        for (url, found) in route_states(proxies, &routes).await {
+            for r in found? {
+                let n = match scope {
+                    Scope::Upgrades => 0,
+                    _ => r.inflight_writes.get(backend).copied().unwrap_or(0),
+                };
+                let tunnels = r.write_tunnels.get(backend).copied().unwrap_or(0);
+                if n > 0 {
+                    busy.push(format!("{url} route {}: {n}", r.name));
+                }
+                if tunnels > 0 {
+                    busy.push(format!(
+                        "{url} route {}: {tunnels} upgraded connection(s)",
+                        r.name
+                    ));
                 }
             }
         }
@@ -261,15 +259,27 @@ pub async fn write_tunnels(
     backend: &str,
 ) -> Result<u64, Error> {
     let mut open = 0;
-    for url in proxies.urls() {
-        for route in routes {
-            for r in proxies.routes(url, route).await? {
-                open +=
-                    u64::try_from(r.write_tunnels.get(backend).copied().unwrap_or(0)).unwrap_or(0);
-            }
+    for (_, found) in route_states(proxies, routes).await {
+        for r in found? {
+            open += u64::try_from(r.write_tunnels.get(backend).copied().unwrap_or(0)).unwrap_or(0);
         }
     }
     Ok(open)
+}
+
+/// Every replica's state of each of `routes`, read from all of them at once (a
+/// drain polls this under the write pause: one round trip, not one per replica),
+/// in the order of [`Proxies::urls`].
+async fn route_states<'p>(
+    proxies: &'p Proxies,
+    routes: &[String],
+) -> Vec<(&'p String, Result<Vec<cutover_api::RouteStatus>, Error>)> {
+    join_all(proxies.urls().iter().flat_map(|url| {
+        routes
+            .iter()
+            .map(move |route| async move { (url, proxies.routes(url, route).await) })
+    }))
+    .await
 }
 
 /// Releases every hold, switching writes to `writes` when given, on the replicas

@@ -257,7 +257,7 @@ impl Plan<'_> {
         let passed = self
             .before_no_return(proxies, opts, deadline, &mut tl, &mut undo, &armed)
             .await;
-        let passed = match passed {
+        let mut passed = match passed {
             Ok(p) => p,
             Err(e) => {
                 let phase = tl.failed_in();
@@ -310,8 +310,16 @@ impl Plan<'_> {
             self.to_backend
         ));
 
-        // After the pause: the old slot, and a last look through the witness for
-        // a write that bypassed the block after the proof.
+        // After the pause: who could lift the block (for the report), the old
+        // slot, and a last look through the witness for a write that bypassed the
+        // block after the proof.
+        match block::can_lift(self.from).await {
+            Ok(roles) => passed.blocked.can_lift = roles,
+            Err(e) => warnings.push(format!(
+                "the roles that could lift the block on the {} could not be listed: {e}",
+                self.from.side()
+            )),
+        }
         if let Err(e) = self.link.drop_slot(self.from, Duration::from_secs(5)).await {
             warnings.push(format!(
                 "slot {} on the {} was not dropped ({e}); it retains WAL until `cutover db cleanup` drops it",

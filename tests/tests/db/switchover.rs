@@ -138,6 +138,10 @@ async fn switchover_and_rollback_under_load_lose_nothing_and_fail_nothing() {
     let tables = v["blocked"]["tables"].as_u64().unwrap();
     assert!(tables >= 1, "{v:#}");
     assert_eq!(v["reopened"].as_u64(), Some(tables), "{v:#}");
+    // Who could lift the block is read after the pause and still reported: the
+    // cluster's superuser at least.
+    let lifters = v["blocked"]["can_lift"].as_array().unwrap();
+    assert!(lifters.iter().any(|r| r == "postgres"), "{v:#}");
     assert_eq!(v["sequences"], 2);
     assert_eq!(proxy.status().await["routes"][0]["writes"], "new");
     assert_all_on(&pair.new, &ledger.acked, "the switchover's load").await;
