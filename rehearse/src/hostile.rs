@@ -89,7 +89,7 @@ impl Hostile {
         for i in 0..all {
             let (counts, mut stopped) = (counts.clone(), stopped.clone());
             // Idle and slow ones interleaved, so both kinds arrive throughout.
-            let slow = i * slow / all != (i + 1) * slow / all;
+            let trickles = i * slow / all != (i + 1) * slow / all;
             let arrives = arrival.mul_f64(i as f64 / all as f64);
             let head = format!("GET /forecast/lisbon HTTP/1.1\r\nHost: {host}\r\nX-Slow: ");
             tasks.spawn(async move {
@@ -100,7 +100,7 @@ impl Hostile {
                 let deadline = Instant::now() + HOLD_MAX;
                 while !*stopped.borrow() && Instant::now() < deadline {
                     tokio::select! {
-                        _ = hold_one(target, slow.then_some(head.as_str()), &counts) => {}
+                        _ = hold_one(target, trickles.then_some(head.as_str()), &counts) => {}
                         _ = stopped.changed() => break,
                     }
                 }
