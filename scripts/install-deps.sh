@@ -31,12 +31,14 @@ need chromium chromium
 need chromedriver chromium-driver
 need python3 python3
 
-# With --bench: the peers and load generator bench/proxy.sh compares against.
+# With --bench: the peers and load generator bench/proxy.sh compares against, and
+# valgrind for bench/instructions.sh.
 if [ "${1:-}" = "--bench" ]; then
   need nginx nginx
   need haproxy haproxy
   need wrk wrk
   need taskset util-linux
+  need valgrind valgrind
   need python3 python3
 fi
 

@@ -37,6 +37,9 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
+    // The id and the four forwarding headers go in with one growth of the map
+    // hyper sized to the client's headers, not one per insert.
+    parts.headers.reserve(5);
     let id = crate::headers::request_id(&mut parts.headers);
     let (share, query) = shared.access_log();
     let entry = Entry::sample(share, &parts, peer, &id, query, start);
@@ -146,22 +149,23 @@ async fn proxy(
     let (mut resp, outcome) = forward::forward(shared, decision, parts, body, peer, start).await;
     let backend = outcome.backend;
 
-    // Answer.
+    // Answer: the backend, perhaps a cookie, and (in `handle`) the request id.
     let headers = resp.headers_mut();
+    headers.reserve(3);
     headers.insert(
         X_CUTOVER_BACKEND.clone(),
         live.backends[backend].header.clone(),
     );
     if let (Some(value), Sticky::Cookie { name, .. }) = (&minted, &live.snap.routes()[ri].sticky) {
         let attrs = &live.routes[ri].cookie_attrs;
-        let mut cookie = String::with_capacity(name.len() + value.len() + attrs.len() + 9);
-        for part in [name.as_str(), "=", value, attrs] {
+        let tail = if secure { "; Secure" } else { "" };
+        let parts = [name.as_str(), "=", value, attrs, tail];
+        // Exactly sized: `Bytes` takes a full vector over without another
+        // allocation, and the value is validated without another copy.
+        let mut cookie = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
             cookie.push_str(part);
         }
-        if secure {
-            cookie.push_str("; Secure");
-        }
-        // Validates without copying the bytes again.
         if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(cookie)) {
             headers.append(SET_COOKIE, v);
         }

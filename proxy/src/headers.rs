@@ -6,7 +6,6 @@
 //! came over the HTTPS listener (the listener marks them with [`Scheme`]), whatever
 //! the client sent.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -25,6 +24,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that must not be forwarded.
 static HOP_BY_HOP: [HeaderName; 7] = [
+    // Positions CONNECTION_AT and TE_AT are named below.
     HeaderName::from_static("connection"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -33,6 +33,9 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("transfer-encoding"),
     HeaderName::from_static("upgrade"),
 ];
+
+const CONNECTION_AT: usize = 0;
+const TE_AT: usize = 3;
 
 /// Rewrites a downstream request's headers for the upstream, once per request.
 ///
@@ -76,20 +79,39 @@ pub fn prepare_request(
             .collect();
         (!all.is_empty()).then(|| all.join(", "))
     };
-    let xff = match prior(headers, &X_FORWARDED_FOR) {
-        Some(p) => format!("{p}, {client}"),
-        None => client.to_string(),
-    };
-    let mut forwarded = prior(headers, &FORWARDED).map_or_else(String::new, |p| p + ", ");
-    // Writing into a String cannot fail.
-    let _ = match client {
-        std::net::IpAddr::V6(v6) => write!(forwarded, "for=\"[{v6}]\""),
-        v4 => write!(forwarded, "for={v4}"),
-    };
-    let _ = write!(forwarded, ";proto={}", if https { "https" } else { "http" });
-    if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
-        let _ = write!(forwarded, ";host=\"{}\"", h.replace(['"', '\\'], ""));
+    let mut xff = Built::default();
+    if let Some(p) = prior(headers, &X_FORWARDED_FOR) {
+        xff.push(p.as_bytes());
+        xff.push(b", ");
     }
+    xff.ip(client);
+    let mut forwarded = Built::default();
+    if let Some(p) = prior(headers, &FORWARDED) {
+        forwarded.push(p.as_bytes());
+        forwarded.push(b", ");
+    }
+    if client.is_ipv6() {
+        forwarded.push(b"for=\"[");
+        forwarded.ip(client);
+        forwarded.push(b"]\"");
+    } else {
+        forwarded.push(b"for=");
+        forwarded.ip(client);
+    }
+    forwarded.push(if https {
+        b";proto=https"
+    } else {
+        b";proto=http"
+    });
+    if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        forwarded.push(b";host=\"");
+        // A quote or backslash would end the quoted string early: left out.
+        for piece in h.split(['"', '\\']) {
+            forwarded.push(piece.as_bytes());
+        }
+        forwarded.push(b"\"");
+    }
+    let (xff, forwarded) = (xff.value(), forwarded.value());
     // TLS ended here, so `https` is known, not claimed; a trusted proxy in front
     // may have ended it before us.
     let xfp = match prior(headers, &X_FORWARDED_PROTO).filter(|_| !https) {
@@ -102,15 +124,8 @@ pub fn prepare_request(
         None => host,
     };
     for (name, value) in [
-        // Handing the strings over as `Bytes` validates them without another copy.
-        (
-            &X_FORWARDED_FOR,
-            HeaderValue::from_maybe_shared(Bytes::from(xff)).ok(),
-        ),
-        (
-            &FORWARDED,
-            HeaderValue::from_maybe_shared(Bytes::from(forwarded)).ok(),
-        ),
+        (&X_FORWARDED_FOR, xff),
+        (&FORWARDED, forwarded),
         (&X_FORWARDED_PROTO, xfp),
         (&X_FORWARDED_HOST, xfh),
     ] {
@@ -120,6 +135,83 @@ pub fn prepare_request(
         };
     }
     Ok(())
+}
+
+/// A header value built in place and then owned by its `Bytes` (one allocation;
+/// a `String` handed over as `Bytes` cost a second one whenever its capacity was
+/// not its length, and cloning a value made from an exact copy a third, and
+/// `format!` of an address cost more than the rest of the request's header work).
+/// Past 256 bytes (a long chain from trusted proxies) it continues on the heap.
+struct Built {
+    buf: [u8; 256],
+    len: usize,
+    spill: Option<Vec<u8>>,
+}
+
+impl Default for Built {
+    fn default() -> Self {
+        Built {
+            buf: [0; 256],
+            len: 0,
+            spill: None,
+        }
+    }
+}
+
+impl Built {
+    #[inline]
+    fn push(&mut self, b: &[u8]) {
+        if let Some(v) = &mut self.spill {
+            v.extend_from_slice(b);
+        } else if let Some(room) = self.buf.get_mut(self.len..self.len + b.len()) {
+            room.copy_from_slice(b);
+            self.len += b.len();
+        } else {
+            let mut v = Vec::with_capacity(self.len + b.len() + 64);
+            v.extend_from_slice(&self.buf[..self.len]);
+            v.extend_from_slice(b);
+            self.spill = Some(v);
+        }
+    }
+
+    /// An IPv4 address in dotted decimal; IPv6 as `Display` writes it.
+    #[inline]
+    fn ip(&mut self, ip: std::net::IpAddr) {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b".");
+                    }
+                    let digits = [b'0' + o / 100, b'0' + o / 10 % 10, b'0' + o % 10];
+                    let skip = if o >= 100 {
+                        0
+                    } else if o >= 10 {
+                        1
+                    } else {
+                        2
+                    };
+                    self.push(&digits[skip..]);
+                }
+            }
+            std::net::IpAddr::V6(v6) => self.push(v6.to_string().as_bytes()),
+        }
+    }
+
+    /// The value, owning the buffer: one allocation, shared by the copy of the
+    /// request kept for a retry.
+    fn value(self) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(Bytes::from_owner(self)).ok()
+    }
+}
+
+impl AsRef<[u8]> for Built {
+    fn as_ref(&self) -> &[u8] {
+        match &self.spill {
+            Some(v) => v.as_slice(),
+            None => &self.buf[..self.len],
+        }
+    }
 }
 
 /// HTTP/2 may send each cookie as its own header (RFC 9113 §8.2.3); an HTTP/1.1
@@ -150,47 +242,60 @@ pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
-    let id =
-        HeaderValue::from_maybe_shared(Bytes::from(format!("{:032x}", rand::random::<u128>())))
-            .unwrap_or(HeaderValue::from_static("0"));
+    // Owned by its `Bytes`: one allocation, and the copies that go upstream (one
+    // kept for a retry) and back to the client share it.
+    let id = HeaderValue::from_maybe_shared(Bytes::from_owner(crate::sticky::random_hex()))
+        .unwrap_or(HeaderValue::from_static("0"));
     headers.insert(X_REQUEST_ID.clone(), id.clone());
     id
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Usually there are none (`Connection` is one of them): one pass over the names,
-    // where standard names compare as tags, instead of a lookup per name.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // Which of them are here: one pass over the names, where standard names
+    // compare as tags. Usually none on a request; on a response usually just
+    // `Connection: keep-alive`, so only what is present is looked up and removed.
+    let mut present = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     // `TE: trailers` is the one hop-by-hop value that goes on: it says the client
     // accepts trailers, which gRPC needs (RFC 9113 §8.2.2 allows it in HTTP/2).
-    let trailers = headers.get_all(TE).iter().any(|v| {
-        v.to_str().unwrap_or("").split(',').any(|t| {
-            t.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("trailers")
-        })
-    });
-    if let Some(conn) = headers.get(http::header::CONNECTION) {
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let trailers = present & (1 << TE_AT) != 0
+        && headers.get_all(TE).iter().any(|v| {
+            v.to_str().unwrap_or("").split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            })
+        });
+    if present & (1 << CONNECTION_AT) != 0
+        && let Some(conn) = headers.get(http::header::CONNECTION).cloned()
+    {
+        for name in conn.to_str().unwrap_or("").split(',').map(str::trim) {
+            // Hop-by-hop names go below anyway (`keep-alive`, `close` is none);
             // `Connection: host` must not take away the host the request was
             // routed by.
-            .filter(|n| n != HOST)
-            .collect();
-        for n in named {
-            headers.remove(n);
+            let listed = HOP_BY_HOP
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_str()));
+            if !name.is_empty() && !listed && !name.eq_ignore_ascii_case("host") {
+                // A name that is not a valid header name removes nothing.
+                headers.remove(name);
+            }
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
     if trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -214,19 +319,42 @@ mod tests {
         assert!(!h.contains_key("te"));
     }
 
+    /// A header map of `pairs`, in order, repeated names appended.
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("x-app", HeaderValue::from_static("kept"));
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("x-app", "kept"),
+        ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-app"], "kept");
+
+        // Names in any case, with spaces and empty items; `host` is never taken;
+        // every value of a named header goes.
+        let mut h = map(&[
+            ("host", "shop.test"),
+            ("connection", "Upgrade, ,  X-Hop-A ,host,x-hop-b"),
+            ("upgrade", "websocket"),
+            ("x-hop-a", "1"),
+            ("x-hop-a", "2"),
+            ("x-hop-b", "3"),
+            ("x-app", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-app"]);
     }
 
     fn forged(peer: &str, trusted: &[&str]) -> HeaderMap {
@@ -253,6 +381,53 @@ mod tests {
         assert_eq!(
             h["forwarded"],
             "for=127.0.0.2;proto=http;host=\"shop.test\""
+        );
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for o in [0u8, 1, 9, 10, 42, 99, 100, 101, 199, 200, 255] {
+            for ip in [
+                std::net::IpAddr::from([o, 255 - o, 7, o / 2]),
+                std::net::IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(o)]),
+            ] {
+                let mut b = Built::default();
+                b.ip(ip);
+                assert_eq!(b.value().unwrap(), ip.to_string().as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_longer_than_the_stack_buffer_is_kept_whole() {
+        let chain: Vec<String> = (0..40).map(|i| format!("10.0.0.{i}")).collect();
+        let chain = chain.join(", ");
+        assert!(chain.len() > 256);
+        let (mut parts, ()) = Request::get("/")
+            .header("host", "shop.test")
+            .header("x-forwarded-for", chain.as_str())
+            .body(())
+            .unwrap()
+            .into_parts();
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        prepare_request(&mut parts, "10.9.9.9:5555".parse().unwrap(), &trusted).unwrap();
+        assert_eq!(
+            parts.headers["x-forwarded-for"],
+            format!("{chain}, 10.9.9.9").as_str()
+        );
+    }
+
+    #[test]
+    fn a_quote_or_backslash_in_the_host_cannot_end_the_forwarded_string() {
+        let (mut parts, ()) = Request::get("/")
+            .header("host", "shop.test\";for=\\evil")
+            .body(())
+            .unwrap()
+            .into_parts();
+        prepare_request(&mut parts, "127.0.0.2:5555".parse().unwrap(), &[]).unwrap();
+        assert_eq!(
+            parts.headers["forwarded"],
+            "for=127.0.0.2;proto=http;host=\"shop.test;for=evil\""
         );
     }
 

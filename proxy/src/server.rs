@@ -208,17 +208,14 @@ where
         guards.as_ref().map(|g| g.events.clone()),
     );
     let mut builder = auto::Builder::new(exec);
-    // hyper's timer runs from the end of the last exchange: the idle wait and the
-    // head together.
-    let backstop = limits.as_ref().map_or(Duration::from_secs(30), |l| {
-        l.keepalive + l.request_head + Duration::from_secs(1)
-    });
     builder
         .http1()
         .timer(TokioTimer::new())
-        // A backstop: the supervisor (`drive`) closes a connection whose head is
-        // late, or that is idle for the keep-alive, before this fires.
-        .header_read_timeout(backstop)
+        // The supervisor (`drive`, with deadlines on every listener) closes a
+        // connection whose head is late or that is idle for the keep-alive.
+        // hyper's own head timer would cost a boxed timer per request and could
+        // only fire after the supervisor had.
+        .header_read_timeout(None)
         .keep_alive(true);
     // Extended CONNECT (RFC 8441): WebSockets over HTTP/2.
     builder

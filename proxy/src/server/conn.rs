@@ -10,13 +10,21 @@
 //!
 //! hyper's own HTTP/1 head timer cannot say this: it starts when hyper begins to
 //! wait for a head, that is when the previous exchange ends, so it would bound the
-//! idle wait and the head together. It is kept beyond both, as a backstop.
+//! idle wait and the head together. It is off: it cost a boxed timer per request.
 //!
 //! A head's first byte is only noted (by the connection's reads, `send.rs`); waking
 //! the supervisor for it would cost a wake-up per request. An idle HTTP/1
 //! connection's supervisor looks every `request_head` instead, so a head begun
 //! after one look is seen by the next, before its deadline, and closed at that
-//! deadline exactly.
+//! deadline exactly. The end of an exchange does not wake it either: while one is
+//! under way it looks every `min(keepalive, request_head)` (HTTP/2: `keepalive`),
+//! the soonest either deadline could fall after the exchange ends, and from an
+//! idle look it sets the exact deadline.
+//!
+//! Its other branches (the shutdown signal, the timer) are polled only when their
+//! own wakers fire ([`OnWake`]), not each time the connection's I/O wakes the
+//! task: several times per request, each of which polled a watch channel (a read
+//! lock) and a timer before.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,8 +34,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::{ArcWake, AtomicWaker, waker_ref};
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{Events, Watcher, send};
@@ -54,7 +62,6 @@ pub(super) struct ConnState {
     http2: AtomicBool,
     /// [`LIVE`], [`CUT`] or [`DETACHED`].
     cut: AtomicU8,
-    changed: Notify,
 }
 
 /// The supervisor drives the connection and no send timeout fired.
@@ -111,13 +118,25 @@ impl ConnState {
     /// When the supervisor next has something to judge: the first head's deadline
     /// until a request began; with no exchange under way, the deadline of a head
     /// begun (HTTP/1), else the end of the keep-alive, or on HTTP/1 the next look
-    /// for a head begun if sooner; else nothing until an exchange ends.
-    fn next_wake(&self, d: &Deadlines) -> Option<Instant> {
+    /// for a head begun if sooner; with one under way, the next look (see the
+    /// module's comment).
+    fn next_wake(&self, d: &Deadlines) -> Instant {
+        let http2 = self.http2.load(Ordering::Relaxed);
+        let look = || {
+            Instant::now()
+                + if http2 {
+                    d.keepalive
+                } else {
+                    d.keepalive.min(d.request_head)
+                }
+        };
         if self.began.load(Ordering::Relaxed) == 0 {
-            return Some(d.first_head);
+            // The first exchange may begin and end before the first head's
+            // deadline: its keep-alive is judged from the look after it.
+            return d.first_head.min(look());
         }
         if self.underway.load(Ordering::Acquire) != 0 {
-            return None;
+            return look();
         }
         let now = millis_now();
         let head = d.request_head.as_millis() as u64;
@@ -125,14 +144,10 @@ impl ConnState {
             Some(since) => since + head,
             None => {
                 let idle = self.idle_since.load(Ordering::Relaxed) + d.keepalive.as_millis() as u64;
-                if self.http2.load(Ordering::Relaxed) {
-                    idle
-                } else {
-                    idle.min(now + head)
-                }
+                if http2 { idle } else { idle.min(now + head) }
             }
         };
-        Some(Instant::now() + Duration::from_millis(at.saturating_sub(now)))
+        Instant::now() + Duration::from_millis(at.saturating_sub(now))
     }
 
     /// An HTTP/1 head whose first byte has arrived, since then.
@@ -144,7 +159,7 @@ impl ConnState {
     /// What ran out, once [`ConnState::next_wake`]'s time has come.
     fn expired(&self, d: &Deadlines) -> Option<&'static str> {
         if self.began.load(Ordering::Relaxed) == 0 {
-            return Some("request_head");
+            return (Instant::now() >= d.first_head).then_some("request_head");
         }
         if self.underway.load(Ordering::Acquire) != 0 {
             return None;
@@ -165,7 +180,6 @@ impl Drop for Underway {
     fn drop(&mut self) {
         if self.0.underway.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle_since.store(millis_now(), Ordering::Relaxed);
-            self.0.changed.notify_one();
         }
     }
 }
@@ -291,21 +305,24 @@ pub(super) async fn drive<C>(
     // learnt.
     let mut conn = std::pin::pin!(Some(conn));
     let mut shutting = false;
+    let side = Arc::new(WakeFlag::default());
     loop {
-        let wake = deadlines
-            .filter(|_| !shutting)
-            .and_then(|d| state.next_wake(&d));
-        let timer = async {
+        let wake = deadlines.filter(|_| !shutting).map(|d| state.next_wake(&d));
+        let timer = std::pin::pin!(async {
             match wake {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
-        };
+        });
+        let signalled = std::pin::pin!(watcher.signalled());
+        // New futures: each is polled once, then only when its waker fires.
+        side.woken.store(u8::MAX, Ordering::Release);
         let running = std::future::poll_fn(|cx| match conn.as_mut().as_pin_mut() {
             Some(c) => c.poll(cx),
             None => Poll::Pending,
         });
         tokio::select! {
+            biased;
             r = running => {
                 if let Err(e) = r {
                     // hyper answered 431 itself: a head far beyond the limits.
@@ -318,14 +335,13 @@ pub(super) async fn drive<C>(
                 }
                 break;
             }
-            () = watcher.signalled(), if !shutting => {
+            () = OnWake::new(signalled, &side, 0), if !shutting => {
                 shutting = true;
                 if let Some(c) = conn.as_mut().as_pin_mut() {
                     shutdown(c);
                 }
             }
-            () = state.changed.notified(), if !shutting => {}
-            () = timer => {
+            () = OnWake::new(timer, &side, 1) => {
                 let Some(kind) = deadlines.and_then(|d| state.expired(&d)) else {
                     continue;
                 };
@@ -348,6 +364,55 @@ pub(super) async fn drive<C>(
         if let Some(e) = events {
             e.timed_out(route.as_deref(), "send");
         }
+    }
+}
+
+/// Which of the supervisor's side branches may have something new (a bit each),
+/// and the task to wake for them. Their futures get a waker that sets every bit
+/// and wakes the task; the connection's own futures get the task's waker.
+#[derive(Default)]
+struct WakeFlag {
+    woken: AtomicU8,
+    task: AtomicWaker,
+}
+
+impl ArcWake for WakeFlag {
+    fn wake_by_ref(this: &Arc<Self>) {
+        this.woken.store(u8::MAX, Ordering::Release);
+        this.task.wake();
+    }
+}
+
+/// A future polled on its first poll and then only after a [`WakeFlag`] wake set
+/// its bit: until then a poll of it is two atomic operations.
+struct OnWake<'a, F> {
+    fut: Pin<&'a mut F>,
+    flag: &'a Arc<WakeFlag>,
+    bit: u8,
+}
+
+impl<'a, F> OnWake<'a, F> {
+    fn new(fut: Pin<&'a mut F>, flag: &'a Arc<WakeFlag>, bit: u8) -> Self {
+        OnWake {
+            fut,
+            flag,
+            bit: 1 << bit,
+        }
+    }
+}
+
+impl<F: Future> Future for OnWake<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        // Registered before the bit is read: a wake in between sets it again.
+        this.flag.task.register(cx.waker());
+        if this.flag.woken.fetch_and(!this.bit, Ordering::AcqRel) & this.bit == 0 {
+            return Poll::Pending;
+        }
+        let waker = waker_ref(this.flag);
+        this.fut.as_mut().poll(&mut Context::from_waker(&waker))
     }
 }
 
@@ -400,12 +465,19 @@ mod tests {
         // Bytes while an exchange is under way are its own.
         let underway = ConnState::begin(&state, false);
         state.read_some();
-        assert_eq!(state.next_wake(&d), None);
+        // Under way, the supervisor looks within min(keepalive, request_head) and
+        // judges nothing then.
+        let look = state.next_wake(&d);
+        assert!(
+            look <= Instant::now() + Duration::from_millis(2),
+            "{look:?}"
+        );
+        assert_eq!(state.expired(&d), None);
         drop(underway);
         // Idle: the keep-alive runs, nothing expired; the supervisor looks again
         // within request_head.
         assert_eq!(state.expired(&d), None);
-        let look = state.next_wake(&d).expect("a look while idle");
+        let look = state.next_wake(&d);
         assert!(
             look <= Instant::now() + Duration::from_millis(2),
             "{look:?}"
@@ -416,6 +488,85 @@ mod tests {
         // The head completed: a new exchange, no head timer.
         let _next = ConnState::begin(&state, false);
         assert_eq!(state.expired(&d), None);
+    }
+
+    #[tokio::test]
+    async fn before_the_first_head_a_look_judges_nothing_until_its_deadline() {
+        let state = Arc::new(ConnState::default());
+        let mut d = deadlines(Duration::from_secs(10), Duration::from_secs(1));
+        d.first_head = Instant::now() + Duration::from_secs(10);
+        // The look comes at the keep-alive (sooner than the first head's deadline).
+        let look = state.next_wake(&d);
+        assert!(look <= Instant::now() + Duration::from_secs(1), "{look:?}");
+        assert_eq!(state.expired(&d), None);
+        d.first_head = Instant::now();
+        assert_eq!(state.next_wake(&d), d.first_head);
+        assert_eq!(state.expired(&d), Some("request_head"));
+    }
+
+    /// A future that counts its polls, keeps its last waker and is ready once told.
+    struct Probe {
+        polls: Arc<AtomicUsize>,
+        waker: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+        ready: Arc<AtomicBool>,
+    }
+
+    impl Future for Probe {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            if self.ready.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Counts the wakes of the task.
+    struct Task(AtomicUsize);
+
+    impl ArcWake for Task {
+        fn wake_by_ref(this: &Arc<Self>) {
+            this.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_side_branch_is_polled_first_and_then_only_after_its_own_wake() {
+        let (polls, waker, ready) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(std::sync::Mutex::new(None)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let mut probe = std::pin::pin!(Probe {
+            polls: polls.clone(),
+            waker: waker.clone(),
+            ready: ready.clone(),
+        });
+        let flag = Arc::new(WakeFlag::default());
+        flag.woken.store(u8::MAX, Ordering::Release);
+        let task = Arc::new(Task(AtomicUsize::new(0)));
+        let task_waker = futures_util::task::waker(task.clone());
+        let mut cx = Context::from_waker(&task_waker);
+        let mut on = OnWake::new(probe.as_mut(), &flag, 1);
+        assert!(Pin::new(&mut on).poll(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 1, "polled on its first poll");
+        // The task woken for the connection's I/O: the branch is not polled.
+        for _ in 0..5 {
+            assert!(Pin::new(&mut on).poll(&mut cx).is_pending());
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        // Its own waker fires: the task is woken and the branch polled once more.
+        ready.store(true, Ordering::SeqCst);
+        waker.lock().unwrap().take().unwrap().wake();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1, "the task was woken");
+        assert!(Pin::new(&mut on).poll(&mut cx).is_ready());
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        // A branch beside it with another bit was woken too (a shared waker
+        // cannot say which branch it was for), and is polled once.
+        assert_ne!(flag.woken.load(Ordering::Acquire) & 1, 0);
     }
 
     #[tokio::test]

@@ -461,20 +461,73 @@ async fn an_idle_http1_connection_is_closed_at_keepalive() {
     let (_old, _new, proxy) = keepalive_proxy();
     let mut s = TcpStream::connect(proxy.http).await.unwrap();
     assert_eq!(get_on(&mut s).await.unwrap().status, 200);
-    let (after, got) = wait_closed(&mut s, Duration::from_secs(5))
+    closed_at_keepalive(&mut s, &proxy, "the response").await;
+}
+
+/// With `keepalive = "1s"`: `s`, idle since `after` ended, is closed about a second
+/// later with nothing more sent, and one `keepalive` timeout is counted.
+async fn closed_at_keepalive(s: &mut TcpStream, proxy: &Proxy, after: &str) {
+    let (waited, got) = wait_closed(s, Duration::from_secs(5))
         .await
         .expect("the idle connection is closed within 5 s");
     assert!(
-        after >= Duration::from_millis(900) && after <= Duration::from_millis(2500),
-        "closed {after:?} after the response (keepalive 1s)"
+        waited >= Duration::from_millis(900) && waited <= Duration::from_millis(2500),
+        "closed {waited:?} after {after} (keepalive 1s)"
     );
     assert_eq!(got, 0);
     eventually(
         Duration::from_secs(2),
-        "a keepalive timeout counted",
-        || async { (client_timeouts(&proxy, "-", "keepalive").await == 1.0).then_some(()) },
+        "one keepalive timeout counted",
+        || async { (client_timeouts(proxy, "-", "keepalive").await == 1.0).then_some(()) },
     )
     .await;
+}
+
+/// `keepalive = "1s"`: an exchange that lasts 2.5 s (longer than the keep-alive,
+/// through the supervisor's looks while it is under way) keeps its connection;
+/// once it has ended, the idle connection is closed about a second later, timed
+/// from the end of the response, not from a look made while it was under way.
+#[tokio::test]
+async fn a_long_exchange_keeps_its_connection_and_the_keepalive_runs_from_its_end() {
+    let (_old, _new, proxy) = keepalive_proxy();
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    assert_eq!(get_on(&mut s).await.unwrap().status, 200);
+    s.write_all(format!("GET /slow/2500 HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let asked = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Err(String::from_utf8_lossy(&buf).into_owned()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            // The backend's answers are small and have a Content-Length.
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    return Ok(head);
+                }
+            }
+        }
+    })
+    .await
+    .expect("an answer within 10 s");
+    let head = r.unwrap_or_else(|got| panic!("closed during the slow exchange; got {got:?}"));
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(2400),
+        "{:?}",
+        asked.elapsed()
+    );
+    closed_at_keepalive(&mut s, &proxy, "the slow response").await;
 }
 
 /// `keepalive = "1s"`: an HTTP/2 connection with no request under way gets GOAWAY
