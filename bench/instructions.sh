@@ -86,7 +86,8 @@ count() {
     local reqs ir
     reqs=$(awk '/requests in/ { print $1 }' <<< "$res")
     # The dump taken above is the file with the most instructions.
-    ir=$(cat "$out"* | awk '/^(summary|totals):/ { if ($2 > m) m = $2 } END { print m + 0 }')
+    # printf: mawk prints a number over 2^31 with print in exponent form.
+    ir=$(cat "$out"* | awk '/^(summary|totals):/ { if ($2 + 0 > m) m = $2 + 0 } END { printf "%.0f\n", m }')
     echo "$name $reqs $ir"
 }
 

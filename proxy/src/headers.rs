@@ -276,20 +276,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
                     .eq_ignore_ascii_case("trailers")
             })
         });
-    if present & (1 << CONNECTION_AT) != 0
-        && let Some(conn) = headers.get(http::header::CONNECTION).cloned()
-    {
-        for name in conn.to_str().unwrap_or("").split(',').map(str::trim) {
-            // Hop-by-hop names go below anyway (`keep-alive`, `close` is none);
-            // `Connection: host` must not take away the host the request was
-            // routed by.
-            let listed = HOP_BY_HOP
-                .iter()
-                .any(|h| name.eq_ignore_ascii_case(h.as_str()));
-            if !name.is_empty() && !listed && !name.eq_ignore_ascii_case("host") {
-                // A name that is not a valid header name removes nothing.
-                headers.remove(name);
-            }
+    if present & (1 << CONNECTION_AT) != 0 {
+        // Every Connection line (usually one: the rest collect without allocating).
+        let mut lines = headers.get_all(http::header::CONNECTION).iter();
+        let first = lines.next().cloned();
+        let more: Vec<HeaderValue> = lines.cloned().collect();
+        for conn in first.iter().chain(&more) {
+            strip_listed(headers, conn);
         }
     }
     for (i, h) in HOP_BY_HOP.iter().enumerate() {
@@ -299,6 +292,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Removes the headers a Connection line names.
+fn strip_listed(headers: &mut HeaderMap, conn: &HeaderValue) {
+    for name in conn.to_str().unwrap_or("").split(',').map(str::trim) {
+        // Hop-by-hop names go anyway (`keep-alive`; `close` is none);
+        // `Connection: host` must not take away the host the request was routed by.
+        let listed = HOP_BY_HOP
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_str()));
+        if !name.is_empty() && !listed && !name.eq_ignore_ascii_case("host") {
+            // A name that is not a valid header name removes nothing.
+            headers.remove(name);
+        }
     }
 }
 
@@ -355,6 +363,16 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-app"]);
+
+        // A name on a second Connection line goes too.
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-hop-c"),
+            ("x-hop-c", "1"),
+            ("x-app", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-app"]);
     }
 
     fn forged(peer: &str, trusted: &[&str]) -> HeaderMap {

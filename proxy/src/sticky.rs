@@ -88,17 +88,19 @@ fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// A fresh 128-bit random key as 32 hex digits.
+/// A fresh key of 32 hex digits ([`random_hex`]).
 pub fn mint() -> String {
     let hex = random_hex();
     // Hex digits are ASCII.
     String::from_utf8(hex.to_vec()).unwrap_or_default()
 }
 
-/// 128 random bits as 32 lowercase hex digits, for sticky keys and request ids.
+/// 32 lowercase hex digits (two draws of a 64-bit generator), for sticky keys and
+/// request ids.
 ///
-/// Neither is a secret (a client can send any cookie or id it likes); they only
-/// must not repeat. So each runtime thread draws from its own wyrand generator,
+/// Neither is a secret (a client can send any cookie or id it likes, and one who
+/// sees keys could guess the next ones a thread draws); they only must not
+/// repeat. So each runtime thread draws from its own wyrand generator,
 /// seeded once from the operating system's random source, instead of the
 /// thread's ChaCha12 generator: that one refilled its block on every 16th draw and
 /// showed as 1 % of the proxy's CPU at full load.

@@ -150,6 +150,20 @@ impl ConnState {
         Instant::now() + Duration::from_millis(at.saturating_sub(now))
     }
 
+    /// The deadline of the first head, or of an HTTP/1 head begun with no
+    /// exchange under way; None otherwise.
+    fn head_deadline(&self, d: &Deadlines) -> Option<Instant> {
+        if self.began.load(Ordering::Relaxed) == 0 {
+            return Some(d.first_head);
+        }
+        if self.underway.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let since = self.head_begun()?;
+        let at = since + d.request_head.as_millis() as u64;
+        Some(Instant::now() + Duration::from_millis(at.saturating_sub(millis_now())))
+    }
+
     /// An HTTP/1 head whose first byte has arrived, since then.
     fn head_begun(&self) -> Option<u64> {
         let since = self.head_since.load(Ordering::Relaxed);
@@ -178,9 +192,11 @@ impl ConnState {
 
 impl Drop for Underway {
     fn drop(&mut self) {
-        if self.0.underway.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle_since.store(millis_now(), Ordering::Relaxed);
-        }
+        // Stored before the count falls (an HTTP/2 stream ends on its own task): a
+        // look that sees no exchange under way sees this end's time, not an older
+        // one. With other exchanges still under way it is not read.
+        self.0.idle_since.store(millis_now(), Ordering::Relaxed);
+        self.0.underway.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -307,7 +323,15 @@ pub(super) async fn drive<C>(
     let mut shutting = false;
     let side = Arc::new(WakeFlag::default());
     loop {
-        let wake = deadlines.filter(|_| !shutting).map(|d| state.next_wake(&d));
+        // Shutting down, only a head's deadline is kept: hyper closes idle
+        // connections itself, but waits for a head begun (or a first head) to end.
+        let wake = deadlines.and_then(|d| {
+            if shutting {
+                state.head_deadline(&d)
+            } else {
+                Some(state.next_wake(&d))
+            }
+        });
         let timer = std::pin::pin!(async {
             match wake {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -345,6 +369,9 @@ pub(super) async fn drive<C>(
                 let Some(kind) = deadlines.and_then(|d| state.expired(&d)) else {
                     continue;
                 };
+                if shutting && kind != "request_head" {
+                    continue;
+                }
                 if let Some(e) = events {
                     e.timed_out(None, kind);
                 }
@@ -567,6 +594,32 @@ mod tests {
         // A branch beside it with another bit was woken too (a shared waker
         // cannot say which branch it was for), and is polled once.
         assert_ne!(flag.woken.load(Ordering::Acquire) & 1, 0);
+    }
+
+    #[tokio::test]
+    async fn shutting_down_only_a_head_keeps_its_deadline() {
+        let state = Arc::new(ConnState::default());
+        let d = deadlines(Duration::from_secs(10), Duration::from_secs(60));
+        // No head yet: the first head's deadline.
+        assert_eq!(state.head_deadline(&d), Some(d.first_head));
+        // An exchange under way, then idle with no head begun: nothing to bound
+        // (hyper closes an idle connection itself).
+        let underway = ConnState::begin(&state, false);
+        assert_eq!(state.head_deadline(&d), None);
+        drop(underway);
+        assert_eq!(state.head_deadline(&d), None);
+        // The idle time is this exchange's end, not an older one.
+        assert_eq!(state.expired(&d), None);
+        // A next head begun: its own deadline, request_head from its first byte.
+        state.read_some();
+        let at = state
+            .head_deadline(&d)
+            .expect("a head begun has a deadline");
+        let left = at - Instant::now();
+        assert!(
+            left > Duration::from_secs(9) && left <= Duration::from_secs(10),
+            "{left:?}"
+        );
     }
 
     #[tokio::test]
