@@ -19,7 +19,9 @@
 //! deadline exactly. The end of an exchange does not wake it either: while one is
 //! under way it looks every `min(keepalive, request_head)` (HTTP/2: `keepalive`),
 //! the soonest either deadline could fall after the exchange ends, and from an
-//! idle look it sets the exact deadline.
+//! idle look it sets the exact deadline (looks are at least 10 ms apart, so a
+//! limit set shorter is kept to within that). Shutting down, it keeps only a
+//! head's deadline: hyper closes an idle connection itself.
 //!
 //! Its other branches (the shutdown signal, the timer) are polled only when their
 //! own wakers fire ([`OnWake`]), not each time the connection's I/O wakes the
@@ -63,6 +65,12 @@ pub(super) struct ConnState {
     /// [`LIVE`], [`CUT`] or [`DETACHED`].
     cut: AtomicU8,
 }
+
+/// The shortest wait between looks while an exchange is under way: limits set
+/// below it (the config takes any non-zero duration) would otherwise have the
+/// supervisor spin for as long as the exchange lasts. A deadline that short is
+/// then kept to within this.
+const LOOK_AT_MOST_EVERY: Duration = Duration::from_millis(10);
 
 /// The supervisor drives the connection and no send timeout fired.
 const LIVE: u8 = 0;
@@ -123,12 +131,12 @@ impl ConnState {
     fn next_wake(&self, d: &Deadlines) -> Instant {
         let http2 = self.http2.load(Ordering::Relaxed);
         let look = || {
-            Instant::now()
-                + if http2 {
-                    d.keepalive
-                } else {
-                    d.keepalive.min(d.request_head)
-                }
+            let every = if http2 {
+                d.keepalive
+            } else {
+                d.keepalive.min(d.request_head)
+            };
+            Instant::now() + every.max(LOOK_AT_MOST_EVERY)
         };
         if self.began.load(Ordering::Relaxed) == 0 {
             // The first exchange may begin and end before the first head's
@@ -492,11 +500,11 @@ mod tests {
         // Bytes while an exchange is under way are its own.
         let underway = ConnState::begin(&state, false);
         state.read_some();
-        // Under way, the supervisor looks within min(keepalive, request_head) and
-        // judges nothing then.
+        // Under way, the supervisor looks within min(keepalive, request_head)
+        // (here at its shortest spacing) and judges nothing then.
         let look = state.next_wake(&d);
         assert!(
-            look <= Instant::now() + Duration::from_millis(2),
+            look <= Instant::now() + LOOK_AT_MOST_EVERY + Duration::from_millis(2),
             "{look:?}"
         );
         assert_eq!(state.expired(&d), None);
@@ -594,6 +602,19 @@ mod tests {
         // A branch beside it with another bit was woken too (a shared waker
         // cannot say which branch it was for), and is polled once.
         assert_ne!(flag.woken.load(Ordering::Acquire) & 1, 0);
+    }
+
+    #[tokio::test]
+    async fn looks_under_way_are_spaced_even_with_tiny_limits() {
+        let state = Arc::new(ConnState::default());
+        let d = deadlines(Duration::from_nanos(1), Duration::from_nanos(1));
+        let _underway = ConnState::begin(&state, false);
+        let look = state.next_wake(&d);
+        assert!(
+            look >= Instant::now() + LOOK_AT_MOST_EVERY - Duration::from_millis(1),
+            "the next look comes at once: {:?}",
+            look.saturating_duration_since(Instant::now())
+        );
     }
 
     #[tokio::test]
