@@ -305,6 +305,7 @@ pub struct Site {
 struct TlsCounters {
     h2: AtomicU64,
     http1: AtomicU64,
+    resumed: AtomicU64,
     failed: AtomicU64,
 }
 
@@ -315,6 +316,9 @@ struct TlsCounters {
 pub struct TlsCounts {
     pub h2: u64,
     pub http1: u64,
+    /// Of those, the ones that resumed an earlier session (no certificate sent
+    /// or verified).
+    pub resumed: u64,
     pub failed: u64,
 }
 
@@ -355,6 +359,7 @@ impl Site {
         self.tls.as_ref().map(|c| TlsCounts {
             h2: c.h2.load(Ordering::Relaxed),
             http1: c.http1.load(Ordering::Relaxed),
+            resumed: c.resumed.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
         })
     }
@@ -502,7 +507,11 @@ async fn serve(
                         return;
                     }
                 };
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let tls = stream.get_ref().1;
+            let h2 = tls.alpn_protocol() == Some(b"h2");
+            if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                counters.resumed.fetch_add(1, Ordering::Relaxed);
+            }
             let counter = if h2 { &counters.h2 } else { &counters.http1 };
             counter.fetch_add(1, Ordering::Relaxed);
             serve_connection(TokioIo::new(stream), routes).await;

@@ -323,6 +323,35 @@ pub(super) async fn rehearse(
         (front, admins, fleet.plan_proxies())
     };
 
+    // WebSocket clients of the social app, from before the users until the plan ends.
+    let social = PLATFORM
+        .iter()
+        .find(|a| a.name == "social")
+        .ok_or_else(|| RehearseError::Step("the platform has no social app".into()))?;
+    let clients = if args.quick {
+        sockets::CLIENTS / 4
+    } else {
+        sockets::CLIENTS
+    };
+    let t = Instant::now();
+    let websockets_from = progress.start_unix + progress.at();
+    let mut websockets = sockets::Sockets::start(proxy_http, social, clients);
+    // Connected before the users start, as the chat tabs of a platform in service
+    // are when its migration begins; a client still connecting is reported.
+    let all_in = websockets.wait_connected(Duration::from_secs(15)).await;
+    progress.done(
+        t,
+        &format!(
+            "WebSocket clients: {}{clients} connected to the social app, a message a second \
+             each, reconnecting when closed",
+            if all_in {
+                String::new()
+            } else {
+                format!("{} of ", websockets.connected())
+            }
+        ),
+    );
+
     // The users.
     let scenario = run_dir.join("scenario.toml");
     write_file(&scenario, &platform::scenario())?;
@@ -375,23 +404,6 @@ pub(super) async fn rehearse(
         hostile::ARRIVAL.as_secs()
     ));
 
-    // WebSocket clients of the social app, from now until the plan ends.
-    let social = PLATFORM
-        .iter()
-        .find(|a| a.name == "social")
-        .ok_or_else(|| RehearseError::Step("the platform has no social app".into()))?;
-    let clients = if args.quick {
-        sockets::CLIENTS / 4
-    } else {
-        sockets::CLIENTS
-    };
-    let websockets = sockets::Sockets::start(proxy_http, social, clients);
-    let websockets_from = progress.start_unix + progress.at();
-    progress.line(&format!(
-        "WebSocket clients: {clients} on the social app, a message a second each, \
-         reconnecting when closed"
-    ));
-
     // The migration.
     let plan_path = run_dir.join("plan.toml");
     let plan_text = platform::plan(
@@ -429,6 +441,11 @@ pub(super) async fn rehearse(
     };
     let plan_s = t.elapsed().as_secs_f64();
     progress.done(t, "plan finished");
+    // The users' view covers the plan's last moments too.
+    let plan_end = progress.start_unix + progress.at();
+    if let Err(e) = users::wait_for_second_past(&timeline, load, plan_end).await {
+        progress.line(&e.to_string());
+    }
 
     // Who is on the new database, and how, before anyone stops.
     match tls::sessions(new).await {
@@ -530,7 +547,9 @@ pub(super) async fn rehearse(
     let mut moments = view::plan_moments(&record);
     moments.push(view::Moment {
         part: "users".into(),
-        what: "cutover-load starting, before everything else: its connections opening".into(),
+        what: "cutover-load starting, after the WebSocket clients connected and before the plan: \
+               its connections opening"
+            .into(),
         from: users_from,
         to: users_to,
     });
@@ -575,10 +594,11 @@ pub(super) async fn rehearse(
     moments.push(view::Moment {
         part: "tls".into(),
         what: format!(
-            "new side over HTTPS ({} h2 + {} http/1.1 handshakes), its database TLS-only \
-             ({} sessions over TLS at the end)",
+            "new side over HTTPS ({} h2 + {} http/1.1 handshakes, {} resumed), its database \
+             TLS-only ({} sessions over TLS at the end)",
             tls_report.site_handshakes.h2,
             tls_report.site_handshakes.http1,
+            tls_report.site_handshakes.resumed,
             tls_report.database_sessions_tls
         ),
         from: websockets_from,

@@ -100,6 +100,8 @@ struct Client {
 pub struct Sockets {
     app: &'static AppDef,
     stop: watch::Sender<bool>,
+    /// How many clients have had a connection open (each counts once).
+    connected: watch::Receiver<usize>,
     tasks: Vec<JoinHandle<Client>>,
 }
 
@@ -108,15 +110,37 @@ impl Sockets {
     /// over a second.
     pub fn start(front: SocketAddr, app: &'static AppDef, n: usize) -> Sockets {
         let (stop, stopped) = watch::channel(false);
+        let (opened, connected) = watch::channel(0);
         let tasks = (0..n)
             .map(|i| {
                 let stopped = stopped.clone();
+                let opened = opened.clone();
                 let url = format!("ws://{}/ws", app.host());
                 let first = EVERY * u32::try_from(i).unwrap_or(0) / u32::try_from(n).unwrap_or(1);
-                tokio::spawn(client(front, url, i, first, stopped))
+                tokio::spawn(client(front, url, i, first, stopped, opened))
             })
             .collect();
-        Sockets { app, stop, tasks }
+        Sockets {
+            app,
+            stop,
+            connected,
+            tasks,
+        }
+    }
+
+    /// Waits until every client has a connection open, as the chat tabs of a
+    /// platform in service have before a migration begins; false if some still had
+    /// none after `within`.
+    pub async fn wait_connected(&mut self, within: Duration) -> bool {
+        let all = self.tasks.len();
+        timeout(within, self.connected.wait_for(|n| *n >= all))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// How many clients have had a connection open.
+    pub fn connected(&self) -> usize {
+        *self.connected.borrow()
     }
 
     /// Stops every client and returns their figures, and their acknowledged
@@ -176,6 +200,7 @@ async fn client(
     id: usize,
     first: Duration,
     mut stopped: watch::Receiver<bool>,
+    opened: watch::Sender<usize>,
 ) -> Client {
     let mut c = Client::default();
     let mut n = 0u64;
@@ -202,6 +227,9 @@ async fn client(
                 continue;
             }
         };
+        if c.report.opened == 0 {
+            opened.send_modify(|n| *n += 1);
+        }
         c.report.opened += 1;
         match talk(&mut ws, &mut c, id, &mut n, &mut next, &mut stopped).await {
             End::Closed(code) => *c.report.closed_by_server.entry(code).or_default() += 1,

@@ -179,7 +179,7 @@ pub fn section(r: &TlsReport) -> String {
         "\n## TLS where users have TLS\n\n\
          - the new side's entry point served HTTPS only, with a certificate for {} from the \
          run's CA; the proxies verified it and health-checked it over TLS: {} handshakes \
-         chose h2, {} http/1.1, {} failed\n\
+         chose h2, {} http/1.1 ({} of them resumed an earlier session), {} failed\n\
          - the new PostgreSQL cluster took TLS only (`hostssl`), and every client verified it \
          against the run's CA (`sslmode=verify-full`): when the plan ended, {} sessions used \
          TLS, {} did not\n\
@@ -188,6 +188,7 @@ pub fn section(r: &TlsReport) -> String {
         r.site_name,
         h.h2,
         h.http1,
+        h.resumed,
         h.failed,
         r.database_sessions_tls,
         r.database_sessions_plain,
@@ -236,6 +237,7 @@ mod tests {
             site_handshakes: crate::app::TlsCounts {
                 h2: 3,
                 http1: 1,
+                resumed: 0,
                 failed: 0,
             },
             database_sessions_tls: 12,

@@ -106,25 +106,72 @@ pub(super) async fn wait_for_first_second(
     timeline: &Path,
     load: &mut Proc,
 ) -> Result<(), RehearseError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_for_line(
+        timeline,
+        load,
+        Duration::from_secs(10),
+        "its first second",
+        |_| true,
+    )
+    .await
+}
+
+/// Waits (up to 3 s) until cutover-load has written the second in which `unix`
+/// falls, so that the plan's last moments (the last switchover, finalize) have a
+/// second of the users' timeline like every other: the load is stopped by SIGINT,
+/// and the second it is in when stopped is never written.
+pub(super) async fn wait_for_second_past(
+    timeline: &Path,
+    load: &mut Proc,
+    unix: f64,
+) -> Result<(), RehearseError> {
+    wait_for_line(
+        timeline,
+        load,
+        Duration::from_secs(3),
+        "the second the plan ended in",
+        |line| line_unix(line).is_some_and(|t| t >= unix),
+    )
+    .await
+}
+
+/// A timeline line's end time (`unix`), if the line is one.
+fn line_unix(line: &str) -> Option<f64> {
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()?
+        .get("unix")?
+        .as_f64()
+}
+
+/// The lines of `written` that end with a newline: the last may be half written.
+fn whole_lines(written: &str) -> &str {
+    written.rsplit_once('\n').map_or("", |(whole, _)| whole)
+}
+
+/// Polls `timeline` until one of its complete lines satisfies `want`, or fails
+/// after `within` (or when cutover-load exits), naming `what` it waited for.
+async fn wait_for_line(
+    timeline: &Path,
+    load: &mut Proc,
+    within: Duration,
+    what: &str,
+    want: impl Fn(&str) -> bool,
+) -> Result<(), RehearseError> {
+    let deadline = Instant::now() + within;
     loop {
         let written = std::fs::read_to_string(timeline).unwrap_or_default();
-        if written
-            .lines()
-            .next()
-            .is_some_and(|l| written.len() > l.len())
-        {
+        if whole_lines(&written).lines().any(&want) {
             return Ok(());
         }
         if let Some(status) = load.exited() {
             return Err(RehearseError::Step(format!(
-                "cutover-load exited ({status}) in its first second:\n{}",
+                "cutover-load exited ({status}) before writing {what}:\n{}",
                 procs::last_lines(&load.output(), 15)
             )));
         }
         if Instant::now() >= deadline {
             return Err(RehearseError::Step(format!(
-                "cutover-load wrote no second to {} within 10s:\n{}",
+                "cutover-load did not write {what} to {} within {within:?}:\n{}",
                 timeline.display(),
                 procs::last_lines(&load.output(), 15)
             )));
@@ -281,6 +328,28 @@ mod tests {
             "gates": [], "lag": {}, "switchovers": [], "verify": []
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn only_whole_timeline_lines_are_read_and_a_line_ends_at_its_unix_time() {
+        let first = r#"{"unix":100.5,"requests":10}"#;
+        let second = r#"{"unix":101.5,"requests":10}"#;
+        // The second line is being written: it is not read yet.
+        let written = format!("{first}\n{}", &second[..12]);
+        let whole: Vec<&str> = whole_lines(&written).lines().collect();
+        assert_eq!(whole, [first]);
+        assert_eq!(whole_lines(&second[..12]), "");
+        let written = format!("{first}\n{second}\n");
+        let ends: Vec<f64> = whole_lines(&written)
+            .lines()
+            .filter_map(line_unix)
+            .collect();
+        assert_eq!(ends, [100.5, 101.5]);
+        // The plan ended at 101.2: the second line covers it, the first does not.
+        assert!(ends.iter().any(|&t| t >= 101.2));
+        assert!(!ends[..1].iter().any(|&t| t >= 101.2));
+        assert_eq!(line_unix("not json"), None);
+        assert_eq!(line_unix(r#"{"requests":1}"#), None);
     }
 
     #[test]
