@@ -23,7 +23,7 @@ done
 source "$ROOT/bench/lib.sh"
 OLD=$(port); NEW=$(port); P=$(port); ADMIN=$(port)
 sed -e "s|@WORK@|$WORK|g" -e "s|@OLD@|$OLD|g" -e "s|@NEW@|$NEW|g" "$ROOT/bench/backends.conf" > "$WORK/backends.conf"
-sed -e "s|@OLD@|$OLD|g" -e "s|@NEW@|$NEW|g" -e "s|@ADMIN@|$ADMIN|g" -e "s|@PORT@|$P|g" \
+sed -e "s|@OLD@|$OLD|g" -e "s|@NEW@|$NEW|g" -e "s|@ADMIN@|$ADMIN|g" -e "s|@PORT@|$P|g" -e "s|@THREADS@|1|g" \
     "$ROOT/bench/cutover-proxy.toml" > "$WORK/cutover.toml"
 taskset -c 1 nginx -c "$WORK/backends.conf" -p "$WORK" & PIDS+=($!)
 

@@ -50,7 +50,7 @@ source "$ROOT/bench/lib.sh"
 OLD=$(port); NEW=$(port); P=$(port); ADMIN=$(port)
 render() { # render TEMPLATE OUT
     sed -e "s|@WORK@|$WORK|g" -e "s|@OLD@|$OLD|g" -e "s|@NEW@|$NEW|g" -e "s|@ADMIN@|$ADMIN|g" \
-        -e "s|@PORT@|$P|g" -e "s|@MAXCONN@|4000|g" "$ROOT/bench/$1" > "$WORK/$2"
+        -e "s|@PORT@|$P|g" -e "s|@MAXCONN@|4000|g" -e "s|@THREADS@|1|g" "$ROOT/bench/$1" > "$WORK/$2"
 }
 render backends.conf backends.conf
 render cutover-proxy.toml cutover.toml

@@ -30,12 +30,20 @@
 # one after another, still end before the timeout), so that the phase waits out the
 # timeout once, not three times. A third table.
 #
-# Usage: bench/proxy.sh [--quick] [--rounds N] [--secs N] [--phases LIST]
+# With --threads 2 the first phase runs each proxy with two workers/threads
+# (cutover-proxy `threads = 2`, nginx `worker_processes 2`, HAProxy `nbthread 2`)
+# on both cores, beside wrk with two threads, cutover-load and the backends: this
+# machine has two cores, so nothing is pinned apart, and CPU and RSS are summed
+# over nginx's workers.
+#
+# Usage: bench/proxy.sh [--quick] [--rounds N] [--secs N] [--phases LIST] [--threads N]
 #   default  3 rounds, 10 s per measurement (about 16 minutes)
 #   --quick  1 round, 2 s per measurement, 500 slowloris connections (about a minute;
 #            a smoke check, not a result)
 #   --phases which phases to run, comma-separated: http, streams, slowloris
 #            (default: all three), e.g. --phases slowloris
+#   --threads workers/threads per proxy in the first phase: 1 (default) or 2; the
+#            other phases always run one
 #
 # Needs nginx, haproxy, wrk, curl, python3 and taskset; installs nothing
 # (scripts/install-deps.sh --bench does). Traffic goes to 127.0.0.1 only and every
@@ -47,12 +55,14 @@ ROUNDS=3
 SECS=10
 QUICK=0
 PHASES=http,streams,slowloris
+THREADS=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) QUICK=1; ROUNDS=1; SECS=2 ;;
         --rounds) ROUNDS=$2; shift ;;
         --secs) SECS=$2; shift ;;
         --phases) PHASES=$2; shift ;;
+        --threads) THREADS=$2; shift ;;
         -h|--help) awk 'NR > 1 { if (!/^#/) exit; print }' "$0"; exit 0 ;;
         *) echo "proxy.sh: unknown argument $1 (see --help)" >&2; exit 1 ;;
     esac
@@ -66,6 +76,11 @@ for phase in ${PHASES//,/ }; do
     esac
 done
 want() { [[ ",$PHASES," == *",$1,"* ]]; }
+case "$THREADS" in
+    1) PROXY_CPUS=0; LOAD_CPUS=1 ;;
+    2) PROXY_CPUS=0,1; LOAD_CPUS=0,1 ;;
+    *) echo "proxy.sh: --threads must be 1 or 2, not $THREADS" >&2; exit 1 ;;
+esac
 
 missing=0
 need() {
@@ -106,16 +121,16 @@ WS=$(port); GRPC=$(port); P_CUTOVER_S=$(port); P_ADMIN_S=$(port); P_NGINX_WS=$(p
 # The third phase's proxies, and the request head timeout they share (seconds).
 P_CUTOVER_L=$(port); P_ADMIN_L=$(port); P_NGINX_L=$(port); P_HAPROXY_L=$(port)
 HEAD_TIMEOUT=10
-render() { # render TEMPLATE OUT PORT [ADMIN [GRPCPORT]]
+render() { # render TEMPLATE OUT PORT [ADMIN [GRPCPORT [THREADS]]]
     sed -e "s|@WORK@|$WORK|g" -e "s|@OLD@|$OLD|g" -e "s|@NEW@|$NEW|g" -e "s|@ADMIN@|${4:-$P_ADMIN}|g" -e "s|@PORT@|$3|g" -e "s|@MAXCONN@|$MAXCONN|g" \
-        -e "s|@HEAD@|$HEAD_TIMEOUT|g" \
+        -e "s|@HEAD@|$HEAD_TIMEOUT|g" -e "s|@THREADS@|${6:-1}|g" \
         -e "s|@WS@|$WS|g" -e "s|@GRPC@|$GRPC|g" -e "s|@GRPCPORT@|${5:-0}|g" \
         "$ROOT/bench/$1" > "$WORK/$2"
 }
 render backends.conf backends.conf 0
-render cutover-proxy.toml cutover.toml "$P_CUTOVER"
-render nginx-proxy.conf nginx-proxy.conf "$P_NGINX"
-render haproxy.cfg haproxy.cfg "$P_HAPROXY"
+render cutover-proxy.toml cutover.toml "$P_CUTOVER" "$P_ADMIN" 0 "$THREADS"
+render nginx-proxy.conf nginx-proxy.conf "$P_NGINX" "$P_ADMIN" 0 "$THREADS"
+render haproxy.cfg haproxy.cfg "$P_HAPROXY" "$P_ADMIN" 0 "$THREADS"
 render cutover-proxy-streams.toml cutover-streams.toml "$P_CUTOVER_S" "$P_ADMIN_S"
 render nginx-streams.conf nginx-streams.conf "$P_NGINX_WS" "$P_ADMIN_S" "$P_NGINX_GRPC"
 render cutover-proxy-slowloris.toml cutover-slowloris.toml "$P_CUTOVER_L" "$P_ADMIN_L"
@@ -130,7 +145,16 @@ wait_up() { # wait_up PORT NAME
     echo "proxy.sh: $2 did not answer on port $1" >&2
     exit 1
 }
-hwm_kb() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
+hwm_kb() { # hwm_kb PID... -> the peak RSS of each, summed
+    local kb=0 p
+    for p in "$@"; do kb=$(( kb + $(awk '/^VmHWM/ { print $2 }' "/proc/$p/status") )); done
+    echo "$kb"
+}
+ticks_of() { # ticks_of PID... -> CPU ticks, summed
+    local t=0 p
+    for p in "$@"; do t=$(( t + $(cpu_ticks "$p") )); done
+    echo "$t"
+}
 wait_port() { # wait_port PORT PID -> 0 once something listens on PORT, 1 if PID died first
     for _ in $(seq 1 200); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
@@ -144,12 +168,13 @@ wait_port() { # wait_port PORT PID -> 0 once something listens on PORT, 1 if PID
 # (The phases' bodies are not indented, for the sake of their heredocs.)
 
 if want http; then
-taskset -c 1 nginx -c "$WORK/backends.conf" -p "$WORK" & PIDS+=($!)
-taskset -c 0 "$PROXY_BIN" --config "$WORK/cutover.toml" --log warn 2>"$WORK/cutover.log" & CUTOVER_PID=$!; PIDS+=($CUTOVER_PID)
-taskset -c 0 nginx -c "$WORK/nginx-proxy.conf" -p "$WORK" & NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
-taskset -c 0 haproxy -f "$WORK/haproxy.cfg" -q & HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
+taskset -c "$LOAD_CPUS" nginx -c "$WORK/backends.conf" -p "$WORK" & PIDS+=($!)
+taskset -c "$PROXY_CPUS" "$PROXY_BIN" --config "$WORK/cutover.toml" --log warn 2>"$WORK/cutover.log" & CUTOVER_PID=$!; PIDS+=($CUTOVER_PID)
+taskset -c "$PROXY_CPUS" nginx -c "$WORK/nginx-proxy.conf" -p "$WORK" & NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
+taskset -c "$PROXY_CPUS" haproxy -f "$WORK/haproxy.cfg" -q & HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
 wait_up "$OLD" "backend old"; wait_up "$P_CUTOVER" cutover-proxy; wait_up "$P_NGINX" nginx; wait_up "$P_HAPROXY" haproxy
-NGINX_PID=$(pgrep -P "$NGINX_MASTER" | head -n1)
+# nginx's workers (its master does no proxying), comma-separated.
+NGINX_PIDS=$(pgrep -P "$NGINX_MASTER" | paste -sd, -)
 
 latency() { # latency PORT RATE CONNS -> "p50 p99 p999 errors"
     "$LOAD_BIN" -r "$2" -d "${SECS}s" -c "$3" --threads 1 -q --json "$WORK/lat.json" \
@@ -168,20 +193,21 @@ PY
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 printf 'proxy\tround\trps\tcpu_s_per_100k\tp50_5k\tp99_5k\tp999_5k\tp50_10k\tp99_10k\tp999_10k\trss_mb\terrors\n' > "$WORK/results.tsv"
 for round in $(seq 1 "$ROUNDS"); do
-    for entry in "cutover-proxy:$P_CUTOVER:$CUTOVER_PID" "nginx:$P_NGINX:$NGINX_PID" "haproxy:$P_HAPROXY:$HAPROXY_PID"; do
-        IFS=: read -r name p pid <<< "$entry"
+    for entry in "cutover-proxy:$P_CUTOVER:$CUTOVER_PID" "nginx:$P_NGINX:$NGINX_PIDS" "haproxy:$P_HAPROXY:$HAPROXY_PID"; do
+        IFS=: read -r name p pids <<< "$entry"
+        IFS=, read -r -a pid <<< "$pids"
         echo "round $round: $name ..." >&2
-        before=$(cpu_ticks "$pid")
-        out=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" -H 'Host: shop.test' "http://127.0.0.1:$p/")
-        after=$(cpu_ticks "$pid")
+        before=$(ticks_of "${pid[@]}")
+        out=$(taskset -c "$LOAD_CPUS" wrk -t"$THREADS" -c64 -d"${SECS}s" -H 'Host: shop.test' "http://127.0.0.1:$p/")
+        after=$(ticks_of "${pid[@]}")
         rps=$(awk '/^Requests\/sec/ { print $2 }' <<< "$out")
         reqs=$(awk '/requests in/ { print $1 }' <<< "$out")
         bad=$(awk '/Non-2xx/ { print $NF } /Socket errors/ { n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<< "$out" | tail -n1)
         cpu=$(python3 -c "print(($after - $before) / $(getconf CLK_TCK) / max($reqs, 1) * 100000)")
-        read -r a50 a99 a999 e5 <<< "$(taskset -c 1 bash -c "$(declare -f latency); LOAD_BIN=$LOAD_BIN SECS=$SECS WORK=$WORK latency $p 5000 64")"
-        read -r b50 b99 b999 e10 <<< "$(taskset -c 1 bash -c "$(declare -f latency); LOAD_BIN=$LOAD_BIN SECS=$SECS WORK=$WORK latency $p 10000 64")"
-        read -r _ _ _ e500 <<< "$(taskset -c 1 bash -c "$(declare -f latency); LOAD_BIN=$LOAD_BIN SECS=$SECS WORK=$WORK latency $p 10000 500")"
-        rss=$(python3 -c "print($(hwm_kb "$pid") / 1024)")
+        read -r a50 a99 a999 e5 <<< "$(taskset -c "$LOAD_CPUS" bash -c "$(declare -f latency); LOAD_BIN=$LOAD_BIN SECS=$SECS WORK=$WORK latency $p 5000 64")"
+        read -r b50 b99 b999 e10 <<< "$(taskset -c "$LOAD_CPUS" bash -c "$(declare -f latency); LOAD_BIN=$LOAD_BIN SECS=$SECS WORK=$WORK latency $p 10000 64")"
+        read -r _ _ _ e500 <<< "$(taskset -c "$LOAD_CPUS" bash -c "$(declare -f latency); LOAD_BIN=$LOAD_BIN SECS=$SECS WORK=$WORK latency $p 10000 500")"
+        rss=$(python3 -c "print($(hwm_kb "${pid[@]}") / 1024)")
         errors=$(python3 -c "print(int(float('$bad') + sum(float(x) for x in ['$e5', '$e10', '$e500'] if x != 'nan')))")
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$rps" "$cpu" \
             "$a50" "$a99" "$a999" "$b50" "$b99" "$b999" "$rss" "$errors" >> "$WORK/results.tsv"
@@ -189,10 +215,11 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-python3 - "$WORK/results.tsv" "$ROUNDS" "$SECS" "$QUICK" <<'PY'
+python3 - "$WORK/results.tsv" "$ROUNDS" "$SECS" "$QUICK" "$THREADS" <<'PY'
 import csv, statistics, sys, datetime, os
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 rounds, secs, quick = sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+threads = int(sys.argv[5])
 def med(name, key):
     vals = [float(r[key]) for r in rows if r["proxy"] == name and r[key] not in ("", "nan")]
     return statistics.median(vals) if vals else float("nan")
@@ -202,7 +229,9 @@ keys = [("rps", "max req/s (wrk)", "{:,.0f}"), ("cpu_s_per_100k", "CPU s / 100k 
         ("p50_10k", "p50 @10k (ms)", "{:.2f}"), ("p99_10k", "p99 @10k (ms)", "{:.2f}"), ("p999_10k", "p99.9 @10k (ms)", "{:.2f}"),
         ("rss_mb", "peak RSS (MB)", "{:.1f}"), ("errors", "errors", "{:.0f}")]
 print(f"\n`bench/proxy.sh{' --quick' if quick else ''}` on {os.cpu_count()} cores, {datetime.date.today()}: "
-      f"{rounds} round(s), {secs} s per measurement, medians; proxies pinned to one core, one worker each.\n")
+      f"{rounds} round(s), {secs} s per measurement, medians; "
+      + ("proxies pinned to one core, one worker each.\n" if threads == 1 else
+         f"{threads} workers/threads per proxy, every process on both cores (nginx's CPU and RSS summed over its workers).\n"))
 print("| metric | cutover-proxy | nginx | HAProxy | cutover / nginx | cutover / HAProxy |")
 print("|---|---|---|---|---|---|")
 for key, label, fmt in keys:
