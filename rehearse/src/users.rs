@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cutover_load::timeline::{self, Second};
 use cutover_load::{LedgerEntry, Report};
 
 use super::binaries::Program;
@@ -111,7 +112,7 @@ pub(super) async fn wait_for_first_second(
         load,
         Duration::from_secs(10),
         "its first second",
-        |_| true,
+        |secs| !secs.is_empty(),
     )
     .await
 }
@@ -130,37 +131,30 @@ pub(super) async fn wait_for_second_past(
         load,
         Duration::from_secs(3),
         "the second the plan ended in",
-        |line| line_unix(line).is_some_and(|t| t >= unix),
+        |secs| covers(secs, unix),
     )
     .await
 }
 
-/// A timeline line's end time (`unix`), if the line is one.
-fn line_unix(line: &str) -> Option<f64> {
-    serde_json::from_str::<serde_json::Value>(line)
-        .ok()?
-        .get("unix")?
-        .as_f64()
+/// Whether a second of `secs` ends at or after `unix` (a line covers the second
+/// before its time).
+fn covers(secs: &[Second], unix: f64) -> bool {
+    secs.iter().any(|s| s.unix >= unix)
 }
 
-/// The lines of `written` that end with a newline: the last may be half written.
-fn whole_lines(written: &str) -> &str {
-    written.rsplit_once('\n').map_or("", |(whole, _)| whole)
-}
-
-/// Polls `timeline` until one of its complete lines satisfies `want`, or fails
-/// after `within` (or when cutover-load exits), naming `what` it waited for.
+/// Polls `timeline` (its whole lines: the last may be half written) until `want`
+/// holds of them, or fails after `within` (or when cutover-load exits), naming
+/// `what` it waited for.
 async fn wait_for_line(
     timeline: &Path,
     load: &mut Proc,
     within: Duration,
     what: &str,
-    want: impl Fn(&str) -> bool,
+    want: impl Fn(&[Second]) -> bool,
 ) -> Result<(), RehearseError> {
     let deadline = Instant::now() + within;
     loop {
-        let written = std::fs::read_to_string(timeline).unwrap_or_default();
-        if whole_lines(&written).lines().any(&want) {
+        if want(&timeline::read(timeline).unwrap_or_default()) {
             return Ok(());
         }
         if let Some(status) = load.exited() {
@@ -331,25 +325,22 @@ mod tests {
     }
 
     #[test]
-    fn only_whole_timeline_lines_are_read_and_a_line_ends_at_its_unix_time() {
-        let first = r#"{"unix":100.5,"requests":10}"#;
-        let second = r#"{"unix":101.5,"requests":10}"#;
-        // The second line is being written: it is not read yet.
-        let written = format!("{first}\n{}", &second[..12]);
-        let whole: Vec<&str> = whole_lines(&written).lines().collect();
-        assert_eq!(whole, [first]);
-        assert_eq!(whole_lines(&second[..12]), "");
-        let written = format!("{first}\n{second}\n");
-        let ends: Vec<f64> = whole_lines(&written)
-            .lines()
-            .filter_map(line_unix)
-            .collect();
-        assert_eq!(ends, [100.5, 101.5]);
-        // The plan ended at 101.2: the second line covers it, the first does not.
-        assert!(ends.iter().any(|&t| t >= 101.2));
-        assert!(!ends[..1].iter().any(|&t| t >= 101.2));
-        assert_eq!(line_unix("not json"), None);
-        assert_eq!(line_unix(r#"{"requests":1}"#), None);
+    fn the_plans_end_is_covered_only_once_its_second_is_written_whole() {
+        let first = r#"{"unix":100.5,"elapsed_s":1.0,"warmup":false,"requests":10,"errors":0,"p50_ms":1.0,"p99_ms":2.0,"max_ms":3.0,"due":10,"done":10,"behind":0,"backends":{}}"#;
+        let second = first.replace("100.5", "101.5");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("timeline.jsonl");
+        // The plan ended at 101.2: the line ending at 101.5 is being written.
+        std::fs::write(&path, format!("{first}\n{}", &second[..40])).unwrap();
+        let secs = timeline::read(&path).unwrap();
+        assert_eq!(secs.len(), 1);
+        assert!(!covers(&secs, 101.2));
+        assert!(covers(&secs, 100.5));
+        std::fs::write(&path, format!("{first}\n{second}\n")).unwrap();
+        let secs = timeline::read(&path).unwrap();
+        assert!(covers(&secs, 101.2));
+        assert!(!covers(&secs, 101.6));
+        assert!(!covers(&[], 0.0));
     }
 
     #[test]

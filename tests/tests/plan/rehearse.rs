@@ -185,6 +185,16 @@ async fn quick_rehearsal_fails_no_request_and_loses_no_write() {
         parts.iter().all(|p| p["errors"] == 0),
         "users saw errors: {parts:#?}"
     );
+    // Every phase and switchover has seconds of the users' timeline, the last
+    // switchover and finalize too (the load runs on until the plan's last second
+    // is written).
+    for p in parts
+        .iter()
+        .filter(|p| p["part"] == "plan" || p["part"] == "switchover")
+    {
+        assert!(p["requests"].as_u64().unwrap() > 0, "{p}");
+        assert!(p["p99_ms"].as_f64().is_some(), "no p99 for {p}");
+    }
     let hostile = &rehearsal["hostile"];
     let held = hostile["idle"].as_u64().unwrap() + hostile["slow"].as_u64().unwrap();
     assert!(held > 0, "{hostile}");
