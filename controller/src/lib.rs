@@ -44,7 +44,7 @@ pub use switchover::{
     Blocked, PhaseTiming, Recovery, SwitchoverOptions, SwitchoverReport, recover, rollback,
     switchover,
 };
-pub use sync::{Outcome, SyncOptions, SyncReport, SyncStep, sync};
+pub use sync::{Outcome, SyncOptions, SyncReport, SyncStep, sync, use_programs_from};
 pub use verify::{
     FenceCheck, FenceMethod, FenceOptions, FenceTable, TableVerdict, VerifyReport,
     close_fence_snapshot, compare_at_fence, open_fence_snapshot, verify, verify_contains,

@@ -5,6 +5,7 @@ pub(crate) mod copy;
 pub(crate) mod schema;
 
 pub use copy::CopyMode;
+pub use schema::use_programs_from;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;

@@ -20,6 +20,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use crate::catalog::Name;
 use crate::db::Db;
@@ -27,8 +28,23 @@ use crate::dsn::{Dsn, Side};
 use crate::error::Error;
 use crate::switchover::block;
 
-/// Where `pg_dump` and `psql` are: `$CUTOVER_PG_BIN` if set, else `$PATH`.
+/// The directory [`use_programs_from`] chose for this process.
+static PROGRAMS: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes this process run `pg_dump`, `pg_restore` and `psql` from `dir`, ahead of
+/// `$CUTOVER_PG_BIN` and `PATH`: for a caller that knows which PostgreSQL it
+/// talks to (the rehearsal starts its clusters from `dir`). Once per process;
+/// false, and nothing changed, if it was already chosen.
+pub fn use_programs_from(dir: PathBuf) -> bool {
+    PROGRAMS.set(dir).is_ok()
+}
+
+/// Where `pg_dump`, `pg_restore` and `psql` are: the directory
+/// [`use_programs_from`] chose, else `$CUTOVER_PG_BIN` if set, else `$PATH`.
 pub(super) fn program(name: &str) -> PathBuf {
+    if let Some(dir) = PROGRAMS.get() {
+        return dir.join(name);
+    }
     match std::env::var_os("CUTOVER_PG_BIN") {
         Some(dir) => PathBuf::from(dir).join(name),
         None => PathBuf::from(name),

@@ -66,6 +66,8 @@ async fn rehearse(extra: &[&str], within: Duration) -> Rehearsal {
         .arg(&out)
         .current_dir(dir.path())
         .env_remove("CUTOVER_ADMIN_TOKEN")
+        // The rehearsal chooses its client programs itself (see below).
+        .env_remove("CUTOVER_PG_BIN")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).unwrap())
         .stderr(std::fs::File::create(&stderr_path).unwrap())
@@ -111,6 +113,12 @@ async fn quick_rehearsal_fails_no_request_and_loses_no_write() {
         _dir,
     } = rehearse(&["--replicas", "1"], Duration::from_secs(240)).await;
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // pg_dump, pg_restore and psql are those beside the server programs that ran
+    // the clusters (not a version-picking wrapper on PATH).
+    assert!(
+        format!("{stdout}{stderr}").contains("; pg_dump, pg_restore and psql from /"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
 
     let text = std::fs::read_to_string(out.join("report.json")).unwrap();
     let report: serde_json::Value = serde_json::from_str(&text).unwrap();
