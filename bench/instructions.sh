@@ -47,16 +47,7 @@ done
 
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
-OLD=$(port); NEW=$(port); P=$(port); ADMIN=$(port)
-render() { # render TEMPLATE OUT
-    sed -e "s|@WORK@|$WORK|g" -e "s|@OLD@|$OLD|g" -e "s|@NEW@|$NEW|g" -e "s|@ADMIN@|$ADMIN|g" \
-        -e "s|@PORT@|$P|g" -e "s|@MAXCONN@|4000|g" -e "s|@THREADS@|1|g" "$ROOT/bench/$1" > "$WORK/$2"
-}
-render backends.conf backends.conf
-render cutover-proxy.toml cutover.toml
-render nginx-proxy.conf nginx-proxy.conf
-render haproxy.cfg haproxy.cfg
-nginx -c "$WORK/backends.conf" -p "$WORK" & PIDS+=($!)
+one_proxy_setup
 
 # count NAME COMMAND...: prints "NAME requests instructions".
 count() {
@@ -66,16 +57,7 @@ count() {
         >"$WORK/$name.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
-    local up=0
-    for _ in $(seq 1 600); do
-        if curl -s -o /dev/null -H 'Host: shop.test' "http://127.0.0.1:$P/"; then up=1; break; fi
-        sleep 0.1
-    done
-    if [[ $up == 0 ]]; then
-        echo "instructions.sh: $name did not answer under valgrind; its log:" >&2
-        tail -20 "$WORK/$name.log" >&2
-        exit 1
-    fi
+    await_proxy instructions.sh "$name" 600
     wrk -t1 -c16 -d3s -H 'Host: shop.test' "http://127.0.0.1:$P/" >/dev/null
     callgrind_control -i on "$pid" >/dev/null 2>&1
     local res
