@@ -8,6 +8,15 @@
 //! with `CUTOVER_PAUSE_AT=NAME:DURATION` it waits `DURATION` at the point `NAME`.
 //! The switchover has `after-hold` (every replica holds; nothing drained yet).
 
+/// True if `CUTOVER_FAIL_AT` (points separated by commas) lists this point: the
+/// step there then fails as if its database had answered with an error. The
+/// switchover has `commit-answer-lost` (the point of no return committed, its
+/// answer lost with the connection) and `restore-write-access` (the undo cannot
+/// lift the old writer's block).
+pub fn fail_point(name: &str) -> bool {
+    std::env::var("CUTOVER_FAIL_AT").is_ok_and(|v| v.split(',').any(|p| p == name))
+}
+
 /// Exits the process with status 137 if `CUTOVER_CRASH_AT` names this point.
 pub fn crash_point(name: &str) {
     if std::env::var("CUTOVER_CRASH_AT").is_ok_and(|v| v == name) {

@@ -267,6 +267,19 @@ async fn decide(
         // that no write can still be on its way to the old side.
         let guard = InflightGuard::new(live.clone(), ri, first, is_write);
         if !live.routes[ri].hold.applies(is_write, follows_writes) {
+            // A release publishes the new write side, then lifts the hold. A write
+            // that read the state before the release and finds the hold lifted
+            // routes again on the state now, so that it cannot go to the old write
+            // side after the controller drained it. (Lifted after the publish: the
+            // hold's SeqCst flag makes the publish visible here.)
+            if is_write {
+                let now = shared.live();
+                if !Arc::ptr_eq(&now, &live) {
+                    drop(guard);
+                    live = now;
+                    continue;
+                }
+            }
             return Ok(Decision {
                 live,
                 route: ri,
@@ -429,4 +442,88 @@ pub fn local(status: StatusCode, body: String) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::hold::Scope;
+
+    /// A proxy's state with one route, `old` taking its writes.
+    fn shared() -> Shared {
+        let text = r#"
+[listen]
+http = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[backends.old]
+addrs = ["127.0.0.1:9"]
+[backends.new]
+addrs = ["127.0.0.1:9"]
+[[routes]]
+hosts = ["shop.test"]
+weights = { old = 50, new = 50 }
+writes = "old"
+"#;
+        let config =
+            cutover_config::Config::parse(text, std::path::Path::new("test.toml")).unwrap();
+        let dns = crate::resolve::Dns::new(&config.resolver).unwrap();
+        Shared::new(
+            config,
+            "test.toml".into(),
+            crate::metrics::Metrics::new().unwrap(),
+            crate::upstream::Upstream::default(),
+            None,
+            dns,
+        )
+        .unwrap()
+    }
+
+    fn backend(live: &Live, name: &str) -> usize {
+        live.backends.iter().position(|b| b.name == name).unwrap()
+    }
+
+    /// A write that read the state just before a release, and looks at the hold
+    /// just after it, goes to the write side the release published: the old side
+    /// was drained while the hold was on and must see no write after it.
+    #[tokio::test]
+    async fn a_write_that_read_the_state_before_a_release_goes_to_the_new_side() {
+        let shared = shared();
+        let live = shared.live();
+        let ri = live.snap.table.lookup("shop.test").unwrap();
+        live.routes[ri]
+            .hold
+            .hold(Scope::Writes, Duration::from_secs(30));
+        // The request's state, read while the hold was on.
+        let before = shared.live();
+        // The release, as the admin API does it: the new write side published,
+        // then the hold lifted.
+        shared
+            .update_then(
+                |snap| snap.with_writes("shop.test", "new"),
+                |live| live.routes[ri].hold.release(),
+            )
+            .unwrap();
+        let (parts, ()) = Request::post("/orders")
+            .header(http::header::HOST, "shop.test")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let Ok(d) = decide(&shared, &parts, peer, "shop.test", before, Some(ri)).await else {
+            panic!("the write was not routed");
+        };
+        assert!(d.is_write);
+        let now = shared.live();
+        assert_eq!(
+            now.backends[d.guard.backend()].name,
+            "new",
+            "a write after the release went to {}",
+            now.backends[d.guard.backend()].name
+        );
+        // Counted in flight on the side it goes to, not on the drained one.
+        assert_eq!(backend(&now, "new"), d.guard.backend());
+    }
 }

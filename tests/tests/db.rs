@@ -25,6 +25,8 @@ mod fence;
 mod load;
 #[path = "db/lock.rs"]
 mod lock;
+#[path = "db/outcome.rs"]
+mod outcome;
 #[path = "db/passfile.rs"]
 mod passfile;
 #[path = "db/refusals.rs"]

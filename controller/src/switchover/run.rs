@@ -13,7 +13,7 @@ use super::{PhaseTiming, SwitchoverOptions, SwitchoverReport, block, sequences};
 use crate::catalog::{self, ident, literal};
 use crate::db::Db;
 use crate::error::Error;
-use crate::failpoint::crash_point;
+use crate::failpoint::{crash_point, fail_point};
 use crate::heartbeat::Heartbeat;
 use crate::link::Link;
 use crate::observe::{Observer, Phase};
@@ -45,6 +45,9 @@ pub(super) struct Undo {
     pub back_subscription: bool,
     pub back_publication: bool,
     pub back_slot: bool,
+    /// The point of no return's outcome could not be read: nothing may be
+    /// undone (the old writer may have no subscriber any more), nothing released.
+    pub unknown: bool,
 }
 
 /// Phase timings as they happen, echoed to the observer.
@@ -99,11 +102,18 @@ fn budget_left(deadline: Instant) -> Result<Duration, Error> {
 /// How long the witness slot may wait for open transactions before the hold.
 const ARM_WITHIN: Duration = Duration::from_secs(30);
 
+/// How long the session of a point of no return whose answer was lost may take
+/// to leave its transaction once the server is told to end it.
+const SETTLE_WITHIN: Duration = Duration::from_secs(5);
+
 /// What phase 1 prepares outside the pause for the steps under the hold.
 struct Armed {
     witness: Witness,
     /// Idle connections to `from` and `to` for the verification's snapshots.
     snapshots: Option<(Db, Db)>,
+    /// The server process of the session on `to` that runs the point of no
+    /// return, to find out how it ended if its answer is lost.
+    to_pid: i32,
 }
 
 /// What the steps under the hold hand back.
@@ -112,6 +122,8 @@ struct Passed {
     sequences: usize,
     blocked: block::Blocked,
     reopened: usize,
+    /// The point of no return's answer was lost and its commit read off `to`.
+    lost_answer: Option<String>,
 }
 
 impl Plan<'_> {
@@ -160,6 +172,15 @@ impl Plan<'_> {
             } else {
                 None
             },
+            to_pid: self
+                .to
+                .query_one(
+                    "read the session's server process",
+                    "SELECT pg_backend_pid()",
+                    &[],
+                )
+                .await?
+                .get(0),
         };
         let mut undo = Undo::default();
         if opts.reverse
@@ -259,6 +280,13 @@ impl Plan<'_> {
             .await;
         let mut passed = match passed {
             Ok(p) => p,
+            Err(e) if undo.unknown => {
+                // Neither undone nor released: writes stay held (503 past the
+                // pause budget) and the old writer blocked until someone looks.
+                self.from.set_deadline(None);
+                self.to.set_deadline(None);
+                return Err(e);
+            }
             Err(e) => {
                 let phase = tl.failed_in();
                 // The undo is not cut short by the pause budget: restoring write
@@ -279,6 +307,7 @@ impl Plan<'_> {
         };
         self.from.set_deadline(None);
         self.to.set_deadline(None);
+        warnings.extend(passed.lost_answer.take());
         tl.end(format!(
             "subscription {} dropped; the {} takes writes ({} table(s) opened)",
             self.link.name,
@@ -507,20 +536,109 @@ impl Plan<'_> {
             block::disable_sql(&opened),
             fence::record_applied_sql(self.name, self.operation, &fence)
         );
-        block::with_table_locks(
+        let mut locked = block::with_table_locks(
             self.to,
             &opened,
             &sql,
             "drop the subscription and open the tables",
             deadline,
         )
-        .await?;
+        .await
+        .map(drop);
+        if locked.is_ok() && fail_point("commit-answer-lost") {
+            locked = Err(Error::Precondition(
+                "the answer to COMMIT was lost (CUTOVER_FAIL_AT=commit-answer-lost)".into(),
+            ));
+        }
+        let mut lost_answer = None;
+        if let Err(e) = locked {
+            // The transaction may have committed though its answer was lost with
+            // the connection: undoing then would open the old writer beside a new
+            // one that no longer replicates from it.
+            match self.committed(armed.to_pid, &fence).await {
+                Ok(false) => return Err(e),
+                Ok(true) => {
+                    lost_answer = Some(format!(
+                        "{e}; read on the {} afterwards, the transaction had committed \
+                         (subscription {} gone, this run's fence recorded as applied)",
+                        self.to.side(),
+                        self.link.name
+                    ));
+                }
+                Err(why) => {
+                    undo.unknown = true;
+                    return Err(Error::Precondition(format!(
+                        "{e}; whether that transaction committed could not be read ({why}): \
+                         nothing was undone, writes stay held and the {} refuses writes. Once the {} \
+                         answers: if subscription {} is gone from it, it took writes (release with \
+                         POST /routes/{{host}}/release {{\"writes\":\"{}\"}}); if it is still there, \
+                         run this command again (it restores write access on the {} first)",
+                        self.from.side(),
+                        self.to.side(),
+                        self.link.name,
+                        self.to_backend,
+                        self.from.side()
+                    )));
+                }
+            }
+        }
         Ok(Passed {
             fence,
             sequences: moved,
             blocked,
             reopened: opened.len(),
+            lost_answer,
         })
+    }
+
+    /// Whether step 8's transaction committed, read on a connection of its own
+    /// after the session that ran it (server process `pid`) has left it: ended by
+    /// the server if it is still in a transaction, so that what is read is final.
+    /// Committed means the subscription is gone and this run's fence is recorded as
+    /// applied; still there means it did not commit; anything else is an error.
+    async fn committed(&self, pid: i32, fence: &Fence) -> Result<bool, Error> {
+        let db = Db::connect(self.to.dsn()).await?;
+        let until = Instant::now() + SETTLE_WITHIN;
+        loop {
+            let state: Option<Option<String>> = db
+                .query_opt(
+                    "look at the session of the point of no return",
+                    "SELECT state FROM pg_stat_activity WHERE pid = $1",
+                    &[&pid],
+                )
+                .await?
+                .map(|r| r.get(0));
+            match state.flatten().as_deref() {
+                None | Some("idle") => break,
+                Some(other) if Instant::now() >= until => {
+                    return Err(Error::Precondition(format!(
+                        "its session (pid {pid}) is still {other:?} after {SETTLE_WITHIN:?}"
+                    )));
+                }
+                Some(_) => {
+                    db.query_one(
+                        "end the session of the point of no return",
+                        "SELECT pg_terminate_backend($1)",
+                        &[&pid],
+                    )
+                    .await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        let gone = self.link.subscription(&db).await?.is_none();
+        let recorded = fence::applied(&db, self.name, self.operation)
+            .await?
+            .is_some_and(|f| f.run == fence.run);
+        match (gone, recorded) {
+            (false, _) => Ok(false),
+            (true, true) => Ok(true),
+            (true, false) => Err(Error::Precondition(format!(
+                "subscription {} is gone from the {} but this run's fence is not recorded there",
+                self.link.name,
+                self.to.side()
+            ))),
+        }
     }
 
     /// Undoes `undo` and says so in the error for a failure in `phase`, with

@@ -47,15 +47,37 @@ impl Plan<'_> {
         {
             failed.push(e.to_string());
         }
+        // Released with writes on a writer that still refuses them, every held
+        // write would fail in the application; held, it waits (or gets 503 with
+        // Retry-After past the hold's end) until write access is back.
+        let mut writable = true;
         if undo.blocked {
-            match block::unblock(self.from, hold_deadline.max(Instant::now() + quick)).await {
+            let until = hold_deadline.max(Instant::now() + quick);
+            let unblocked = if crate::failpoint::fail_point("restore-write-access") {
+                Err(Error::Precondition(
+                    "restoring write access failed (CUTOVER_FAIL_AT=restore-write-access)".into(),
+                ))
+            } else {
+                block::unblock(self.from, until).await
+            };
+            match unblocked {
                 Ok(_) => done.push(format!("write access restored on the {}", self.from.side())),
-                Err(e) => failed.push(format!(
-                    "{e} (run the same command again: it restores write access first)"
-                )),
+                Err(e) => {
+                    writable = false;
+                    failed.push(format!(
+                        "{e} (run the same command again: it restores write access first)"
+                    ));
+                }
             }
         }
-        if !undo.held.is_empty() {
+        if !undo.held.is_empty() && !writable {
+            failed.push(format!(
+                "holds kept: the {} refuses writes, so they stay held until write access is \
+                 restored; then release with POST /routes/{{host}}/release {{\"writes\":\"{}\"}}",
+                self.from.side(),
+                self.from_backend
+            ));
+        } else if !undo.held.is_empty() {
             match fleet::release_all(proxies, &undo.held, Some(self.from_backend), hold_deadline)
                 .await
             {
@@ -111,6 +133,7 @@ impl Plan<'_> {
                     back_subscription: opts.reverse,
                     back_publication: opts.reverse,
                     back_slot: opts.reverse,
+                    unknown: false,
                 };
                 let said = self.undo(proxies, &undo, deadline).await;
                 if said.contains("NOT undone") {

@@ -99,6 +99,17 @@ impl SwitchSite {
 
     /// `cutover db switchover` of the route with `--max-pause` and `extra` flags.
     pub async fn switchover(&self, max_pause: &str, extra: &[&str]) -> Run {
+        self.switchover_env(max_pause, extra, &[]).await
+    }
+
+    /// [`SwitchSite::switchover`] with `env` added to the command's environment
+    /// (the controller's fail and pause points).
+    pub async fn switchover_env(
+        &self,
+        max_pause: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Run {
         let admin = format!("http://{}", self.proxy.admin);
         let mut args = vec![
             "db",
@@ -111,7 +122,9 @@ impl SwitchSite {
             max_pause,
         ];
         args.extend_from_slice(extra);
-        cutover(&args, &self.pair.env()).await
+        let mut all = self.pair.env();
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        cutover(&args, &all).await
     }
 
     /// The route as the proxy reports it.
