@@ -270,8 +270,8 @@ pub struct AdoptError(String);
 enum Take {
     /// From a peer or `PUT /state`: its admin-set values and holds.
     Peer,
-    /// From the state file at start: the same, but a route whose file changed since
-    /// the record keeps the file's values.
+    /// From the state file at start: the same, but where a route's file changed
+    /// its weights or its write side since the record, that value is the file's.
     File,
 }
 
@@ -347,19 +347,24 @@ fn apply(shared: &Shared, st: &State, take: Take) -> Result<(), AdoptError> {
         let Some(r) = st.routes.get(&route.name) else {
             continue;
         };
-        let file_changed = take == Take::File && !same_basis(snap, ri, &r.file);
-        if file_changed {
-            tracing::info!(route = %route.name,
-                "the config file changed since the state file was written: its weights and write side win");
+        // What the file changed since the state file was written wins, value by
+        // value, as on a reload: new weights in the file do not take back a write
+        // side set through the admin API (a switchover's), and the other way round.
+        let (same_weights, same_writes) = basis_matches(snap, ri, &r.file);
+        let weights_changed = take == Take::File && !same_weights;
+        let writes_changed = take == Take::File && !same_writes;
+        if weights_changed || writes_changed {
+            tracing::info!(route = %route.name, weights = weights_changed, writes = writes_changed,
+                "the config file changed since the state file was written: what it changed wins");
         }
         // A peer serving its file's values serves this replica's too, unless the
         // two files differ (a config change still rolling out): then the peer's
         // values are served until this replica's own reload, so that users do not
         // flip sides between replicas meanwhile.
-        let files_differ = take == Take::Peer && !same_basis(snap, ri, &r.file);
-        let weights = ((r.weights_source == Source::Admin || files_differ) && !file_changed)
+        let files_differ = take == Take::Peer && !(same_weights && same_writes);
+        let weights = ((r.weights_source == Source::Admin || files_differ) && !weights_changed)
             .then(|| r.weights.iter().map(|(k, v)| (k.clone(), *v)).collect());
-        let writes = ((r.writes_source == Source::Admin || files_differ) && !file_changed)
+        let writes = ((r.writes_source == Source::Admin || files_differ) && !writes_changed)
             .then(|| r.writes.clone());
         runtime.push((ri, weights, writes));
         holds.push((ri, r.hold.as_ref()));
@@ -402,8 +407,9 @@ fn apply(shared: &Shared, st: &State, take: Take) -> Result<(), AdoptError> {
     Ok(())
 }
 
-/// Whether the config file says for route `ri` what `basis` recorded.
-fn same_basis(snap: &Snapshot, ri: usize, basis: &FileBasis) -> bool {
+/// Whether the config file says for route `ri` what `basis` recorded: its
+/// weights, and its write side.
+fn basis_matches(snap: &Snapshot, ri: usize, basis: &FileBasis) -> (bool, bool) {
     let route = &snap.routes()[ri];
     let weights: BTreeMap<String, f64> = route
         .members
@@ -415,7 +421,10 @@ fn same_basis(snap: &Snapshot, ri: usize, basis: &FileBasis) -> bool {
             )
         })
         .collect();
-    weights == basis.weights && route.writes.describe(&snap.config) == basis.writes
+    (
+        weights == basis.weights,
+        route.writes.describe(&snap.config) == basis.writes,
+    )
 }
 
 /// After a reload: a route whose file values changed is a change of the state

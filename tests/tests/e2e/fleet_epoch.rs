@@ -198,3 +198,54 @@ async fn a_replica_restarted_mid_hold_comes_back_held_until_released() {
     );
     assert_eq!(new.writes(), new_writes + 1);
 }
+
+/// A replica that comes back with its state file after its config file's weights
+/// were edited while it was down takes the file's new weights, and keeps the
+/// write side a switchover set through the admin API: the file did not change
+/// that, and taking the file's `writes = "old"` would send every write to a
+/// database that refuses them now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_weights_edit_keeps_the_write_side_a_switchover_set() {
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let cfg = config(
+        "solo",
+        ("127.0.0.1:0", "127.0.0.1:0"),
+        (old.addr, new.addr),
+        (100.0, 0.0),
+        "state_file = \"state.json\"",
+        None,
+    );
+    let mut proxy = ProxyBuilder::new(cfg.clone()).start().unwrap();
+    let r = proxy
+        .admin_call(
+            Method::POST,
+            "/routes/shop.test/release",
+            r#"{"writes":"new"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(proxy.status().await["routes"][0]["writes"], "new");
+
+    proxy.kill();
+    let edited = cfg.replace(
+        "weights = { old = 100, new = 0 }",
+        "weights = { old = 0, new = 100 }",
+    );
+    assert_ne!(edited, cfg, "the weights line was not found in:\n{cfg}");
+    std::fs::write(proxy.config_path(), edited).unwrap();
+    let restarted = proxy
+        .restart()
+        .unwrap_or_else(|(s, log)| panic!("{s:?}:\n{log}"));
+    let s = state(&restarted).await;
+    assert_eq!(weights(&s), (0.0, 100.0), "{s}");
+    let route = &restarted.status().await["routes"][0];
+    assert_eq!(route["writes"], "new", "{route}");
+    let (old_writes, new_writes) = (old.writes(), new.writes());
+    let r = restarted
+        .client()
+        .send(restarted.http, Method::POST, HOST, "/orders", &[], "x")
+        .await
+        .unwrap();
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "new"), "{}", r.body);
+    assert_eq!((old.writes(), new.writes()), (old_writes, new_writes + 1));
+}
