@@ -465,6 +465,15 @@ impl Proxy {
             .await
     }
 
+    /// `POST /routes/{host}/release` with `body`, which must answer 200.
+    pub async fn release(&self, host: &str, body: &str) -> Reply {
+        let r = self
+            .admin_call(Method::POST, &format!("/routes/{host}/release"), body)
+            .await;
+        assert_eq!(r.status, 200, "release of {host}: {}", r.body);
+        r
+    }
+
     /// A GET through the proxy for `host`.
     pub async fn get(&self, host: &str, path: &str) -> Reply {
         self.client

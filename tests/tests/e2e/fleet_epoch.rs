@@ -114,8 +114,8 @@ async fn a_stale_controller_is_refused_with_409_and_changes_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_restarted_mid_hold_comes_back_held_until_released() {
+/// Two backends and one replica's config for them (all to old) with a state file.
+fn solo_with_state_file() -> (Backend, Backend, String) {
     let (old, new) = (Backend::start("old"), Backend::start("new"));
     let cfg = config(
         "solo",
@@ -125,6 +125,12 @@ async fn a_replica_restarted_mid_hold_comes_back_held_until_released() {
         "state_file = \"state.json\"",
         None,
     );
+    (old, new, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_mid_hold_comes_back_held_until_released() {
+    let (old, new, cfg) = solo_with_state_file();
     let mut proxy = ProxyBuilder::new(cfg).start().unwrap();
     let r = proxy
         .admin_call(Method::POST, "/routes/shop.test/hold", r#"{"max":"60s"}"#)
@@ -206,24 +212,9 @@ async fn a_replica_restarted_mid_hold_comes_back_held_until_released() {
 /// database that refuses them now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_after_a_weights_edit_keeps_the_write_side_a_switchover_set() {
-    let (old, new) = (Backend::start("old"), Backend::start("new"));
-    let cfg = config(
-        "solo",
-        ("127.0.0.1:0", "127.0.0.1:0"),
-        (old.addr, new.addr),
-        (100.0, 0.0),
-        "state_file = \"state.json\"",
-        None,
-    );
+    let (old, new, cfg) = solo_with_state_file();
     let mut proxy = ProxyBuilder::new(cfg.clone()).start().unwrap();
-    let r = proxy
-        .admin_call(
-            Method::POST,
-            "/routes/shop.test/release",
-            r#"{"writes":"new"}"#,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    proxy.release(HOST, r#"{"writes":"new"}"#).await;
     assert_eq!(proxy.status().await["routes"][0]["writes"], "new");
 
     proxy.kill();

@@ -63,14 +63,7 @@ async fn held_writes_all_land_on_new_after_release() {
     while held_at.elapsed() < Duration::from_secs(2) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = proxy
-        .admin_call(
-            Method::POST,
-            "/routes/shop.test/release",
-            r#"{"writes":"new"}"#,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    let r = proxy.release(HOST, r#"{"writes":"new"}"#).await;
     let released: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(released["released"], 200);
     let mut pauses = Vec::new();
